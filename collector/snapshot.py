@@ -1,0 +1,69 @@
+"""What the rule engine sees each tick: figures by (scope, key, metric).
+
+The aggregator builds one ``Snapshot`` per tick; rules read it. A value of
+``None`` means *unknown* (no data, a silent node, a lost GPU): it never
+satisfies a comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Scope(StrEnum):
+    CLUSTER = "cluster"
+    NODE = "node"
+    JOB = "job"
+    GPU = "gpu"
+
+
+# Metrics the aggregator publishes, by scope. Units in the name's suffix:
+# _flops is FLOP/s, _flop is a count, _seconds, _watts; plain names are counts.
+METRICS: Mapping[Scope, tuple[str, ...]] = {
+    Scope.CLUSTER: (
+        "installed_flops",
+        "allocated_flops",
+        "achieved_flops",
+        "cumulative_flop",
+        "nodes_silent",
+        "gpus_lost",
+        "gpus_unknown_model",
+        "chain_breaks",
+    ),
+    Scope.NODE: (
+        "installed_flops",
+        "allocated_flops",
+        "achieved_flops",
+        "silent_seconds",
+        "gpus_lost",
+        "chain_breaks",
+    ),
+    Scope.JOB: ("cumulative_flop", "achieved_flops", "allocated_flops", "gpus"),
+    Scope.GPU: ("installed_flops", "achieved_flops", "utilization_percent", "power_watts"),
+}
+
+# The cluster scope has exactly one key.
+CLUSTER_KEY = "cluster"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Aggregates at one instant (``time`` in unix seconds)."""
+
+    time: float
+    # (scope, key) -> metric -> value (None: unknown)
+    values: Mapping[tuple[Scope, str], Mapping[str, float | None]]
+    # (scope, key) -> log indices of the reports the figures rest on
+    evidence: Mapping[tuple[Scope, str], tuple[int, ...]] = field(default_factory=dict)
+    # job id -> parent job ids (declared lineage)
+    lineage: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # job id -> node ids the job ran on at this instant
+    job_nodes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def get(self, scope: Scope, key: str, metric: str) -> float | None:
+        return self.values.get((scope, key), {}).get(metric)
+
+    def keys(self, scope: Scope) -> Iterator[str]:
+        return (k for (s, k) in self.values if s is scope)

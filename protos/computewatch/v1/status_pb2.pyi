@@ -1,0 +1,102 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_STATE_UNSPECIFIED: _ClassVar[NodeState]
+    NODE_STATE_NEVER_SEEN: _ClassVar[NodeState]
+    NODE_STATE_OK: _ClassVar[NodeState]
+    NODE_STATE_SILENT: _ClassVar[NodeState]
+NODE_STATE_UNSPECIFIED: NodeState
+NODE_STATE_NEVER_SEEN: NodeState
+NODE_STATE_OK: NodeState
+NODE_STATE_SILENT: NodeState
+
+class NodeStatus(_message.Message):
+    __slots__ = ("node_id", "state", "last_sequence", "last_seen_unix_nanos", "gpus", "gpus_lost", "installed_flops", "allocated_flops", "achieved_flops", "active_directive_ids", "halted")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_LOST_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    ACHIEVED_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_DIRECTIVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    HALTED_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    state: NodeState
+    last_sequence: int
+    last_seen_unix_nanos: int
+    gpus: int
+    gpus_lost: int
+    installed_flops: float
+    allocated_flops: float
+    achieved_flops: float
+    active_directive_ids: _containers.RepeatedScalarFieldContainer[str]
+    halted: bool
+    def __init__(self, node_id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_sequence: _Optional[int] = ..., last_seen_unix_nanos: _Optional[int] = ..., gpus: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., active_directive_ids: _Optional[_Iterable[str]] = ..., halted: _Optional[bool] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "cumulative_flop", "achieved_flops", "gpus", "upper_bound", "node_ids", "parent_job_ids")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CUMULATIVE_FLOP_FIELD_NUMBER: _ClassVar[int]
+    ACHIEVED_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    UPPER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    cumulative_flop: float
+    achieved_flops: float
+    gpus: int
+    upper_bound: bool
+    node_ids: _containers.RepeatedScalarFieldContainer[str]
+    parent_job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., cumulative_flop: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus: _Optional[int] = ..., upper_bound: _Optional[bool] = ..., node_ids: _Optional[_Iterable[str]] = ..., parent_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ClusterStatus(_message.Message):
+    __slots__ = ("generated_unix_nanos", "installed_flops", "allocated_flops", "achieved_flops", "gpus_unknown_model", "gpus_total", "gpus_lost", "nodes", "jobs", "reports_accepted", "rejected_by_reason", "log_size")
+    class RejectedByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    GENERATED_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    ACHIEVED_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_UNKNOWN_MODEL_FIELD_NUMBER: _ClassVar[int]
+    GPUS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GPUS_LOST_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    LOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    generated_unix_nanos: int
+    installed_flops: float
+    allocated_flops: float
+    achieved_flops: float
+    gpus_unknown_model: int
+    gpus_total: int
+    gpus_lost: int
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobStatus]
+    reports_accepted: int
+    rejected_by_reason: _containers.ScalarMap[str, int]
+    log_size: int
+    def __init__(self, generated_unix_nanos: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus_unknown_model: _Optional[int] = ..., gpus_total: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., reports_accepted: _Optional[int] = ..., rejected_by_reason: _Optional[_Mapping[str, int]] = ..., log_size: _Optional[int] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,198 @@
+"""One error tree for everything computewatch raises on purpose.
+
+Every class carries a stable ``reason`` label: the value of the ``reason``
+label on rejection counters, and the word the CLI prints. Messages say what
+was wrong and, where it helps, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Base of every computewatch error."""
+
+    reason = "error"
+
+
+# --- configuration -----------------------------------------------------------
+class ConfigError(Error):
+    """A config file, flag or environment variable is wrong."""
+
+    reason = "config"
+
+
+class KeyFileError(ConfigError):
+    """A key file is missing, malformed or too widely readable."""
+
+    reason = "key_file"
+
+
+# --- envelopes and signatures --------------------------------------------------
+class VerificationError(Error):
+    """Base for everything that makes a signed object untrustworthy."""
+
+    reason = "verification"
+
+
+class DecodeError(VerificationError):
+    """Bytes are not a well-formed message of the expected kind."""
+
+    reason = "decode"
+
+
+class OversizeError(VerificationError):
+    """A message exceeds the configured size limit."""
+
+    reason = "oversize"
+
+
+class PayloadTypeError(VerificationError):
+    """The envelope's payload type is not the one expected here."""
+
+    reason = "payload_type"
+
+
+class UnknownKeyError(VerificationError):
+    """No trusted key has the envelope's key id."""
+
+    reason = "unknown_key"
+
+
+class SignatureError(VerificationError):
+    """A signature does not verify over the received bytes."""
+
+    reason = "bad_signature"
+
+
+# --- node identity and chains ------------------------------------------------
+class UnknownNodeError(VerificationError):
+    """The node is not enrolled, or its key belongs to another node."""
+
+    reason = "unknown_node"
+
+
+class InvalidReportError(VerificationError):
+    """A verified report carries values that cannot be right."""
+
+    reason = "invalid_report"
+
+
+class ChainError(VerificationError):
+    """Base for breaks in a node's sequence/digest chain."""
+
+    reason = "chain"
+
+
+class ReplayError(ChainError):
+    """Bytes already accepted arrived again (a resend or a replay).
+
+    Harmless: the collector acknowledges it again and writes nothing.
+    """
+
+    reason = "replay"
+
+
+class RollbackError(ChainError):
+    """A sequence number older than the last accepted one."""
+
+    reason = "rollback"
+
+
+class GapError(ChainError):
+    """A sequence number that skips reports."""
+
+    reason = "gap"
+
+
+class EquivocationError(ChainError):
+    """Two different signed reports with the same node and sequence."""
+
+    reason = "equivocation"
+
+
+class BrokenChainError(ChainError):
+    """previous_digest does not match the previous accepted envelope."""
+
+    reason = "broken_chain"
+
+
+class StreamBindingError(VerificationError):
+    """An envelope for another node arrived on a stream bound to one node."""
+
+    reason = "stream_binding"
+
+
+# --- hardware ------------------------------------------------------------------
+class BackendError(Error):
+    """The GPU backend (NVML) could not be used."""
+
+    reason = "backend"
+
+
+# --- directives and enforcement --------------------------------------------------
+class DirectiveError(VerificationError):
+    """A directive is not valid for this node (scope, counter, expiry)."""
+
+    reason = "directive"
+
+
+class ExpiredError(DirectiveError):
+    """A directive or lease is past its not-after time."""
+
+    reason = "expired"
+
+
+class ScopeError(DirectiveError):
+    """A directive's scope does not name this node."""
+
+    reason = "out_of_scope"
+
+
+class CounterError(DirectiveError):
+    """A directive's counter is not higher than every counter seen before."""
+
+    reason = "stale_counter"
+
+
+class QuorumError(Error):
+    """Approvals do not reach the configured quorum."""
+
+    reason = "quorum"
+
+
+class EnforcementError(Error):
+    """A step of enforcement failed."""
+
+    reason = "enforcement"
+
+
+# --- rules -------------------------------------------------------------------------
+class RuleError(ConfigError):
+    """A rule pack does not pass the check."""
+
+    reason = "rule"
+
+
+# --- log ---------------------------------------------------------------------------
+class LogError(Error):
+    """The transparency log is inconsistent or a request is out of range."""
+
+    reason = "log"
+
+
+class ProofError(VerificationError):
+    """A Merkle inclusion or consistency proof does not verify."""
+
+    reason = "proof"
+
+
+class CheckpointError(VerificationError):
+    """A checkpoint is malformed, badly signed, stale or contradicts another."""
+
+    reason = "checkpoint"
+
+
+class AuthError(Error):
+    """A caller is not authenticated, or not allowed to do this."""
+
+    reason = "auth"
