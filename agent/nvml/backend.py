@@ -1,0 +1,57 @@
+"""The agent's view of GPU hardware, independent of how it is read.
+
+``agent.nvml.real.NvmlBackend`` implements this over NVML (the real
+``pynvml`` module, or ``agent.fakenvml`` in tests and the demo). Nothing else
+in the agent touches NVML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from protos.computewatch.v1 import telemetry_pb2
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One reading of every GPU on the node.
+
+    ``gpus`` are complete ``GpuSample`` messages except for the processes'
+    ``job_id``/``attribution``, which job attribution fills in. When NVML
+    itself is unusable, ``status`` says why and ``gpus`` is empty.
+    """
+
+    status: telemetry_pb2.NvmlStatus
+    gpus: list[telemetry_pb2.GpuSample] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class PowerLimits:
+    """nvmlDeviceGetPowerManagementLimitConstraints and the current limit, watts."""
+
+    min_watts: float
+    max_watts: float
+    current_watts: float
+
+
+class GpuBackend(Protocol):
+    """Read and steer the node's GPUs. Methods raise ``protos.errors.BackendError``."""
+
+    def sample(self) -> Snapshot:
+        """Read every GPU now. Never raises for a single GPU's failure:
+        that GPU is reported with ``health`` LOST or ERROR instead."""
+        ...
+
+    def set_compute_mode(self, uuid: str, mode: telemetry_pb2.ComputeMode) -> None:
+        """nvmlDeviceSetComputeMode on the GPU with this UUID."""
+        ...
+
+    def power_limits(self, uuid: str) -> PowerLimits: ...
+
+    def set_power_limit(self, uuid: str, watts: float) -> None:
+        """nvmlDeviceSetPowerManagementLimit (milliwatts on the wire)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,53 @@
+"""The ``computewatch`` command. Thin: parse, build config, call the library.
+
+Each command group lives in its own ``cli_<group>.py`` module and is
+registered here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from computewatch import __version__
+from computewatch.clitools import configure_logging
+
+
+@click.group()
+@click.version_option(__version__, prog_name="computewatch")
+@click.option(
+    "--log-level",
+    envvar="COMPUTEWATCH_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@click.option(
+    "--log-json/--no-log-json",
+    envvar="COMPUTEWATCH_LOG_JSON",
+    default=False,
+    help="Log one JSON object per line.",
+)
+def cli(log_level: str, log_json: bool) -> None:
+    """Measure, prove and bound accelerator compute."""
+    configure_logging(getattr(logging, log_level.upper()), json_lines=log_json)
+
+
+def _register() -> None:
+    # Imported here so each group's imports load only with the CLI.
+    from computewatch import cli_keys
+
+    for group in (cli_keys.keys,):
+        cli.add_command(group)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="computewatch")
+
+
+if __name__ == "__main__":
+    main()
