@@ -36,9 +36,9 @@ def cli(log_level: str, log_json: bool) -> None:
 
 def _register() -> None:
     # Imported here so each group's imports load only with the CLI.
-    from computewatch import cli_keys
+    from computewatch import cli_collector, cli_keys, cli_status
 
-    for group in (cli_keys.keys,):
+    for group in (cli_keys.keys, cli_collector.collector, cli_collector.nodes, cli_status.status):
         cli.add_command(group)
 
 

@@ -6,7 +6,7 @@ https://github.com/secure-systems-lab/dsse/blob/master/protocol.md
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -107,12 +107,12 @@ def open_envelope(
 
 def verify(
     envelope_bytes: bytes,
-    trusted: Mapping[str, PublicKey],
+    trusted: Mapping[str, PublicKey] | Callable[[str], PublicKey | None],
     *,
     expected_type: str | None = None,
     max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES,
 ) -> Verified:
-    """Verify ``envelope_bytes`` against ``trusted`` (keyid -> key).
+    """Verify ``envelope_bytes`` against ``trusted`` (keyid -> key, or a lookup).
 
     Succeeds when at least one signature is by a trusted key and verifies over
     PAE(type, payload). A signature claiming a trusted key id that fails to
@@ -122,10 +122,11 @@ def verify(
     env = open_envelope(envelope_bytes, max_bytes=max_bytes)
     if expected_type is not None and env.payload_type != expected_type:
         raise PayloadTypeError(f"expected payload type {expected_type!r}, got {env.payload_type!r}")
+    resolve = trusted.get if isinstance(trusted, Mapping) else trusted
     message = pae(env.payload_type, env.payload)
     signer: PublicKey | None = None
     for sig in env.signatures:
-        key = trusted.get(sig.keyid)
+        key = resolve(sig.keyid)
         if key is None:
             continue
         key.verify(sig.sig, message)

@@ -71,6 +71,12 @@ class UnknownNodeError(VerificationError):
     reason = "unknown_node"
 
 
+class KeyMismatchError(VerificationError):
+    """A report claims one node but is signed by the key enrolled for another."""
+
+    reason = "wrong_key"
+
+
 class InvalidReportError(VerificationError):
     """A verified report carries values that cannot be right."""
 
@@ -192,7 +198,49 @@ class CheckpointError(VerificationError):
     reason = "checkpoint"
 
 
+class StaleCheckpointError(CheckpointError):
+    """The newest checkpoint is older than the freshness bound: the log may be frozen."""
+
+    reason = "stale_checkpoint"
+
+
+class CheckpointShrankError(CheckpointError):
+    """A later checkpoint has a smaller tree than an earlier one."""
+
+    reason = "checkpoint_shrank"
+
+
+class SplitViewError(CheckpointError):
+    """Two signed checkpoints of one tree size with different roots (kept as evidence)."""
+
+    reason = "split_view"
+
+
+class InconsistentLogError(ProofError):
+    """A newer tree does not extend an older one: history was rewritten."""
+
+    reason = "inconsistent_log"
+
+
+class RewrittenEntryError(VerificationError):
+    """A log entry's bytes differ from what was signed or checkpointed."""
+
+    reason = "rewritten_entry"
+
+
+class DroppedEntryError(VerificationError):
+    """A log entry is missing: an index or a node's sequence skips."""
+
+    reason = "dropped_entry"
+
+
 class AuthError(Error):
     """A caller is not authenticated, or not allowed to do this."""
 
     reason = "auth"
+
+
+class PermissionDeniedError(AuthError):
+    """An authenticated caller's role does not allow this method."""
+
+    reason = "permission_denied"

@@ -1,0 +1,209 @@
+"""Ingest: verify the received bytes, then parse, then check the chain, then
+append. Nothing reaches the ledger or the aggregates unless every check passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from collector.aggregate import Aggregator
+from collector.chain import ChainBook
+from collector.ledger import Entry, Ledger
+from collector.registry import Registry
+from protos import dsse
+from protos.computewatch.v1 import telemetry_pb2
+from protos.errors import (
+    ChainError,
+    EquivocationError,
+    KeyMismatchError,
+    OversizeError,
+    ReplayError,
+    StreamBindingError,
+    UnknownKeyError,
+    UnknownNodeError,
+    VerificationError,
+)
+from protos.keys import PublicKey
+from protos.reports import validate_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestStats:
+    """Plain counters; the metrics collector reads them at scrape time."""
+
+    accepted: int = 0
+    replayed: int = 0
+    bytes_accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    suppressed_logs: int = 0
+
+
+@dataclass(frozen=True)
+class Accepted:
+    node_id: str
+    sequence: int
+    # Resolves to the report's log index once committed.
+    committed: asyncio.Future[int]
+    duplicate: bool = False
+
+
+class _RejectLog:
+    """One log line per rejection, at most ``per_second`` lines a second."""
+
+    def __init__(self, per_second: int = 20) -> None:
+        self._per_second = per_second
+        self._window = 0
+        self._count = 0
+
+    def allow(self) -> bool:
+        now = int(time.monotonic())
+        if now != self._window:
+            self._window, self._count = now, 0
+        self._count += 1
+        return self._count <= self._per_second
+
+
+class Ingestor:
+    """Verifies and appends NodeReport envelopes."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        ledger: Ledger,
+        aggregator: Aggregator,
+        *,
+        max_envelope_bytes: int = dsse.DEFAULT_MAX_ENVELOPE_BYTES,
+        verify_pool: Executor | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._registry = registry
+        self._ledger = ledger
+        self._aggregator = aggregator
+        self._max = max_envelope_bytes
+        self._pool = verify_pool
+        self._clock_ns = clock_ns
+        heads = ledger.chain_heads()
+        self.chains = ChainBook(
+            {k: (h.last_sequence, h.last_digest) for k, h in heads.items()}, self._stored_digest
+        )
+        self._in_flight: dict[tuple[str, int], asyncio.Future[int]] = {}
+        self.stats = IngestStats()
+        self._reject_log = _RejectLog()
+
+    def _stored_digest(self, keyid: str, sequence: int) -> bytes | None:
+        data = self._ledger.report_bytes(keyid, sequence)
+        return None if data is None else dsse.digest(data)
+
+    def _resolve(self, keyid: str) -> PublicKey | None:
+        node = self._registry.by_keyid(keyid)
+        return None if node is None else node.key
+
+    def _verify(self, data: bytes) -> dsse.Verified:
+        if len(data) > self._max:
+            raise OversizeError(f"envelope is {len(data)} bytes; the limit is {self._max}")
+        try:
+            return dsse.verify(
+                data, self._resolve, expected_type=dsse.REPORT_TYPE, max_bytes=self._max
+            )
+        except UnknownKeyError as exc:
+            raise UnknownNodeError(f"no enrolled node holds the signing key: {exc}") from exc
+
+    def reject(self, exc: VerificationError, peer: str) -> None:
+        """Count a rejection and log one line (rate-limited)."""
+        self.stats.rejected[exc.reason] += 1
+        if self._reject_log.allow():
+            log.warning("rejected envelope from %s: %s: %s", peer, exc.reason, exc)
+        else:
+            self.stats.suppressed_logs += 1
+
+    async def accept(self, data: bytes, bound_node: str | None = None) -> Accepted:
+        """Verify and queue one envelope; raise a VerificationError subclass on
+        anything wrong. The caller counts and logs rejections via ``reject``."""
+        if self._pool is not None:
+            loop = asyncio.get_running_loop()
+            verified = await loop.run_in_executor(self._pool, self._verify, data)
+        else:
+            verified = self._verify(data)
+        report = verified.parse(telemetry_pb2.NodeReport)
+        keyid = verified.signer.keyid
+        node = self._registry.by_keyid(keyid)
+        if node is None:  # un-enrolled between verify and here
+            raise UnknownNodeError(f"key {keyid[:16]} is no longer enrolled")
+        if report.node_id != node.node_id:
+            raise KeyMismatchError(
+                f"report claims node {report.node_id!r} but is signed by the key of {node.node_id}"
+            )
+        if bound_node is not None and bound_node != node.node_id:
+            raise StreamBindingError(
+                f"this stream carries node {bound_node}; a report for {node.node_id} arrived on it"
+            )
+        now_ns = self._clock_ns()
+        validate_report(report, now_ns=now_ns)
+        digest = dsse.digest(data)
+        try:
+            self.chains.check(keyid, report.sequence, report.previous_digest, digest)
+        except ReplayError:
+            return self._duplicate(node.node_id, keyid, report.sequence)
+        except EquivocationError:
+            self._ledger.record_evidence(
+                "equivocation",
+                node.node_id,
+                report.sequence,
+                self._ledger.report_bytes(keyid, report.sequence),
+                data,
+            )
+            self._aggregator.note_chain_break(node.node_id)
+            raise
+        except ChainError:
+            self._aggregator.note_chain_break(node.node_id)
+            raise
+        self.chains.advance(keyid, report.sequence, digest)
+        fut = self._ledger.append(
+            Entry(
+                data=data,
+                payload_type=verified.payload_type,
+                node_id=node.node_id,
+                keyid=keyid,
+                sequence=report.sequence,
+                digest=digest,
+            )
+        )
+        key = (keyid, report.sequence)
+        self._in_flight[key] = fut
+        fut.add_done_callback(functools.partial(self._committed, key, report, len(data), now_ns))
+        return Accepted(node.node_id, report.sequence, fut)
+
+    def _committed(
+        self,
+        key: tuple[str, int],
+        report: telemetry_pb2.NodeReport,
+        size: int,
+        received_ns: int,
+        fut: asyncio.Future[int],
+    ) -> None:
+        self._in_flight.pop(key, None)
+        if fut.cancelled() or fut.exception() is not None:
+            heads = self._ledger.chain_heads()
+            self.chains.reset({k: (h.last_sequence, h.last_digest) for k, h in heads.items()})
+            return
+        self.stats.accepted += 1
+        self.stats.bytes_accepted += size
+        self._aggregator.ingest(report, fut.result(), received_ns / 1e9)
+
+    def _duplicate(self, node_id: str, keyid: str, sequence: int) -> Accepted:
+        self.stats.replayed += 1
+        pending = self._in_flight.get((keyid, sequence))
+        if pending is not None:
+            return Accepted(node_id, sequence, pending, duplicate=True)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        fut.set_result(self._ledger.report_index(keyid, sequence))
+        return Accepted(node_id, sequence, fut, duplicate=True)

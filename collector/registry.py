@@ -1,0 +1,131 @@
+"""Enrolment: which node owns which public key.
+
+Stored in the ledger file's ``nodes`` table, written by ``computewatch nodes
+enroll`` (the collector may be running: it rereads on a cache miss). A key
+belongs to exactly one node; re-enrolling a node with a new key starts a new
+chain for it (chains are kept per key).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from collector.ledger import connect, init_db
+from protos.errors import ConfigError
+from protos.keys import PublicKey
+
+log = logging.getLogger(__name__)
+
+_NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+@dataclass(frozen=True)
+class EnrolledNode:
+    node_id: str
+    key: PublicKey
+    enrolled_unix_nanos: int
+
+
+def validate_node_id(node_id: str) -> str:
+    if not node_id or len(node_id) > 128 or not set(node_id) <= _NODE_ID_CHARS:
+        raise ConfigError(
+            f"node id {node_id!r} is not valid: expected 1-128 characters of"
+            " letters, digits, '-', '_', '.', ':'"
+        )
+    return node_id
+
+
+def enroll(path: Path, node_id: str, key: PublicKey, *, replace: bool = False) -> EnrolledNode:
+    """Record ``node_id`` -> ``key``. Refuses a key already held by another node."""
+    validate_node_id(node_id)
+    init_db(path)
+    now = time.time_ns()
+    conn = connect(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT node_id FROM nodes WHERE keyid = ?", (key.keyid,)).fetchone()
+            if row is not None and row[0] != node_id:
+                raise ConfigError(f"key {key.keyid[:16]} is already enrolled for node {row[0]}")
+            existing = conn.execute(
+                "SELECT keyid FROM nodes WHERE node_id = ?", (node_id,)
+            ).fetchone()
+            if existing is not None and existing[0] != key.keyid and not replace:
+                raise ConfigError(
+                    f"node {node_id} is enrolled with another key; pass --replace to re-key it"
+                )
+            conn.execute(
+                "INSERT INTO nodes(node_id, keyid, public_key, enrolled_unix_nanos)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE SET"
+                " keyid = excluded.keyid, public_key = excluded.public_key,"
+                " enrolled_unix_nanos = excluded.enrolled_unix_nanos",
+                (node_id, key.keyid, key.raw(), now),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
+    return EnrolledNode(node_id, key, now)
+
+
+def list_nodes(path: Path) -> list[EnrolledNode]:
+    if not path.exists():
+        raise ConfigError(f"{path}: no such ledger; enroll a node first")
+    conn = connect(path, readonly=True)
+    try:
+        rows = conn.execute(
+            "SELECT node_id, public_key, enrolled_unix_nanos FROM nodes ORDER BY node_id"
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{path}: not a computewatch ledger ({exc})") from exc
+    finally:
+        conn.close()
+    return [EnrolledNode(r[0], PublicKey.from_raw(bytes(r[1])), r[2]) for r in rows]
+
+
+class Registry:
+    """keyid -> enrolled node, cached; rereads the table on a miss (rate-limited)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        reload_interval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._by_keyid: dict[str, EnrolledNode] = {}
+        self._by_node: dict[str, EnrolledNode] = {}
+        self._reload_interval = reload_interval
+        self._monotonic = monotonic
+        self._last_reload = float("-inf")
+        self.reload()
+
+    def reload(self) -> None:
+        nodes = list_nodes(self._path)
+        with self._lock:
+            self._by_keyid = {n.key.keyid: n for n in nodes}
+            self._by_node = {n.node_id: n for n in nodes}
+            self._last_reload = self._monotonic()
+
+    def by_keyid(self, keyid: str) -> EnrolledNode | None:
+        node = self._by_keyid.get(keyid)
+        if node is None and self._monotonic() - self._last_reload >= self._reload_interval:
+            self.reload()
+            node = self._by_keyid.get(keyid)
+        return node
+
+    def node_ids(self) -> list[str]:
+        return sorted(self._by_node)
+
+    def by_node(self, node_id: str) -> EnrolledNode | None:
+        return self._by_node.get(node_id)

@@ -1,0 +1,229 @@
+"""Assemble the collector: ledger, ingest, aggregation, gRPC services, ticks.
+
+``create_server(config)`` returns a started ``Collector`` and the bound port;
+tests bind ``127.0.0.1:0``. ``await collector.stop()`` shuts down gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from collector.aggregate import Aggregator
+from collector.config import CollectorConfig
+from collector.ingest import Ingestor
+from collector.ledger import Ledger, iter_entries
+from collector.metrics import CollectorMetrics
+from collector.registry import Registry
+from collector.sessions import Sessions
+from collector.status_service import StatusServicer
+from collector.telemetry_service import TelemetryServicer
+from protos import dsse
+from protos.computewatch.v1 import (
+    audit_pb2,
+    control_pb2,
+    status_pb2,
+    status_pb2_grpc,
+    telemetry_pb2,
+    telemetry_pb2_grpc,
+)
+from protos.errors import ConfigError, DecodeError
+from protos.keys import PrivateKey, load_private_key
+
+log = logging.getLogger(__name__)
+
+# gRPC's own limit sits above ours so oversize envelopes get our typed error;
+# anything beyond it is refused by gRPC itself (RESOURCE_EXHAUSTED).
+_GRPC_HEADROOM = 4
+
+
+@dataclass
+class Collector:
+    """A running collector and its parts (tests and the demo reach into them)."""
+
+    config: CollectorConfig
+    server: grpc.aio.Server
+    port: int
+    key: PrivateKey
+    ledger: Ledger
+    registry: Registry
+    aggregator: Aggregator
+    ingestor: Ingestor
+    sessions: Sessions
+    metrics_registry: CollectorRegistry
+    health: health_aio.HealthServicer
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _pool: ThreadPoolExecutor | None = None
+    _metrics_server: object | None = None
+    tick_hooks: list[Callable[[float], None]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_seconds if grace is None else grace)
+        await self.ledger.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        shutdown = getattr(self._metrics_server, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+
+    async def _tick_loop(self) -> None:
+        period = self.config.tick_seconds
+        silent: set[str] = set()
+        while True:
+            await asyncio.sleep(period)
+            now = time.time()
+            for node_id in self.registry.node_ids():
+                self.aggregator.enroll(node_id)
+            for node in self.aggregator.nodes.values():
+                is_silent = self.aggregator.is_silent(node, now)
+                if is_silent and node.node_id not in silent:
+                    log.warning(
+                        "node %s is silent: no report for %.1f s",
+                        node.node_id,
+                        now - node.last_received,
+                    )
+                    silent.add(node.node_id)
+                elif not is_silent and node.node_id in silent:
+                    log.info("node %s is reporting again", node.node_id)
+                    silent.discard(node.node_id)
+            for hook in self.tick_hooks:
+                try:
+                    hook(now)
+                except Exception:
+                    log.exception("tick hook failed")
+
+
+def replay(ledger: Ledger, aggregator: Aggregator) -> int:
+    """Rebuild aggregates from committed reports (verified when accepted)."""
+    count = 0
+    for entry in iter_entries(ledger.path):
+        if entry.payload_type != dsse.REPORT_TYPE:
+            continue
+        env = dsse.open_envelope(entry.data)
+        try:
+            report = dsse.parse_message(telemetry_pb2.NodeReport, env.payload)
+        except DecodeError:
+            log.exception("ledger entry %d does not parse; skipped in aggregates", entry.index)
+            continue
+        aggregator.ingest(report, entry.index, entry.received_unix_nanos / 1e9)
+        count += 1
+    return count
+
+
+async def create_server(
+    config: CollectorConfig,
+    *,
+    metrics_registry: CollectorRegistry | None = None,
+) -> tuple[Collector, int]:
+    """Build, bind and start a collector. Raises ConfigError on bad config."""
+    key = load_private_key(config.key)
+    ledger = Ledger(config.ledger)
+    registry = Registry(config.ledger)
+    aggregator = Aggregator(silent_after_intervals=config.silent_after_intervals)
+    for node_id in registry.node_ids():
+        aggregator.enroll(node_id)
+    replayed = replay(ledger, aggregator)
+    pool = (
+        ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
+        if config.verify_threads
+        else None
+    )
+    ingestor = Ingestor(
+        registry,
+        ledger,
+        aggregator,
+        max_envelope_bytes=config.max_envelope_bytes,
+        verify_pool=pool,
+    )
+    sessions = Sessions()
+    limit = config.max_envelope_bytes * _GRPC_HEADROOM
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    telemetry_pb2_grpc.add_TelemetryServicer_to_server(
+        TelemetryServicer(ingestor, sessions, max_in_flight=config.max_in_flight_per_stream),
+        server,
+    )
+    status_pb2_grpc.add_StatusServicer_to_server(
+        StatusServicer(aggregator, ingestor.stats, ledger), server
+    )
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = (
+        telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name,
+        status_pb2.DESCRIPTOR.services_by_name["Status"].full_name,
+        control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
+        audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+        health.SERVICE_NAME,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(services, server)
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {config.listen}: {exc}") from exc
+    if port == 0:
+        raise ConfigError(f"cannot listen on {config.listen}: address in use or not local")
+    await server.start()
+    for name in ("", *services[:2]):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics_registry = metrics_registry or CollectorRegistry()
+    metrics_registry.register(CollectorMetrics(ingestor.stats, ledger, aggregator, sessions))
+    collector = Collector(
+        config=config,
+        server=server,
+        port=port,
+        key=key,
+        ledger=ledger,
+        registry=registry,
+        aggregator=aggregator,
+        ingestor=ingestor,
+        sessions=sessions,
+        metrics_registry=metrics_registry,
+        health=health_servicer,
+        _pool=pool,
+    )
+    if config.metrics_port:
+        from prometheus_client import start_http_server
+
+        collector._metrics_server, _ = start_http_server(
+            config.metrics_port, addr=config.metrics_address, registry=metrics_registry
+        )
+    collector._tasks.append(asyncio.create_task(collector._tick_loop()))
+    log.info(
+        "collector listening on %s (ledger %s: %d entries, %d reports replayed)",
+        collector.address,
+        config.ledger,
+        ledger.size,
+        replayed,
+    )
+    return collector, port

@@ -1,0 +1,79 @@
+"""Open agent streams: who is connected, and a bounded outbox for each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+from protos.computewatch.v1 import telemetry_pb2
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """One agent's ``Telemetry.Stream``. Bound to a node by its first valid report."""
+
+    def __init__(self, peer: str, max_outbox: int = 4096) -> None:
+        self.peer = peer
+        self.node_id: str | None = None
+        self._out: asyncio.Queue[telemetry_pb2.CollectorMessage | None] = asyncio.Queue(max_outbox)
+        self.overflowed = False
+
+    def send(self, msg: telemetry_pb2.CollectorMessage) -> bool:
+        """Queue ``msg``; a peer that stopped reading is cut off, not waited for."""
+        if self.overflowed:
+            return False
+        try:
+            self._out.put_nowait(msg)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            log.warning("stream from %s (%s) is not reading; closing it", self.peer, self.node_id)
+            self.close()
+            return False
+        return True
+
+    def send_directive(self, envelope: bytes) -> bool:
+        return self.send(telemetry_pb2.CollectorMessage(directive=envelope))
+
+    def close(self) -> None:
+        """End the response stream (the sentinel may exceed the bound)."""
+        try:
+            self._out.put_nowait(None)
+        except asyncio.QueueFull:
+            # Drop one queued message to make room for the end marker.
+            self._out.get_nowait()
+            self._out.put_nowait(None)
+
+    async def next(self) -> telemetry_pb2.CollectorMessage | None:
+        return await self._out.get()
+
+
+class Sessions:
+    """node id -> open sessions (a reconnecting agent may briefly have two)."""
+
+    def __init__(self) -> None:
+        self._by_node: dict[str, set[Session]] = {}
+        self.opened = 0
+
+    def bind(self, session: Session, node_id: str) -> None:
+        session.node_id = node_id
+        self._by_node.setdefault(node_id, set()).add(session)
+
+    def remove(self, session: Session) -> None:
+        if session.node_id is None:
+            return
+        group = self._by_node.get(session.node_id)
+        if group is not None:
+            group.discard(session)
+            if not group:
+                del self._by_node[session.node_id]
+
+    def for_node(self, node_id: str) -> Iterator[Session]:
+        return iter(tuple(self._by_node.get(node_id, ())))
+
+    def connected_nodes(self) -> list[str]:
+        return sorted(self._by_node)
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self._by_node.values())
