@@ -73,16 +73,16 @@ class ChainBook:
         accepted = h.recent.get(sequence) if h else None
         if accepted is None:
             accepted = self._stored(keyid, sequence)
-        if accepted is None:
-            raise RollbackError(
-                f"sequence {sequence} goes back before the last accepted {last}"
-                " and was never accepted"
-            )
         if accepted == digest:
             raise ReplayError(f"sequence {sequence} was already accepted (identical bytes)")
-        raise EquivocationError(
-            f"sequence {sequence} was already accepted with different bytes"
-            f" ({accepted.hex()[:16]} vs {digest.hex()[:16]})"
+        if sequence == last:
+            raise EquivocationError(
+                f"sequence {sequence} was already accepted with different bytes"
+                f" ({last_digest.hex()[:16]} vs {digest.hex()[:16]})"
+            )
+        raise RollbackError(
+            f"sequence {sequence} goes back before the last accepted {last}"
+            " with bytes that were never accepted"
         )
 
     def advance(self, keyid: str, sequence: int, digest: bytes) -> None:

@@ -25,6 +25,7 @@ from protos.errors import (
     KeyMismatchError,
     OversizeError,
     ReplayError,
+    RollbackError,
     StreamBindingError,
     UnknownKeyError,
     UnknownNodeError,
@@ -153,9 +154,10 @@ class Ingestor:
             self.chains.check(keyid, report.sequence, report.previous_digest, digest)
         except ReplayError:
             return self._duplicate(node.node_id, keyid, report.sequence)
-        except EquivocationError:
+        except (EquivocationError, RollbackError) as exc:
+            # Two different signed statements for one sequence: keep both.
             self._ledger.record_evidence(
-                "equivocation",
+                exc.reason,
                 node.node_id,
                 report.sequence,
                 self._ledger.report_bytes(keyid, report.sequence),
