@@ -1,0 +1,122 @@
+"""Ledger group commit, enrolment rules, and config errors that name the place."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from collector.config import CollectorConfig, load_collector_config
+from collector.ledger import Entry, Ledger, iter_entries
+from collector.registry import Registry, enroll, list_nodes
+from protos.errors import ConfigError
+from protos.keys import PrivateKey
+
+
+def test_group_commit_preserves_order_and_chain_heads(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+
+    async def scenario() -> list[int]:
+        ledger = Ledger(path, max_batch=7)
+        futs = [
+            ledger.append(
+                Entry(
+                    bytes([i]), "t", node_id="n", keyid="k", sequence=i + 1, digest=bytes([i]) * 32
+                )
+            )
+            for i in range(50)
+        ]
+        indices = list(await asyncio.gather(*futs))
+        assert ledger.batches >= 50 // 7
+        heads = ledger.chain_heads()
+        assert heads["k"].last_sequence == 50
+        assert heads["k"].last_index == 49
+        assert ledger.report_index("k", 10) == 9
+        assert ledger.report_bytes("k", 10) == bytes([9])
+        await ledger.close()
+        return indices
+
+    assert asyncio.run(scenario()) == list(range(50))
+    assert [e.data for e in iter_entries(path)] == [bytes([i]) for i in range(50)]
+    assert [e.index for e in iter_entries(path, start=45)] == [45, 46, 47, 48, 49]
+
+
+def test_duplicate_chain_link_fails_the_whole_batch_and_reports_it(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+
+    async def scenario() -> None:
+        ledger = Ledger(path)
+        await ledger.append(Entry(b"a", "t", "n", "k", 1, b"\x01" * 32))
+        # A second row for (k, 1) violates the unique chain index: nothing is written.
+        with pytest.raises(Exception, match="ledger write failed"):
+            await ledger.append(Entry(b"b", "t", "n", "k", 1, b"\x02" * 32))
+        assert ledger.size == 1
+        assert ledger.write_errors == 1
+        await ledger.close()
+
+    asyncio.run(scenario())
+    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM log").fetchone()[0] == 1
+
+
+def test_enrolment_refuses_shared_keys_and_silent_rekeying(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    k1, k2 = PrivateKey.generate(), PrivateKey.generate()
+    enroll(path, "node-1", k1.public)
+    enroll(path, "node-1", k1.public)  # idempotent
+    with pytest.raises(ConfigError, match="already enrolled for node node-1"):
+        enroll(path, "node-2", k1.public)
+    with pytest.raises(ConfigError, match="--replace"):
+        enroll(path, "node-1", k2.public)
+    enroll(path, "node-1", k2.public, replace=True)
+    assert [(n.node_id, n.key.keyid) for n in list_nodes(path)] == [("node-1", k2.keyid)]
+    with pytest.raises(ConfigError, match="not valid"):
+        enroll(path, "bad id with spaces", k1.public)
+
+
+def test_registry_rereads_on_a_miss(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    enroll(path, "a", PrivateKey.generate().public)
+    clock = [0.0]
+    reg = Registry(path, reload_interval=1.0, monotonic=lambda: clock[0])
+    late = PrivateKey.generate()
+    enroll(path, "b", late.public)
+    assert reg.by_keyid(late.keyid) is None  # within the rate limit
+    clock[0] = 2.0
+    node = reg.by_keyid(late.keyid)
+    assert node is not None
+    assert node.node_id == "b"
+
+
+def test_config_file_env_and_flag_precedence_and_errors(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[collector]\nledger = "/var/l.db"\nkey = "/k"\nquorum = 1\ninterval_seconds = 2\n'
+    )
+    c = load_collector_config(cfg, {"interval_seconds": "5", "listen": None})
+    assert isinstance(c, CollectorConfig)
+    assert c.interval_seconds == 5.0  # the flag wins over the file
+    assert c.ledger == Path("/var/l.db")
+    assert c.listen == "127.0.0.1:7443"  # default when neither says
+
+    cfg.write_text('[collector]\nledger = "/l"\nkey = "/k"\nquorum = "two"\n')
+    with pytest.raises(
+        ConfigError, match=r"c\.toml \[collector\]: key 'quorum': expected an integer"
+    ):
+        load_collector_config(cfg)
+    cfg.write_text('[collector]\nledger = "/l"\nkey = "/k"\nqourum = 2\n')
+    with pytest.raises(ConfigError, match="unknown key.*qourum"):
+        load_collector_config(cfg)
+    cfg.write_text('[collector]\nkey = "/k"\n')
+    with pytest.raises(ConfigError, match="missing required key.*ledger"):
+        load_collector_config(cfg)
+    cfg.write_text("[collector\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_collector_config(cfg)
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        load_collector_config(None, {"ledger": "/l", "key": "/k", "listen": "nope"})
+    with pytest.raises(ConfigError, match="could never be lifted"):
+        load_collector_config(
+            None, {"ledger": "/l", "key": "/k", "quorum": 3, "authority_keys": ["/a", "/b"]}
+        )
