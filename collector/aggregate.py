@@ -65,8 +65,9 @@ class JobState:
     job_id: str
     cumulative_flop: float = 0.0
     upper_bound: bool = False
-    # node id -> (achieved FLOP/s, allocated FLOP/s, GPUs) from that node's last report
-    per_node: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    # node id -> (achieved FLOP/s, allocated FLOP/s, GPUs, GPUs of unknown model)
+    # from that node's last report
+    per_node: dict[str, tuple[float, float, int, int]] = field(default_factory=dict)
     parents: tuple[str, ...] = ()
     model_id: str = ""
     evidence: deque[int] = field(default_factory=lambda: deque(maxlen=_EVIDENCE_PER_JOB))
@@ -159,15 +160,16 @@ class Aggregator:
                 continue
             share = 1.0 / len(fig.jobs)
             for name in fig.jobs:
-                acc = per_job.setdefault(name, [0.0, 0.0, 0.0])
+                acc = per_job.setdefault(name, [0.0, 0.0, 0.0, 0.0])
                 acc[0] += (fig.achieved or 0.0) * share
                 acc[1] += (fig.allocated or 0.0) * share
                 acc[2] += 1
+                acc[3] += fig.model is None
                 if fig.method == METHOD_UTILIZATION:
                     upper.add(name)
-        for job_id, (achieved, allocated, gpus) in per_job.items():
+        for job_id, (achieved, allocated, gpus, unknown) in per_job.items():
             job = self._job(job_id)
-            job.per_node[node.node_id] = (achieved, allocated, int(gpus))
+            job.per_node[node.node_id] = (achieved, allocated, int(gpus), int(unknown))
             job.cumulative_flop += achieved * interval
             job.upper_bound = job.upper_bound or job_id in upper
             job.evidence.append(log_index)
@@ -259,6 +261,7 @@ class Aggregator:
                 "achieved_flops": sum(v[0] for v in running.values()),
                 "allocated_flops": sum(v[1] for v in running.values()),
                 "gpus": float(sum(v[2] for v in running.values())),
+                "gpus_unknown_model": float(sum(v[3] for v in running.values())),
             }
             for name, score in job.capability.items():
                 metrics[f"capability:{name}"] = score

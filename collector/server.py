@@ -26,8 +26,9 @@ from collector.ingest import Ingestor
 from collector.ledger import Ledger, iter_entries
 from collector.metrics import CollectorMetrics
 from collector.registry import Registry
-from collector.sessions import Sessions
+from collector.sessions import Session, Sessions
 from collector.status_service import StatusServicer
+from collector.stop_wiring import StopHandle, install_stop_protocol
 from collector.telemetry_service import TelemetryServicer
 from protos import dsse
 from protos.computewatch.v1 import (
@@ -67,6 +68,10 @@ class Collector:
     _pool: ThreadPoolExecutor | None = None
     _metrics_server: object | None = None
     tick_hooks: list[Callable[[float], None]] = field(default_factory=list)
+    # Called when a stream binds to a node (its first valid report).
+    bind_hooks: list[Callable[[Session], None]] = field(default_factory=list)
+    # Directives, Control, leases, effectiveness (``collector.stop_wiring``).
+    stop_protocol: StopHandle | None = None
 
     @property
     def address(self) -> str:
@@ -169,8 +174,16 @@ async def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
+    bind_hooks: list[Callable[[Session], None]] = []
+
+    def on_bind(session: Session) -> None:
+        for hook in bind_hooks:
+            hook(session)
+
     telemetry_pb2_grpc.add_TelemetryServicer_to_server(
-        TelemetryServicer(ingestor, sessions, max_in_flight=config.max_in_flight_per_stream),
+        TelemetryServicer(
+            ingestor, sessions, max_in_flight=config.max_in_flight_per_stream, on_bind=on_bind
+        ),
         server,
     )
     status_pb2_grpc.add_StatusServicer_to_server(
@@ -193,9 +206,6 @@ async def create_server(
         raise ConfigError(f"cannot listen on {config.listen}: {exc}") from exc
     if port == 0:
         raise ConfigError(f"cannot listen on {config.listen}: address in use or not local")
-    await server.start()
-    for name in ("", *services[:2]):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_registry = metrics_registry or CollectorRegistry()
     metrics_registry.register(CollectorMetrics(ingestor.stats, ledger, aggregator, sessions))
     collector = Collector(
@@ -211,7 +221,18 @@ async def create_server(
         metrics_registry=metrics_registry,
         health=health_servicer,
         _pool=pool,
+        bind_hooks=bind_hooks,
     )
+    try:
+        collector.stop_protocol = await install_stop_protocol(collector, server)
+    except BaseException:
+        await ledger.close()
+        if pool is not None:
+            pool.shutdown(wait=False)
+        raise
+    await server.start()
+    for name in ("", *services[:2]):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_port:
         from prometheus_client import start_http_server
 

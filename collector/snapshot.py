@@ -40,7 +40,13 @@ METRICS: Mapping[Scope, tuple[str, ...]] = {
         "gpus_lost",
         "chain_breaks",
     ),
-    Scope.JOB: ("cumulative_flop", "achieved_flops", "allocated_flops", "gpus"),
+    Scope.JOB: (
+        "cumulative_flop",
+        "achieved_flops",
+        "allocated_flops",
+        "gpus",
+        "gpus_unknown_model",
+    ),
     Scope.GPU: ("installed_flops", "achieved_flops", "utilization_percent", "power_watts"),
 }
 

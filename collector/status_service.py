@@ -62,6 +62,7 @@ def build_status(
             upper_bound=job.upper_bound,
             node_ids=list(snap.job_nodes.get(job.job_id, ())),
             parent_job_ids=list(job.parents),
+            gpus_unknown_model=int(values.get("gpus_unknown_model") or 0),
         )
     return out
 

@@ -37,14 +37,18 @@ class _InFlight:
         self._space.release()
         return self._items.popleft()
 
-    def head_committed(self) -> Accepted | None:
-        """The next item if its commit already succeeded, else None."""
+    def pop_committed(self) -> Accepted | None:
+        """Take the next item if its commit already succeeded, else None."""
         if not self._items:
             return None
         head = self._items[0]
         if head is None or not head.committed.done() or head.committed.exception():
             return None
-        return head
+        self._space.release()
+        return self._items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
@@ -55,11 +59,15 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         *,
         max_in_flight: int = 1024,
         on_bind: Callable[[Session], None] | None = None,
+        ack_interval: float = 0.1,
     ) -> None:
         self._ingestor = ingestor
         self._sessions = sessions
         self._max_in_flight = max_in_flight
         self._on_bind = on_bind
+        # A busy stream gets at most one ack per interval (each covers every
+        # report committed so far); an idle one is acknowledged at once.
+        self._ack_interval = ack_interval
 
     async def Stream(
         self,
@@ -117,7 +125,16 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
             session.close()
 
     async def _pump(self, session: Session, acks: _InFlight) -> None:
-        """Acknowledge in order, once committed; coalesce runs into one ack."""
+        """Acknowledge in order, once committed; coalesce runs into one ack.
+
+        Acks are cumulative, so a stream is acknowledged at most once per
+        ``ack_interval``; each ack covers every report committed by then. A
+        stream sending as fast as it can gets a few acks a second rather than
+        one per report (each is a write to the socket); an agent reporting
+        once a second is acknowledged as soon as its report is committed.
+        """
+        loop = asyncio.get_running_loop()
+        next_ack = 0.0
         while True:
             item = await acks.get()
             if item is None:
@@ -128,9 +145,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                 log.exception("commit failed for %s; closing its stream", session.node_id)
                 session.close()
                 return
+            wait = next_ack - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             last, last_index = item, index
-            while (nxt := acks.head_committed()) is not None:
-                await acks.get()
+            while (nxt := acks.pop_committed()) is not None:
                 last, last_index = nxt, nxt.committed.result()
             session.send(
                 telemetry_pb2.CollectorMessage(
@@ -139,3 +158,4 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                     )
                 )
             )
+            next_ack = loop.time() + self._ack_interval

@@ -36,10 +36,29 @@ def cli(log_level: str, log_json: bool) -> None:
 
 def _register() -> None:
     # Imported here so each group's imports load only with the CLI.
-    from computewatch import cli_collector, cli_keys, cli_status
+    from computewatch import cli_collector, cli_keys, cli_rules, cli_status
 
     for group in (cli_keys.keys, cli_collector.collector, cli_collector.nodes, cli_status.status):
         cli.add_command(group)
+    cli.add_command(cli_rules.rules)
+    from computewatch import cli_agent
+
+    cli.add_command(cli_agent.agent)
+    from computewatch import cli_audit
+
+    cli.add_command(cli_audit.audit)
+    from computewatch import cli_demo
+
+    cli.add_command(cli_demo.demo)
+    from computewatch import cli_control
+
+    for command in (
+        cli_control.halt,
+        cli_control.approve,
+        cli_control.evaluate,
+        cli_control.directives,
+    ):
+        cli.add_command(command)
 
 
 _register()

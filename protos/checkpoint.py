@@ -142,14 +142,19 @@ def parse_verifier_key(vkey: str) -> NoteVerifier:
     return verifier
 
 
+def sign_note(text: bytes, key: PrivateKey, name: str) -> bytes:
+    """A signed note: ``text`` (ending in a newline), a blank line, one signature line."""
+    if not text.endswith(b"\n") or b"\n\n" in text:
+        raise CheckpointError("note text must end in a newline and hold no blank line")
+    verifier = NoteVerifier(name, key.public)
+    sig = base64.b64encode(verifier.key_hash + key.sign(text)).decode("ascii")
+    return text + f"\n{SIG_PREFIX}{name} {sig}\n".encode()
+
+
 def sign(checkpoint: Checkpoint, key: PrivateKey, name: str | None = None) -> SignedCheckpoint:
     """Sign ``checkpoint`` as a note; the key name defaults to the origin."""
     name = checkpoint.origin if name is None else name
-    verifier = NoteVerifier(name, key.public)
-    body = checkpoint.body()
-    sig = base64.b64encode(verifier.key_hash + key.sign(body)).decode("ascii")
-    note = body + f"\n{SIG_PREFIX}{name} {sig}\n".encode()
-    return SignedCheckpoint(checkpoint, note)
+    return SignedCheckpoint(checkpoint, sign_note(checkpoint.body(), key, name))
 
 
 def parse_body(body: str) -> Checkpoint:
@@ -209,23 +214,27 @@ def _split_note(note: bytes) -> tuple[str, list[tuple[str, bytes]]]:
     return body, sigs
 
 
-def open_note(
-    note: bytes, verifiers: Sequence[NoteVerifier], *, origin: str | None = None
-) -> SignedCheckpoint:
-    """Verify ``note`` and parse its checkpoint.
+def open_text(note: bytes, verifiers: Sequence[NoteVerifier | PublicKey]) -> str:
+    """Verify a signed note and return its text (ending in a newline).
 
     Succeeds when a signature by one of ``verifiers`` (matched by name and
-    key hash) verifies over the body; signatures by other keys are ignored, as
-    the signed-note spec says, but one that claims a trusted key and fails is
-    an error. ``origin``, when given, must be the checkpoint's first line.
+    key hash; a bare ``PublicKey`` matches under whatever name the signature
+    line gives) verifies over the text. Signatures by other keys are ignored,
+    as the signed-note spec says, but one that claims a trusted key and fails
+    is an error.
     """
     if not verifiers:
         raise CheckpointError("no trusted checkpoint key given: nothing can verify")
     body, sigs = _split_note(note)
-    trusted = {(v.name, v.key_hash): v for v in verifiers}
+    named = {(v.name, v.key_hash): v for v in verifiers if isinstance(v, NoteVerifier)}
+    bare = [v for v in verifiers if isinstance(v, PublicKey)]
     verified = False
     for name, raw in sigs:
-        verifier = trusted.get((name, raw[:4]))
+        verifier = named.get((name, raw[:4]))
+        if verifier is None:
+            verifier = next(
+                (NoteVerifier(name, k) for k in bare if key_hash(name, k) == raw[:4]), None
+            )
         if verifier is None:
             continue
         try:
@@ -235,8 +244,23 @@ def open_note(
         verified = True
     if not verified:
         names = ", ".join(sorted({n for n, _ in sigs}))
-        raise CheckpointError(f"checkpoint carries no signature by a trusted key (signers: {names})")
-    cp = parse_body(body)
+        raise CheckpointError(
+            f"checkpoint carries no signature by a trusted key (signers: {names})"
+        )
+    return body
+
+
+def open_note(
+    note: bytes,
+    verifiers: Sequence[NoteVerifier | PublicKey],
+    *,
+    origin: str | None = None,
+) -> SignedCheckpoint:
+    """Verify ``note`` (see ``open_text``) and parse its checkpoint.
+
+    ``origin``, when given, must be the checkpoint's first line.
+    """
+    cp = parse_body(open_text(note, verifiers))
     if origin is not None and cp.origin != origin:
         raise CheckpointError(f"checkpoint is for log {cp.origin!r}, expected {origin!r}")
     return SignedCheckpoint(cp, note)

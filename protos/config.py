@@ -59,6 +59,8 @@ def _coerce(where: str, key: str, tp: Any, value: object) -> object:
     if tp is int:
         if isinstance(value, bool):
             raise _expect(where, key, "an integer", value)
+        if isinstance(value, float) and not value.is_integer():
+            raise _expect(where, key, "an integer", value)
         try:
             return int(value)  # type: ignore[call-overload]
         except (TypeError, ValueError):

@@ -135,6 +135,19 @@ class BackendError(Error):
     reason = "backend"
 
 
+# --- agent state -------------------------------------------------------------------
+class SpoolError(Error):
+    """The agent's spool (chain state, unacknowledged reports) cannot be used."""
+
+    reason = "spool"
+
+
+class SpoolFullError(SpoolError):
+    """The spool holds as many unacknowledged reports as it may."""
+
+    reason = "spool_full"
+
+
 # --- directives and enforcement --------------------------------------------------
 class DirectiveError(VerificationError):
     """A directive is not valid for this node (scope, counter, expiry)."""
@@ -158,6 +171,12 @@ class CounterError(DirectiveError):
     """A directive's counter is not higher than every counter seen before."""
 
     reason = "stale_counter"
+
+
+class InvalidDirectiveError(DirectiveError):
+    """A signed directive whose fields cannot be acted on (no id, no action, ...)."""
+
+    reason = "invalid_directive"
 
 
 class QuorumError(Error):

@@ -118,9 +118,7 @@ def _check_hash(name: str, value: bytes) -> None:
         raise ProofError(f"{name} is {len(value)} bytes, expected {HASH_SIZE}")
 
 
-def root_from_inclusion_proof(
-    index: int, size: int, leaf: bytes, proof: Sequence[bytes]
-) -> bytes:
+def root_from_inclusion_proof(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:
     """The root that ``proof`` implies for ``leaf`` at ``index`` (RFC 9162 2.1.3.2)."""
     if not 0 <= index < size:
         raise ProofError(f"index {index} is not in a tree of size {size}")
@@ -205,6 +203,34 @@ def verify_consistency(
         raise ProofError(f"consistency proof does not reproduce the root of size {new}")
 
 
+class MemoryTree:
+    """Every complete subtree over a list of leaf hashes, in memory (2n hashes).
+
+    For verifiers and tests that hold the entries themselves; ``subtree`` is a
+    ``SubtreeAccessor`` for the proof functions above.
+    """
+
+    def __init__(self, leaves: Iterable[bytes]) -> None:
+        level = list(leaves)
+        self.levels: list[list[bytes]] = [level]
+        while len(level) > 1:
+            level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            self.levels.append(level)
+
+    @property
+    def size(self) -> int:
+        return len(self.levels[0])
+
+    def subtree(self, level: int, index: int) -> bytes:
+        try:
+            return self.levels[level][index]
+        except IndexError:
+            raise ValueError(f"no complete subtree (level {level}, index {index})") from None
+
+    def root(self, size: int | None = None) -> bytes:
+        return root(self.size if size is None else size, self.subtree)
+
+
 class Frontier:
     """The right edge of a growing tree: one complete-subtree hash per set bit of the size.
 
@@ -237,9 +263,7 @@ class Frontier:
     def copy(self) -> Frontier:
         return Frontier(self._size, self._hashes)
 
-    def append(
-        self, leaf: bytes, on_node: Callable[[int, int, bytes], None] | None = None
-    ) -> None:
+    def append(self, leaf: bytes, on_node: Callable[[int, int, bytes], None] | None = None) -> None:
         """Add one leaf hash."""
         index = self._size
         h = leaf

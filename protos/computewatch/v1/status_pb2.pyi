@@ -45,7 +45,7 @@ class NodeStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_sequence: _Optional[int] = ..., last_seen_unix_nanos: _Optional[int] = ..., gpus: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., active_directive_ids: _Optional[_Iterable[str]] = ..., halted: _Optional[bool] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "cumulative_flop", "achieved_flops", "gpus", "upper_bound", "node_ids", "parent_job_ids")
+    __slots__ = ("job_id", "cumulative_flop", "achieved_flops", "gpus", "upper_bound", "node_ids", "parent_job_ids", "gpus_unknown_model")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CUMULATIVE_FLOP_FIELD_NUMBER: _ClassVar[int]
     ACHIEVED_FLOPS_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class JobStatus(_message.Message):
     UPPER_BOUND_FIELD_NUMBER: _ClassVar[int]
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     PARENT_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_UNKNOWN_MODEL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     cumulative_flop: float
     achieved_flops: float
@@ -60,7 +61,8 @@ class JobStatus(_message.Message):
     upper_bound: bool
     node_ids: _containers.RepeatedScalarFieldContainer[str]
     parent_job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., cumulative_flop: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus: _Optional[int] = ..., upper_bound: _Optional[bool] = ..., node_ids: _Optional[_Iterable[str]] = ..., parent_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    gpus_unknown_model: int
+    def __init__(self, job_id: _Optional[str] = ..., cumulative_flop: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus: _Optional[int] = ..., upper_bound: _Optional[bool] = ..., node_ids: _Optional[_Iterable[str]] = ..., parent_job_ids: _Optional[_Iterable[str]] = ..., gpus_unknown_model: _Optional[int] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
     __slots__ = ("generated_unix_nanos", "installed_flops", "allocated_flops", "achieved_flops", "gpus_unknown_model", "gpus_total", "gpus_lost", "nodes", "jobs", "reports_accepted", "rejected_by_reason", "log_size")

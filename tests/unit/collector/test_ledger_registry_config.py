@@ -120,3 +120,12 @@ def test_config_file_env_and_flag_precedence_and_errors(tmp_path: Path) -> None:
         load_collector_config(
             None, {"ledger": "/l", "key": "/k", "quorum": 3, "authority_keys": ["/a", "/b"]}
         )
+
+
+def test_a_fraction_for_an_integer_key_is_an_error_not_a_truncation(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[collector]\nledger = "/l"\nkey = "/k"\nquorum = 1.5\n')
+    with pytest.raises(ConfigError, match="'quorum': expected an integer, got 1.5"):
+        load_collector_config(cfg)
+    cfg.write_text('[collector]\nledger = "/l"\nkey = "/k"\nquorum = 2.0\n')
+    assert load_collector_config(cfg).quorum == 2

@@ -1,0 +1,187 @@
+"""The agent's configuration: one frozen dataclass, passed in explicitly.
+
+``load_agent_config`` reads the ``[agent]`` table of a TOML file and applies
+overrides (flags and ``COMPUTEWATCH_AGENT_*`` variables, already resolved by
+click), so the precedence is flag > environment > file > default. Every
+mistake names where the value came from, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from protos.config import load_section
+from protos.errors import ConfigError
+from protos.reports import MAX_INTERVAL_SECONDS
+
+SECTION = "agent"
+BACKENDS = ("nvml", "fake")
+FAIL_MODES = ("open", "closed")
+SCHEDULERS = ("signal", "slurm", "command")
+_NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+class _ValueError(ConfigError):
+    """A value of the right type that is not allowed; carries the key so the
+    loader can say whether it came from the file or from a flag."""
+
+    def __init__(self, key: str, value: object, expected: str) -> None:
+        super().__init__(f"key {key!r}: expected {expected}, got {value!r}")
+        self.key = key
+
+
+def _host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) <= 65535)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    # Name this node is enrolled under at the collector.
+    node_id: str
+    # Node private key (PEM, mode 0600): signs every report.
+    key: Path
+    # Collector address, HOST:PORT.
+    collector: str = "127.0.0.1:7443"
+    # Collector public key: verifies directives and leases.
+    collector_key: Path | None = None
+    # Seconds between samples.
+    interval_seconds: float = 1.0
+    # Spool (chain state, unacknowledged reports) and other persistent state.
+    state_dir: Path = Path("/var/lib/computewatch/agent")
+    # Unacknowledged reports kept; when full, samples fold into the next report.
+    max_unacked: int = 10000
+    # Reports sent but not yet acknowledged on one stream.
+    max_in_flight: int = 256
+    metrics_address: str = "127.0.0.1"
+    # 0 disables the /metrics endpoint.
+    metrics_port: int = 0
+    # "nvml" (the driver) or "fake" (a scenario file, for tests and the demo).
+    backend: str = "nvml"
+    scenario: Path | None = None
+    # Root of the proc filesystem used for job attribution.
+    procfs_root: Path = Path("/proc")
+    # Directory of per-job metadata files (lineage, model id); none when unset.
+    job_metadata_dir: Path | None = None
+    # "open": keep GPUs running without a lease; "closed": halt locally.
+    fail_mode: str = "open"
+    # Seconds after start before a missing lease counts (fail_mode "closed").
+    lease_grace_seconds: float = 30.0
+    # Authority public keys (PEM) whose approvals a RESUME must carry, from at
+    # least `quorum` distinct keys. None: the collector's signature suffices
+    # (the collector issues a RESUME only on a quorum).
+    authority_keys: tuple[Path, ...] = ()
+    quorum: int = 2
+    # How a halt stops GPU processes: "signal" (SIGSTOP/SIGCONT), "slurm"
+    # (scontrol suspend/resume <job>) or "command" (the templates below).
+    scheduler: str = "signal"
+    # scheduler "command": argv templates with {job} and/or {pid} placeholders.
+    suspend_command: str = ""
+    resume_command: str = ""
+    # TERMINATE: seconds from SIGTERM to SIGKILL when the directive gives none.
+    terminate_grace_seconds: float = 10.0
+    boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
+    # Reconnect delay: full jitter between min and an exponentially growing cap.
+    backoff_min_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.node_id or len(self.node_id) > 128 or not set(self.node_id) <= _NODE_ID_CHARS:
+            raise _ValueError(
+                "node_id",
+                self.node_id,
+                "1-128 characters of letters, digits, '-', '_', '.', ':'",
+            )
+        if not _host_port(self.collector):
+            raise _ValueError("collector", self.collector, "HOST:PORT with port 1..65535")
+        if not 0.0 < self.interval_seconds <= MAX_INTERVAL_SECONDS:
+            raise _ValueError(
+                "interval_seconds",
+                self.interval_seconds,
+                f"a number of seconds above 0 and at most {MAX_INTERVAL_SECONDS:g}",
+            )
+        if self.max_unacked < 1:
+            raise _ValueError("max_unacked", self.max_unacked, "an integer >= 1")
+        if self.max_in_flight < 1:
+            raise _ValueError("max_in_flight", self.max_in_flight, "an integer >= 1")
+        if not 0 <= self.metrics_port <= 65535:
+            raise _ValueError("metrics_port", self.metrics_port, "a port 0..65535 (0: off)")
+        if not self.metrics_address:
+            raise _ValueError("metrics_address", self.metrics_address, "a host or address")
+        if self.backend not in BACKENDS:
+            raise _ValueError("backend", self.backend, " or ".join(repr(b) for b in BACKENDS))
+        if self.backend == "fake" and self.scenario is None:
+            raise _ValueError("scenario", None, "a scenario file when backend is 'fake'")
+        if self.fail_mode not in FAIL_MODES:
+            raise _ValueError("fail_mode", self.fail_mode, "'open' or 'closed'")
+        if self.fail_mode == "closed" and self.collector_key is None:
+            raise _ValueError(
+                "collector_key",
+                None,
+                "the collector's public key when fail_mode is 'closed' (it verifies leases)",
+            )
+        self._check_enforcement()
+        if not self.backoff_min_seconds > 0:
+            raise _ValueError(
+                "backoff_min_seconds", self.backoff_min_seconds, "a positive number of seconds"
+            )
+        if not self.backoff_max_seconds >= self.backoff_min_seconds:
+            raise _ValueError(
+                "backoff_max_seconds",
+                self.backoff_max_seconds,
+                f"a number of seconds >= backoff_min_seconds ({self.backoff_min_seconds:g})",
+            )
+
+    def _check_enforcement(self) -> None:
+        if not self.lease_grace_seconds >= 0:
+            raise _ValueError(
+                "lease_grace_seconds", self.lease_grace_seconds, "a number of seconds >= 0"
+            )
+        if self.quorum < 1:
+            raise _ValueError("quorum", self.quorum, "an integer >= 1")
+        if self.authority_keys and self.quorum > len(self.authority_keys):
+            raise _ValueError(
+                "quorum",
+                self.quorum,
+                f"at most the number of authority_keys ({len(self.authority_keys)})",
+            )
+        if self.scheduler not in SCHEDULERS:
+            raise _ValueError("scheduler", self.scheduler, " or ".join(map(repr, SCHEDULERS)))
+        if self.scheduler == "command":
+            for key in ("suspend_command", "resume_command"):
+                if not getattr(self, key).strip():
+                    raise _ValueError(
+                        key, getattr(self, key), "a command when scheduler is 'command'"
+                    )
+        if not 0 <= self.terminate_grace_seconds <= 86400:
+            raise _ValueError(
+                "terminate_grace_seconds", self.terminate_grace_seconds, "0..86400 seconds"
+            )
+
+    @property
+    def spool_path(self) -> Path:
+        return self.state_dir / "spool.sqlite3"
+
+
+def load_agent_config(
+    path: Path | None, overrides: Mapping[str, object] | None = None
+) -> AgentConfig:
+    """``[agent]`` of ``path`` (optional) with ``overrides`` on top.
+
+    Overrides whose value is None are ignored (a flag that was not given).
+    Raises ConfigError naming the file (or the flag/environment setting),
+    the key and the expected value.
+    """
+    overrides = dict(overrides or {})
+    try:
+        return load_section(AgentConfig, path, SECTION, overrides)
+    except _ValueError as exc:
+        if overrides.get(exc.key) is not None:
+            where = f"setting {SECTION}.{exc.key} (flag or environment)"
+        elif path is not None:
+            where = f"{path} [{SECTION}]"
+        else:
+            where = "default configuration"
+        raise ConfigError(f"{where}: {exc}") from exc

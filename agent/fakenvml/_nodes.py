@@ -1,0 +1,140 @@
+"""Parsing the ``nodes`` and ``faults`` parts of a scenario file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from agent.fakenvml._check import Where
+from agent.fakenvml.models import model_for
+from agent.fakenvml.spec import (
+    CALL_ERRORS,
+    FAULT_KINDS,
+    FAULTABLE_FUNCTIONS,
+    NOT_LOADED_ERRORS,
+    Fault,
+    GpuSpec,
+    Node,
+)
+
+MAX_GPUS_PER_NODE = 64
+_MAX_GROUP_NODES = 10_000
+
+_NODE_KEYS = frozenset({"id", "id_prefix", "count", "start_index", "gpus", "faults"})
+_GPU_KEYS = frozenset(
+    {"model", "count", "mig", "tdp_watts", "idle_watts", "memory_gib", "sm_clock_mhz", "gpm"}
+)
+_FAULT_KEYS: dict[str, frozenset[str]] = {
+    "gpu_lost": frozenset({"kind", "gpu", "at"}),
+    "nvml_not_loaded": frozenset({"kind", "at", "until", "error"}),
+    "no_permission": frozenset({"kind", "functions", "gpus", "at", "until"}),
+    "not_supported": frozenset({"kind", "functions", "gpus", "at", "until"}),
+    "nvml_error": frozenset({"kind", "functions", "gpus", "at", "until", "error"}),
+    "silent": frozenset({"kind", "at"}),
+}
+
+
+def parse_node_entry(w: Where, key: str, raw: object) -> list[Node]:
+    """One entry of ``nodes``: a single node (``id``) or a group (``id_prefix`` + ``count``)."""
+    m = w.mapping(key, raw, allowed=_NODE_KEYS, required=frozenset({"gpus"}))
+    gpus = _parse_gpus(w, f"{key}.gpus", m["gpus"])
+    faults = tuple(
+        parse_fault(w, f"{key}.faults[{i}]", f, len(gpus))
+        for i, f in enumerate(w.list(f"{key}.faults", m.get("faults", [])))
+    )
+    if ("id" in m) == ("id_prefix" in m):
+        w.problem(key, "give exactly one of 'id' or 'id_prefix' (with 'count')")
+    if "id" in m:
+        for extra in ("count", "start_index"):
+            if extra in m:
+                w.problem(f"{key}.{extra}", f"'{extra}' goes with 'id_prefix', not 'id'")
+        return [Node(w.string(f"{key}.id", m["id"]), gpus, faults)]
+    prefix = w.string(f"{key}.id_prefix", m["id_prefix"])
+    if "count" not in m:
+        w.problem(key, "missing required key 'count' (with 'id_prefix')")
+    count = w.integer(f"{key}.count", m["count"], low=1, high=_MAX_GROUP_NODES)
+    first = w.integer(f"{key}.start_index", m.get("start_index", 0))
+    width = max(2, len(str(first + count - 1)))
+    return [Node(f"{prefix}{n:0{width}d}", gpus, faults) for n in range(first, first + count)]
+
+
+def _parse_gpus(w: Where, key: str, raw: object) -> tuple[GpuSpec, ...]:
+    specs: list[GpuSpec] = []
+    for i, entry in enumerate(w.list(key, raw, nonempty=True)):
+        k = f"{key}[{i}]"
+        m = w.mapping(k, entry, allowed=_GPU_KEYS, required=frozenset({"model"}))
+        name = w.string(f"{k}.model", m["model"])
+        count = w.integer(f"{k}.count", m.get("count", 1), low=1, high=MAX_GPUS_PER_NODE)
+        tdp = _opt_number(w, f"{k}.tdp_watts", m, low=1)
+        idle = _opt_number(w, f"{k}.idle_watts", m, low=0)
+        if tdp is not None and idle is not None and idle > tdp:
+            w.fail(f"{k}.idle_watts", f"at most tdp_watts ({tdp:g})", idle)
+        memory = _opt_number(w, f"{k}.memory_gib", m, low=0)
+        clock = (
+            w.integer(f"{k}.sm_clock_mhz", m["sm_clock_mhz"], low=1)
+            if "sm_clock_mhz" in m
+            else None
+        )
+        gpm = w.boolean(f"{k}.gpm", m["gpm"]) if "gpm" in m else None
+        mig = w.boolean(f"{k}.mig", m.get("mig", False))
+        model = model_for(
+            name,
+            tdp_watts=tdp,
+            idle_watts=idle,
+            memory_gib=memory,
+            sm_clock_mhz=clock,
+            gpm=gpm,
+        )
+        if mig and not model.mig_capable:
+            w.fail(f"{k}.mig", f"false: {name} has no MIG", True)
+        first = len(specs)
+        specs.extend(GpuSpec(first + n, model, mig) for n in range(count))
+        if len(specs) > MAX_GPUS_PER_NODE:
+            w.problem(key, f"more than {MAX_GPUS_PER_NODE} GPUs on one node")
+    return tuple(specs)
+
+
+def _opt_number(w: Where, key: str, m: Mapping[str, object], *, low: float) -> float | None:
+    name = key.rsplit(".", 1)[1]
+    if name not in m:
+        return None
+    return w.number(key, m[name], low=low, low_open=low > 0)
+
+
+def parse_fault(w: Where, key: str, raw: object, gpu_count: int) -> Fault:
+    """One fault of a node (``gpu_count`` bounds the GPU indices it may name)."""
+    if not isinstance(raw, Mapping) or "kind" not in raw:
+        w.problem(key, "expected a mapping with a 'kind' (" + ", ".join(FAULT_KINDS) + ")")
+    kind = w.choice(f"{key}.kind", raw["kind"], FAULT_KINDS)
+    m = w.mapping(key, raw, allowed=_FAULT_KEYS[kind])
+    at = w.number(f"{key}.at", m.get("at", 0.0), low=0)
+    until = None
+    if m.get("until") is not None:
+        until = w.number(f"{key}.until", m["until"], low=at, low_open=True)
+    if kind == "gpu_lost":
+        if "gpu" not in m:
+            w.problem(key, "missing required key 'gpu' (the index of the lost GPU)")
+        gpu = w.integer(f"{key}.gpu", m["gpu"], high=gpu_count - 1)
+        return Fault(kind, at, gpu=gpu)
+    if kind == "nvml_not_loaded":
+        error = w.choice(f"{key}.error", m.get("error", NOT_LOADED_ERRORS[0]), NOT_LOADED_ERRORS)
+        return Fault(kind, at, until, error=error)
+    if kind == "silent":
+        return Fault(kind, at)
+    if "functions" not in m:
+        w.problem(key, "missing required key 'functions' (NVML function names)")
+    functions = []
+    for i, raw_name in enumerate(w.list(f"{key}.functions", m["functions"], nonempty=True)):
+        name = w.string(f"{key}.functions[{i}]", raw_name)
+        if name not in FAULTABLE_FUNCTIONS:
+            w.fail(f"{key}.functions[{i}]", "an NVML function the fake implements", name)
+        functions.append(name)
+    gpus = None
+    if "gpus" in m:
+        gpus = tuple(
+            w.integer(f"{key}.gpus[{i}]", g, high=gpu_count - 1)
+            for i, g in enumerate(w.list(f"{key}.gpus", m["gpus"], nonempty=True))
+        )
+    if kind == "nvml_error":
+        error = w.choice(f"{key}.error", m.get("error", CALL_ERRORS[0]), CALL_ERRORS)
+        return Fault(kind, at, until, gpus=gpus, functions=tuple(functions), error=error)
+    return Fault(kind, at, until, gpus=gpus, functions=tuple(functions))

@@ -1,0 +1,409 @@
+"""``FakeNvml``: an instance with the pynvml module's surface, driven by a scenario.
+
+Constants, ``NVMLError`` and its per-code subclasses, and the ctypes structs
+are pynvml's own (looked up on the installed module, which imports without a
+driver), so code written against pynvml catches exactly the classes it would
+on a GPU. Functions follow pynvml's names, signatures and return types: ints
+in NVML units (mW, mJ, MHz, bytes), the same structs, ``str`` for strings.
+Calls before ``nvmlInit`` raise Uninitialized; a handle from elsewhere raises
+InvalidArgument. One instance simulates one node, so a process can host many.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import pynvml as _pynvml
+
+from agent.fakenvml.activity import GpuState, NodeModel
+from agent.fakenvml.spec import Scenario
+
+_EXPORTED = ("NVML_", "NVMLError", "c_nvml", "struct_c_nvml")
+_EXPORTED_NAMES = frozenset(
+    {
+        "NVMLLibraryMismatchError",
+        "nvmlFriendlyObject",
+        "nvmlStructToFriendlyObject",
+        "nvmlExceptionClass",
+    }
+)
+_NOT_AVAILABLE = _pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value
+_SETTABLE_MODES = frozenset(
+    {
+        _pynvml.NVML_COMPUTEMODE_DEFAULT,
+        _pynvml.NVML_COMPUTEMODE_PROHIBITED,
+        _pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS,
+    }
+)
+# GPM metrics the fake computes; any other id answers NotSupported per metric.
+_GPM_UTIL = _pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL
+_GPM_SM = _pynvml.NVML_GPM_METRIC_SM_UTIL
+_GPM_TENSOR = (_pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL, _pynvml.NVML_GPM_METRIC_HMMA_TENSOR_UTIL)
+
+
+_CALL_FAULTS = {
+    "no_permission": _pynvml.NVML_ERROR_NO_PERMISSION,
+    "not_supported": _pynvml.NVML_ERROR_NOT_SUPPORTED,
+    "nvml_error": _pynvml.NVML_ERROR_UNKNOWN,
+}
+
+
+def _raise(code: int) -> NoReturn:
+    raise _pynvml.NVMLError(code)
+
+
+@dataclass(frozen=True)
+class _Handle:
+    """A device handle; only meaningful to the FakeNvml that made it."""
+
+    owner: int
+    index: int
+
+
+@dataclass
+class _GpmSample:
+    buffer: ctypes.Array[ctypes.c_char]
+    gpu: int | None = None
+    t: float = 0.0
+    integrals: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+class FakeNvml:
+    """The pynvml module's surface for one simulated node (see module docstring)."""
+
+    NVMLError = _pynvml.NVMLError
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        node_id: str,
+        clock: Callable[[], float] = time.time,
+        process_state: Callable[[int], str] | None = None,
+        pids: Mapping[str, int] | None = None,
+        *,
+        start: float | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.node = scenario.node(node_id)
+        self._clock = clock
+        self.start = clock() if start is None else start
+        self._model = NodeModel(
+            scenario, self.node, pids, process_state or (lambda _pid: "running")
+        )
+        self._refcount = 0
+        self._lock = threading.RLock()
+        self._samples: dict[int, _GpmSample] = {}
+        # Calls per NVML function name (what a backend costs, for tests and benchmarks).
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith(_EXPORTED) or name in _EXPORTED_NAMES:
+            return getattr(_pynvml, name)
+        raise AttributeError(f"FakeNvml has no attribute {name!r}")
+
+    # --- time, faults, checks ------------------------------------------------------
+    def now(self) -> float:
+        """Seconds since the scenario's start, by the injected clock."""
+        return self._clock() - self.start
+
+    def _faulted(self, function: str, gpu: int | None, t: float) -> None:
+        for fault in self.node.faults:
+            if fault.kind not in _CALL_FAULTS or not fault.active(t):
+                continue
+            if function in fault.functions and (
+                fault.gpus is None or gpu is None or gpu in fault.gpus
+            ):
+                if fault.kind == "nvml_error":
+                    _raise(getattr(_pynvml, f"NVML_ERROR_{fault.error.upper()}"))
+                _raise(_CALL_FAULTS[fault.kind])
+
+    def _not_loaded(self, t: float) -> str | None:
+        for fault in self.node.faults:
+            if fault.kind == "nvml_not_loaded" and fault.active(t):
+                return fault.error
+        return None
+
+    def _begin(self, function: str) -> float:
+        """Count the call and check the library is initialised; return the time."""
+        self.calls[function] += 1
+        t = self.now()
+        if self._not_loaded(t) is not None:
+            # The driver went away: every earlier nvmlInit is void.
+            self._refcount = 0
+        if self._refcount <= 0:
+            _raise(_pynvml.NVML_ERROR_UNINITIALIZED)
+        return t
+
+    def _ready(self, function: str) -> float:
+        t = self._begin(function)
+        self._faulted(function, None, t)
+        return t
+
+    def _lost(self, index: int, t: float) -> bool:
+        return any(
+            f.kind == "gpu_lost" and f.gpu == index and f.active(t) for f in self.node.faults
+        )
+
+    def _device(self, function: str, handle: object) -> tuple[GpuState, float]:
+        t = self._begin(function)
+        if not isinstance(handle, _Handle) or handle.owner != id(self):
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if self._lost(handle.index, t):
+            _raise(_pynvml.NVML_ERROR_GPU_IS_LOST)
+        self._faulted(function, handle.index, t)
+        return self._model.gpus[handle.index], t
+
+    # --- library -----------------------------------------------------------------
+    def nvmlInitWithFlags(self, flags: int) -> None:
+        self.calls["nvmlInitWithFlags"] += 1
+        t = self.now()
+        error = self._not_loaded(t)
+        if error == "driver_not_loaded":
+            _raise(_pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+        if error is not None:
+            _raise(_pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+        self._faulted("nvmlInitWithFlags", None, t)
+        self._refcount += 1
+
+    def nvmlInit(self) -> None:
+        self._faulted("nvmlInit", None, self.now())
+        self.nvmlInitWithFlags(0)
+
+    def nvmlShutdown(self) -> None:
+        self._ready("nvmlShutdown")
+        self._refcount -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._ready("nvmlSystemGetDriverVersion")
+        return self.scenario.driver_version
+
+    # --- enumeration ---------------------------------------------------------------
+    def nvmlDeviceGetCount(self) -> int:
+        self._ready("nvmlDeviceGetCount")
+        return len(self._model.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
+        t = self._ready("nvmlDeviceGetHandleByIndex")
+        if isinstance(index, bool) or not isinstance(index, int):
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if not 0 <= index < len(self._model.gpus):
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if self._lost(index, t):
+            _raise(_pynvml.NVML_ERROR_GPU_IS_LOST)
+        self._faulted("nvmlDeviceGetHandleByIndex", index, t)
+        return _Handle(id(self), index)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> _Handle:
+        t = self._ready("nvmlDeviceGetHandleByUUID")
+        if isinstance(uuid, bytes):
+            uuid = uuid.decode(errors="replace")
+        if not isinstance(uuid, str):
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        for g in self._model.gpus:
+            if g.uuid == uuid:
+                if self._lost(g.index, t):
+                    _raise(_pynvml.NVML_ERROR_GPU_IS_LOST)
+                self._faulted("nvmlDeviceGetHandleByUUID", g.index, t)
+                return _Handle(id(self), g.index)
+        _raise(_pynvml.NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetIndex(self, handle: object) -> int:
+        g, _ = self._device("nvmlDeviceGetIndex", handle)
+        return g.index
+
+    def nvmlDeviceGetUUID(self, handle: object) -> str:
+        g, _ = self._device("nvmlDeviceGetUUID", handle)
+        return g.uuid
+
+    def nvmlDeviceGetName(self, handle: object) -> str:
+        g, _ = self._device("nvmlDeviceGetName", handle)
+        return g.spec.model.name
+
+    # --- readings --------------------------------------------------------------------
+    def nvmlDeviceGetUtilizationRates(self, handle: object) -> Any:
+        g, t = self._device("nvmlDeviceGetUtilizationRates", handle)
+        if g.spec.mig:
+            _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
+        util = self._model.activity(g, t).utilization
+        return _pynvml.c_nvmlUtilization_t(gpu=round(util), memory=round(util * 0.6))
+
+    def nvmlDeviceGetMemoryInfo(self, handle: object, version: int | None = None) -> Any:
+        g, t = self._device("nvmlDeviceGetMemoryInfo", handle)
+        total = g.spec.model.memory_bytes
+        used = self._model.activity(g, t).memory_used_bytes
+        if not version:
+            return _pynvml.c_nvmlMemory_t(total=total, free=total - used, used=used)
+        if version != _pynvml.nvmlMemory_v2:
+            _raise(_pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        return _pynvml.c_nvmlMemory_v2_t(
+            version=version, total=total, reserved=0, free=total - used, used=used
+        )
+
+    def nvmlDeviceGetPowerUsage(self, handle: object) -> int:
+        g, t = self._device("nvmlDeviceGetPowerUsage", handle)
+        return round(self._model.activity(g, t).power_watts * 1000)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: object) -> int:
+        g, _ = self._device("nvmlDeviceGetEnforcedPowerLimit", handle)
+        return round(g.power_limit_watts * 1000)
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle: object) -> int:
+        g, _ = self._device("nvmlDeviceGetPowerManagementLimit", handle)
+        return round(g.power_limit_watts * 1000)
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, handle: object) -> int:
+        g, _ = self._device("nvmlDeviceGetPowerManagementDefaultLimit", handle)
+        return round(g.spec.model.tdp_watts * 1000)
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: object) -> list[int]:
+        g, _ = self._device("nvmlDeviceGetPowerManagementLimitConstraints", handle)
+        model = g.spec.model
+        return [round(model.min_limit_watts * 1000), round(model.tdp_watts * 1000)]
+
+    def nvmlDeviceGetClockInfo(self, handle: object, type: int) -> int:
+        g, t = self._device("nvmlDeviceGetClockInfo", handle)
+        return self._clock_of(g, type, self._model.activity(g, t).sm_clock_mhz)
+
+    def nvmlDeviceGetMaxClockInfo(self, handle: object, type: int) -> int:
+        g, _ = self._device("nvmlDeviceGetMaxClockInfo", handle)
+        return self._clock_of(g, type, g.spec.model.max_sm_clock_mhz)
+
+    @staticmethod
+    def _clock_of(g: GpuState, clock_type: int, sm_mhz: int) -> int:
+        if clock_type in (_pynvml.NVML_CLOCK_GRAPHICS, _pynvml.NVML_CLOCK_SM):
+            return sm_mhz
+        if clock_type == _pynvml.NVML_CLOCK_MEM:
+            return g.spec.model.mem_clock_mhz
+        if clock_type == _pynvml.NVML_CLOCK_VIDEO:
+            return round(sm_mhz * 0.9)
+        _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: object) -> int:
+        g, t = self._device("nvmlDeviceGetTotalEnergyConsumption", handle)
+        with self._lock:
+            self._model.advance(g, t)
+            return int(g.energy_mj)
+
+    def nvmlDeviceGetComputeMode(self, handle: object) -> int:
+        g, t = self._device("nvmlDeviceGetComputeMode", handle)
+        return g.mode_at(t)
+
+    def nvmlDeviceGetMigMode(self, device: object) -> list[int]:
+        g, _ = self._device("nvmlDeviceGetMigMode", device)
+        if not g.spec.model.mig_capable:
+            _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
+        mode = _pynvml.NVML_DEVICE_MIG_ENABLE if g.spec.mig else _pynvml.NVML_DEVICE_MIG_DISABLE
+        return [mode, mode]
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: object) -> list[Any]:
+        g, t = self._device("nvmlDeviceGetComputeRunningProcesses", handle)
+        out = []
+        for job, pid, _ in self._model.processes(g, t):
+            used = _NOT_AVAILABLE if g.spec.mig else int(job.memory_gib * 1024**3)
+            info = _pynvml.c_nvmlProcessInfo_v3_t(
+                pid=pid,
+                usedGpuMemory=min(used, _NOT_AVAILABLE),
+                gpuInstanceId=0 if g.spec.mig else 0xFFFFFFFF,
+                computeInstanceId=0 if g.spec.mig else 0xFFFFFFFF,
+            )
+            obj = _pynvml.nvmlStructToFriendlyObject(info)
+            if obj.usedGpuMemory == _NOT_AVAILABLE:
+                obj.usedGpuMemory = None
+            out.append(obj)
+        return out
+
+    nvmlDeviceGetComputeRunningProcesses_v3 = nvmlDeviceGetComputeRunningProcesses
+
+    # --- enforcement -------------------------------------------------------------------
+    def nvmlDeviceSetComputeMode(self, handle: object, mode: int) -> None:
+        g, t = self._device("nvmlDeviceSetComputeMode", handle)
+        if mode == _pynvml.NVML_COMPUTEMODE_EXCLUSIVE_THREAD:
+            _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if mode not in _SETTABLE_MODES:
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        with self._lock:
+            self._model.set_mode(g, t, mode)
+
+    def nvmlDeviceSetPowerManagementLimit(self, handle: object, limit: int) -> None:
+        g, t = self._device("nvmlDeviceSetPowerManagementLimit", handle)
+        model = g.spec.model
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if not round(model.min_limit_watts * 1000) <= limit <= round(model.tdp_watts * 1000):
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        with self._lock:
+            self._model.set_power_limit(g, t, limit / 1000.0)
+
+    # --- GPM -----------------------------------------------------------------------------
+    def nvmlGpmQueryDeviceSupport(self, device: object) -> Any:
+        g, _ = self._device("nvmlGpmQueryDeviceSupport", device)
+        support = _pynvml.c_nvmlGpmSupport_t()
+        support.version = _pynvml.NVML_GPM_SUPPORT_VERSION
+        support.isSupportedDevice = 1 if g.spec.model.gpm else 0
+        return support
+
+    def nvmlGpmSampleAlloc(self) -> Any:
+        self._ready("nvmlGpmSampleAlloc")
+        buffer = ctypes.create_string_buffer(16)
+        pointer = ctypes.cast(buffer, _pynvml.c_nvmlGpmSample_t)
+        self._samples[ctypes.addressof(buffer)] = _GpmSample(buffer)
+        return pointer
+
+    def _sample(self, pointer: object) -> _GpmSample:
+        if not isinstance(pointer, _pynvml.c_nvmlGpmSample_t):
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        address = ctypes.cast(pointer, ctypes.c_void_p).value
+        sample = self._samples.get(address or 0)
+        if sample is None:
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return sample
+
+    def nvmlGpmSampleFree(self, gpmSample: object) -> None:
+        self._ready("nvmlGpmSampleFree")
+        sample = self._sample(gpmSample)
+        del self._samples[ctypes.addressof(sample.buffer)]
+
+    def nvmlGpmSampleGet(self, device: object, gpmSample: object) -> object:
+        g, t = self._device("nvmlGpmSampleGet", device)
+        if not g.spec.model.gpm:
+            _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
+        sample = self._sample(gpmSample)
+        with self._lock:
+            self._model.advance(g, t)
+            sample.gpu, sample.t = g.index, max(t, g.last_t)
+            sample.integrals = (g.util_integral, g.sm_integral, g.tensor_integral)
+        return gpmSample
+
+    def nvmlGpmMetricsGet(self, metricsGet: Any) -> Any:
+        self._ready("nvmlGpmMetricsGet")
+        if metricsGet.version != _pynvml.NVML_GPM_METRICS_GET_VERSION:
+            _raise(_pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        first, second = self._sample(metricsGet.sample1), self._sample(metricsGet.sample2)
+        if first.gpu is None or first.gpu != second.gpu:
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if not 0 <= metricsGet.numMetrics <= _pynvml.NVML_GPM_METRIC_MAX:
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        dt = second.t - first.t
+        for i in range(metricsGet.numMetrics):
+            metric = metricsGet.metrics[i]
+            if metric.metricId == _GPM_UTIL:
+                which = 0
+            elif metric.metricId == _GPM_SM:
+                which = 1
+            elif metric.metricId in _GPM_TENSOR:
+                which = 2
+            else:
+                metric.nvmlReturn = _pynvml.NVML_ERROR_NOT_SUPPORTED
+                continue
+            if dt <= 0:
+                metric.nvmlReturn = _pynvml.NVML_ERROR_NO_DATA
+                continue
+            metric.value = (second.integrals[which] - first.integrals[which]) / dt
+            metric.nvmlReturn = _pynvml.NVML_SUCCESS
+        return metricsGet

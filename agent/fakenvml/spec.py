@@ -1,0 +1,172 @@
+"""The scenario's data: nodes, GPUs, faults and jobs (frozen; built by ``scenario.py``)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from agent.fakenvml.models import GpuModel
+from protos.errors import ConfigError
+
+SCHEDULERS = ("slurm", "kubernetes", "systemd", "none")
+FAULT_KINDS = (
+    "gpu_lost",
+    "nvml_not_loaded",
+    "no_permission",
+    "not_supported",
+    "nvml_error",
+    "silent",
+)
+NOT_LOADED_ERRORS = ("library_not_found", "driver_not_loaded")
+# nvml_error faults: which NVML_ERROR_* the named functions raise.
+CALL_ERRORS = ("unknown", "timeout", "irq_issue", "corrupted_inforom", "reset_required")
+QOS_CLASSES = ("guaranteed", "burstable", "besteffort")
+
+# Functions a no_permission / not_supported fault may name (all answer faults in the fake).
+FAULTABLE_FUNCTIONS = frozenset(
+    {
+        "nvmlInit",
+        "nvmlInitWithFlags",
+        "nvmlDeviceGetCount",
+        "nvmlDeviceGetHandleByIndex",
+        "nvmlDeviceGetHandleByUUID",
+        "nvmlDeviceGetIndex",
+        "nvmlDeviceGetUUID",
+        "nvmlDeviceGetName",
+        "nvmlDeviceGetUtilizationRates",
+        "nvmlDeviceGetMemoryInfo",
+        "nvmlDeviceGetPowerUsage",
+        "nvmlDeviceGetEnforcedPowerLimit",
+        "nvmlDeviceGetPowerManagementLimit",
+        "nvmlDeviceGetPowerManagementDefaultLimit",
+        "nvmlDeviceGetPowerManagementLimitConstraints",
+        "nvmlDeviceSetPowerManagementLimit",
+        "nvmlDeviceGetClockInfo",
+        "nvmlDeviceGetMaxClockInfo",
+        "nvmlDeviceGetTotalEnergyConsumption",
+        "nvmlDeviceGetComputeMode",
+        "nvmlDeviceSetComputeMode",
+        "nvmlDeviceGetMigMode",
+        "nvmlDeviceGetComputeRunningProcesses",
+        "nvmlGpmQueryDeviceSupport",
+        "nvmlGpmSampleGet",
+        "nvmlGpmMetricsGet",
+        "nvmlSystemGetDriverVersion",
+    }
+)
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    index: int
+    model: GpuModel
+    # MIG mode enabled (per-process memory and utilization then read as NotSupported/absent).
+    mig: bool = False
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    at: float = 0.0
+    until: float | None = None
+    # gpu_lost: the GPU index that falls off the bus.
+    gpu: int | None = None
+    # no_permission / not_supported: GPU indices affected (None: every GPU).
+    gpus: tuple[int, ...] | None = None
+    functions: tuple[str, ...] = ()
+    # nvml_not_loaded: which NVML error nvmlInit raises; nvml_error: which error the calls raise.
+    error: str = "library_not_found"
+
+    def active(self, t: float) -> bool:
+        return self.at <= t and (self.until is None or t < self.until)
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    gpus: tuple[GpuSpec, ...]
+    faults: tuple[Fault, ...] = ()
+
+    @property
+    def silent_at(self) -> float | None:
+        """When this node's agent stops reporting (for the demo harness), if ever."""
+        times = [f.at for f in self.faults if f.kind == "silent"]
+        return min(times) if times else None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    scheduler: str
+    nodes: tuple[str, ...]
+    # GPU indices used on each node; None means every GPU of the node.
+    gpu_indices: tuple[int, ...] | None
+    start: float
+    end: float | None
+    # Piecewise-linear (seconds since the job's start, percent) points.
+    utilization: tuple[tuple[float, float], ...]
+    tensor_fraction: float
+    memory_gib: float
+    parents: tuple[str, ...] = ()
+    model_id: str = ""
+    pod_uid: str = ""
+    unit: str = ""
+    cgroup_version: int = 2
+    cgroup_driver: str = "systemd"
+    qos: str = "burstable"
+    uid: int = 1000
+    comm: str = "python3"
+
+    @property
+    def attributed_id(self) -> str:
+        """The job id that attribution finds for this job's processes."""
+        if self.scheduler == "kubernetes":
+            return self.pod_uid
+        if self.scheduler == "systemd":
+            return self.unit
+        if self.scheduler == "none":
+            return "unattributed"
+        return self.id
+
+    def gpus_on(self, node: Node) -> tuple[int, ...]:
+        if self.gpu_indices is None:
+            return tuple(g.index for g in node.gpus)
+        return self.gpu_indices
+
+    def running_at(self, t: float) -> bool:
+        return t >= self.start and (self.end is None or t < self.end)
+
+    def utilization_at(self, elapsed: float) -> float:
+        """Percent at ``elapsed`` seconds since the job started (held flat outside the points)."""
+        points = self.utilization
+        if elapsed <= points[0][0]:
+            return points[0][1]
+        for (t0, u0), (t1, u1) in itertools.pairwise(points):
+            if elapsed <= t1:
+                return u0 if t1 == t0 else u0 + (u1 - u0) * (elapsed - t0) / (t1 - t0)
+        return points[-1][1]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    duration_seconds: float
+    interval_seconds: float
+    nodes: tuple[Node, ...]
+    jobs: tuple[Job, ...]
+    driver_version: str = "570.133.20"
+    source: str = "<scenario>"
+
+    def node(self, node_id: str) -> Node:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise ConfigError(f"{self.source}: no node {node_id!r} in scenario {self.name!r}")
+
+    def jobs_on(self, node_id: str) -> tuple[Job, ...]:
+        return tuple(j for j in self.jobs if node_id in j.nodes)
+
+    def attributed_parents(self, job: Job) -> tuple[str, ...]:
+        """``job.parents`` as attributed ids (a parent outside the scenario stays as written)."""
+        by_id = {j.id: j.attributed_id for j in self.jobs}
+        return tuple(by_id.get(p, p) for p in job.parents)

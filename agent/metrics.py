@@ -1,0 +1,169 @@
+"""The agent's Prometheus metrics, computed at scrape time from plain counters.
+
+The runner and the stream client update an ``AgentStats``; the collector
+registered on the agent's own registry reads it when scraped. Nothing here is
+global, so many agents can live in one process, each with its own registry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from protos.computewatch.v1 import telemetry_pb2
+from protos.errors import ConfigError
+
+# Upper bounds of the sample duration histogram, seconds.
+SAMPLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass
+class AgentStats:
+    """Plain counters and the latest readings; read by the metrics collector."""
+
+    samples: int = 0
+    sample_seconds_sum: float = 0.0
+    # Cumulative-by-construction counts per SAMPLE_BUCKETS bound, plus +Inf last.
+    sample_buckets: list[int] = field(default_factory=lambda: [0] * (len(SAMPLE_BUCKETS) + 1))
+    sample_errors: int = 0
+    reports_sealed: int = 0
+    reports_dropped: int = 0
+    last_sequence: int = 0
+    unacked: int = 0
+    acked_sequence: int = 0
+    stream_connected: bool = False
+    stream_reconnects: int = 0
+    envelopes_sent: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    directives_received: int = 0
+    nvml_up: bool = False
+    # GPUs of the latest sample; replaced (never mutated) after each sample.
+    gpus: Sequence[telemetry_pb2.GpuSample] = ()
+
+    def observe_sample(self, seconds: float) -> None:
+        self.samples += 1
+        self.sample_seconds_sum += seconds
+        self.sample_buckets[bisect.bisect_left(SAMPLE_BUCKETS, seconds)] += 1
+
+
+class AgentMetrics(Collector):
+    """Custom collector: every value is read from ``stats`` at scrape time."""
+
+    def __init__(self, stats: AgentStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats
+        p = "computewatch_agent_"
+        yield _counter(f"{p}samples", "GPU samples taken.", s.samples)
+        yield _counter(
+            f"{p}sample_errors", "Samples that failed before a report was built.", s.sample_errors
+        )
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*SAMPLE_BUCKETS, float("inf")), s.sample_buckets, strict=True):
+            running += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        yield HistogramMetricFamily(
+            f"{p}sample_duration_seconds",
+            "Time to sample the GPUs and attribute their processes.",
+            buckets=buckets,
+            sum_value=s.sample_seconds_sum,
+        )
+        yield _counter(f"{p}reports_sealed", "Reports signed and spooled.", s.reports_sealed)
+        yield _counter(
+            f"{p}reports_dropped",
+            "Samples not sealed because the spool was full or failed;"
+            " folded into the next report's interval.",
+            s.reports_dropped,
+        )
+        yield _gauge(f"{p}sequence", "Sequence number of the last sealed report.", s.last_sequence)
+        yield _gauge(f"{p}unacked_reports", "Reports not yet acknowledged.", s.unacked)
+        yield _gauge(f"{p}acked_sequence", "Highest acknowledged sequence.", s.acked_sequence)
+        yield _gauge(
+            f"{p}stream_connected", "1 while the telemetry stream is up.", s.stream_connected
+        )
+        yield _counter(
+            f"{p}stream_reconnects",
+            "Telemetry stream (re)connection attempts.",
+            s.stream_reconnects,
+        )
+        yield _counter(f"{p}envelopes_sent", "Envelopes written to the stream.", s.envelopes_sent)
+        rejected = CounterMetricFamily(
+            f"{p}rejected", "Reports the collector rejected, by reason.", labels=["reason"]
+        )
+        for reason, n in sorted(s.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        yield _counter(
+            f"{p}directives_received",
+            "Directives received from the collector.",
+            s.directives_received,
+        )
+        yield _gauge(f"{p}nvml_up", "1 when the last sample could read NVML.", s.nvml_up)
+        yield from _gpu_metrics(s.gpus)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=float(value))
+
+
+def _gpu_metrics(gpus: Sequence[telemetry_pb2.GpuSample]) -> Iterator[Metric]:
+    labels = ["gpu", "uuid", "model"]
+    util = GaugeMetricFamily(
+        "computewatch_gpu_utilization_ratio",
+        "NVML utilization.gpu / 100: share of time a kernel ran (an upper bound on activity).",
+        labels=labels,
+    )
+    power = GaugeMetricFamily("computewatch_gpu_power_watts", "GPU power draw.", labels=labels)
+    memory = GaugeMetricFamily(
+        "computewatch_gpu_memory_used_bytes", "GPU memory in use.", labels=labels
+    )
+    for gpu in gpus:
+        values = [str(gpu.index), gpu.uuid, gpu.product_name]
+        # Absent fields are unknown: no series rather than a zero.
+        if gpu.HasField("utilization_gpu_percent"):
+            util.add_metric(values, gpu.utilization_gpu_percent / 100.0)
+        if gpu.HasField("power_watts"):
+            power.add_metric(values, gpu.power_watts)
+        if gpu.HasField("memory_used_bytes"):
+            memory.add_metric(values, float(gpu.memory_used_bytes))
+    yield util
+    yield power
+    yield memory
+
+
+def register_metrics(registry: CollectorRegistry, stats: AgentStats) -> AgentMetrics:
+    collector = AgentMetrics(stats)
+    registry.register(collector)
+    return collector
+
+
+def serve_metrics(
+    registry: CollectorRegistry, address: str, port: int
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``registry`` on http://address:port/metrics in a daemon thread.
+
+    Returns prometheus_client's (server, thread); ``server.shutdown()`` stops it.
+    """
+    try:
+        return start_http_server(port, addr=address, registry=registry)
+    except OSError as exc:
+        raise ConfigError(f"metrics endpoint {address}:{port}: cannot listen ({exc})") from exc

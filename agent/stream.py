@@ -1,0 +1,325 @@
+"""The telemetry stream: spooled envelopes up, acks, rejects and directives down.
+
+One bidirectional ``Telemetry.Stream`` at a time. On every (re)connection the
+client resends each unacknowledged envelope in order, then streams new ones as
+the runner seals them; the collector deduplicates by (node, sequence), so a
+resend is harmless. At most ``max_in_flight`` envelopes are unacknowledged on
+the wire. A lost connection is retried after a jittered, exponentially growing
+delay (reset once the collector acknowledges something), never in a busy loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import grpc.aio
+
+from agent.metrics import AgentStats
+from agent.spool import Spool
+from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
+from protos.dsse import DEFAULT_MAX_ENVELOPE_BYTES
+from protos.errors import Error
+
+log = logging.getLogger(__name__)
+
+DirectiveHandler = Callable[[bytes], Awaitable[None]]
+
+# Rejections that a later resend can cure: the report is kept. A node that is
+# not enrolled yet must not drop its first reports, or its chain (which the
+# collector starts at sequence 1) could never be accepted.
+RETRY_REASONS = frozenset({"unknown_node"})
+MAX_DIRECTIVE_BYTES = 4 << 20
+_WIRE_OVERHEAD = 64 << 10
+
+
+async def log_directive(envelope: bytes) -> None:
+    """Default directive handler: enforcement is not wired in."""
+    log.warning("directive received (%d bytes) but no enforcement is configured", len(envelope))
+
+
+def channel_options(
+    max_send_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES + _WIRE_OVERHEAD,
+    backoff_min_seconds: float = 0.5,
+    backoff_max_seconds: float = 30.0,
+) -> list[tuple[str, int]]:
+    """Keepalive to notice dead peers, message size limits, bounded reconnects."""
+    return [
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.max_send_message_length", max_send_bytes),
+        ("grpc.max_receive_message_length", MAX_DIRECTIVE_BYTES),
+        ("grpc.min_reconnect_backoff_ms", max(1, int(backoff_min_seconds * 1000))),
+        ("grpc.max_reconnect_backoff_ms", max(1, int(backoff_max_seconds * 1000))),
+    ]
+
+
+class _RetryLaterError(Exception):
+    """End this stream and reconnect after a backoff."""
+
+
+class _LogLimiter:
+    """At most ``per_second`` lines a second; counts the rest."""
+
+    def __init__(self, per_second: int = 5) -> None:
+        self._per_second = per_second
+        self._window = 0
+        self._count = 0
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = int(time.monotonic())
+        if now != self._window:
+            self._window, self._count = now, 0
+        self._count += 1
+        if self._count > self._per_second:
+            self.suppressed += 1
+            return False
+        return True
+
+
+@dataclass
+class _Session:
+    """What one connection has written and not yet seen answered."""
+
+    inflight: deque[int] = field(default_factory=deque)
+    exchanged: bool = False
+
+
+class StreamClient:
+    """Streams the spool to the collector until ``stop`` is set."""
+
+    def __init__(
+        self,
+        target: str,
+        node_id: str,
+        spool: Spool,
+        stats: AgentStats,
+        *,
+        on_directive: DirectiveHandler = log_directive,
+        backoff_min_seconds: float = 0.5,
+        backoff_max_seconds: float = 30.0,
+        max_in_flight: int = 256,
+        drain_seconds: float = 2.0,
+        options: Sequence[tuple[str, int]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0 < backoff_min_seconds <= backoff_max_seconds:
+            raise ValueError("expected 0 < backoff_min_seconds <= backoff_max_seconds")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._target = target
+        self._node_id = node_id
+        self._spool = spool
+        self._stats = stats
+        self._on_directive = on_directive
+        self._backoff_min = backoff_min_seconds
+        self._backoff_max = backoff_max_seconds
+        self._max_in_flight = max_in_flight
+        self._drain = drain_seconds
+        self._options = list(
+            options
+            if options is not None
+            else channel_options(
+                backoff_min_seconds=backoff_min_seconds, backoff_max_seconds=backoff_max_seconds
+            )
+        )
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
+        self._wake = asyncio.Event()
+        self._reject_log = _LogLimiter()
+        self._connections = 0
+        # Connections in a row that ended before the collector acknowledged anything.
+        self._failures = 0
+
+    def notify(self) -> None:
+        """A new envelope is in the spool (or the window has room): send it."""
+        self._wake.set()
+
+    def set_directive_handler(self, handler: DirectiveHandler) -> None:
+        self._on_directive = handler
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Seconds to wait before connection attempt ``attempt`` + 1 (0-based)."""
+        cap = min(self._backoff_max, self._backoff_min * 2 ** min(attempt, 32))
+        return self._rng.uniform(self._backoff_min, cap)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        attempt = 0
+        while not stop.is_set():
+            if self._connections:
+                self._stats.stream_reconnects += 1
+            self._connections += 1
+            exchanged = await self._connect_once(stop)
+            if stop.is_set():
+                break
+            if exchanged:
+                attempt = 0
+                self._failures = 0
+            else:
+                self._failures += 1
+            delay = self.backoff_delay(attempt)
+            attempt += 1
+            log.debug("%s: reconnecting in %.2f s", self._node_id, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def _connect_once(self, stop: asyncio.Event) -> bool:
+        """One connection, until it fails or ``stop``; True if the collector
+        acknowledged anything on it."""
+        session = _Session()
+        async with grpc.aio.insecure_channel(self._target, options=self._options) as channel:
+            call = telemetry_pb2_grpc.TelemetryStub(channel).Stream()
+            sender = asyncio.create_task(self._send(call, session))
+            receiver = asyncio.create_task(self._receive(call, session))
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait({sender, receiver, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set() and not receiver.done():
+                    await self._drain_on_stop(call, sender, receiver, session)
+            finally:
+                for task in (sender, receiver, stopper):
+                    task.cancel()
+                await asyncio.gather(sender, receiver, stopper, return_exceptions=True)
+                call.cancel()
+                self._stats.stream_connected = False
+            self._report_end(sender, receiver, stop)
+        return session.exchanged
+
+    async def _drain_on_stop(
+        self,
+        call: grpc.aio.StreamStreamCall[telemetry_pb2.AgentMessage, telemetry_pb2.CollectorMessage],
+        sender: asyncio.Task[None],
+        receiver: asyncio.Task[None],
+        session: _Session,
+    ) -> None:
+        """On shutdown, give the collector a moment to acknowledge what it has."""
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        if not session.inflight or self._drain <= 0:
+            return
+        with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
+            await call.done_writing()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(receiver), self._drain)
+
+    def _report_end(
+        self, sender: asyncio.Task[None], receiver: asyncio.Task[None], stop: asyncio.Event
+    ) -> None:
+        if receiver.done() and not receiver.cancelled() and receiver.exception() is None:
+            if not stop.is_set():
+                log.info("%s: the collector closed the stream", self._node_id)
+            return
+        for task in (receiver, sender):
+            if task.cancelled() or task.exception() is None:
+                continue
+            exc = task.exception()
+            if stop.is_set():
+                log.debug("%s: stream ended on stop: %s", self._node_id, exc)
+            elif isinstance(exc, grpc.aio.AioRpcError):
+                # While the collector stays unreachable: attempts 1, 2, 4, 8, ... log.
+                n = self._failures + 1
+                quiet = n & (n - 1)
+                log.log(
+                    logging.DEBUG if quiet else logging.WARNING,
+                    "%s: stream to %s ended (failure %d in a row): %s %s",
+                    self._node_id,
+                    self._target,
+                    n,
+                    exc.code().name,
+                    exc.details(),
+                )
+            elif isinstance(exc, _RetryLaterError):
+                log.warning("%s: %s", self._node_id, exc)
+            elif isinstance(exc, Error):
+                log.error("%s: stream stopped: %s: %s", self._node_id, exc.reason, exc)
+            else:
+                log.error("%s: stream failed", self._node_id, exc_info=exc)
+            return
+
+    async def _send(
+        self,
+        call: grpc.aio.StreamStreamCall[telemetry_pb2.AgentMessage, telemetry_pb2.CollectorMessage],
+        session: _Session,
+    ) -> None:
+        cursor = 0
+        while True:
+            self._wake.clear()
+            room = self._max_in_flight - len(session.inflight)
+            if room > 0:
+                batch = self._spool.pending(after=cursor, limit=room)
+                for sequence, envelope in batch:
+                    await call.write(telemetry_pb2.AgentMessage(envelope=envelope))
+                    session.inflight.append(sequence)
+                    cursor = sequence
+                    self._stats.envelopes_sent += 1
+                if batch:
+                    continue
+            await self._wake.wait()
+
+    async def _receive(
+        self,
+        call: grpc.aio.StreamStreamCall[telemetry_pb2.AgentMessage, telemetry_pb2.CollectorMessage],
+        session: _Session,
+    ) -> None:
+        while True:
+            msg = await call.read()
+            if not isinstance(msg, telemetry_pb2.CollectorMessage):
+                return  # grpc.aio.EOF: the collector ended the stream
+            self._stats.stream_connected = True
+            body = msg.WhichOneof("body")
+            if body == "ack":
+                self._on_ack(msg.ack, session)
+            elif body == "reject":
+                self._on_reject(msg.reject, session)
+            elif body == "directive":
+                self._stats.directives_received += 1
+                await self._dispatch(msg.directive)
+
+    def _on_ack(self, ack: telemetry_pb2.Ack, session: _Session) -> None:
+        if ack.node_id and ack.node_id != self._node_id:
+            log.warning("%s: ignoring an ack for node %r", self._node_id, ack.node_id)
+            return
+        self._spool.ack(ack.sequence)
+        while session.inflight and session.inflight[0] <= ack.sequence:
+            session.inflight.popleft()
+        session.exchanged = True
+        self._stats.acked_sequence = self._spool.acked_sequence
+        self._stats.unacked = self._spool.unacked
+        self._wake.set()
+
+    def _on_reject(self, reject: telemetry_pb2.Reject, session: _Session) -> None:
+        reason = reject.reason or "unspecified"
+        self._stats.rejected[reason] += 1
+        keep = reason in RETRY_REASONS or reject.sequence == 0
+        if self._reject_log.allow():
+            log.warning(
+                "%s: collector rejected report %s: %s: %s (%s)",
+                self._node_id,
+                reject.sequence or "?",
+                reason,
+                reject.message,
+                "kept for a later resend" if keep else "dropped: a resend cannot fix it",
+            )
+        if reason in RETRY_REASONS:
+            raise _RetryLaterError(f"collector answered {reason}: reconnecting later, reports kept")
+        if reject.sequence == 0:
+            # The collector could not say which report: nothing safe to drop.
+            return
+        self._spool.discard(reject.sequence)
+        with contextlib.suppress(ValueError):
+            session.inflight.remove(reject.sequence)
+        self._stats.unacked = self._spool.unacked
+        self._wake.set()
+
+    async def _dispatch(self, envelope: bytes) -> None:
+        try:
+            await self._on_directive(envelope)
+        except Exception:
+            log.exception("%s: directive handler failed", self._node_id)

@@ -1,0 +1,184 @@
+"""One call that puts the public record on a collector's gRPC server.
+
+``start_audit`` builds the checkpointer, the subscription hub and the Audit
+service, registers the service (call it before ``server.start()``), signs a
+first checkpoint and starts the task that keeps checkpoints fresh. Token
+checks must be installed when the server is built (grpc.aio takes
+interceptors only then): ``auth_interceptor`` makes the one to pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import grpc
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from collector.audit_service import AuditLimits, AuditServicer, LogReader, SubscriptionHub
+from collector.auth import AuthInterceptor, AuthPolicy
+from collector.checkpoints import Checkpointer
+from collector.merkle_log import MerkleLog
+from protos.computewatch.v1 import audit_pb2_grpc
+from protos.errors import Error
+from protos.keys import PrivateKey
+
+log = logging.getLogger(__name__)
+
+
+def auth_interceptor(
+    auditor_keys: Sequence[Path],
+    authority_keys: Sequence[Path] = (),
+    *,
+    max_skew_seconds: float = 300.0,
+    clock: Callable[[], int] = time.time_ns,
+    registry: CollectorRegistry | None = None,
+) -> AuthInterceptor:
+    """The token check for ``grpc.aio.server(interceptors=[...])``."""
+    policy = AuthPolicy.from_files(auditor_keys, authority_keys, max_skew_seconds=max_skew_seconds)
+    return AuthInterceptor(policy, clock, registry)
+
+
+class AuditHandle:
+    """What ``start_audit`` built; ``close()`` stops the checkpoint task."""
+
+    def __init__(
+        self,
+        servicer: AuditServicer,
+        checkpointer: Checkpointer,
+        hub: SubscriptionHub,
+        reader: LogReader,
+        store: sqlite3.Connection,
+        *,
+        tick: float,
+    ) -> None:
+        self.servicer = servicer
+        self.checkpointer = checkpointer
+        self.hub = hub
+        self.checkpoint_failures = 0
+        self._reader = reader
+        self._store = store
+        self._tick = tick
+        self._task = asyncio.create_task(self._run(), name="audit-checkpoints")
+
+    async def _run(self) -> None:
+        cps = self.checkpointer
+        while True:
+            try:
+                signed = await asyncio.to_thread(cps.maybe_checkpoint)
+            except (Error, sqlite3.Error):
+                self.checkpoint_failures += 1
+                log.exception("signing a checkpoint failed")
+            else:
+                if signed is not None:
+                    self.hub.publish(signed)
+            await asyncio.sleep(min(self._tick, cps.due_in()) or self._tick)
+
+    async def close(self) -> None:
+        """Stop the checkpoint task and close the audit's own connections."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._reader.close()
+        self._store.close()
+
+
+async def start_audit(
+    server: grpc.aio.Server,
+    ledger_path: Path,
+    merkle: MerkleLog,
+    key: PrivateKey,
+    origin: str,
+    *,
+    checkpoint_interval_seconds: float,
+    min_checkpoint_interval_seconds: float = 1.0,
+    limits: AuditLimits | None = None,
+    clock: Callable[[], int] = time.time_ns,
+    registry: CollectorRegistry | None = None,
+) -> AuditHandle:
+    """Register the Audit service on ``server`` and start checkpointing.
+
+    ``merkle`` is the ledger's MerkleLog; ``key`` the collector key (signs
+    checkpoints under key name ``origin``). A checkpoint is signed at most
+    every ``min_checkpoint_interval_seconds`` while entries arrive, and at
+    least every ``checkpoint_interval_seconds`` regardless.
+    """
+    limits = limits or AuditLimits()
+    store = sqlite3.connect(ledger_path, isolation_level=None, check_same_thread=False)
+    store.execute("PRAGMA busy_timeout=5000")
+    checkpointer = Checkpointer(
+        merkle,
+        key,
+        origin,
+        store,
+        clock,
+        interval_seconds=checkpoint_interval_seconds,
+        min_interval_seconds=min_checkpoint_interval_seconds,
+        history_stride=limits.round_entries,
+    )
+    await asyncio.to_thread(checkpointer.maybe_checkpoint)
+    hub = SubscriptionHub(limits.subscriber_queue)
+    reader = LogReader(ledger_path)
+    servicer = AuditServicer(merkle, checkpointer, reader, hub, limits)
+    audit_pb2_grpc.add_AuditServicer_to_server(servicer, server)
+    tick = max(0.01, min(min_checkpoint_interval_seconds, checkpoint_interval_seconds))
+    handle = AuditHandle(servicer, checkpointer, hub, reader, store, tick=tick)
+    if registry is not None:
+        registry.register(_AuditMetrics(handle, merkle))
+    return handle
+
+
+class _AuditMetrics(Collector):
+    def __init__(self, handle: AuditHandle, merkle: MerkleLog) -> None:
+        self._h = handle
+        self._merkle = merkle
+
+    def collect(self) -> Iterator[Metric]:
+        h = self._h
+        yield GaugeMetricFamily(
+            "computewatch_log_entries", "Entries in the Merkle log.", value=self._merkle.size
+        )
+        latest = h.checkpointer.latest()
+        if latest is not None:
+            yield GaugeMetricFamily(
+                "computewatch_log_checkpoint_entries",
+                "Tree size of the newest signed checkpoint.",
+                value=latest.size,
+            )
+            yield GaugeMetricFamily(
+                "computewatch_log_checkpoint_timestamp_seconds",
+                "Signing time of the newest checkpoint (unix seconds).",
+                value=latest.timestamp_unix_nanos / 1e9,
+            )
+        yield CounterMetricFamily(
+            "computewatch_log_checkpoints_signed",
+            "Checkpoints signed.",
+            value=h.checkpointer.signed_total,
+        )
+        yield CounterMetricFamily(
+            "computewatch_log_checkpoint_failures",
+            "Checkpoint signings that failed.",
+            value=h.checkpoint_failures,
+        )
+        yield GaugeMetricFamily(
+            "computewatch_audit_subscribers", "Open Audit.Subscribe streams.", value=h.hub.active
+        )
+        yield CounterMetricFamily(
+            "computewatch_audit_subscribers_dropped",
+            "Subscribers closed for falling behind.",
+            value=h.hub.dropped_total,
+        )
+        rejected = CounterMetricFamily(
+            "computewatch_audit_requests_rejected",
+            "Audit requests refused, by method and status code.",
+            labels=["method", "code"],
+        )
+        for (method, code), n in sorted(h.servicer.rejected.items()):
+            rejected.add_metric([method, code], n)
+        yield rejected

@@ -1,0 +1,131 @@
+"""Each tick: snapshot -> rule engine -> directives, alerts and records.
+
+A ``fire`` whose action is halt, throttle or terminate issues a directive at
+once, scoped to the decision's targets (a job rule with ``lineage:
+descendants`` names the job and every descendant). Record and alert
+decisions, clears and unknowns are logged and counted
+(``computewatch_rule_decisions_total{rule,kind,action}``); no directive is
+ever lifted by a rule clearing: that takes a quorum.
+
+A firing for which a directive of the same rule, action and targets is
+already in force issues nothing new; neither does one a quorum already
+acknowledged by lifting (see ``collector.directives``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from collector.aggregate import Aggregator
+from collector.directives import DirectiveBook, consume_outcome
+from collector.rules import Action, Decision, DecisionKind, RuleEngine
+from collector.scoping import ScopeResolver, describe
+from protos.computewatch.v1 import control_pb2
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TERMINATE_GRACE_SECONDS = 30.0
+
+_DIRECTIVE_ACTIONS: dict[Action, control_pb2.Action] = {
+    Action.HALT: control_pb2.ACTION_HALT,
+    Action.THROTTLE: control_pb2.ACTION_THROTTLE,
+    Action.TERMINATE: control_pb2.ACTION_TERMINATE,
+}
+
+
+@dataclass
+class DecisionStats:
+    # (rule, kind, action) -> count
+    decisions: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    directives: int = 0
+    suppressed: int = 0
+    acknowledged: int = 0
+
+
+def evidence_for(decision: Decision) -> control_pb2.Evidence:
+    evidence = control_pb2.Evidence(
+        metric=decision.metric,
+        threshold=decision.threshold,
+        unit=decision.unit,
+        comparison=str(decision.comparison),
+        log_indices=[i for i in decision.log_indices if i >= 0],
+    )
+    if decision.value is not None and math.isfinite(decision.value):
+        evidence.measured_value = decision.value
+    return evidence
+
+
+class DecisionHook:
+    """The collector tick hook that runs the rule engine and acts on it."""
+
+    def __init__(
+        self,
+        engine: RuleEngine,
+        aggregator: Aggregator,
+        book: DirectiveBook,
+        resolver: ScopeResolver,
+        *,
+        terminate_grace_seconds: float = DEFAULT_TERMINATE_GRACE_SECONDS,
+    ) -> None:
+        self.engine = engine
+        self._agg = aggregator
+        self._book = book
+        self._resolver = resolver
+        self._grace = terminate_grace_seconds
+        self.stats = DecisionStats()
+
+    def __call__(self, now: float) -> None:
+        if not self.engine.rules:
+            return
+        snapshot = self._agg.snapshot(now)
+        for decision in self.engine.evaluate(snapshot):
+            self.handle(decision)
+
+    def handle(self, decision: Decision) -> None:
+        rule = decision.rule
+        self.stats.decisions[(rule.id, str(decision.kind), str(rule.action))] += 1
+        if decision.kind is DecisionKind.UNKNOWN:
+            log.warning("rule %s: %s", rule.id, decision.reason)
+            return
+        if decision.kind is DecisionKind.CLEAR:
+            log.info("rule %s cleared: %s", rule.id, decision.reason)
+            return
+        action = _DIRECTIVE_ACTIONS.get(rule.action)
+        if action is None:
+            level = logging.WARNING if rule.action is Action.ALERT else logging.INFO
+            log.log(level, "rule %s fired (%s): %s", rule.id, rule.action, decision.reason)
+            return
+        scope = self._resolver.for_targets(decision.scope, decision.targets)
+        existing = self._book.pending_for_rule(rule.id, action, scope)
+        if existing is not None:
+            self.stats.suppressed += 1
+            log.info(
+                "rule %s fired again; %s already in force for %s",
+                rule.id,
+                existing,
+                describe(scope),
+            )
+            return
+        if self._book.acknowledged(rule.id, scope):
+            self.stats.acknowledged += 1
+            log.warning(
+                "rule %s fired for %s, which a quorum already let resume; not halting again: %s",
+                rule.id,
+                describe(scope),
+                decision.reason,
+            )
+            return
+        fut = self._book.issue(
+            action,
+            scope,
+            rule_id=rule.id,
+            evidence=evidence_for(decision),
+            reason=decision.reason,
+            power_cap_watts=rule.power_cap_watts or 0.0,
+            grace_seconds=self._grace if action == control_pb2.ACTION_TERMINATE else 0.0,
+        )
+        fut.add_done_callback(consume_outcome)
+        self.stats.directives += 1

@@ -1,0 +1,215 @@
+"""Evaluate rules against each tick's snapshot; remember state between ticks.
+
+Per (rule, key) the engine tracks: since when the condition has held (for
+``for`` durations), whether the rule is firing, and whether it has already
+said the value is unknown. It emits a decision only on a transition:
+
+- ``fire`` once when the condition has held continuously for ``for``;
+- ``clear`` once when a firing rule stops holding (hysteresis applied);
+- ``unknown`` once when the value becomes unknown (``None``, or the metric
+  missing for a key the snapshot lists), and again only after it was known.
+
+Unknown never satisfies a comparison: it resets a pending ``for`` and never
+clears a firing rule (a silent node does not lift a halt). A key that
+vanishes from the snapshot is forgotten unless its rule is firing.
+A ``capability:*`` metric that a job has never had is "not evaluated", not
+unknown, and says nothing.
+
+Cheap per tick: one pass to index the snapshot by scope, then for each rule a
+dict lookup and a comparison per key; state is kept only for keys that are
+pending, firing, unknown or evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from collector.rules.lineage import LineageView
+from collector.rules.metrics import (
+    LINEAGE_CUMULATIVE_FLOP,
+    format_number,
+    format_quantity,
+    is_capability,
+    phrase,
+)
+from collector.rules.model import Decision, DecisionKind, Lineage, Rule, RulePack
+from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
+from protos.errors import RuleError
+
+_SUBJECT = {Scope.CLUSTER: "cluster", Scope.NODE: "node", Scope.JOB: "job", Scope.GPU: "GPU"}
+
+
+@dataclass
+class _KeyState:
+    pending_since: float | None = None
+    firing: bool = False
+    unknown: bool = False
+    # A capability score was seen for this key (later absence is unknown).
+    seen: bool = False
+
+    def idle(self) -> bool:
+        return self.pending_since is None and not self.firing and not self.unknown and not self.seen
+
+
+class RuleEngine:
+    """Stateful evaluator: ``evaluate(snapshot)`` once per aggregation tick."""
+
+    def __init__(self, packs: Iterable[RulePack]) -> None:
+        rules = [r for p in packs for r in p.rules]
+        ids = [r.id for r in rules]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise RuleError(f"rule ids used by more than one rule: {', '.join(dupes)}")
+        self._rules = tuple(rules)
+        self._state: dict[str, dict[str, _KeyState]] = {r.id: {} for r in rules}
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self._rules
+
+    def firing(self) -> list[tuple[Rule, str]]:
+        """(rule, key) for every rule currently firing."""
+        return [
+            (rule, key)
+            for rule in self._rules
+            for key, st in self._state[rule.id].items()
+            if st.firing
+        ]
+
+    def evaluate(self, snapshot: Snapshot) -> list[Decision]:
+        """Decisions for this tick, in rule order then key order of the snapshot."""
+        by_scope: dict[Scope, list[tuple[str, Mapping[str, float | None]]]] = {s: [] for s in Scope}
+        for (scope, key), metrics in snapshot.values.items():
+            by_scope[scope].append((key, metrics))
+        if not by_scope[Scope.CLUSTER]:
+            # The cluster always exists; no figures for it means unknown.
+            by_scope[Scope.CLUSTER].append((CLUSTER_KEY, {}))
+        tick = _Tick(snapshot, LineageView(snapshot), [])
+        for rule in self._rules:
+            self._evaluate_rule(rule, by_scope[rule.scope], tick)
+        return tick.out
+
+    def _evaluate_rule(
+        self, rule: Rule, entries: list[tuple[str, Mapping[str, float | None]]], tick: _Tick
+    ) -> None:
+        states = self._state[rule.id]
+        metric = rule.metric
+        derived = metric == LINEAGE_CUMULATIVE_FLOP
+        capability = is_capability(metric)
+        upward = rule.comparison.upward
+        now = tick.snapshot.time
+        for key, metrics in entries:
+            st = states.get(key)
+            if derived:
+                value = tick.view.lineage_flop(key, lower_bound_ok=upward)
+            else:
+                value = metrics.get(metric)
+            if value is None:
+                if capability and metric not in metrics and (st is None or not st.seen):
+                    continue  # never evaluated: nothing to report
+                if st is None:
+                    st = states[key] = _KeyState()
+                st.pending_since = None
+                if not st.unknown:
+                    st.unknown = True
+                    tick.emit(rule, DecisionKind.UNKNOWN, key, None)
+                continue
+            if st is not None:
+                st.unknown = False
+                st.seen = st.seen or capability
+                if st.firing:
+                    if rule.cleared(value):
+                        st.firing = False
+                        tick.emit(rule, DecisionKind.CLEAR, key, value)
+                        if st.idle():
+                            del states[key]
+                    continue
+            if rule.holds(value):
+                if st is None:
+                    st = states[key] = _KeyState(seen=capability)
+                if rule.for_seconds > 0:
+                    if st.pending_since is None:
+                        st.pending_since = now
+                    if now - st.pending_since < rule.for_seconds:
+                        continue
+                st.pending_since = None
+                st.firing = True
+                tick.emit(rule, DecisionKind.FIRE, key, value)
+            elif st is not None:
+                st.pending_since = None
+                if st.idle():
+                    del states[key]
+            elif capability:
+                states[key] = _KeyState(seen=True)
+        if states and rule.scope is not Scope.CLUSTER:
+            # Keys the snapshot no longer lists are forgotten, unless firing.
+            values, scope = tick.snapshot.values, rule.scope
+            gone = [k for k, st in states.items() if not st.firing and (scope, k) not in values]
+            for k in gone:
+                del states[k]
+
+
+@dataclass
+class _Tick:
+    """One evaluation: the snapshot, its lineage view, and the decisions so far."""
+
+    snapshot: Snapshot
+    view: LineageView
+    out: list[Decision]
+
+    def emit(self, rule: Rule, kind: DecisionKind, key: str, value: float | None) -> None:
+        if rule.metric == LINEAGE_CUMULATIVE_FLOP:
+            evidence = self.view.lineage_evidence(key)
+        else:
+            evidence = tuple(self.snapshot.evidence.get((rule.scope, key), ()))
+        targets: tuple[str, ...] = (key,)
+        if rule.lineage is Lineage.DESCENDANTS and kind is not DecisionKind.UNKNOWN:
+            targets = (key, *self.view.descendants(key))
+        self.out.append(
+            Decision(
+                rule=rule,
+                kind=kind,
+                scope=rule.scope,
+                key=key,
+                value=value,
+                time=self.snapshot.time,
+                reason=_reason(rule, kind, key, value, targets=targets, view=self.view),
+                targets=targets,
+                log_indices=evidence,
+            )
+        )
+
+
+def _reason(
+    rule: Rule,
+    kind: DecisionKind,
+    key: str,
+    value: float | None,
+    *,
+    targets: tuple[str, ...],
+    view: LineageView,
+) -> str:
+    subject = "cluster" if rule.scope is Scope.CLUSTER else f"{_SUBJECT[rule.scope]} {key}"
+    what = f"{subject} {phrase(rule.metric)}"
+    threshold = format_quantity(rule.threshold, rule.unit)
+    if kind is DecisionKind.UNKNOWN or value is None:
+        return f"{what} unknown (no data): rule {rule.id} cannot be evaluated"
+    measured = format_quantity(value, rule.unit)
+    if kind is DecisionKind.CLEAR:
+        text = f"{what} {measured} no longer {rule.comparison} {threshold}"
+        if rule.hysteresis:
+            text += f" (hysteresis {format_quantity(rule.hysteresis, rule.unit)})"
+        return text
+    text = f"{what} {measured} {rule.comparison} {threshold}"
+    if rule.for_seconds:
+        text += f" for {format_number(rule.for_seconds)} s"
+    if rule.metric == LINEAGE_CUMULATIVE_FLOP:
+        missing = view.ancestors_without_data(key)
+        if missing:
+            text += f" (at least: {missing} ancestor jobs without data)"
+    if len(targets) > 1:
+        text += f", with {len(targets) - 1} descendant jobs"
+    if rule.source is not None:
+        text += f" ({rule.source}{', historical' if rule.historical else ''})"
+    return text

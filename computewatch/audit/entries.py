@@ -1,0 +1,155 @@
+"""Checks each log entry: who signed it, and whether each signer's chain holds.
+
+``authenticate`` (pure, safe to run in threads) verifies the DSSE signature
+over the exact bytes with the keys allowed for the payload type.
+``advance`` (in log order) checks each node key's chain: the first report of
+a key is sequence 1 with a zero previous digest, then +1 each with
+previous_digest = SHA-256 of the previous envelope; and that directive
+counters only go up. On a chain finding the state still moves forward, so one
+missing report is reported once, not at every later entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from computewatch.audit.trust import Trust
+from protos import dsse
+from protos.computewatch.v1 import control_pb2, telemetry_pb2
+from protos.errors import (
+    BrokenChainError,
+    DecodeError,
+    DroppedEntryError,
+    EquivocationError,
+    InvalidReportError,
+    KeyMismatchError,
+    OversizeError,
+    PayloadTypeError,
+    ReplayError,
+    RewrittenEntryError,
+    RollbackError,
+    SignatureError,
+    UnknownKeyError,
+)
+
+ZERO_DIGEST = bytes(32)
+# Generous: the auditor must never call a valid entry oversize.
+MAX_ENTRY_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    node_id: str
+    sequence: int
+    digest: bytes
+    index: int
+
+
+class EntryChecker:
+    """Holds the chain heads (per node key) and the highest directive counter."""
+
+    def __init__(
+        self,
+        trust: Trust,
+        heads: dict[str, ChainHead] | None = None,
+        directive_counter: int = 0,
+    ) -> None:
+        self.trust = trust
+        self.heads: dict[str, ChainHead] = dict(heads or {})
+        self.directive_counter = directive_counter
+
+    def copy(self) -> EntryChecker:
+        return EntryChecker(self.trust, self.heads, self.directive_counter)
+
+    def authenticate(self, index: int, data: bytes) -> dsse.Verified:
+        """Verify entry ``index``'s signature; raise a typed error naming the entry."""
+        try:
+            env = dsse.open_envelope(data, max_bytes=MAX_ENTRY_BYTES)
+            allowed = self.trust.signers_for(env.payload_type)
+            if allowed is None:
+                raise PayloadTypeError(f"entry {index}: unknown payload type {env.payload_type!r}")
+            return dsse.verify(data, allowed, max_bytes=MAX_ENTRY_BYTES)
+        except (DecodeError, OversizeError) as exc:
+            raise RewrittenEntryError(f"entry {index}: not a valid envelope ({exc})") from exc
+        except SignatureError as exc:
+            raise RewrittenEntryError(
+                f"entry {index}: the signature does not verify over its bytes,"
+                f" which were changed after signing ({exc})"
+            ) from exc
+        except UnknownKeyError as exc:
+            raise UnknownKeyError(f"entry {index}: {exc}") from exc
+
+    def advance(self, index: int, verified: dsse.Verified) -> None:
+        """Apply one authenticated entry, in log order."""
+        if verified.payload_type == dsse.REPORT_TYPE:
+            self._report(index, verified)
+        elif verified.payload_type == dsse.DIRECTIVE_TYPE:
+            self._directive(index, verified)
+
+    def check(self, index: int, data: bytes) -> None:
+        self.advance(index, self.authenticate(index, data))
+
+    def _report(self, index: int, verified: dsse.Verified) -> None:
+        try:
+            report = verified.parse(telemetry_pb2.NodeReport)
+        except DecodeError as exc:
+            raise InvalidReportError(f"entry {index}: signed payload is not a report") from exc
+        keyid = verified.signer.keyid
+        seq, prev = report.sequence, report.previous_digest
+        digest = hashlib.sha256(verified.envelope_bytes).digest()
+        head = self.heads.get(keyid)
+        node = report.node_id
+        new = ChainHead(node, seq, digest, index)
+        if head is None:
+            self.heads[keyid] = new
+            if seq != 1:
+                raise DroppedEntryError(
+                    f"entry {index}: the first report of node {node!r} (key {keyid[:16]}) in"
+                    f" the log is sequence {seq}; reports 1..{seq - 1} are missing"
+                )
+            if prev != ZERO_DIGEST:
+                raise BrokenChainError(
+                    f"entry {index}: node {node!r} sequence 1 has a non-zero previous digest"
+                )
+            return
+        if node != head.node_id:
+            raise KeyMismatchError(
+                f"entry {index}: key {keyid[:16]} signed for node {head.node_id!r}"
+                f" (entry {head.index}) and now for {node!r}"
+            )
+        if seq <= head.sequence:
+            if seq == head.sequence and digest == head.digest:
+                raise ReplayError(f"entry {index}: repeats entry {head.index} of node {node!r}")
+            if seq == head.sequence:
+                raise EquivocationError(
+                    f"entry {index}: node {node!r} sequence {seq} differs from entry {head.index}"
+                )
+            raise RollbackError(
+                f"entry {index}: node {node!r} sequence {seq} after {head.sequence}"
+                f" (entry {head.index})"
+            )
+        self.heads[keyid] = new
+        if seq > head.sequence + 1:
+            raise DroppedEntryError(
+                f"entry {index}: node {node!r} sequence {seq} follows {head.sequence}"
+                f" (entry {head.index}); {seq - head.sequence - 1} report(s) missing"
+            )
+        if prev != head.digest:
+            raise BrokenChainError(
+                f"entry {index}: node {node!r} sequence {seq} does not chain to sequence"
+                f" {head.sequence} (entry {head.index}): previous_digest"
+                f" {prev.hex()[:16]} != {head.digest.hex()[:16]}"
+            )
+
+    def _directive(self, index: int, verified: dsse.Verified) -> None:
+        try:
+            directive = verified.parse(control_pb2.Directive)
+        except DecodeError as exc:
+            raise InvalidReportError(f"entry {index}: signed payload is not a directive") from exc
+        last = self.directive_counter
+        if directive.counter <= last:
+            raise RollbackError(
+                f"entry {index}: directive counter {directive.counter} is not above {last}"
+            )
+        self.directive_counter = directive.counter

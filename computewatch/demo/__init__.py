@@ -1,0 +1,1 @@
+"""``computewatch demo``: a whole simulated cluster on loopback."""

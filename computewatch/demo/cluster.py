@@ -1,0 +1,143 @@
+"""Set up and tear down the simulated cluster: keys, enrolment, collector,
+stand-in processes, fake procfs trees and one real Agent per node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.attribution import JobAttributor
+from agent.config import AgentConfig
+from agent.fakenvml import FakeNvml
+from agent.fakenvml.procfs import materialize
+from agent.fakenvml.spec import Scenario
+from agent.jobmeta import JobMetadataDir
+from agent.nvml.real import NvmlBackend
+from agent.runner import Agent
+from collector.config import CollectorConfig
+from collector.registry import enroll
+from collector.server import Collector, create_server
+from computewatch.demo.processes import StandIns, process_state
+from protos.keys import PrivateKey, write_private_key, write_public_key
+
+log = logging.getLogger(__name__)
+
+AUTHORITIES = ("ministry", "auditor-general", "operator-board")
+QUORUM = 2
+
+
+def _keypair(directory: Path, name: str) -> tuple[PrivateKey, Path, Path]:
+    key = PrivateKey.generate()
+    priv, pub = directory / f"{name}.key", directory / f"{name}.pub"
+    write_private_key(key, priv, overwrite=True)
+    write_public_key(key.public, pub)
+    return key, priv, pub
+
+
+@dataclass
+class NodeRun:
+    node_id: str
+    agent: Agent
+    stop: asyncio.Event
+    task: asyncio.Task[None] | None = None
+    silent_at: float | None = None
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    scenario: Scenario
+    collector: Collector
+    authority_keys: dict[str, PrivateKey]
+    nodes: list[NodeRun] = field(default_factory=list)
+    stand_ins: StandIns = field(default_factory=StandIns)
+    start: float = 0.0
+
+    async def stop(self) -> None:
+        for run in self.nodes:
+            run.stop.set()
+        for run in self.nodes:
+            if run.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                    await asyncio.wait_for(run.task, 5.0)
+        await self.collector.stop(0.5)
+        self.stand_ins.close()
+
+
+async def start_cluster(
+    scenario: Scenario, scenario_path: Path, workdir: Path, *, rule_packs: tuple[str, ...]
+) -> Cluster:
+    keys = workdir / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    _, collector_key, collector_pub = _keypair(keys, "collector")
+    authorities: dict[str, PrivateKey] = {}
+    authority_pubs: list[Path] = []
+    for name in AUTHORITIES:
+        key, _, pub = _keypair(keys, name)
+        authorities[name] = key
+        authority_pubs.append(pub)
+    ledger = workdir / "ledger.db"
+    node_keys: dict[str, tuple[PrivateKey, Path]] = {}
+    for node in scenario.nodes:
+        key, priv, _ = _keypair(keys, node.id)
+        enroll(ledger, node.id, key.public)
+        node_keys[node.id] = (key, priv)
+    config = CollectorConfig(
+        ledger=ledger,
+        key=collector_key,
+        listen="127.0.0.1:0",
+        interval_seconds=scenario.interval_seconds,
+        tick_seconds=0.25,
+        checkpoint_interval_seconds=5.0,
+        rule_packs=rule_packs,
+        authority_keys=tuple(authority_pubs),
+        quorum=QUORUM,
+        lease_seconds=max(5.0, 5 * scenario.interval_seconds),
+        effective_timeout_seconds=10.0,
+    )
+    service, _ = await create_server(config)
+    cluster = Cluster(workdir, scenario, service, authorities)
+    cluster.start = time.time()
+    for node in scenario.nodes:
+        pids = {job.id: cluster.stand_ins.spawn() for job in scenario.jobs_on(node.id)}
+        home = workdir / "nodes" / node.id
+        materialize(scenario, node.id, home / "proc", pids, metadata_dir=home / "jobs")
+        fake = FakeNvml(
+            scenario,
+            node.id,
+            clock=time.time,
+            process_state=process_state,
+            pids=pids,
+            start=cluster.start,
+        )
+        agent_config = AgentConfig(
+            node_id=node.id,
+            key=node_keys[node.id][1],
+            collector=service.address,
+            collector_key=collector_pub,
+            interval_seconds=scenario.interval_seconds,
+            state_dir=home / "state",
+            backend="fake",
+            scenario=scenario_path,
+            procfs_root=home / "proc",
+            job_metadata_dir=home / "jobs",
+            authority_keys=tuple(authority_pubs),
+            quorum=QUORUM,
+            backoff_min_seconds=0.2,
+            backoff_max_seconds=2.0,
+        )
+        agent = Agent(
+            agent_config,
+            NvmlBackend(fake),
+            JobAttributor(home / "proc"),
+            JobMetadataDir(home / "jobs"),
+            node_keys[node.id][0],
+        )
+        cluster.nodes.append(NodeRun(node.id, agent, asyncio.Event(), silent_at=node.silent_at))
+    for run in cluster.nodes:
+        run.task = asyncio.create_task(run.agent.run(run.stop))
+    return cluster

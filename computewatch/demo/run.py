@@ -1,0 +1,284 @@
+"""The demo's timeline: start the cluster, watch it through the collector's
+public APIs, let the rules halt work, have two authorities approve the
+resume, and end with a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf import json_format
+
+from agent.fakenvml.scenario import load_scenario
+from collector.rules import load_packs
+from computewatch.demo.cluster import AUTHORITIES, QUORUM, Cluster, start_cluster
+from computewatch.demo.view import DirectiveView, directive_views, render
+from protos import dsse
+from protos.computewatch.v1 import (
+    control_pb2,
+    control_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PACKS = ("demo", "operator-default")
+MAX_DURATION = 60.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    scenario: Path
+    duration: float | None = None
+    summary_json: Path | None = None
+    live: bool = True
+    # Seconds a halt stays effective before the authorities approve its resume.
+    resume_after: float = 5.0
+    rule_packs: tuple[str, ...] = DEFAULT_PACKS
+    workdir: Path | None = None
+
+
+def job_thresholds(packs: tuple[str, ...]) -> list[float]:
+    return sorted(
+        {
+            r.threshold
+            for p in load_packs(packs)
+            for r in p.rules
+            if r.scope == "job" and r.metric.endswith("cumulative_flop")
+        }
+    )
+
+
+class _Watcher:
+    def __init__(self, cluster: Cluster, opts: DemoOptions, out: TextIO, duration: float) -> None:
+        self.cluster = cluster
+        self.opts = opts
+        self.out = out
+        self.duration = duration
+        self.events: list[str] = []
+        self.approved: dict[str, list[str]] = {}
+        self.seen: dict[str, bool] = {}
+        self.channel = grpc.aio.insecure_channel(cluster.collector.address)
+        self.status = status_pb2_grpc.StatusStub(self.channel)
+        self.control = control_pb2_grpc.ControlStub(self.channel)
+        self.thresholds = job_thresholds(opts.rule_packs)
+        self.last_print = -1e9
+
+    def elapsed(self) -> float:
+        return time.time() - self.cluster.start
+
+    def event(self, text: str) -> None:
+        line = f"t={self.elapsed():5.1f}s  {text}"
+        self.events.append(line)
+        if not self.opts.live:
+            print(line, file=self.out, flush=True)
+
+    async def step(self) -> tuple[status_pb2.ClusterStatus, list[DirectiveView]]:
+        t = self.elapsed()
+        for run in self.cluster.nodes:
+            if run.silent_at is not None and t >= run.silent_at and not run.stop.is_set():
+                run.stop.set()
+                self.event(f"node {run.node_id} stops reporting (scenario fault: silent)")
+        self.cluster.stand_ins.reap()
+        st = await self.status.GetStatus(status_pb2.StatusRequest(), timeout=5)
+        listing = await self.control.ListDirectives(control_pb2.ListDirectivesRequest(), timeout=5)
+        views = directive_views(listing)
+        for v in views:
+            d = v.directive
+            if d.id not in self.seen:
+                self.seen[d.id] = False
+                self.event(
+                    f"{v.action} {d.id[:8]} {v.scope} by {d.rule_id or 'authority'}: {d.reason}"
+                )
+            if v.seconds_to_effective is not None and not self.seen[d.id]:
+                self.seen[d.id] = True
+                self.event(f"{v.action} {d.id[:8]} effective after {v.seconds_to_effective:.2f} s")
+        await self._approve(views)
+        return st, views
+
+    async def _approve(self, views: Sequence[DirectiveView]) -> None:
+        now_ns = time.time_ns()
+        for v in views:
+            d, rec = v.directive, v.record
+            if (
+                d.action != control_pb2.ACTION_HALT
+                or not rec.in_force
+                or not rec.effective_unix_nanos
+                or d.id in self.approved
+                or now_ns - rec.effective_unix_nanos < self.opts.resume_after * 1e9
+            ):
+                continue
+            self.approved[d.id] = []
+            for name in AUTHORITIES[:QUORUM]:
+                approval = control_pb2.Approval(
+                    directive_id=d.id,
+                    approved_unix_nanos=time.time_ns(),
+                    authority=name,
+                    comment=f"demo: {name} reviewed the evidence ({secrets.token_hex(4)})",
+                )
+                envelope = dsse.seal(approval, self.cluster.authority_keys[name])
+                try:
+                    reply = await self.control.SubmitApproval(
+                        control_pb2.SubmitRequest(envelope=envelope), timeout=5
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    self.event(f"approval by {name} for {d.id[:8]} refused: {exc.details()}")
+                    continue
+                self.approved[d.id].append(name)
+                caused = (
+                    f" -> RESUME {', '.join(i[:8] for i in reply.directive_ids)}"
+                    if (reply.directive_ids)
+                    else ""
+                )
+                self.event(f"{name} approves resuming {d.id[:8]}{caused}")
+
+    def show(self, st: status_pb2.ClusterStatus, views: Sequence[DirectiveView]) -> None:
+        text = render(
+            st,
+            views,
+            elapsed=self.elapsed(),
+            duration=self.duration,
+            job_thresholds=self.thresholds,
+            events=self.events,
+        )
+        if self.opts.live:
+            self.out.write("\x1b[H\x1b[2J" + text + "\n")
+            self.out.flush()
+        elif self.elapsed() - self.last_print >= 10:
+            self.last_print = self.elapsed()
+            print(text + "\n", file=self.out, flush=True)
+
+
+def summary(
+    scenario_name: str,
+    duration: float,
+    st: status_pb2.ClusterStatus,
+    views: Sequence[DirectiveView],
+    watcher: _Watcher,
+) -> dict[str, Any]:
+    return {
+        "scenario": scenario_name,
+        "duration_seconds": round(duration, 3),
+        "nodes": len(st.nodes),
+        "gpus": st.gpus_total,
+        "gpus_lost": st.gpus_lost,
+        "gpus_unknown_model": st.gpus_unknown_model,
+        "reports_accepted": st.reports_accepted,
+        "rejected_by_reason": dict(sorted(st.rejected_by_reason.items())),
+        "log_size": st.log_size,
+        "cluster": {
+            "installed_flops": st.installed_flops,
+            "allocated_flops": st.allocated_flops,
+            "achieved_flops": st.achieved_flops,
+        },
+        "jobs": [
+            {
+                "job_id": j.job_id,
+                "cumulative_flop": j.cumulative_flop,
+                "upper_bound": j.upper_bound,
+                "parent_job_ids": list(j.parent_job_ids),
+            }
+            for j in st.jobs
+        ],
+        "silent_nodes": [n.node_id for n in st.nodes if n.state == status_pb2.NODE_STATE_SILENT],
+        "directives": [
+            {
+                "id": v.directive.id,
+                "action": v.action,
+                "counter": v.directive.counter,
+                "rule_id": v.directive.rule_id,
+                "scope": json_format.MessageToDict(
+                    v.directive.scope, preserving_proto_field_name=True
+                ),
+                "reason": v.directive.reason,
+                "evidence": json_format.MessageToDict(
+                    v.directive.evidence, preserving_proto_field_name=True
+                ),
+                "issued_at_seconds": round(
+                    v.directive.issued_unix_nanos / 1e9 - watcher.cluster.start, 3
+                ),
+                "seconds_to_effective": v.seconds_to_effective,
+                "in_force": v.record.in_force,
+                "log_index": v.record.log_index,
+                "approval_keyids": list(v.record.approval_keyids),
+                "approved_by": watcher.approved.get(v.directive.id, []),
+                "resumes_directive_id": v.directive.resumes_directive_id,
+            }
+            for v in views
+        ],
+        "events": watcher.events,
+    }
+
+
+async def run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
+    scenario = load_scenario(opts.scenario)
+    duration = min(opts.duration or scenario.duration_seconds, MAX_DURATION)
+    workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="computewatch-demo-"))
+    cluster = await start_cluster(scenario, opts.scenario, workdir, rule_packs=opts.rule_packs)
+    watcher = _Watcher(cluster, opts, out, duration)
+    st = status_pb2.ClusterStatus()
+    views: list[DirectiveView] = []
+    try:
+        tick = 0
+        while watcher.elapsed() < duration:
+            tick += 1
+            await asyncio.sleep(max(0.0, cluster.start + tick - time.time()))
+            st, views = await watcher.step()
+            watcher.show(st, views)
+        st, views = await watcher.step()
+        result = summary(scenario.name, watcher.elapsed(), st, views, watcher)
+    finally:
+        await watcher.channel.close(None)
+        await cluster.stop()
+        if opts.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if opts.summary_json is not None:
+        opts.summary_json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def print_summary(result: dict[str, Any], out: TextIO) -> None:
+    from computewatch.render import si
+
+    c = result["cluster"]
+    lines = [
+        "",
+        f"demo summary ({result['scenario']}, {result['duration_seconds']:.0f} s):",
+        f"  {result['nodes']} nodes, {result['gpus']} GPUs ({result['gpus_lost']} lost,"
+        f" {result['gpus_unknown_model']} of unknown model); silent nodes:"
+        f" {', '.join(result['silent_nodes']) or 'none'}",
+        f"  reports accepted {result['reports_accepted']}, rejected"
+        f" {sum(result['rejected_by_reason'].values())}"
+        f" {result['rejected_by_reason'] or ''}, log size {result['log_size']}",
+        f"  cluster installed {si(c['installed_flops'], 'FLOP/s')}, allocated"
+        f" {si(c['allocated_flops'], 'FLOP/s')}, achieved {si(c['achieved_flops'], 'FLOP/s')}",
+        "  jobs:",
+        *(
+            f"    {j['job_id']:<38} {si(j['cumulative_flop'], 'FLOP')}"
+            + (" (upper bound)" if j["upper_bound"] else "")
+            for j in result["jobs"]
+        ),
+        "  directives:",
+        *(
+            f"    {d['action']:<9} {d['id'][:8]} rule {d['rule_id'] or '-'}; effective after "
+            + (
+                f"{d['seconds_to_effective']:.2f} s"
+                if d["seconds_to_effective"] is not None
+                else "-"
+            )
+            + (f"; approved by {', '.join(d['approved_by'])}" if d["approved_by"] else "")
+            for d in result["directives"]
+        ),
+    ]
+    print("\n".join(lines), file=out, flush=True)

@@ -1,0 +1,29 @@
+{{/* Names, labels and the image, shared by every template. */}}
+
+{{- define "computewatch.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "computewatch.fullname" -}}
+{{- default (printf "%s-%s" .Release.Name .Chart.Name) .Values.fullnameOverride | trunc 47 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "computewatch.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "computewatch.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "computewatch.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
+{{ include "computewatch.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "computewatch.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "computewatch.collectorAddress" -}}
+{{- default (printf "%s-collector.%s.svc:%v" (include "computewatch.fullname" .) .Release.Namespace .Values.collector.grpcPort) .Values.agent.collectorAddress -}}
+{{- end -}}

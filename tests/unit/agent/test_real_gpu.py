@@ -1,0 +1,64 @@
+"""``NvmlBackend()`` on the real pynvml and driver: runs only where a GPU is present."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pynvml
+import pytest
+
+from agent.nvml.real import NvmlBackend
+from protos.computewatch.v1 import telemetry_pb2 as pb
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def gpu_count() -> int:
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        pytest.skip(f"no usable NVIDIA driver here (nvmlInit: {exc})")
+    try:
+        count = int(pynvml.nvmlDeviceGetCount())
+    finally:
+        pynvml.nvmlShutdown()
+    if count == 0:
+        pytest.skip("NVML initialises but sees no GPU")
+    return count
+
+
+def test_reads_every_gpu(gpu_count: int) -> None:
+    backend = NvmlBackend()
+    try:
+        first = backend.sample()
+        time.sleep(0.2)
+        snap = backend.sample()
+    finally:
+        backend.close()
+    assert first.status == snap.status == pb.NVML_STATUS_OK
+    assert len(snap.gpus) == gpu_count
+    for g in snap.gpus:
+        assert g.health == pb.GPU_HEALTH_OK, g.error
+        assert g.uuid.startswith(("GPU-", "MIG-"))
+        assert g.product_name
+        if g.HasField("utilization_gpu_percent"):
+            assert 0 <= g.utilization_gpu_percent <= 100
+        if g.HasField("memory_total_bytes"):
+            assert 0 <= g.memory_used_bytes <= g.memory_total_bytes
+        if g.HasField("power_watts"):
+            assert 0 < g.power_watts < 2000
+        if g.HasField("sm_activity_percent"):
+            assert math.isfinite(g.sm_activity_percent)
+        assert g.compute_mode != pb.COMPUTE_MODE_UNSPECIFIED
+
+
+def test_power_limits_are_consistent(gpu_count: int) -> None:
+    backend = NvmlBackend()
+    try:
+        uuid = backend.sample().gpus[0].uuid
+        limits = backend.power_limits(uuid)
+    finally:
+        backend.close()
+    assert 0 < limits.min_watts <= limits.current_watts <= limits.max_watts
