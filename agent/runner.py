@@ -166,7 +166,11 @@ class Agent:
             self.stats.unacked = self.spool.unacked
             self.stats.acked_sequence = self.spool.acked_sequence
             if self.enforcement is not None:
-                self.enforcement.open(self.spool)
+                try:
+                    self.enforcement.open(self.spool)
+                except Error:
+                    self.close()  # release the spool's lock: nothing runs half-configured
+                    raise
         return self.spool
 
     def close(self) -> None:

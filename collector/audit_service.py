@@ -136,7 +136,6 @@ class SubscriptionHub:
                 sub.queue.put_nowait(signed)
             except asyncio.QueueFull:
                 sub.overflowed.set()
-                self.dropped_total += 1
 
 
 def _checkpoint_response(signed: cpmod.SignedCheckpoint) -> audit_pb2.SubscribeResponse:
@@ -278,6 +277,7 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
                 " local size"
             )
         except _BehindError as exc:
+            self._hub.dropped_total += 1
             await self._reject(
                 context, "Subscribe", grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message
             )

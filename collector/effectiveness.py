@@ -14,6 +14,8 @@ report from then on shows the targeted GPUs in the required state:
   GPUs remains;
 - RESUME: the lifted directive no longer among the node's active ones.
 
+A GPU that fell off the bus (health LOST) runs nothing and counts as
+enforced; one that cannot be read (health ERROR) is unknown and does not.
 Targeted GPUs: every GPU of the node (CLUSTER, NODE), the listed uuids (GPU),
 or for JOB scope the GPUs that ran the jobs when the directive was issued
 plus any that show their processes now.
@@ -100,8 +102,10 @@ def _activity_ok(gpu: telemetry_pb2.GpuSample) -> bool:
 
 
 def _gpu_ok(action: int, gpu: telemetry_pb2.GpuSample, cap: float) -> bool:
+    if gpu.health == telemetry_pb2.GPU_HEALTH_LOST:
+        return True  # off the bus: runs nothing (the gpus_lost rule reports it)
     if gpu.health != telemetry_pb2.GPU_HEALTH_OK:
-        return False
+        return False  # unreadable: unknown is not enforced
     if action == control_pb2.ACTION_HALT:
         return gpu.compute_mode == telemetry_pb2.COMPUTE_MODE_PROHIBITED and _activity_ok(gpu)
     if action == control_pb2.ACTION_THROTTLE:

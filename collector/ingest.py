@@ -5,16 +5,16 @@ append. Nothing reaches the ledger or the aggregates unless every check passed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from collector.aggregate import Aggregator
+from collector.batchverify import BatchVerifier
 from collector.chain import ChainBook
 from collector.ledger import Entry, Ledger
 from collector.registry import Registry
@@ -74,92 +74,6 @@ class _RejectLog:
         return self._count <= self._per_second
 
 
-class _BatchVerifier:
-    """Verifies envelopes on a thread pool, many per hop.
-
-    One executor job per envelope costs a future, a thread wake-up and a
-    self-pipe write each; under load those cost more than the signature
-    check. Envelopes queue here and go to the pool in batches, at most
-    ``jobs`` batches at a time: while the pool is busy the next batch grows.
-    """
-
-    def __init__(
-        self,
-        pool: Executor,
-        verify: Callable[[bytes], dsse.Verified],
-        *,
-        jobs: int,
-        max_batch: int = 256,
-    ) -> None:
-        self._pool = pool
-        self._verify = verify
-        self._jobs = max(jobs, 1)
-        self._max_batch = max_batch
-        self._running = 0
-        self._pending: list[tuple[bytes, asyncio.Future[dsse.Verified]]] = []
-        self._scheduled = False
-
-    def submit(self, data: bytes) -> asyncio.Future[dsse.Verified]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[dsse.Verified] = loop.create_future()
-        self._pending.append((data, fut))
-        if not self._scheduled and self._running < self._jobs:
-            # Dispatch after this loop iteration, so envelopes read in it share a hop.
-            self._scheduled = True
-            loop.call_soon(self._dispatch)
-        return fut
-
-    def _dispatch(self) -> None:
-        self._scheduled = False
-        loop = asyncio.get_running_loop()
-        while self._pending and self._running < self._jobs:
-            free = self._jobs - self._running
-            size = min(-(-len(self._pending) // free), self._max_batch)
-            batch = self._pending[:size]
-            del self._pending[:size]
-            self._running += 1
-            job = self._pool.submit(self._verify_all, [data for data, _ in batch])
-            job.add_done_callback(functools.partial(self._job_done_threadsafe, loop, batch))
-
-    def _verify_all(self, datas: list[bytes]) -> list[dsse.Verified | Exception]:
-        out: list[dsse.Verified | Exception] = []
-        for data in datas:
-            try:
-                out.append(self._verify(data))
-            except Exception as exc:  # handed to the awaiting caller as is
-                out.append(exc)
-        return out
-
-    def _job_done_threadsafe(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        batch: list[tuple[bytes, asyncio.Future[dsse.Verified]]],
-        job: Future[list[dsse.Verified | Exception]],
-    ) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed while a job ran
-            loop.call_soon_threadsafe(self._job_done, batch, job)
-
-    def _job_done(
-        self,
-        batch: list[tuple[bytes, asyncio.Future[dsse.Verified]]],
-        job: Future[list[dsse.Verified | Exception]],
-    ) -> None:
-        self._running -= 1
-        try:
-            results = job.result()
-        except BaseException as exc:  # the pool itself failed (e.g. shut down)
-            results = [exc if isinstance(exc, Exception) else RuntimeError(str(exc))] * len(batch)
-        for (_, fut), result in zip(batch, results, strict=True):
-            if fut.done():
-                continue
-            if isinstance(result, Exception):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
-        if self._pending:
-            self._dispatch()
-
-
 class Ingestor:
     """Verifies and appends NodeReport envelopes."""
 
@@ -174,15 +88,23 @@ class Ingestor:
         verify_jobs: int | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        """``verify_pool``: threads or processes (``batchverify.process_pool``)
+        that check signatures in batches, at most ``verify_jobs`` batches at
+        once (default: the pool's worker count); None checks on the loop."""
         self._registry = registry
         self._ledger = ledger
         self._aggregator = aggregator
         self._max = max_envelope_bytes
-        # Batches verified at once: one per pool thread unless told otherwise.
-        jobs = verify_jobs or getattr(verify_pool, "_max_workers", 2)
-        self._batcher = (
-            None if verify_pool is None else _BatchVerifier(verify_pool, self._verify, jobs=jobs)
-        )
+        self.batcher: BatchVerifier | None = None
+        if verify_pool is not None:
+            self.batcher = BatchVerifier(
+                verify_pool,
+                verify=self._check,
+                resolve=self._resolve,
+                expected_type=dsse.REPORT_TYPE,
+                max_bytes=max_envelope_bytes,
+                jobs=verify_jobs or int(getattr(verify_pool, "_max_workers", 2)),
+            )
         self._clock_ns = clock_ns
         heads = ledger.chain_heads()
         self.chains = ChainBook(
@@ -200,15 +122,23 @@ class Ingestor:
         node = self._registry.by_keyid(keyid)
         return None if node is None else node.key
 
-    def _verify(self, data: bytes) -> dsse.Verified:
+    def _check(self, data: bytes) -> dsse.Verified:
         if len(data) > self._max:
             raise OversizeError(f"envelope is {len(data)} bytes; the limit is {self._max}")
+        return dsse.verify(data, self._resolve, expected_type=dsse.REPORT_TYPE, max_bytes=self._max)
+
+    def begin(self, data: bytes) -> asyncio.Future[dsse.Verified]:
+        """Start checking ``data``'s signature (in the pool, or here and now
+        without one); hand the future to ``finish``. A stream can begin its
+        next envelopes while earlier ones are checked."""
+        if self.batcher is not None:
+            return self.batcher.submit(data)
+        fut: asyncio.Future[dsse.Verified] = asyncio.get_running_loop().create_future()
         try:
-            return dsse.verify(
-                data, self._resolve, expected_type=dsse.REPORT_TYPE, max_bytes=self._max
-            )
-        except UnknownKeyError as exc:
-            raise UnknownNodeError(f"no enrolled node holds the signing key: {exc}") from exc
+            fut.set_result(self._check(data))
+        except Exception as exc:  # noqa: BLE001 - raised again by ``finish``
+            fut.set_exception(exc)
+        return fut
 
     def reject(self, exc: VerificationError, peer: str) -> None:
         """Count a rejection and log one line (rate-limited)."""
@@ -221,10 +151,19 @@ class Ingestor:
     async def accept(self, data: bytes, bound_node: str | None = None) -> Accepted:
         """Verify and queue one envelope; raise a VerificationError subclass on
         anything wrong. The caller counts and logs rejections via ``reject``."""
-        if self._batcher is not None:
-            verified = await self._batcher.submit(data)
-        else:
-            verified = self._verify(data)
+        return await self.finish(data, self.begin(data), bound_node)
+
+    async def finish(
+        self,
+        data: bytes,
+        checking: asyncio.Future[dsse.Verified],
+        bound_node: str | None = None,
+    ) -> Accepted:
+        """``accept`` for an envelope whose check ``begin`` started."""
+        try:
+            verified = await checking
+        except UnknownKeyError as exc:
+            raise UnknownNodeError(f"no enrolled node holds the signing key: {exc}") from exc
         report = verified.parse(telemetry_pb2.NodeReport)
         keyid = verified.signer.keyid
         node = self._registry.by_keyid(keyid)

@@ -171,6 +171,12 @@ class Ledger:
         self.batched_entries = 0
         self.write_errors = 0
 
+    def attach_tree(self, tree: TreeWriter) -> None:
+        """Write ``tree``'s rows in every transaction from now on (before the first append)."""
+        if self._pending or self._flushing:
+            raise LogError("attach the Merkle log before the first append")
+        self._tree = tree
+
     # -- reading -------------------------------------------------------------
     @property
     def size(self) -> int:

@@ -21,9 +21,12 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from collector.aggregate import Aggregator
+from collector.audit_wiring import AuditHandle, start_audit
+from collector.auth import AuthInterceptor, AuthPolicy
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
 from collector.ledger import Ledger, iter_entries
+from collector.merkle_log import MerkleLog
 from collector.metrics import CollectorMetrics
 from collector.registry import Registry
 from collector.sessions import Session, Sessions
@@ -72,6 +75,9 @@ class Collector:
     bind_hooks: list[Callable[[Session], None]] = field(default_factory=list)
     # Directives, Control, leases, effectiveness (``collector.stop_wiring``).
     stop_protocol: StopHandle | None = None
+    # The Merkle log's checkpoints and the Audit service (``collector.audit_wiring``).
+    audit: AuditHandle | None = None
+    merkle: MerkleLog | None = None
 
     @property
     def address(self) -> str:
@@ -86,7 +92,11 @@ class Collector:
                 await task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_seconds if grace is None else grace)
+        if self.audit is not None:
+            await self.audit.close()
         await self.ledger.close()
+        if self.merkle is not None:
+            self.merkle.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         shutdown = getattr(self._metrics_server, "shutdown", None)
@@ -145,6 +155,12 @@ async def create_server(
     """Build, bind and start a collector. Raises ConfigError on bad config."""
     key = load_private_key(config.key)
     ledger = Ledger(config.ledger)
+    try:
+        merkle = MerkleLog(ledger.connection)
+    except BaseException:
+        await ledger.close()
+        raise
+    ledger.attach_tree(merkle)
     registry = Registry(config.ledger)
     aggregator = Aggregator(silent_after_intervals=config.silent_after_intervals)
     for node_id in registry.node_ids():
@@ -164,7 +180,13 @@ async def create_server(
     )
     sessions = Sessions()
     limit = config.max_envelope_bytes * _GRPC_HEADROOM
+    metrics_registry = metrics_registry or CollectorRegistry()
+    interceptors = []
+    if config.require_auth:
+        policy = AuthPolicy.from_files(config.auditor_keys, config.authority_keys)
+        interceptors.append(AuthInterceptor(policy, registry=metrics_registry))
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -172,7 +194,7 @@ async def create_server(
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
-        ]
+        ],
     )
     bind_hooks: list[Callable[[Session], None]] = []
 
@@ -206,7 +228,6 @@ async def create_server(
         raise ConfigError(f"cannot listen on {config.listen}: {exc}") from exc
     if port == 0:
         raise ConfigError(f"cannot listen on {config.listen}: address in use or not local")
-    metrics_registry = metrics_registry or CollectorRegistry()
     metrics_registry.register(CollectorMetrics(ingestor.stats, ledger, aggregator, sessions))
     collector = Collector(
         config=config,
@@ -222,11 +243,24 @@ async def create_server(
         health=health_servicer,
         _pool=pool,
         bind_hooks=bind_hooks,
+        merkle=merkle,
     )
     try:
         collector.stop_protocol = await install_stop_protocol(collector, server)
+        collector.audit = await start_audit(
+            server,
+            config.ledger,
+            merkle,
+            key,
+            config.log_origin,
+            checkpoint_interval_seconds=config.checkpoint_interval_seconds,
+            registry=metrics_registry,
+        )
     except BaseException:
+        if collector.audit is not None:
+            await collector.audit.close()
         await ledger.close()
+        merkle.close()
         if pool is not None:
             pool.shutdown(wait=False)
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +12,7 @@ import grpc
 
 from collector.ingest import Accepted, Ingestor
 from collector.sessions import Session, Sessions
+from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
 from protos.errors import LogError, VerificationError
 
@@ -51,6 +53,54 @@ class _InFlight:
         return len(self._items)
 
 
+def _stop_reader(reader: asyncio.Task[object] | None, admit: asyncio.Task[None]) -> None:
+    """``admit`` ended; if it failed, the reader must stop too (it may be
+    waiting for the agent's next message or for room in the queue)."""
+    if reader is not None and not admit.cancelled() and admit.exception() is not None:
+        reader.cancel()
+
+
+class _Checks:
+    """Bounded FIFO of envelopes whose signature checks are under way."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[tuple[bytes, asyncio.Future[dsse.Verified]]] = deque()
+        self._limit = limit
+        self._closed = False
+        self._changed = asyncio.Event()
+
+    async def put(self, data: bytes, checking: asyncio.Future[dsse.Verified]) -> None:
+        """Queue an envelope; wait while more than ``limit`` are queued."""
+        self._items.append((data, checking))
+        self._changed.set()
+        while len(self._items) > self._limit:
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def get(self) -> tuple[bytes, asyncio.Future[dsse.Verified]] | None:
+        while not self._items:
+            if self._closed:
+                return None
+            self._changed.clear()
+            await self._changed.wait()
+        item = self._items.popleft()
+        self._changed.set()
+        return item
+
+    def close(self) -> None:
+        self._closed = True
+        self._changed.set()
+
+    def discard(self) -> None:
+        """Drop what is left (a stream that ended early), retrieving errors."""
+        while self._items:
+            _, checking = self._items.popleft()
+            if not checking.done():
+                checking.cancel()
+            elif not checking.cancelled():
+                checking.exception()
+
+
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
     def __init__(
         self,
@@ -60,6 +110,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         max_in_flight: int = 1024,
         on_bind: Callable[[Session], None] | None = None,
         ack_interval: float = 0.1,
+        check_ahead: int = 32,
     ) -> None:
         self._ingestor = ingestor
         self._sessions = sessions
@@ -68,6 +119,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         # A busy stream gets at most one ack per interval (each covers every
         # report committed so far); an idle one is acknowledged at once.
         self._ack_interval = ack_interval
+        # Envelopes per stream whose signature checks may run at once.
+        self._check_ahead = check_ahead
 
     async def Stream(
         self,
@@ -99,30 +152,51 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
     async def _read(
         self, requests: AsyncIterator[telemetry_pb2.AgentMessage], session: Session
     ) -> None:
+        """Read envelopes and start their signature checks; ``_admit`` takes
+        them in order as the checks finish, so a stream keeps several checks
+        in flight (and the pool gets them in batches)."""
         acks = _InFlight(self._max_in_flight)
+        checks = _Checks(self._check_ahead)
         pump = asyncio.create_task(self._pump(session, acks))
+        admit = asyncio.create_task(self._admit(session, checks, acks))
+        reader = asyncio.current_task()
+        admit.add_done_callback(functools.partial(_stop_reader, reader))
         try:
             async for msg in requests:
-                try:
-                    accepted = await self._ingestor.accept(msg.envelope, session.node_id)
-                except VerificationError as exc:
-                    self._ingestor.reject(exc, session.peer)
-                    session.send(
-                        telemetry_pb2.CollectorMessage(
-                            reject=telemetry_pb2.Reject(reason=exc.reason, message=str(exc)[:512])
-                        )
-                    )
-                    continue
-                if session.node_id is None:
-                    self._sessions.bind(session, accepted.node_id)
-                    if self._on_bind is not None:
-                        self._on_bind(session)
-                await acks.put(accepted)
-            await acks.put(None)
+                await checks.put(msg.envelope, self._ingestor.begin(msg.envelope))
+            checks.close()
+            await admit
             await pump
+        except asyncio.CancelledError:
+            # ``admit`` failed: end the stream with its error, not a cancellation.
+            if admit.done() and not admit.cancelled() and admit.exception() is not None:
+                raise admit.exception() from None  # type: ignore[misc]
+            raise
         finally:
+            admit.cancel()
             pump.cancel()
+            checks.discard()
             session.close()
+
+    async def _admit(self, session: Session, checks: _Checks, acks: _InFlight) -> None:
+        while (item := await checks.get()) is not None:
+            data, checking = item
+            try:
+                accepted = await self._ingestor.finish(data, checking, session.node_id)
+            except VerificationError as exc:
+                self._ingestor.reject(exc, session.peer)
+                session.send(
+                    telemetry_pb2.CollectorMessage(
+                        reject=telemetry_pb2.Reject(reason=exc.reason, message=str(exc)[:512])
+                    )
+                )
+                continue
+            if session.node_id is None:
+                self._sessions.bind(session, accepted.node_id)
+                if self._on_bind is not None:
+                    self._on_bind(session)
+            await acks.put(accepted)
+        await acks.put(None)
 
     async def _pump(self, session: Session, acks: _InFlight) -> None:
         """Acknowledge in order, once committed; coalesce runs into one ack.

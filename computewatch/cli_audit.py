@@ -310,3 +310,14 @@ async def _fetch(
         return await provemod.fetch_bundle(
             audit_pb2_grpc.AuditStub(channel), index, trust, entry=held, since=since
         )
+
+
+@audit.command("verifier-key")
+@click.option("--collector-key", required=True, type=_FILE, help="The collector's public key.")
+@click.option("--origin", required=True, help="The log id (the checkpoint key name).")
+@translate_errors
+def verifier_key(collector_key: Path, origin: str) -> None:
+    """Print the C2SP note verifier key, for checking checkpoints with other tools."""
+    from protos.keys import load_public_key
+
+    click.echo(cpmod.verifier_key(origin, load_public_key(collector_key)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
@@ -78,5 +79,8 @@ def demo(
         rule_packs=rule_packs or DEFAULT_PACKS,
         workdir=workdir,
     )
+    root = logging.getLogger()
+    if opts.live and root.level < logging.WARNING:
+        root.setLevel(logging.WARNING)  # log lines would tear the redrawn screen
     result = asyncio.run(run_demo(opts, sys.stdout))
     print_summary(result, sys.stdout)

@@ -126,7 +126,7 @@ def verifier_key(name: str, key: PublicKey) -> str:
 
 def parse_verifier_key(vkey: str) -> NoteVerifier:
     """Read a ``name+hash+base64`` verifier key (as printed by ``verifier_key``)."""
-    parts = vkey.strip().split("+")
+    parts = vkey.strip().split("+", 2)  # the base64 key itself may contain '+'
     if len(parts) != 3:
         raise CheckpointError("verifier key: expected name+hash+key")
     name, hash_hex, blob = parts

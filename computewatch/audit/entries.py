@@ -47,20 +47,26 @@ class ChainHead:
 
 
 class EntryChecker:
-    """Holds the chain heads (per node key) and the highest directive counter."""
+    """Holds the chain heads (per node key) and the highest directive counters.
+
+    Directive counters rise within their class: leases have one counter,
+    every other action another (docs/stop-protocol.md).
+    """
 
     def __init__(
         self,
         trust: Trust,
         heads: dict[str, ChainHead] | None = None,
         directive_counter: int = 0,
+        lease_counter: int = 0,
     ) -> None:
         self.trust = trust
         self.heads: dict[str, ChainHead] = dict(heads or {})
         self.directive_counter = directive_counter
+        self.lease_counter = lease_counter
 
     def copy(self) -> EntryChecker:
-        return EntryChecker(self.trust, self.heads, self.directive_counter)
+        return EntryChecker(self.trust, self.heads, self.directive_counter, self.lease_counter)
 
     def authenticate(self, index: int, data: bytes) -> dsse.Verified:
         """Verify entry ``index``'s signature; raise a typed error naming the entry."""
@@ -147,9 +153,14 @@ class EntryChecker:
             directive = verified.parse(control_pb2.Directive)
         except DecodeError as exc:
             raise InvalidReportError(f"entry {index}: signed payload is not a directive") from exc
-        last = self.directive_counter
+        lease = directive.action == control_pb2.ACTION_LEASE
+        last = self.lease_counter if lease else self.directive_counter
         if directive.counter <= last:
+            kind = "lease" if lease else "directive"
             raise RollbackError(
-                f"entry {index}: directive counter {directive.counter} is not above {last}"
+                f"entry {index}: {kind} counter {directive.counter} is not above {last}"
             )
-        self.directive_counter = directive.counter
+        if lease:
+            self.lease_counter = directive.counter
+        else:
+            self.directive_counter = directive.counter

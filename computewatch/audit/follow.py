@@ -66,7 +66,8 @@ class FollowOptions:
     max_age_seconds: float | None = None
     # Entries held while waiting for their checkpoint.
     max_pending_bytes: int = 256 << 20
-    # Reconnects after RESOURCE_EXHAUSTED / UNAVAILABLE, then give up.
+    # Reconnects in a row (no checkpoint stored in between) after
+    # RESOURCE_EXHAUSTED / UNAVAILABLE / the stream ending, then give up.
     max_retries: int = 5
     retry_backoff_seconds: float = 1.0
     verify_threads: int = 2
@@ -178,10 +179,11 @@ class Follower:
             max(1, options.verify_threads), thread_name_prefix="audit-verify"
         ) as pool:
             while True:
+                rounds = result.rounds
                 try:
                     await self._stream(options, head.size, result, pool)
                 except _Retry:
-                    retries += 1
+                    retries = 1 if result.rounds > rounds else retries + 1
                     if retries > options.max_retries:
                         raise LogError(f"gave up after {options.max_retries} reconnects") from None
                     await asyncio.sleep(options.retry_backoff_seconds * retries)
@@ -281,7 +283,12 @@ class Follower:
         frontier.extend(merkle.leaf_hash(d) for d in pending)
         if frontier.root() != signed.root:
             raise await self._diagnose(signed)
-        checker = EntryChecker(self._trust, self._state.heads, self._state.directive_counter)
+        checker = EntryChecker(
+            self._trust,
+            self._state.heads,
+            self._state.directive_counter,
+            self._state.lease_counter,
+        )
         loop = asyncio.get_running_loop()
         chunks = [pending[i : i + 512] for i in range(0, len(pending), 512)]
         futures = [
@@ -299,7 +306,9 @@ class Follower:
                 except Error as exc:
                     finding = finding or exc
                 index += 1
-        state = FollowState(frontier, checker.heads, checker.directive_counter, self._origin)
+        state = FollowState(
+            frontier, checker.heads, checker.directive_counter, self._origin, checker.lease_counter
+        )
         await asyncio.to_thread(self._store.commit, base, pending, signed, state)
         self._state = state
         self._latest = signed

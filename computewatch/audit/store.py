@@ -68,6 +68,7 @@ class FollowState:
     heads: dict[str, ChainHead]
     directive_counter: int
     origin: str | None
+    lease_counter: int = 0
 
 
 class LocalStore:
@@ -160,7 +161,8 @@ class LocalStore:
             for r in self._conn.execute("SELECT keyid, node_id, sequence, digest, idx FROM chain")
         }
         counter = int(self._meta("directive_counter") or 0)
-        return FollowState(frontier, heads, counter, self._meta("origin"))
+        lease = int(self._meta("lease_counter") or 0)
+        return FollowState(frontier, heads, counter, self._meta("origin"), lease)
 
     # -- writing -------------------------------------------------------------------
     def commit(
@@ -189,6 +191,7 @@ class LocalStore:
             doc = {"size": f.size, "hashes": [h.hex() for h in f.hashes]}
             self._set_meta("frontier", json.dumps(doc))
             self._set_meta("directive_counter", str(state.directive_counter))
+            self._set_meta("lease_counter", str(state.lease_counter))
             if state.origin is not None:
                 self._set_meta("origin", state.origin)
             conn.execute("COMMIT")

@@ -31,6 +31,7 @@ QUORUM = 2
 
 
 def _keypair(directory: Path, name: str) -> tuple[PrivateKey, Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
     key = PrivateKey.generate()
     priv, pub = directory / f"{name}.key", directory / f"{name}.pub"
     write_private_key(key, priv, overwrite=True)
@@ -47,12 +48,37 @@ class NodeRun:
     silent_at: float | None = None
 
 
+@dataclass(frozen=True)
+class KeyPaths:
+    """Where the demo keeps keys, laid out as a regulator would receive them."""
+
+    root: Path
+
+    @property
+    def collector_pub(self) -> Path:
+        return self.root / "collector.pub"
+
+    @property
+    def nodes(self) -> Path:
+        return self.root / "nodes"
+
+    @property
+    def authorities(self) -> Path:
+        return self.root / "authorities"
+
+    @property
+    def regulator(self) -> Path:
+        return self.root / "regulator.key"
+
+
 @dataclass
 class Cluster:
     workdir: Path
     scenario: Scenario
     collector: Collector
     authority_keys: dict[str, PrivateKey]
+    regulator_key: PrivateKey
+    keys: KeyPaths
     nodes: list[NodeRun] = field(default_factory=list)
     stand_ins: StandIns = field(default_factory=StandIns)
     start: float = 0.0
@@ -71,19 +97,19 @@ class Cluster:
 async def start_cluster(
     scenario: Scenario, scenario_path: Path, workdir: Path, *, rule_packs: tuple[str, ...]
 ) -> Cluster:
-    keys = workdir / "keys"
-    keys.mkdir(parents=True, exist_ok=True)
-    _, collector_key, collector_pub = _keypair(keys, "collector")
+    paths = KeyPaths(workdir / "keys")
+    _, collector_key, collector_pub = _keypair(paths.root, "collector")
+    regulator, _, regulator_pub = _keypair(paths.root, "regulator")
     authorities: dict[str, PrivateKey] = {}
     authority_pubs: list[Path] = []
     for name in AUTHORITIES:
-        key, _, pub = _keypair(keys, name)
+        key, _, pub = _keypair(paths.authorities, name)
         authorities[name] = key
         authority_pubs.append(pub)
     ledger = workdir / "ledger.db"
     node_keys: dict[str, tuple[PrivateKey, Path]] = {}
     for node in scenario.nodes:
-        key, priv, _ = _keypair(keys, node.id)
+        key, priv, _ = _keypair(paths.nodes, node.id)
         enroll(ledger, node.id, key.public)
         node_keys[node.id] = (key, priv)
     config = CollectorConfig(
@@ -92,15 +118,17 @@ async def start_cluster(
         listen="127.0.0.1:0",
         interval_seconds=scenario.interval_seconds,
         tick_seconds=0.25,
-        checkpoint_interval_seconds=5.0,
         rule_packs=rule_packs,
         authority_keys=tuple(authority_pubs),
         quorum=QUORUM,
         lease_seconds=max(5.0, 5 * scenario.interval_seconds),
         effective_timeout_seconds=10.0,
+        checkpoint_interval_seconds=2.0,
+        require_auth=True,
+        auditor_keys=(regulator_pub,),
     )
     service, _ = await create_server(config)
-    cluster = Cluster(workdir, scenario, service, authorities)
+    cluster = Cluster(workdir, scenario, service, authorities, regulator, paths)
     cluster.start = time.time()
     for node in scenario.nodes:
         pids = {job.id: cluster.stand_ins.spawn() for job in scenario.jobs_on(node.id)}

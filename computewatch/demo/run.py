@@ -21,9 +21,11 @@ from google.protobuf import json_format
 
 from agent.fakenvml.scenario import load_scenario
 from collector.rules import load_packs
+from computewatch.demo.auditor import Auditor
 from computewatch.demo.cluster import AUTHORITIES, QUORUM, Cluster, start_cluster
 from computewatch.demo.view import DirectiveView, directive_views, render
 from protos import dsse
+from protos.auth import call_metadata
 from protos.computewatch.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -34,6 +36,9 @@ from protos.computewatch.v1 import (
 log = logging.getLogger(__name__)
 
 DEFAULT_PACKS = ("demo", "operator-default")
+_GET_STATUS = "/computewatch.v1.Status/GetStatus"
+_LIST_DIRECTIVES = "/computewatch.v1.Control/ListDirectives"
+_SUBMIT_APPROVAL = "/computewatch.v1.Control/SubmitApproval"
 MAX_DURATION = 60.0
 
 
@@ -91,8 +96,17 @@ class _Watcher:
                 run.stop.set()
                 self.event(f"node {run.node_id} stops reporting (scenario fault: silent)")
         self.cluster.stand_ins.reap()
-        st = await self.status.GetStatus(status_pb2.StatusRequest(), timeout=5)
-        listing = await self.control.ListDirectives(control_pb2.ListDirectivesRequest(), timeout=5)
+        st = await self.status.GetStatus(
+            status_pb2.StatusRequest(),
+            timeout=5,
+            metadata=call_metadata(self.cluster.regulator_key, _GET_STATUS),
+        )
+        reader = self.cluster.authority_keys[AUTHORITIES[0]]
+        listing = await self.control.ListDirectives(
+            control_pb2.ListDirectivesRequest(),
+            timeout=5,
+            metadata=call_metadata(reader, _LIST_DIRECTIVES),
+        )
         views = directive_views(listing)
         for v in views:
             d = v.directive
@@ -127,10 +141,12 @@ class _Watcher:
                     authority=name,
                     comment=f"demo: {name} reviewed the evidence ({secrets.token_hex(4)})",
                 )
-                envelope = dsse.seal(approval, self.cluster.authority_keys[name])
+                key = self.cluster.authority_keys[name]
                 try:
                     reply = await self.control.SubmitApproval(
-                        control_pb2.SubmitRequest(envelope=envelope), timeout=5
+                        control_pb2.SubmitRequest(envelope=dsse.seal(approval, key)),
+                        timeout=5,
+                        metadata=call_metadata(key, _SUBMIT_APPROVAL),
                     )
                 except grpc.aio.AioRpcError as exc:
                     self.event(f"approval by {name} for {d.id[:8]} refused: {exc.details()}")
@@ -187,6 +203,7 @@ def summary(
                 "job_id": j.job_id,
                 "cumulative_flop": j.cumulative_flop,
                 "upper_bound": j.upper_bound,
+                "gpus_unknown_model": j.gpus_unknown_model,
                 "parent_job_ids": list(j.parent_job_ids),
             }
             for j in st.jobs
@@ -227,6 +244,8 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="computewatch-demo-"))
     cluster = await start_cluster(scenario, opts.scenario, workdir, rule_packs=opts.rule_packs)
     watcher = _Watcher(cluster, opts, out, duration)
+    auditor = Auditor(cluster.collector.address, cluster.keys, workdir / "regulator-copy")
+    await auditor.start()
     st = status_pb2.ClusterStatus()
     views: list[DirectiveView] = []
     try:
@@ -238,7 +257,9 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
             watcher.show(st, views)
         st, views = await watcher.step()
         result = summary(scenario.name, watcher.elapsed(), st, views, watcher)
+        result["regulator"] = await auditor.finish()
     finally:
+        await auditor.stop()
         await watcher.channel.close(None)
         await cluster.stop()
         if opts.workdir is None:
@@ -265,8 +286,13 @@ def print_summary(result: dict[str, Any], out: TextIO) -> None:
         f" {si(c['allocated_flops'], 'FLOP/s')}, achieved {si(c['achieved_flops'], 'FLOP/s')}",
         "  jobs:",
         *(
-            f"    {j['job_id']:<38} {si(j['cumulative_flop'], 'FLOP')}"
-            + (" (upper bound)" if j["upper_bound"] else "")
+            f"    {j['job_id']:<38} "
+            + (
+                f"unknown ({j['gpus_unknown_model']} GPUs of a model not in the device table)"
+                if j["gpus_unknown_model"]
+                else si(j["cumulative_flop"], "FLOP")
+                + (" (upper bound: no GPM)" if j["upper_bound"] else "")
+            )
             for j in result["jobs"]
         ),
         "  directives:",
@@ -280,5 +306,7 @@ def print_summary(result: dict[str, Any], out: TextIO) -> None:
             + (f"; approved by {', '.join(d['approved_by'])}" if d["approved_by"] else "")
             for d in result["directives"]
         ),
+        "  regulator (followed the log live with only public keys, then verified offline):",
+        f"    {result['regulator']['summary']}",
     ]
     print("\n".join(lines), file=out, flush=True)

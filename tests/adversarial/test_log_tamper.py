@@ -335,6 +335,28 @@ def test_subscribe_cli_exits_non_zero_and_names_the_split_view(tmp_path: Path) -
     asyncio.run(run())
 
 
+def test_a_log_that_freezes_while_followed_is_stale(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+
+    async def run() -> None:
+        async with audit_server(
+            world.tmp, world.keys, ledger=world.ledger, interval=3600, min_interval=3600
+        ) as srv:
+            srv.writer.append(reports(world, 2))
+            store = LocalStore(world.copy)
+            try:
+                interceptors = client_interceptors(world.keys.auditor)
+                async with grpc.aio.insecure_channel(srv.address, interceptors=interceptors) as ch:
+                    follower = Follower(audit_pb2_grpc.AuditStub(ch), store, world.keys.trust())
+                    options = FollowOptions(once=False, max_age_seconds=0.5, max_retries=0)
+                    with pytest.raises(StaleCheckpointError, match="may be frozen"):
+                        await asyncio.wait_for(follower.run(options), 20)
+            finally:
+                store.close()
+
+    asyncio.run(run())
+
+
 def test_a_frozen_log_is_stale(tmp_path: Path) -> None:
     world = make_world(tmp_path)
 
@@ -364,6 +386,7 @@ class LyingAudit(audit_pb2_grpc.AuditServicer):
         self.skip: int | None = None
         self.substitute: dict[int, bytes] = {}
         self.withhold_tail = 0
+        self.fail_next: grpc.StatusCode | None = None
 
     def note(self) -> bytes:
         cp = cpmod.Checkpoint(ORIGIN, self.size, self.tree.root(self.size), time.time_ns())
@@ -379,8 +402,11 @@ class LyingAudit(audit_pb2_grpc.AuditServicer):
         return audit_pb2.Proof(hashes=proof)
 
     async def Subscribe(
-        self, request: audit_pb2.SubscribeRequest, context: object
+        self, request: audit_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[audit_pb2.SubscribeResponse]:
+        if self.fail_next is not None:
+            code, self.fail_next = self.fail_next, None
+            await context.abort(code, "subscriber fell behind; reconnect")
         for i in range(request.from_index, self.size - self.withhold_tail):
             if i == self.skip:
                 continue
@@ -406,6 +432,34 @@ LIES = [
     ("other bytes than logged", other_bytes, RewrittenEntryError, "other bytes than it logged"),
     ("entries withheld", withhold, DroppedEntryError, "did not send"),
 ]
+
+
+def test_a_dropped_stream_is_resumed(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    entries = reports(world, 5)
+
+    async def run() -> None:
+        liar = LyingAudit(world.keys.collector, entries)
+        liar.fail_next = grpc.StatusCode.RESOURCE_EXHAUSTED
+        server = grpc.aio.server()
+        audit_pb2_grpc.add_AuditServicer_to_server(liar, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            store = LocalStore(world.copy)
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                    follower = Follower(audit_pb2_grpc.AuditStub(ch), store, world.keys.trust())
+                    options = FollowOptions(max_retries=1, retry_backoff_seconds=0.01)
+                    result = await follower.run(options)
+                assert result.entries_added == 10
+                assert liar.fail_next is None
+            finally:
+                store.close()
+        finally:
+            await server.stop(0)
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize(("lie", "error", "match"), [c[1:] for c in LIES], ids=[c[0] for c in LIES])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from collector.audit_service import AuditLimits
 from collector.audit_wiring import AuditHandle, auth_interceptor, start_audit
@@ -188,6 +189,7 @@ async def audit_server(
     min_interval: float = 0.02,
     limits: AuditLimits | None = None,
     authorities: Sequence[Path] = (),
+    registry: CollectorRegistry | None = None,
 ) -> AsyncIterator[AuditServer]:
     path = ledger or tmp / "ledger.db"
     writer = LogWriter(path)
@@ -202,6 +204,7 @@ async def audit_server(
         checkpoint_interval_seconds=interval,
         min_checkpoint_interval_seconds=min_interval,
         limits=limits,
+        registry=registry,
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -9,7 +9,8 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from computewatch.cli import cli
-from tests.integration.audit_support import AuditServer, Keys, audit_server, directive
+from protos import checkpoint as cpmod
+from tests.integration.audit_support import ORIGIN, AuditServer, Keys, audit_server, directive
 
 
 async def invoke(*args: str) -> Result:
@@ -106,3 +107,15 @@ def test_cli_refuses_without_keys_or_copy(tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.exit_code == 1
     assert "no *.pub or *.pem" in res.output
+
+
+def test_verifier_key_is_the_c2sp_form(tmp_path: Path) -> None:
+    keys = Keys(tmp_path / "keys")
+    res = CliRunner().invoke(
+        cli,
+        ["audit", "verifier-key", "--collector-key", str(keys.collector_pub), "--origin", ORIGIN],
+    )
+    assert res.exit_code == 0, res.output
+    verifier = cpmod.parse_verifier_key(res.stdout.strip())
+    assert verifier.name == ORIGIN
+    assert verifier.key.keyid == keys.collector.keyid

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from collector.audit_service import AuditLimits
 from protos import checkpoint as cpmod
@@ -128,9 +129,10 @@ BAD_REQUESTS = [
 
 def test_out_of_range_requests_get_a_status_not_a_crash(tmp_path: Path) -> None:
     keys = Keys(tmp_path / "keys")
+    registry = CollectorRegistry()
 
     async def run() -> None:
-        async with audit_server(tmp_path, keys) as srv:
+        async with audit_server(tmp_path, keys, registry=registry) as srv:
             fill(srv, keys, 9)
             assert srv.writer.size == 18
             async with srv.channel() as ch:
@@ -150,5 +152,11 @@ def test_out_of_range_requests_get_a_status_not_a_crash(tmp_path: Path) -> None:
             rejected = srv.handle.servicer.rejected
             assert rejected[("GetEntries", "OUT_OF_RANGE")] == 2
             assert rejected[("Subscribe", "OUT_OF_RANGE")] == 2
+            sample = registry.get_sample_value
+            labels = {"method": "GetInclusionProof", "code": "INVALID_ARGUMENT"}
+            assert sample("computewatch_audit_requests_rejected_total", labels) == 2
+            assert sample("computewatch_log_entries") == 18
+            assert (sample("computewatch_log_checkpoints_signed_total") or 0) >= 1
+            assert sample("computewatch_audit_subscribers") == 0
 
     asyncio.run(run())

@@ -23,8 +23,10 @@ from collector.quorum import require_quorum
 from computewatch.cli import cli
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
+from protos.errors import ConfigError, RuleError
 from protos.keys import PublicKey, write_private_key, write_public_key
 from tests.stop_support import (
+    JOB_HALT_PACK,
     Control,
     Link,
     approval,
@@ -600,3 +602,22 @@ def test_the_cli_halts_approves_evaluates_and_lists(tmp_path: Path) -> None:
             await link.close()
 
     asyncio.run(scenario())
+
+
+def test_the_collector_refuses_to_start_on_a_bad_pack_or_an_unreachable_quorum(
+    tmp_path: Path,
+) -> None:
+    broken = write_pack(tmp_path, JOB_HALT_PACK.replace("unit: FLOP\n", "unit: seconds\n"))
+    _, paths = authorities(tmp_path, 2)
+    twice = tmp_path / "again.pub"
+    twice.write_bytes(paths[0].read_bytes())
+
+    async def start(**overrides: object) -> None:
+        async with running_collector(collector_config(tmp_path, **overrides)):
+            pass
+
+    with pytest.raises(RuleError):
+        asyncio.run(start(rule_packs=(str(broken),)))
+    # Three files but two distinct keys: a quorum of three could never be reached.
+    with pytest.raises(ConfigError, match="distinct authority keys"):
+        asyncio.run(start(authority_keys=(*paths, twice), quorum=3))

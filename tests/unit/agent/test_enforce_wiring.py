@@ -169,4 +169,6 @@ def test_an_unreadable_authority_key_fails_at_open(tmp_path: Path, children: Chi
     agent = s.agent()
     with pytest.raises(KeyFileError, match="missing.pub"):
         agent.open()
-    agent.close()
+    assert agent.spool is None  # closed again, its lock released
+    s.config = replace(s.config, authority_keys=())
+    s.agent().open().close()

@@ -37,7 +37,7 @@ def test_demo_scenario_has_what_the_demo_needs() -> None:
     lost = [(n.id, f.gpu, f.at) for n in demo.nodes for f in n.faults if f.kind == "gpu_lost"]
     assert lost == [("h100-03", 5, 20)]
     assert {j.scheduler for j in demo.jobs} >= {"slurm", "kubernetes", "systemd"}
-    assert 6 <= len(demo.jobs) <= 10
+    assert len(demo.jobs) >= 6
     # A fine-tune that descends from another fine-tune.
     jobs = {j.id: j for j in demo.jobs}
     assert jobs["4250"].parents == ("4243",)
@@ -148,7 +148,7 @@ def test_materialize_writes_a_procfs_tree_and_metadata(tmp_path: Path) -> None:
 def test_metadata_for_one_node_only(tmp_path: Path) -> None:
     demo = load_scenario(DEMO)
     write_job_metadata(demo, tmp_path, node_id="a100-00")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch-infer.service.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch-infer@0.service.json"]
 
 
 # --- mistakes ------------------------------------------------------------------------------

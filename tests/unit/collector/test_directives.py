@@ -287,3 +287,30 @@ def test_leases_skip_silent_and_disconnected_nodes(tmp_path: Path) -> None:
         assert leases.stats.nodes_last_round == 2
 
     run(tmp_path, body)
+
+
+def test_a_lost_gpu_counts_as_halted_an_unreadable_one_does_not(tmp_path: Path) -> None:
+    node = Node("a", PrivateKey.generate())
+
+    def halted_report(health: int, receipt: str) -> bytes:
+        gpus = [gpu(0, util=0.0), gpu(1, util=None)]
+        gpus[0].compute_mode = telemetry_pb2.COMPUTE_MODE_PROHIBITED
+        gpus[1].health = health  # type: ignore[assignment]
+        rep = node.report(gpus)
+        rep.receipts.add(directive_id=receipt)
+        return node.seal(rep)
+
+    async def body(ledger: Ledger, sessions: Sessions) -> None:
+        agg = Aggregator()
+        book = DirectiveBook(KEY, ledger, sessions, lease_seconds=10.0)
+        tracker = EffectTracker(ledger, agg, timeout_seconds=100.0)
+        book.add_commit_listener(tracker_listener(tracker, lambda: 0.0))
+        halt = await book.issue(HALT, node_scope("a"))
+        await _append(ledger, agg, node, halted_report(telemetry_pb2.GPU_HEALTH_ERROR, halt.id))
+        tracker.tick(1.0)
+        assert tracker.progress(halt.id).effective_unix_nanos == 0
+        await _append(ledger, agg, node, halted_report(telemetry_pb2.GPU_HEALTH_LOST, halt.id))
+        tracker.tick(2.0)
+        assert tracker.progress(halt.id).effective_unix_nanos > 0
+
+    run(tmp_path, body)

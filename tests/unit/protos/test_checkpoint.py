@@ -51,6 +51,13 @@ def test_opens_go_note_with_go_verifier_key() -> None:
         cpmod.open_text(GO_NOTE.replace(b"cryptography", b"cryptographY"), [verifier])
 
 
+def test_verifier_keys_round_trip_even_with_plus_in_base64() -> None:
+    for _ in range(64):  # about half of all keys have a '+' in their base64
+        key = PrivateKey.generate().public
+        verifier = cpmod.parse_verifier_key(cpmod.verifier_key(ORIGIN, key))
+        assert (verifier.name, verifier.key.keyid) == (ORIGIN, key.keyid)
+
+
 def test_verifier_key_hash_must_match() -> None:
     with pytest.raises(CheckpointError, match="does not match"):
         cpmod.parse_verifier_key(GO_VKEY.replace("c74f20a3", "c74f20a4"))

@@ -1,0 +1,283 @@
+"""Figure 2: collector CPU and memory with a fleet of agents reporting on a
+fixed interval (1,000 agents at 1 Hz by default), over loopback.
+
+The load generator (its own process) seals every report before the clock
+starts, opens one channel and one stream per agent, spreads the agents'
+phases evenly over an interval, and then sends each agent's report on its
+schedule. After a warm-up (every stream open and bound) this process reads
+the collector's CPU time and RSS with psutil over the measured window. Ack
+latency (send to cumulative ack) and the generator's own lateness are
+reported so a saturated generator cannot pass for an idle collector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import grpc
+
+from bench.common import (
+    BenchError,
+    CollectorProcess,
+    ReportChain,
+    Watch,
+    count_reports,
+    finish,
+    key_from_seed,
+    machine,
+    recv,
+    start_process,
+    workdir,
+)
+from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
+
+CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
+_CONNECT_CONCURRENCY = 100
+
+
+@dataclass(frozen=True)
+class _Fleet:
+    sent: list[int]
+    acked: list[int]
+    latencies: list[float]
+    max_lag: float
+    cpu_seconds: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    agents: int
+    interval_seconds: float
+    gpus_per_report: int
+    window_seconds: float
+    reports_sent: int
+    reports_acked: int
+    ledger_reports: int
+    accepted: int
+    rejected: dict[str, int]
+    sessions: int
+    collector_cpu_seconds: float
+    collector_cpu_percent: float
+    collector_rss_bytes: int
+    collector_rss_max_bytes: int
+    ack_latency_p50_ms: float
+    ack_latency_p99_ms: float
+    ack_latency_max_ms: float
+    generator_max_lag_ms: float
+    generator_cpu_percent: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _generator_main(
+    address: str,
+    node_ids: list[str],
+    seeds: list[bytes],
+    count: int,
+    gpus: int,
+    interval: float,
+    timeout: float,
+    conn: Connection,
+) -> None:
+    streams = []
+    for node_id, seed in zip(node_ids, seeds, strict=True):
+        chain = ReportChain(node_id, key_from_seed(seed), gpus, interval=interval)
+        streams.append([telemetry_pb2.AgentMessage(envelope=chain.next()) for _ in range(count)])
+    asyncio.run(_drive(address, streams, interval, timeout, conn))
+
+
+class _Agent:
+    def __init__(self, channel: grpc.aio.Channel, msgs: list[telemetry_pb2.AgentMessage]) -> None:
+        self.msgs = msgs
+        self.call = telemetry_pb2_grpc.TelemetryStub(channel).Stream()
+        self.sent_at: list[float] = []
+        self.acked = 0
+        self.latencies: list[float] = []
+        self.max_lag = 0.0
+
+    async def send(self, start: float, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        for k, msg in enumerate(self.msgs):
+            due = start + k * interval
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            self.max_lag = max(self.max_lag, now - due)
+            self.sent_at.append(now)
+            await self.call.write(msg)
+        await self.call.done_writing()
+
+    async def read(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            reply = await self.call.read()
+            if reply is grpc.aio.EOF:
+                return
+            assert isinstance(reply, telemetry_pb2.CollectorMessage)
+            if reply.HasField("ack") and reply.ack.sequence > self.acked:
+                self.acked = int(reply.ack.sequence)
+                self.latencies.append(loop.time() - self.sent_at[self.acked - 1])
+
+
+async def _drive(
+    address: str,
+    streams: list[list[telemetry_pb2.AgentMessage]],
+    interval: float,
+    timeout: float,
+    conn: Connection,
+) -> None:
+    loop = asyncio.get_running_loop()
+    channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in streams]
+    limit = asyncio.Semaphore(_CONNECT_CONCURRENCY)
+
+    async def ready(channel: grpc.aio.Channel) -> None:
+        async with limit:
+            await channel.channel_ready()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(ready(c) for c in channels)), timeout)
+        agents = [_Agent(c, m) for c, m in zip(channels, streams, strict=True)]
+        conn.send("ready")
+        await loop.run_in_executor(None, conn.recv)  # "go"
+        cpu0 = time.process_time()
+        t0 = loop.time()
+        n = len(agents)
+        tasks = [a.read() for a in agents]
+        tasks += [a.send(t0 + interval * i / n, interval) for i, a in enumerate(agents)]
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+        conn.send(
+            _Fleet(
+                sent=[len(a.sent_at) for a in agents],
+                acked=[a.acked for a in agents],
+                latencies=[x for a in agents for x in a.latencies],
+                max_lag=max(a.max_lag for a in agents),
+                cpu_seconds=time.process_time() - cpu0,
+                seconds=loop.time() - t0,
+            )
+        )
+    finally:
+        for c in channels:
+            await c.close()
+
+
+def run(
+    agents: int = 1000,
+    duration: float = 30.0,
+    *,
+    interval: float = 1.0,
+    warmup: float = 5.0,
+    gpus: int = 8,
+    timeout: float | None = None,
+    base: Path | None = None,
+    verify_threads: int | None = None,
+) -> FleetResult:
+    """Run the fleet once; BenchError if any count comes out wrong."""
+    if agents < 1 or duration <= 0 or interval <= 0 or warmup < 0:
+        raise BenchError("agents >= 1, duration > 0, interval > 0 and warmup >= 0 are required")
+    # Sending stops a little after the window so the window is all steady state.
+    count = math.ceil((warmup + duration) / interval) + 1
+    limit = timeout if timeout is not None else warmup + duration + 120.0 + agents * 0.05
+    overrides = {} if verify_threads is None else {"verify_threads": verify_threads}
+    with workdir(base, agents, **overrides) as wd:
+        with CollectorProcess(wd.config, timeout=limit) as col:
+            gen, conn = start_process(
+                _generator_main,
+                (col.address, wd.node_ids, wd.seeds, count, gpus, interval, limit),
+                "cw-bench-fleet-load",
+            )
+            try:
+                if recv(conn, limit, "load generator") != "ready":
+                    raise BenchError("load generator did not get ready")
+                watch_c, watch_g = Watch(col.pid), Watch(gen.pid)
+                conn.send("go")
+                time.sleep(warmup)
+                watch_c.start()
+                watch_g.start()
+                end = time.monotonic() + duration
+                while (left := end - time.monotonic()) > 0:
+                    time.sleep(min(1.0, left))
+                    watch_c.sample()
+                usage = watch_c.stop()
+                gen_usage = watch_g.stop()
+                sessions = col.stats().sessions
+                fleet = recv(conn, limit, "load generator")
+            finally:
+                conn.close()
+                finish(gen)
+            stats = col.stop()
+        stored = count_reports(wd.config.ledger)
+    if not isinstance(fleet, _Fleet):
+        raise BenchError(f"load generator answered {fleet!r}")
+    sent = sum(fleet.sent)
+    missing = [
+        n
+        for n, s, a in zip(wd.node_ids, fleet.sent, fleet.acked, strict=True)
+        if a != s or stored.get(n, 0) != s
+    ]
+    if missing or stats.accepted != sent:
+        raise BenchError(
+            f"sent {sent} reports, {stats.accepted} accepted; {len(missing)} agents were not"
+            f" fully acknowledged or stored (first: {missing[:3]}; rejected: {stats.rejected})"
+        )
+    return FleetResult(
+        agents=agents,
+        interval_seconds=interval,
+        gpus_per_report=gpus,
+        window_seconds=usage.wall_seconds,
+        reports_sent=sent,
+        reports_acked=sum(fleet.acked),
+        ledger_reports=sum(stored.values()),
+        accepted=stats.accepted,
+        rejected=stats.rejected,
+        sessions=sessions,
+        collector_cpu_seconds=usage.cpu_seconds,
+        collector_cpu_percent=usage.cpu_percent,
+        collector_rss_bytes=usage.rss_bytes,
+        collector_rss_max_bytes=usage.rss_max_bytes,
+        ack_latency_p50_ms=1e3 * _percentile(fleet.latencies, 0.5),
+        ack_latency_p99_ms=1e3 * _percentile(fleet.latencies, 0.99),
+        ack_latency_max_ms=1e3 * max(fleet.latencies, default=math.nan),
+        generator_max_lag_ms=1e3 * fleet.max_lag,
+        generator_cpu_percent=gen_usage.cpu_percent,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--agents", type=int, default=1000)
+    p.add_argument("--duration", type=float, default=30.0, help="measured seconds")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--verify-threads", type=int, default=None, help="collector setting")
+    args = p.parse_args(argv)
+    result = run(
+        args.agents,
+        args.duration,
+        interval=args.interval,
+        warmup=args.warmup,
+        gpus=args.gpus,
+        verify_threads=args.verify_threads,
+    )
+    print(json.dumps({"machine": machine(), "fleet": result.to_dict()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

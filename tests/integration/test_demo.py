@@ -1,0 +1,61 @@
+"""The whole demo, end to end: 16 agents on the fake NVML, a real collector,
+rules that halt, real stand-in processes stopped and resumed, two
+authorities lifting a halt. This is what `make demo` runs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from computewatch.cli_demo import DEFAULT_SCENARIO
+from computewatch.demo.run import DemoOptions, print_summary, run_demo
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_demo_halts_resumes_and_summarises(tmp_path: Path) -> None:
+    out = io.StringIO()
+    summary_path = tmp_path / "summary.json"
+    opts = DemoOptions(
+        scenario=DEFAULT_SCENARIO, summary_json=summary_path, live=False, workdir=tmp_path / "w"
+    )
+    result = asyncio.run(run_demo(opts, out))
+    assert json.loads(summary_path.read_text()) == json.loads(json.dumps(result))
+    assert result["duration_seconds"] <= 62
+    assert result["nodes"] == 16
+    assert result["gpus"] == 128
+    assert result["gpus_lost"] == 1
+    assert result["gpus_unknown_model"] == 8
+    assert result["silent_nodes"] == ["l40s-00"]
+    assert result["rejected_by_reason"] == {}
+    assert result["reports_accepted"] > 16 * 40
+    assert all(j["cumulative_flop"] >= 0 for j in result["jobs"])
+
+    directives = result["directives"]
+    halts = {d["id"]: d for d in directives if d["action"] == "HALT"}
+    resumes = [d for d in directives if d["action"] == "RESUME"]
+    job_halts = [d for d in halts.values() if d["rule_id"] == "demo-job-cumulative"]
+    assert job_halts, directives
+    for halt in job_halts:
+        assert halt["seconds_to_effective"] is not None
+        assert halt["evidence"]["log_indices"]
+        assert float(halt["evidence"]["measured_value"]) > float(halt["evidence"]["threshold"])
+    # Two authorities approved, and the resume carries both approvals.
+    assert resumes
+    for resume in resumes:
+        lifted = halts[resume["resumes_directive_id"]]
+        assert len(lifted["approved_by"]) == 2
+        assert len(resume["approval_keyids"]) == 2 or len(lifted["approval_keyids"]) == 2
+        assert not lifted["in_force"]
+    density = [d for d in halts.values() if d["rule_id"] == "demo-cluster-density"]
+    assert density, directives
+    assert density[0]["seconds_to_effective"] is not None
+
+    text = io.StringIO()
+    print_summary(result, text)
+    assert "demo summary" in text.getvalue()
+    assert "approved by" in text.getvalue()
