@@ -24,11 +24,14 @@ class _InFlight:
 
     def __init__(self, limit: int) -> None:
         self._items: deque[Accepted | None] = deque()
-        self._space = asyncio.Semaphore(limit)
+        self._limit = limit
         self._ready = asyncio.Event()
+        self._space = asyncio.Event()
 
     async def put(self, item: Accepted | None) -> None:
-        await self._space.acquire()
+        while len(self._items) >= self._limit:
+            self._space.clear()
+            await self._space.wait()
         self._items.append(item)
         self._ready.set()
 
@@ -36,7 +39,7 @@ class _InFlight:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
-        self._space.release()
+        self._space.set()
         return self._items.popleft()
 
     def pop_committed(self) -> Accepted | None:
@@ -46,7 +49,7 @@ class _InFlight:
         head = self._items[0]
         if head is None or not head.committed.done() or head.committed.exception():
             return None
-        self._space.release()
+        self._space.set()
         return self._items.popleft()
 
     def __len__(self) -> int:

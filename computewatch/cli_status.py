@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 import grpc
@@ -11,7 +12,9 @@ from google.protobuf import json_format
 
 from computewatch.clitools import translate_errors
 from computewatch.render import si, table
+from protos.auth import call_metadata
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc
+from protos.keys import PrivateKey, load_private_key
 
 _STATE = {
     status_pb2.NODE_STATE_OK: "ok",
@@ -20,12 +23,18 @@ _STATE = {
 }
 
 
-def fetch_status(address: str, timeout: float = 10.0) -> status_pb2.ClusterStatus:
+_METHOD = "/computewatch.v1.Status/GetStatus"
+
+
+def fetch_status(
+    address: str, key: PrivateKey | None = None, timeout: float = 10.0
+) -> status_pb2.ClusterStatus:
+    metadata = call_metadata(key, _METHOD) if key is not None else None
     with grpc.insecure_channel(address) as channel:
         stub = status_pb2_grpc.StatusStub(channel)
         try:
             result: status_pb2.ClusterStatus = stub.GetStatus(
-                status_pb2.StatusRequest(), timeout=timeout
+                status_pb2.StatusRequest(), timeout=timeout, metadata=metadata
             )
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
@@ -86,11 +95,18 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
     envvar="COMPUTEWATCH_COLLECTOR",
     help="Collector HOST:PORT.",
 )
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="COMPUTEWATCH_KEY",
+    help="Auditor or authority private key, for collectors that require signed tokens.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @translate_errors
-def status(address: str, as_json: bool) -> None:
+def status(address: str, key_path: Path | None, as_json: bool) -> None:
     """Show cluster compute, nodes and jobs from a running collector."""
-    st = fetch_status(address)
+    st = fetch_status(address, load_private_key(key_path) if key_path else None)
     if as_json:
         doc = json_format.MessageToDict(st, preserving_proto_field_name=True)
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
