@@ -22,8 +22,11 @@ from prometheus_client import CollectorRegistry
 from agent.config import BACKENDS, FAIL_MODES, SCHEDULERS, AgentConfig, load_agent_config
 from agent.nvml.backend import GpuBackend
 from computewatch.clitools import translate_errors
+from computewatch.demo.processes import StandIns
 
 log = logging.getLogger(__name__)
+
+DEFAULT_PROCFS = Path("/proc")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ENV = "COMPUTEWATCH_AGENT_"
@@ -151,17 +154,30 @@ def run_cmd(config_file: Path | None, duration: float | None, **flags: object) -
     asyncio.run(run_agent(cfg, duration=duration))
 
 
-def build_backend(cfg: AgentConfig) -> GpuBackend:
-    """The GPU backend the config names (NVML, or a fake one on a scenario)."""
+def build_backend(cfg: AgentConfig, stand_ins: StandIns) -> tuple[GpuBackend, AgentConfig]:
+    """The GPU backend the config names, and the config to run it with.
+
+    With ``backend = "fake"`` the scenario's jobs get real stand-in processes
+    (so enforcement signals our own processes, never an unrelated pid) and a
+    procfs tree and job metadata under the state directory that describe them,
+    unless the config names its own.
+    """
     from agent.nvml.real import NvmlBackend
 
-    if cfg.backend == "fake":
-        from agent.fakenvml import FakeNvml
-        from agent.fakenvml.scenario import load_scenario
+    if cfg.backend != "fake":
+        return NvmlBackend(), cfg
+    from agent.fakenvml.scenario import load_scenario
+    from computewatch.demo.fakenode import build_fake_node
 
-        assert cfg.scenario is not None  # AgentConfig checks it
-        return NvmlBackend(FakeNvml(load_scenario(cfg.scenario), cfg.node_id))
-    return NvmlBackend()
+    assert cfg.scenario is not None  # AgentConfig checks it
+    node = build_fake_node(
+        load_scenario(cfg.scenario), cfg.node_id, cfg.state_dir / "fake-node", stand_ins
+    )
+    return node.backend, dataclasses.replace(
+        cfg,
+        procfs_root=node.procfs_root if cfg.procfs_root == DEFAULT_PROCFS else cfg.procfs_root,
+        job_metadata_dir=cfg.job_metadata_dir or node.metadata_dir,
+    )
 
 
 async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
@@ -174,7 +190,8 @@ async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
 
     key = load_private_key(cfg.key)
     registry = CollectorRegistry()
-    backend = build_backend(cfg)
+    stand_ins = StandIns()
+    backend, cfg = build_backend(cfg, stand_ins)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -218,3 +235,4 @@ async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
         if server is not None:
             server.shutdown()
         backend.close()
+        stand_ins.close()

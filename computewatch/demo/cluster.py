@@ -12,16 +12,14 @@ from pathlib import Path
 
 from agent.attribution import JobAttributor
 from agent.config import AgentConfig
-from agent.fakenvml import FakeNvml
-from agent.fakenvml.procfs import materialize
 from agent.fakenvml.spec import Scenario
 from agent.jobmeta import JobMetadataDir
-from agent.nvml.real import NvmlBackend
 from agent.runner import Agent
 from collector.config import CollectorConfig
 from collector.registry import enroll
 from collector.server import Collector, create_server
-from computewatch.demo.processes import StandIns, process_state
+from computewatch.demo.fakenode import build_fake_node
+from computewatch.demo.processes import StandIns
 from protos.keys import PrivateKey, write_private_key, write_public_key
 
 log = logging.getLogger(__name__)
@@ -131,17 +129,8 @@ async def start_cluster(
     cluster = Cluster(workdir, scenario, service, authorities, regulator, paths)
     cluster.start = time.time()
     for node in scenario.nodes:
-        pids = {job.id: cluster.stand_ins.spawn() for job in scenario.jobs_on(node.id)}
         home = workdir / "nodes" / node.id
-        materialize(scenario, node.id, home / "proc", pids, metadata_dir=home / "jobs")
-        fake = FakeNvml(
-            scenario,
-            node.id,
-            clock=time.time,
-            process_state=process_state,
-            pids=pids,
-            start=cluster.start,
-        )
+        fake = build_fake_node(scenario, node.id, home, cluster.stand_ins, start=cluster.start)
         agent_config = AgentConfig(
             node_id=node.id,
             key=node_keys[node.id][1],
@@ -151,8 +140,8 @@ async def start_cluster(
             state_dir=home / "state",
             backend="fake",
             scenario=scenario_path,
-            procfs_root=home / "proc",
-            job_metadata_dir=home / "jobs",
+            procfs_root=fake.procfs_root,
+            job_metadata_dir=fake.metadata_dir,
             authority_keys=tuple(authority_pubs),
             quorum=QUORUM,
             backoff_min_seconds=0.2,
@@ -160,9 +149,9 @@ async def start_cluster(
         )
         agent = Agent(
             agent_config,
-            NvmlBackend(fake),
-            JobAttributor(home / "proc"),
-            JobMetadataDir(home / "jobs"),
+            fake.backend,
+            JobAttributor(fake.procfs_root),
+            JobMetadataDir(fake.metadata_dir),
             node_keys[node.id][0],
         )
         cluster.nodes.append(NodeRun(node.id, agent, asyncio.Event(), silent_at=node.silent_at))
