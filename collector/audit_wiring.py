@@ -85,6 +85,9 @@ class AuditHandle:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        # A cancelled asyncio.to_thread keeps running in its thread: let it finish
+        # before the connection it uses is closed under it.
+        await asyncio.to_thread(self.checkpointer.shutdown)
         self._reader.close()
         self._store.close()
 

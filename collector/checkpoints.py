@@ -90,6 +90,7 @@ class Checkpointer:
         self._stride = history_stride
         self.signed_total = 0
         self._lock = threading.Lock()
+        self._closed = False
         store_conn.execute(SCHEMA)
         if store_conn.in_transaction:
             store_conn.commit()
@@ -130,6 +131,8 @@ class Checkpointer:
         """Sign and store a checkpoint of the committed tree now."""
         now = self._clock() if now_ns is None else now_ns
         with self._lock:
+            if self._closed:
+                raise LogError("the checkpointer is shut down")
             size, root = self._merkle.snapshot()
             last = self._latest
             if last is not None:
@@ -146,10 +149,19 @@ class Checkpointer:
         log.debug("signed checkpoint of %d entries", size)
         return signed
 
+    def shutdown(self) -> None:
+        """Wait for a signing in progress (it may run in a worker thread that
+        outlives a cancelled task), then refuse new ones, so the store
+        connection can be closed safely."""
+        with self._lock:
+            self._closed = True
+
     def covering(self, after: int, upto: int) -> cpmod.SignedCheckpoint | None:
         """The largest stored checkpoint with ``after < size <= upto``, else the
         smallest with ``size > after`` (None if there is none)."""
         with self._lock:
+            if self._closed:
+                return None
             row = self._conn.execute(
                 "SELECT note FROM checkpoint WHERE size > ? AND size <= ?"
                 " ORDER BY size DESC LIMIT 1",

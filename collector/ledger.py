@@ -333,5 +333,6 @@ class Ledger:
             await asyncio.sleep(0.005)
         self._writer.shutdown(wait=True)
         self._conn.close()
-        self._read.close()
-        self._side.close()
+        with self._read_lock:  # a reader in another thread finishes first
+            self._read.close()
+            self._side.close()
