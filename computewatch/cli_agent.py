@@ -158,9 +158,10 @@ def build_backend(cfg: AgentConfig, stand_ins: StandIns) -> tuple[GpuBackend, Ag
     """The GPU backend the config names, and the config to run it with.
 
     With ``backend = "fake"`` the scenario's jobs get real stand-in processes
-    (so enforcement signals our own processes, never an unrelated pid) and a
-    procfs tree and job metadata under the state directory that describe them,
-    unless the config names its own.
+    (so enforcement signals our own processes, never an unrelated pid),
+    described in a procfs tree and job metadata under the state directory, or
+    in the ``procfs_root``/``job_metadata_dir`` the config names (never the
+    real ``/proc``).
     """
     from agent.nvml.real import NvmlBackend
 
@@ -170,13 +171,17 @@ def build_backend(cfg: AgentConfig, stand_ins: StandIns) -> tuple[GpuBackend, Ag
     from computewatch.demo.fakenode import build_fake_node
 
     assert cfg.scenario is not None  # AgentConfig checks it
+    home = cfg.state_dir / "fake-node"
+    procfs = home / "proc" if cfg.procfs_root == DEFAULT_PROCFS else cfg.procfs_root
     node = build_fake_node(
-        load_scenario(cfg.scenario), cfg.node_id, cfg.state_dir / "fake-node", stand_ins
+        load_scenario(cfg.scenario),
+        cfg.node_id,
+        procfs,
+        cfg.job_metadata_dir or home / "jobs",
+        stand_ins,
     )
     return node.backend, dataclasses.replace(
-        cfg,
-        procfs_root=node.procfs_root if cfg.procfs_root == DEFAULT_PROCFS else cfg.procfs_root,
-        job_metadata_dir=cfg.job_metadata_dir or node.metadata_dir,
+        cfg, procfs_root=node.procfs_root, job_metadata_dir=node.metadata_dir
     )
 
 

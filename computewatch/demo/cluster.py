@@ -130,7 +130,9 @@ async def start_cluster(
     cluster.start = time.time()
     for node in scenario.nodes:
         home = workdir / "nodes" / node.id
-        fake = build_fake_node(scenario, node.id, home, cluster.stand_ins, start=cluster.start)
+        fake = build_fake_node(
+            scenario, node.id, home / "proc", home / "jobs", cluster.stand_ins, start=cluster.start
+        )
         agent_config = AgentConfig(
             node_id=node.id,
             key=node_keys[node.id][1],

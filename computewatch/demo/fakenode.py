@@ -31,22 +31,23 @@ class FakeNode:
 def build_fake_node(
     scenario: Scenario,
     node_id: str,
-    home: Path,
+    procfs_root: Path,
+    metadata_dir: Path,
     stand_ins: StandIns,
     *,
     clock: Callable[[], float] = time.time,
     start: float | None = None,
 ) -> FakeNode:
-    """Spawn a stand-in per job on ``node_id`` and describe them under ``home``.
+    """Spawn a stand-in per job on ``node_id``; describe them in ``procfs_root``
+    (``<pid>/cgroup``, ``<pid>/stat``) and ``metadata_dir`` (job files).
 
     The stand-ins are real processes, so a halt's SIGSTOP lands on a process
     of ours, never on an unrelated pid; the fake NVML reads their state to
     show a stopped job's GPUs idle.
     """
     pids = {job.id: stand_ins.spawn() for job in scenario.jobs_on(node_id)}
-    proc, jobs = home / "proc", home / "jobs"
-    materialize(scenario, node_id, proc, pids, metadata_dir=jobs)
+    materialize(scenario, node_id, procfs_root, pids, metadata_dir=metadata_dir)
     fake = FakeNvml(
         scenario, node_id, clock=clock, process_state=process_state, pids=pids, start=start
     )
-    return FakeNode(NvmlBackend(fake), proc, jobs, pids)
+    return FakeNode(NvmlBackend(fake), procfs_root, metadata_dir, pids)
