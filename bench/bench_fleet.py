@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
@@ -30,8 +31,10 @@ from bench.common import (
     Watch,
     count_reports,
     finish,
+    job_of,
     key_from_seed,
     machine,
+    pid_of,
     recv,
     start_process,
     workdir,
@@ -73,6 +76,8 @@ class FleetResult:
     ack_latency_max_ms: float
     generator_max_lag_ms: float
     generator_cpu_percent: float
+    # The machine's 1-minute load average before the window: others' work shows here.
+    load_average_1m: float
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -96,8 +101,8 @@ def _generator_main(
     conn: Connection,
 ) -> None:
     streams = []
-    for node_id, seed in zip(node_ids, seeds, strict=True):
-        chain = ReportChain(node_id, key_from_seed(seed), gpus, interval=interval)
+    for i, (node_id, seed) in enumerate(zip(node_ids, seeds, strict=True)):
+        chain = ReportChain(node_id, key_from_seed(seed), gpus, job=job_of(i), interval=interval)
         streams.append([telemetry_pb2.AgentMessage(envelope=chain.next()) for _ in range(count)])
     asyncio.run(_drive(address, streams, interval, timeout, conn))
 
@@ -128,9 +133,8 @@ class _Agent:
         loop = asyncio.get_running_loop()
         while True:
             reply = await self.call.read()
-            if reply is grpc.aio.EOF:
-                return
-            assert isinstance(reply, telemetry_pb2.CollectorMessage)
+            if not isinstance(reply, telemetry_pb2.CollectorMessage):
+                return  # end of stream (grpc.aio.EOF)
             if reply.HasField("ack") and reply.ack.sequence > self.acked:
                 self.acked = int(reply.ack.sequence)
                 self.latencies.append(loop.time() - self.sent_at[self.acked - 1])
@@ -174,7 +178,7 @@ async def _drive(
         )
     finally:
         for c in channels:
-            await c.close()
+            await c.close(None)
 
 
 def run(
@@ -205,9 +209,10 @@ def run(
             try:
                 if recv(conn, limit, "load generator") != "ready":
                     raise BenchError("load generator did not get ready")
-                watch_c, watch_g = Watch(col.pid), Watch(gen.pid)
+                watch_c, watch_g = Watch(col.pid), Watch(pid_of(gen))
                 conn.send("go")
                 time.sleep(warmup)
+                load_before = os.getloadavg()[0]
                 watch_c.start()
                 watch_g.start()
                 end = time.monotonic() + duration
@@ -256,6 +261,7 @@ def run(
         ack_latency_max_ms=1e3 * max(fleet.latencies, default=math.nan),
         generator_max_lag_ms=1e3 * fleet.max_lag,
         generator_cpu_percent=gen_usage.cpu_percent,
+        load_average_1m=load_before,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.metadata
 import logging
 import multiprocessing
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 # gRPC state or threads), like separate programs.
 _CTX = multiprocessing.get_context("spawn")
 PRODUCT = "NVIDIA H100 80GB HBM3"
+# Nodes per job: 1,000 agents run 125 jobs of 8 nodes (64 GPUs) each.
+NODES_PER_JOB = 8
 _VERSIONED = ("grpcio", "protobuf", "cryptography", "psutil", "nvidia-ml-py", "computewatch")
 
 
@@ -77,12 +80,13 @@ def key_from_seed(seed: bytes) -> PrivateKey:
     return PrivateKey(Ed25519PrivateKey.from_private_bytes(seed))
 
 
-def gpu_samples(count: int, *, job: str) -> list[telemetry_pb2.GpuSample]:
+def gpu_samples(count: int, *, node_id: str, job: str) -> list[telemetry_pb2.GpuSample]:
     """``count`` busy H100s running ``job``, every field an agent fills."""
+    tag = hashlib.sha256(node_id.encode()).hexdigest()
     gpus = []
     for i in range(count):
         g = telemetry_pb2.GpuSample(
-            uuid=f"GPU-{i:02d}000000-bench-0000-0000-{job[-12:]:0>12}",
+            uuid=f"GPU-{tag[:8]}-{tag[8:12]}-{tag[12:16]}-{tag[16:20]}-{tag[20:30]}{i:02d}",
             index=i,
             product_name=PRODUCT,
             mig_enabled=False,
@@ -99,18 +103,23 @@ def gpu_samples(count: int, *, job: str) -> list[telemetry_pb2.GpuSample]:
             processes_known=True,
             health=telemetry_pb2.GPU_HEALTH_OK,
         )
-        g.processes.add(
-            pid=40_000 + i, used_memory_bytes=70 << 30, job_id=job, attribution="slurm"
-        )
+        g.processes.add(pid=40_000 + i, used_memory_bytes=70 << 30, job_id=job, attribution="slurm")
         gpus.append(g)
     return gpus
+
+
+def job_of(node_index: int, nodes_per_job: int = NODES_PER_JOB) -> str:
+    """The Slurm job id node ``node_index`` runs (consecutive nodes share a job)."""
+    return str(100_000 + node_index // max(nodes_per_job, 1))
 
 
 class ReportChain:
     """Seals one node's chained reports (sequence +1, previous digest) quickly:
     one report object is reused and only its changing fields are set."""
 
-    def __init__(self, node_id: str, key: PrivateKey, gpus: int, *, interval: float = 1.0) -> None:
+    def __init__(
+        self, node_id: str, key: PrivateKey, gpus: int, *, job: str, interval: float = 1.0
+    ) -> None:
         self.key = key
         self.sequence = 0
         self.previous = bytes(32)
@@ -120,7 +129,7 @@ class ReportChain:
             interval_seconds=interval,
             agent_version="bench",
             nvml_status=telemetry_pb2.NVML_STATUS_OK,
-            gpus=gpu_samples(gpus, job=f"job-{node_id}"),
+            gpus=gpu_samples(gpus, node_id=node_id, job=job),
         )
         self._report.enforcement.fail_mode = "open"
         self._report.enforcement.lease_valid = True
@@ -278,8 +287,7 @@ class CollectorProcess:
 
     @property
     def pid(self) -> int:
-        assert self._proc is not None and self._proc.pid is not None
-        return self._proc.pid
+        return pid_of(self._proc)
 
     def __enter__(self) -> CollectorProcess:
         parent, child = _CTX.Pipe()
@@ -290,9 +298,9 @@ class CollectorProcess:
         child.close()
         self._conn = parent
         kind, port = self._recv()
-        if kind != "ready":
+        if kind != "ready" or not isinstance(port, int):
             raise BenchError(f"collector did not start: {kind!r}")
-        self.port = int(port)
+        self.port = port
         return self
 
     def _recv(self) -> tuple[object, ...]:
@@ -344,13 +352,21 @@ class CollectorProcess:
         self._close()
 
 
-def start_process(target: object, args: tuple[object, ...], name: str) -> tuple[BaseProcess, Connection]:
+def start_process(
+    target: object, args: tuple[object, ...], name: str
+) -> tuple[BaseProcess, Connection]:
     """Start ``target(*args, conn)`` in a spawned child; returns it and our end."""
     parent, child = _CTX.Pipe()
     proc = _CTX.Process(target=target, args=(*args, child), name=name)  # type: ignore[arg-type]
     proc.start()
     child.close()
     return proc, parent
+
+
+def pid_of(proc: BaseProcess | None) -> int:
+    if proc is None or proc.pid is None:
+        raise BenchError("the process is not running")
+    return proc.pid
 
 
 def recv(conn: Connection, timeout: float, what: str) -> object:

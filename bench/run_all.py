@@ -82,14 +82,19 @@ def rows(results: dict[str, dict[str, object]]) -> list[list[str]]:
             [
                 "ingest: reports/s verified, stored, aggregated",
                 _f(r["reports_per_second"]),
-                f"{r['agents']} agents x {r['reports']} reports, {r['gpus_per_report']} GPUs each",
+                f"{r['agents']} agents x {r['reports'] // r['agents']} reports"  # type: ignore[operator]
+                f", {r['gpus_per_report']} GPUs each",
             ],
             [
                 "ingest: raw Ed25519 verifications/s, 1 thread",
                 _f(r["raw_verify_per_second"]),
                 f"{_f(r['raw_verify_per_second_all_cores'])}/s on all cores",
             ],
-            ["ingest: ratio (aim >= 0.5)", _f(r["ratio"], "{:.2f}"), "reports/s over raw"],
+            [
+                "ingest: ratio (aim >= 0.5)",
+                _f(r["ratio"], "{:.2f}"),
+                f"reports/s over raw; load average {_f(r['load_average_1m'], '{:.1f}')} before",
+            ],
             [
                 "ingest: collector CPU, RSS",
                 f"{_f(r['collector_cpu_percent'])} %",
@@ -102,7 +107,8 @@ def rows(results: dict[str, dict[str, object]]) -> list[list[str]]:
             [
                 f"fleet: collector CPU, {r['agents']} agents at {r['interval_seconds']} s",
                 f"{_f(r['collector_cpu_percent'], '{:.1f}')} %",
-                f"of one core over {_f(r['window_seconds'], '{:.0f}')} s",
+                f"of one core over {_f(r['window_seconds'], '{:.0f}')} s; load average"
+                f" {_f(r['load_average_1m'], '{:.1f}')} before",
             ],
             [
                 "fleet: collector RSS",

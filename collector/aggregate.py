@@ -196,9 +196,12 @@ class Aggregator:
         return node.reports > 0 and now - node.last_received > self._silent_after * node.interval
 
     def live_nodes(self, now: float) -> list[NodeState]:
-        return [n for n in self.nodes.values() if n.reports and not self.is_silent(n, now)]
+        return [n for n in list(self.nodes.values()) if n.reports and not self.is_silent(n, now)]
 
     def snapshot(self, now: float) -> Snapshot:
+        """Every figure at ``now``. Safe to call from the metrics thread while
+        the event loop ingests: it iterates over copies of the live dicts
+        (``list()`` of a dict view is taken without a thread switch)."""
         values: dict[tuple[Scope, str], dict[str, float | None]] = {}
         evidence: dict[tuple[Scope, str], tuple[int, ...]] = {}
         live: set[str] = set()
@@ -207,7 +210,7 @@ class Aggregator:
         cluster_allocated: list[float | None] = []
         cluster_achieved: list[float | None] = []
         cluster_evidence: list[int] = []
-        for node in self.nodes.values():
+        for node in list(self.nodes.values()):
             breaks += node.chain_breaks
             if not node.reports:
                 values[(Scope.NODE, node.node_id)] = {
@@ -253,9 +256,9 @@ class Aggregator:
         lineage: dict[str, tuple[str, ...]] = {}
         job_nodes: dict[str, tuple[str, ...]] = {}
         cumulative = 0.0
-        for job in self.jobs.values():
+        for job in list(self.jobs.values()):
             cumulative += job.cumulative_flop
-            running = {n: v for n, v in job.per_node.items() if n in live}
+            running = {n: v for n, v in list(job.per_node.items()) if n in live}
             metrics: dict[str, float | None] = {
                 "cumulative_flop": job.cumulative_flop,
                 "achieved_flops": sum(v[0] for v in running.values()),
@@ -263,7 +266,7 @@ class Aggregator:
                 "gpus": float(sum(v[2] for v in running.values())),
                 "gpus_unknown_model": float(sum(v[3] for v in running.values())),
             }
-            for name, score in job.capability.items():
+            for name, score in list(job.capability.items()):
                 metrics[f"capability:{name}"] = score
             values[(Scope.JOB, job.job_id)] = metrics
             evidence[(Scope.JOB, job.job_id)] = tuple(job.evidence)

@@ -114,20 +114,25 @@ async def start_audit(
     """
     limits = limits or AuditLimits()
     store = sqlite3.connect(ledger_path, isolation_level=None, check_same_thread=False)
-    store.execute("PRAGMA busy_timeout=5000")
-    checkpointer = Checkpointer(
-        merkle,
-        key,
-        origin,
-        store,
-        clock,
-        interval_seconds=checkpoint_interval_seconds,
-        min_interval_seconds=min_checkpoint_interval_seconds,
-        history_stride=limits.round_entries,
-    )
-    await asyncio.to_thread(checkpointer.maybe_checkpoint)
+    try:
+        store.execute("PRAGMA busy_timeout=5000")
+        checkpointer = Checkpointer(
+            merkle,
+            key,
+            origin,
+            store,
+            clock,
+            interval_seconds=checkpoint_interval_seconds,
+            min_interval_seconds=min_checkpoint_interval_seconds,
+            history_stride=limits.round_entries,
+        )
+        await asyncio.to_thread(checkpointer.maybe_checkpoint)
+        reader = LogReader(ledger_path)
+    except BaseException:
+        # A refused start (another key or origin, a rewritten ledger) leaves nothing open.
+        store.close()
+        raise
     hub = SubscriptionHub(limits.subscriber_queue)
-    reader = LogReader(ledger_path)
     servicer = AuditServicer(merkle, checkpointer, reader, hub, limits)
     audit_pb2_grpc.add_AuditServicer_to_server(servicer, server)
     tick = max(0.01, min(min_checkpoint_interval_seconds, checkpoint_interval_seconds))

@@ -69,8 +69,6 @@ class ChainBook:
             )
         if sequence == 0:
             raise RollbackError("sequence 0 is never valid: sequences start at 1")
-        if sequence == 0:
-            raise RollbackError("sequence 0 is never valid: sequences start at 1")
         h = self._heads.get(keyid)
         accepted = h.recent.get(sequence) if h else None
         if accepted is None:

@@ -212,7 +212,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             raise RefusedError(
                 grpc.StatusCode.NOT_FOUND, "unknown_directive", f"no directive {a.directive_id}"
             )
-        self._check_resumable(record, now)
+        self._check_resumable(record)
         if a.approved_unix_nanos < record.directive.issued_unix_nanos - self._skew_ns:
             raise _invalid("stale", "the approval predates the directive it approves")
         approvals = record.approvals
@@ -246,19 +246,20 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         )
         return control_pb2.SubmitResponse(log_index=index, directive_ids=ids, message=message)
 
-    def _check_resumable(self, record: DirectiveRecord, now: int) -> None:
+    def _check_resumable(self, record: DirectiveRecord) -> None:
         if record.action not in RESUMABLE:
             raise RefusedError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "not_resumable",
                 f"{record.id} is not a halt, throttle or terminate",
             )
-        if not record.in_force(now):
-            why = f"resumed by {record.resumed_by}" if record.resumed_by else "expired"
+        # Past its not-after a halt is no longer resent, but agents that applied
+        # it keep it until a RESUME lifts it: only a resumed one is refused.
+        if record.resumed_by:
             raise RefusedError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "not_in_force",
-                f"{record.id} is no longer in force ({why})",
+                f"{record.id} is no longer in force (resumed by {record.resumed_by})",
             )
 
     async def resume(self, record: DirectiveRecord) -> control_pb2.Directive:
@@ -356,11 +357,18 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         """Replay one committed submission (in log order, after its directive)."""
         try:
             if entry.payload_type == dsse.MANUAL_HALT_TYPE:
-                env = dsse.open_envelope(entry.data)
-                halt = dsse.parse_message(control_pb2.ManualHalt, env.payload)
-                self._halt_nonces.add((env.signatures[0].keyid, halt.nonce))
+                # Keyed by the key that verifies, as when it was accepted; the
+                # first signature's key id is only a claim.
+                verified = dsse.verify(
+                    entry.data,
+                    self._authorities,
+                    expected_type=dsse.MANUAL_HALT_TYPE,
+                    max_bytes=self._max,
+                )
+                halt = verified.parse(control_pb2.ManualHalt)
+                self._halt_nonces.add((verified.signer.keyid, halt.nonce))
             elif entry.payload_type == dsse.APPROVAL_TYPE:
-                approval = verify_approval(entry.data, self._authorities)
+                approval = verify_approval(entry.data, self._authorities, max_bytes=self._max)
                 record = self._book.get(approval.approval.directive_id)
                 if record is not None and record.approvals is not None and not record.resumed_by:
                     record.approvals.add(approval)
@@ -377,10 +385,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def resume_ready(self) -> list[str]:
         """Issue the RESUMEs whose quorum was reached before a restart cut them off."""
         issued = []
-        now = self._clock_ns()
         for record in self._book.records():
             approvals = record.approvals
-            if approvals is None or not record.in_force(now) or record.resuming:
+            if approvals is None or record.resumed_by or record.resuming:
                 continue
             if approvals.reached(self._quorum):
                 issued.append((await self.resume(record)).id)

@@ -181,7 +181,7 @@ class EffectTracker:
 
     def not_effective(self) -> int:
         """Directives past their timeout and still not effective."""
-        return sum(t.alerted for t in self._pending.values())
+        return sum(t.alerted for t in list(self._pending.values()))  # metrics thread
 
     def pending(self) -> int:
         return len(self._pending)

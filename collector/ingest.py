@@ -88,9 +88,9 @@ class Ingestor:
         verify_jobs: int | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        """``verify_pool``: threads or processes (``batchverify.process_pool``)
-        that check signatures in batches, at most ``verify_jobs`` batches at
-        once (default: the pool's worker count); None checks on the loop."""
+        """``verify_pool``: threads that check signatures in batches
+        (``collector.batchverify``), at most ``verify_jobs`` batches at once
+        (default: the pool's thread count); None checks on the event loop."""
         self._registry = registry
         self._ledger = ledger
         self._aggregator = aggregator
@@ -99,10 +99,7 @@ class Ingestor:
         if verify_pool is not None:
             self.batcher = BatchVerifier(
                 verify_pool,
-                verify=self._check,
-                resolve=self._resolve,
-                expected_type=dsse.REPORT_TYPE,
-                max_bytes=max_envelope_bytes,
+                self._check,
                 jobs=verify_jobs or int(getattr(verify_pool, "_max_workers", 2)),
             )
         self._clock_ns = clock_ns

@@ -121,7 +121,8 @@ class CollectorMetrics(Collector):
             "Reports refused for a broken chain, gap, rollback or equivocation.",
             labels=["node"],
         )
-        for node in self._agg.nodes.values():
+        nodes_now = list(self._agg.nodes.values())  # the event loop may add nodes meanwhile
+        for node in nodes_now:
             breaks.add_metric([node.node_id], node.chain_breaks)
             if not node.reports:
                 counts["never_seen"] += 1
@@ -139,7 +140,7 @@ class CollectorMetrics(Collector):
         gpus = GaugeMetricFamily("computewatch_gpus", "GPUs by state.", labels=["state"])
         lost = int(cluster.get("gpus_lost") or 0)
         unknown = int(cluster.get("gpus_unknown_model") or 0)
-        total = sum(len(n.gpus) for n in self._agg.nodes.values())
+        total = sum(len(n.gpus) for n in nodes_now)
         gpus.add_metric(["lost"], lost)
         gpus.add_metric(["unknown_model"], unknown)
         gpus.add_metric(["total"], total)

@@ -76,7 +76,7 @@ def enroll(path: Path, node_id: str, key: PublicKey, *, replace: bool = False) -
     return EnrolledNode(node_id, key, now)
 
 
-def list_nodes(path: Path) -> list[EnrolledNode]:
+def _node_rows(path: Path) -> list[tuple[str, bytes, int]]:
     if not path.exists():
         raise ConfigError(f"{path}: no such ledger; enroll a node first")
     conn = connect(path, readonly=True)
@@ -88,36 +88,62 @@ def list_nodes(path: Path) -> list[EnrolledNode]:
         raise ConfigError(f"{path}: not a computewatch ledger ({exc})") from exc
     finally:
         conn.close()
-    return [EnrolledNode(r[0], PublicKey.from_raw(bytes(r[1])), r[2]) for r in rows]
+    return [(r[0], bytes(r[1]), r[2]) for r in rows]
+
+
+def list_nodes(path: Path) -> list[EnrolledNode]:
+    return [EnrolledNode(n, PublicKey.from_raw(raw), t) for n, raw, t in _node_rows(path)]
 
 
 class Registry:
-    """keyid -> enrolled node, cached; rereads the table on a miss (rate-limited)."""
+    """keyid -> enrolled node, cached; rereads the table on a miss (rate-limited)
+    and, on any lookup, once the cache is ``max_age`` seconds old: a key
+    replaced with ``nodes enroll --replace`` (a lost or stolen node key) stops
+    being trusted within ``max_age`` even if no unknown key ever shows up."""
 
     def __init__(
         self,
         path: Path,
         *,
         reload_interval: float = 1.0,
+        max_age: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._path = path
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._by_keyid: dict[str, EnrolledNode] = {}
         self._by_node: dict[str, EnrolledNode] = {}
         self._reload_interval = reload_interval
+        self._max_age = max(max_age, reload_interval)
         self._monotonic = monotonic
         self._last_reload = float("-inf")
         self.reload()
 
     def reload(self) -> None:
-        nodes = list_nodes(self._path)
+        known = self._by_node
+        nodes = []
+        for node_id, raw, enrolled in _node_rows(self._path):
+            prev = known.get(node_id)
+            if prev is not None and prev.enrolled_unix_nanos == enrolled and prev.key.raw() == raw:
+                nodes.append(prev)  # unchanged: no need to rebuild the key
+            else:
+                nodes.append(EnrolledNode(node_id, PublicKey.from_raw(raw), enrolled))
         with self._lock:
             self._by_keyid = {n.key.keyid: n for n in nodes}
             self._by_node = {n.node_id: n for n in nodes}
             self._last_reload = self._monotonic()
 
     def by_keyid(self, keyid: str) -> EnrolledNode | None:
+        # Verify threads call this too: one of them refreshes, the others
+        # go on with the cache meanwhile.
+        if self._monotonic() - self._last_reload >= self._max_age and self._refreshing.acquire(
+            blocking=False
+        ):
+            try:
+                self.reload()
+            finally:
+                self._refreshing.release()
         node = self._by_keyid.get(keyid)
         if node is None and self._monotonic() - self._last_reload >= self._reload_interval:
             self.reload()

@@ -76,4 +76,5 @@ class Sessions:
         return sorted(self._by_node)
 
     def __len__(self) -> int:
-        return sum(len(g) for g in self._by_node.values())
+        # A copy: the metrics thread counts while the event loop binds streams.
+        return sum(len(g) for g in list(self._by_node.values()))

@@ -24,6 +24,8 @@ from protos.errors import KeyFileError, SignatureError
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
+# A PEM Ed25519 key is ~120 bytes; anything this large is not one.
+_MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -124,17 +126,32 @@ def write_public_key(key: PublicKey, path: Path) -> None:
 
 
 def load_private_key(path: Path) -> PrivateKey:
-    """Load a PEM Ed25519 private key, refusing one others can read or write."""
+    """Load a PEM Ed25519 private key, refusing one others can read or write.
+
+    The mode is checked on the open file itself (``fstat``), so the file read
+    is the file checked, and every read failure is a ``KeyFileError``.
+    """
     try:
-        st = path.stat()
+        # O_NONBLOCK: a FIFO in the key's place must not hang the open.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read private key ({exc.strerror})") from exc
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(
-            f"{path}: private key is accessible by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 {path}"
-        )
-    data = path.read_bytes()
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{path}: cannot read private key (not a regular file)")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(
+                f"{path}: private key is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 {path}"
+            )
+        data = os.read(fd, _MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read private key ({exc.strerror})") from exc
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"{path}: larger than {_MAX_KEY_FILE_BYTES} bytes; not a key file")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

@@ -154,7 +154,8 @@ class EnforcementRecord:
         return LOCAL_HALT_ID in self.active
 
     def halted_gpus(self) -> list[str]:
-        return sorted(u for u, h in self.gpus.items() if h.prohibit)
+        # A copy: the metrics thread reads this while the event loop enforces.
+        return sorted(u for u, h in list(self.gpus.items()) if h.prohibit)
 
     # --- serialisation -------------------------------------------------------------
     def to_bytes(self) -> bytes:

@@ -279,6 +279,9 @@ class NvmlBackend:
                 self._free_gpm(gpu)
                 gpu.gpm = False
                 return
+            # The previous sample is no base for the next interval: free it
+            # (dropping the reference alone leaks NVML's allocation).
+            self._free_sample(gpu.gpm_prev)
             gpu.gpm_prev = None
             raise _GpuReadError(call, exc) from exc
         gpu.gpm_prev, gpu.gpm_spare = gpu.gpm_spare, gpu.gpm_prev
@@ -296,12 +299,15 @@ class NvmlBackend:
 
     def _free_gpm(self, gpu: _Gpu) -> None:
         for sample in (gpu.gpm_prev, gpu.gpm_spare):
-            if sample is not None:
-                try:
-                    self._n.nvmlGpmSampleFree(sample)
-                except self._error as exc:
-                    log.debug("nvmlGpmSampleFree: %s", exc)
+            self._free_sample(sample)
         gpu.gpm_prev = gpu.gpm_spare = None
+
+    def _free_sample(self, sample: Any) -> None:
+        if sample is not None:
+            try:
+                self._n.nvmlGpmSampleFree(sample)
+            except self._error as exc:
+                log.debug("nvmlGpmSampleFree: %s", exc)
 
     # --- control --------------------------------------------------------------------------
     def _handle(self, uuid: str) -> Any:

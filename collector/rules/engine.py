@@ -73,7 +73,7 @@ class RuleEngine:
         return [
             (rule, key)
             for rule in self._rules
-            for key, st in self._state[rule.id].items()
+            for key, st in list(self._state[rule.id].items())  # read from the metrics thread
             if st.firing
         ]
 

@@ -22,9 +22,9 @@ from prometheus_client import generate_latest
 from collector.quorum import require_quorum
 from computewatch.cli import cli
 from protos import dsse
-from protos.computewatch.v1 import control_pb2, telemetry_pb2
+from protos.computewatch.v1 import control_pb2, envelope_pb2, telemetry_pb2
 from protos.errors import ConfigError, RuleError
-from protos.keys import PublicKey, write_private_key, write_public_key
+from protos.keys import PrivateKey, PublicKey, write_private_key, write_public_key
 from tests.stop_support import (
     JOB_HALT_PACK,
     Control,
@@ -621,3 +621,39 @@ def test_the_collector_refuses_to_start_on_a_bad_pack_or_an_unreachable_quorum(
     # Three files but two distinct keys: a quorum of three could never be reached.
     with pytest.raises(ConfigError, match="distinct authority keys"):
         asyncio.run(start(authority_keys=(*paths, twice), quorum=3))
+
+
+def test_a_manual_halt_replayed_after_a_restart_is_refused_whoever_else_signed_it(
+    tmp_path: Path,
+) -> None:
+    # The authority's signature is the second one: the first is by a key the
+    # collector does not know. Replay protection must remember the halt under
+    # the key that verified, after a restart too, not under the first key id.
+    keys, paths = authorities(tmp_path, 1)
+    config = collector_config(tmp_path, authority_keys=tuple(paths), quorum=1)
+    enroll_nodes(config.ledger, ["node-a"])
+    stranger = PrivateKey.generate()
+    signed = envelope_pb2.Envelope.FromString(manual_halt(keys[0], node_scope("node-a")))
+    pae = dsse.pae(signed.payload_type, signed.payload)
+    both = envelope_pb2.Envelope(payload=signed.payload, payload_type=signed.payload_type)
+    both.signatures.add(keyid=stranger.keyid, sig=stranger.sign(pae))
+    both.signatures.extend(signed.signatures)
+    envelope = both.SerializeToString()
+
+    async def submit() -> control_pb2.SubmitResponse:
+        async with running_collector(config) as service:
+            control = Control(service.address)
+            try:
+                return await control.halt(envelope)
+            finally:
+                await control.close()
+
+    async def scenario() -> None:
+        first = await submit()
+        assert len(first.directive_ids) == 1
+        with pytest.raises(grpc.aio.AioRpcError) as replayed:
+            await submit()
+        assert replayed.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert len(directive_rows(config.ledger)) == 1
+
+    asyncio.run(scenario())

@@ -368,3 +368,38 @@ def test_a_gpm_error_marks_the_gpu_and_gpm_recovers_after() -> None:
         True,
         True,
     ]
+
+
+def test_a_gpm_error_frees_the_samples_it_drops() -> None:
+    # Every sample NVML allocated is freed by close(), errors or not: an agent
+    # on a GPU whose GPM calls keep failing must not leak one per interval.
+    scenario = parse_scenario(
+        {
+            "name": "gpm-leak",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA H200"}],
+                    "faults": [
+                        {
+                            "kind": "nvml_error",
+                            "error": "timeout",
+                            "functions": ["nvmlGpmMetricsGet"],
+                            "at": 2,
+                            "until": 9,
+                        }
+                    ],
+                }
+            ],
+            "jobs": [{"id": "1", "nodes": ["n"], "utilization": [[0, 50]]}],
+        }
+    )
+    b, fake, clock = backend(scenario, "n")
+    for t in range(1, 12):
+        clock.at(t)
+        b.sample()
+    allocated = fake.calls["nvmlGpmSampleAlloc"]
+    assert allocated > 2  # the error path really ran
+    b.close()
+    assert fake.calls["nvmlGpmSampleFree"] == allocated

@@ -99,3 +99,9 @@ def test_only_the_true_next_link_ever_advances(ops: list[tuple[int, bool, bool]]
         accepted.append(dig)
         assert seq == len(accepted)
     assert book.head("k") == (len(accepted), accepted[-1] if accepted else ZERO_DIGEST)
+
+
+def test_sequence_zero_is_a_rollback_even_on_a_started_chain() -> None:
+    book, _ = book_with(3)
+    with pytest.raises(RollbackError, match="sequence 0 is never valid"):
+        book.check("k", 0, ZERO_DIGEST, d("zero"))

@@ -129,3 +129,22 @@ def test_a_fraction_for_an_integer_key_is_an_error_not_a_truncation(tmp_path: Pa
         load_collector_config(cfg)
     cfg.write_text('[collector]\nledger = "/l"\nkey = "/k"\nquorum = 2.0\n')
     assert load_collector_config(cfg).quorum == 2
+
+
+def test_a_replaced_key_stops_being_trusted_without_a_miss(tmp_path: Path) -> None:
+    # Re-keying a node (its old key lost or stolen) must revoke the old key in a
+    # running collector even if no unknown key ever arrives to trigger a reread.
+    path = tmp_path / "l.db"
+    old, new = PrivateKey.generate(), PrivateKey.generate()
+    enroll(path, "a", old.public)
+    clock = [0.0]
+    reg = Registry(path, reload_interval=1.0, max_age=10.0, monotonic=lambda: clock[0])
+    assert reg.by_keyid(old.keyid) is not None
+    enroll(path, "a", new.public, replace=True)
+    clock[0] = 5.0
+    assert reg.by_keyid(old.keyid) is not None  # still within max_age
+    clock[0] = 11.0
+    assert reg.by_keyid(old.keyid) is None
+    node = reg.by_keyid(new.keyid)
+    assert node is not None
+    assert node.node_id == "a"

@@ -66,3 +66,12 @@ def test_verify_raises_signature_error() -> None:
     key = PrivateKey.generate()
     with pytest.raises(SignatureError):
         key.public.verify(b"\x00" * 64, b"m")
+
+
+def test_a_private_key_path_that_cannot_be_read_is_a_key_file_error(tmp_path: Path) -> None:
+    # Mode 0700 passes the permission check; reading a directory must still
+    # end in our typed error, not a raw OSError (the CLI turns only ours into a message).
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o700)
+    with pytest.raises(KeyFileError, match="cannot read private key"):
+        load_private_key(folder)
