@@ -58,6 +58,8 @@ class NodeState:
     nvml_status: int = 0
     chain_breaks: int = 0
     reports: int = 0
+    # Jobs with a process on this node in its last report.
+    jobs: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -173,9 +175,9 @@ class Aggregator:
             job.cumulative_flop += achieved * interval
             job.upper_bound = job.upper_bound or job_id in upper
             job.evidence.append(log_index)
-        for job in self.jobs.values():
-            if node.node_id in job.per_node and job.job_id not in per_job:
-                del job.per_node[node.node_id]
+        for gone in node.jobs - per_job.keys():
+            self.jobs[gone].per_node.pop(node.node_id, None)
+        node.jobs = set(per_job)
         for info in report.jobs:
             job = self._job(info.job_id)
             job.parents = tuple(info.parent_job_ids)

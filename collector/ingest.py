@@ -162,6 +162,19 @@ class Ingestor:
         except UnknownKeyError as exc:
             raise UnknownNodeError(f"no enrolled node holds the signing key: {exc}") from exc
         report = verified.parse(telemetry_pb2.NodeReport)
+        try:
+            return self._admit(data, verified, report, bound_node)
+        except VerificationError as exc:
+            exc.sequence = report.sequence  # signed by the sender: safe to echo back
+            raise
+
+    def _admit(
+        self,
+        data: bytes,
+        verified: dsse.Verified,
+        report: telemetry_pb2.NodeReport,
+        bound_node: str | None,
+    ) -> Accepted:
         keyid = verified.signer.keyid
         node = self._registry.by_keyid(keyid)
         if node is None:  # un-enrolled between verify and here

@@ -271,11 +271,15 @@ class Ledger:
                 first = self._size
                 try:
                     await loop.run_in_executor(self._writer, self._write, first, batch)
-                except (sqlite3.Error, OSError) as exc:
+                except Exception as exc:
+                    # Entries queued behind a failed batch may chain onto it: fail
+                    # them too, so no committed report ever follows a missing one.
+                    failed = batch + self._pending
+                    self._pending = []
                     self.write_errors += 1
-                    log.exception("ledger write of %d entries failed", len(batch))
+                    log.exception("ledger write failed; %d queued entries refused", len(failed))
                     err = LogError(f"ledger write failed: {exc}")
-                    for _, fut in batch:
+                    for _, fut in failed:
                         if not fut.done():
                             fut.set_exception(err)
                     continue

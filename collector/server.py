@@ -42,10 +42,19 @@ from protos.computewatch.v1 import (
     telemetry_pb2,
     telemetry_pb2_grpc,
 )
-from protos.errors import ConfigError, DecodeError
+from protos.errors import ConfigError, VerificationError
 from protos.keys import PrivateKey, load_private_key
 
 log = logging.getLogger(__name__)
+
+SERVICES = (
+    telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name,
+    status_pb2.DESCRIPTOR.services_by_name["Status"].full_name,
+    control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+    health.SERVICE_NAME,
+    reflection.SERVICE_NAME,
+)
 
 # gRPC's own limit sits above ours so oversize envelopes get our typed error;
 # anything beyond it is refused by gRPC itself (RESOURCE_EXHAUSTED).
@@ -130,16 +139,16 @@ class Collector:
                     log.exception("tick hook failed")
 
 
-def replay(ledger: Ledger, aggregator: Aggregator) -> int:
+def replay(ledger: Ledger, aggregator: Aggregator, *, max_envelope_bytes: int) -> int:
     """Rebuild aggregates from committed reports (verified when accepted)."""
     count = 0
     for entry in iter_entries(ledger.path):
         if entry.payload_type != dsse.REPORT_TYPE:
             continue
-        env = dsse.open_envelope(entry.data)
         try:
+            env = dsse.open_envelope(entry.data, max_bytes=max(max_envelope_bytes, len(entry.data)))
             report = dsse.parse_message(telemetry_pb2.NodeReport, env.payload)
-        except DecodeError:
+        except VerificationError:
             log.exception("ledger entry %d does not parse; skipped in aggregates", entry.index)
             continue
         aggregator.ingest(report, entry.index, entry.received_unix_nanos / 1e9)
@@ -152,25 +161,32 @@ async def create_server(
     *,
     metrics_registry: CollectorRegistry | None = None,
 ) -> tuple[Collector, int]:
-    """Build, bind and start a collector. Raises ConfigError on bad config."""
+    """Build, bind and start a collector. Raises ConfigError on bad config;
+    whatever was opened before a failure is closed again."""
+    async with contextlib.AsyncExitStack() as cleanup:
+        collector = await _build(config, metrics_registry or CollectorRegistry(), cleanup)
+        cleanup.pop_all()  # started: the Collector owns it all now
+    return collector, collector.port
+
+
+async def _build(
+    config: CollectorConfig, metrics_registry: CollectorRegistry, cleanup: contextlib.AsyncExitStack
+) -> Collector:
     key = load_private_key(config.key)
     ledger = Ledger(config.ledger)
-    try:
-        merkle = MerkleLog(ledger.connection)
-    except BaseException:
-        await ledger.close()
-        raise
+    cleanup.push_async_callback(ledger.close)
+    merkle = MerkleLog(ledger.connection)
+    cleanup.callback(merkle.close)
     ledger.attach_tree(merkle)
     registry = Registry(config.ledger)
     aggregator = Aggregator(silent_after_intervals=config.silent_after_intervals)
     for node_id in registry.node_ids():
         aggregator.enroll(node_id)
-    replayed = replay(ledger, aggregator)
-    pool = (
-        ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
-        if config.verify_threads
-        else None
-    )
+    replayed = replay(ledger, aggregator, max_envelope_bytes=config.max_envelope_bytes)
+    pool = None
+    if config.verify_threads:
+        pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
+        cleanup.callback(pool.shutdown, wait=False)
     ingestor = Ingestor(
         registry,
         ledger,
@@ -179,23 +195,8 @@ async def create_server(
         verify_pool=pool,
     )
     sessions = Sessions()
-    limit = config.max_envelope_bytes * _GRPC_HEADROOM
-    metrics_registry = metrics_registry or CollectorRegistry()
-    interceptors = []
-    if config.require_auth:
-        policy = AuthPolicy.from_files(config.auditor_keys, config.authority_keys)
-        interceptors.append(AuthInterceptor(policy, registry=metrics_registry))
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ],
-    )
+    server = _grpc_server(config, metrics_registry)
+    cleanup.push_async_callback(server.stop, 0)
     bind_hooks: list[Callable[[Session], None]] = []
 
     def on_bind(session: Session) -> None:
@@ -213,15 +214,7 @@ async def create_server(
     )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = (
-        telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name,
-        status_pb2.DESCRIPTOR.services_by_name["Status"].full_name,
-        control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
-        audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
-        health.SERVICE_NAME,
-        reflection.SERVICE_NAME,
-    )
-    reflection.enable_server_reflection(services, server)
+    reflection.enable_server_reflection(SERVICES, server)
     try:
         port = server.add_insecure_port(config.listen)
     except RuntimeError as exc:
@@ -245,27 +238,19 @@ async def create_server(
         bind_hooks=bind_hooks,
         merkle=merkle,
     )
-    try:
-        collector.stop_protocol = await install_stop_protocol(collector, server)
-        collector.audit = await start_audit(
-            server,
-            config.ledger,
-            merkle,
-            key,
-            config.log_origin,
-            checkpoint_interval_seconds=config.checkpoint_interval_seconds,
-            registry=metrics_registry,
-        )
-    except BaseException:
-        if collector.audit is not None:
-            await collector.audit.close()
-        await ledger.close()
-        merkle.close()
-        if pool is not None:
-            pool.shutdown(wait=False)
-        raise
+    collector.stop_protocol = await install_stop_protocol(collector, server)
+    collector.audit = await start_audit(
+        server,
+        config.ledger,
+        merkle,
+        key,
+        config.log_origin,
+        checkpoint_interval_seconds=config.checkpoint_interval_seconds,
+        registry=metrics_registry,
+    )
+    cleanup.push_async_callback(collector.audit.close)
     await server.start()
-    for name in ("", *services[:2]):
+    for name in ("", *SERVICES[:2]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_port:
         from prometheus_client import start_http_server
@@ -281,4 +266,25 @@ async def create_server(
         ledger.size,
         replayed,
     )
-    return collector, port
+    return collector
+
+
+def _grpc_server(config: CollectorConfig, metrics_registry: CollectorRegistry) -> grpc.aio.Server:
+    limit = config.max_envelope_bytes * _GRPC_HEADROOM
+    interceptors = []
+    if config.require_auth:
+        policy = AuthPolicy.from_files(config.auditor_keys, config.authority_keys)
+        interceptors.append(AuthInterceptor(policy, registry=metrics_registry))
+    return grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # A second collector on the same port must fail, not share it.
+            ("grpc.so_reuseport", 0),
+        ],
+    )

@@ -190,7 +190,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                 self._ingestor.reject(exc, session.peer)
                 session.send(
                     telemetry_pb2.CollectorMessage(
-                        reject=telemetry_pb2.Reject(reason=exc.reason, message=str(exc)[:512])
+                        reject=telemetry_pb2.Reject(
+                            sequence=exc.sequence, reason=exc.reason, message=str(exc)[:512]
+                        )
                     )
                 )
                 continue

@@ -11,6 +11,7 @@ guessed and it is reported separately.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -122,6 +123,11 @@ def _norm(name: str) -> str:
 _BY_NAME: dict[str, DeviceSpec] = {_norm(n): d for d in DEVICES for n in d.names}
 
 
+@functools.lru_cache(maxsize=256)
 def lookup(product_name: str) -> DeviceSpec | None:
-    """The spec for an NVML product name, or None when the model is unknown."""
+    """The spec for an NVML product name, or None when the model is unknown.
+
+    Cached: the collector asks for every GPU of every report, and a fleet has
+    a handful of product names (the cache is bounded against junk names).
+    """
     return _BY_NAME.get(_norm(product_name))

@@ -32,6 +32,9 @@ class VerificationError(Error):
     """Base for everything that makes a signed object untrustworthy."""
 
     reason = "verification"
+    # The refused report's sequence, once its signature verified (0: unknown),
+    # so the sender can tell which of its reports was refused.
+    sequence = 0
 
 
 class DecodeError(VerificationError):

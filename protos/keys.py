@@ -114,6 +114,8 @@ def write_private_key(key: PrivateKey, path: Path, *, overwrite: bool = False) -
         fd = os.open(path, flags, 0o600)
     except FileExistsError as exc:
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key") from exc
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot write private key ({exc.strerror})") from exc
     with os.fdopen(fd, "wb") as fh:
         os.fchmod(fh.fileno(), 0o600)
         fh.write(key.pem())

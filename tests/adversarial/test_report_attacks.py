@@ -110,6 +110,8 @@ def from_the_future(a: Node, b: Node) -> bytes:
     return a.seal(a.report([gpu(0)], sample_ns=2**62), advance=False)
 
 
+SIGNED_REFUSALS = {"gap", "broken_chain", "equivocation", "rollback", "wrong_key", "invalid_report"}
+
 CASES: list[tuple[str, Callable[[Node, Node], bytes], str]] = [
     ("forged signature", forged_signature, "bad_signature"),
     ("tampered payload", tampered_payload, "bad_signature"),
@@ -157,6 +159,12 @@ def test_bad_report_is_rejected_with_reason_metric_log_and_no_write(
                 msg = await client.receive()
             assert msg.HasField("reject"), msg
             assert msg.reject.reason == reason, msg.reject.message
+            # A refused report whose signature verified names its sequence, so the
+            # agent can drop it; an unverified one names none.
+            if reason in SIGNED_REFUSALS and name != "sequence zero":
+                assert msg.reject.sequence > 0
+            else:
+                assert msg.reject.sequence == 0
             assert service.ingestor.stats.rejected == {reason: 1}
             assert service.ledger.size == size
             metrics = generate_latest(service.metrics_registry).decode()

@@ -236,11 +236,6 @@ def test_a_rejected_report_is_counted_by_reason(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collector/telemetry_service.py does not fill Reject.sequence yet, so the"
-    " agent cannot tell which report to drop",
-)
 def test_a_rejected_report_is_dropped_from_the_spool(tmp_path: Path) -> None:
     config = collector_config(tmp_path)
     (node,) = enroll_nodes(config.ledger, ["node-a"])

@@ -148,3 +148,22 @@ def test_a_replaced_key_stops_being_trusted_without_a_miss(tmp_path: Path) -> No
     node = reg.by_keyid(new.keyid)
     assert node is not None
     assert node.node_id == "a"
+
+
+def test_entries_queued_behind_a_failed_write_are_refused_too(tmp_path: Path) -> None:
+    """A report queued after a failed one may chain onto it: it must not commit."""
+    path = tmp_path / "l.db"
+
+    async def scenario() -> None:
+        ledger = Ledger(path, max_batch=1)
+        await ledger.append(Entry(b"a", "t", "n", "k", 1, b"\x01" * 32))
+        bad = ledger.append(Entry(b"b", "t", "n", "k", 1, b"\x02" * 32))  # duplicate link
+        behind = ledger.append(Entry(b"c", "t", "n", "k", 2, b"\x03" * 32))
+        results = await asyncio.gather(bad, behind, return_exceptions=True)
+        assert all(isinstance(r, Exception) for r in results), results
+        assert ledger.size == 1
+        # The ledger keeps working afterwards.
+        assert await ledger.append(Entry(b"d", "t", "n", "k", 2, b"\x04" * 32)) == 1
+        await ledger.close()
+
+    asyncio.run(scenario())
