@@ -247,6 +247,9 @@ async def _serve_collector(config: CollectorConfig, conn: Connection) -> None:
     from collector.server import create_server
 
     service, port = await create_server(config)
+    from collector.runtime import tune_gc
+
+    tune_gc()  # as `computewatch collector serve` does
     conn.send(("ready", port))
     loop = asyncio.get_running_loop()
     while True:

@@ -98,10 +98,12 @@ def serve(config_file: Path | None, **flags: object) -> None:
 
 async def _serve(config: object) -> None:
     from collector.config import CollectorConfig
+    from collector.runtime import tune_gc
     from collector.server import create_server
 
     assert isinstance(config, CollectorConfig)
     service, _ = await create_server(config)
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
