@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from collector.audit_service import AuditLimits
 from collector.audit_wiring import AuditHandle, auth_interceptor, start_audit
+from collector.ledger import SCHEMA as LEDGER_SCHEMA
 from collector.merkle_log import MerkleLog
 from computewatch.audit.trust import Trust
 from protos import dsse
@@ -31,18 +32,6 @@ from protos.keys import PrivateKey, write_private_key, write_public_key
 ORIGIN = "computewatch.test/log"
 ZERO = bytes(32)
 
-LOG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS log (
-    idx INTEGER PRIMARY KEY,
-    data BLOB NOT NULL,
-    payload_type TEXT NOT NULL,
-    node_id TEXT,
-    keyid TEXT,
-    sequence INTEGER,
-    received_unix_nanos INTEGER NOT NULL
-)
-"""
-
 
 class LogWriter:
     """The ledger's side of the contract: rows and tree in one transaction."""
@@ -52,7 +41,7 @@ class LogWriter:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA busy_timeout=5000")
-        self.conn.execute(LOG_SCHEMA)
+        self.conn.executescript(LEDGER_SCHEMA)  # the real ledger's tables
         self.merkle = MerkleLog(self.conn)
 
     @property
