@@ -28,21 +28,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
+import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import grpc
 
-from bench import halt_hosts, halt_light, halt_setup
+from bench import halt_collector, halt_hosts, halt_light, halt_setup
 from bench.common import (
     BenchError,
     Watch,
@@ -54,7 +51,9 @@ from bench.common import (
     start_process,
     workdir,
 )
-from bench.halt_hosts import CollectorReport, HookTime, HostPlan, HostReport
+from bench.halt_collector import CollectorReport
+from bench.halt_figures import HaltResult, HaltRun, Hooks, figures
+from bench.halt_hosts import HostPlan, HostReport
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, control_pb2_grpc
 from protos.keys import load_private_key, write_public_key
@@ -62,133 +61,6 @@ from protos.keys import load_private_key, write_public_key
 TICKS = (1.0, 0.25, 0.1)
 _POLL_SECONDS = 0.25
 _SHM = Path("/dev/shm")
-
-
-@dataclass(frozen=True)
-class HaltRun:
-    # "agent": real Agent objects; "light": signed responders (bench.halt_light)
-    kind: str
-    agents: int
-    hosts: int
-    gpus_per_agent: int
-    interval_seconds: float
-    tick_seconds: float
-    receipts: int
-    # Milliseconds after the crossing report was received.
-    issue_ms: float
-    pushed_ms: float
-    arrival_min_ms: float
-    arrival_p50_ms: float
-    arrival_p99_ms: float
-    enforced_p50_ms: float
-    enforced_p99_ms: float
-    receipt_p50_ms: float
-    receipt_p99_ms: float
-    receipt_max_ms: float
-    receipt_min_ms: float
-    effective_ms: float
-    effective_after_last_receipt_ms: float
-    # Where the time goes (milliseconds).
-    tick_wait_ms: float
-    evaluation_ms: float
-    commit_ms: float
-    fanout_ms: float
-    handle_p50_ms: float
-    handle_p99_ms: float
-    report_p50_ms: float
-    report_p99_ms: float
-    upload_p50_ms: float
-    upload_p99_ms: float
-    agent_lag_max_ms: float
-    agent_cpu_percent: float
-    collector_cpu_percent_halt: float
-    # Steady state before the crossing: what the tick costs.
-    steady_seconds: float
-    steady_collector_cpu_percent: float
-    # Per tick hook: mean wall and CPU milliseconds per call, and its share
-    # of one core (CPU seconds per second).
-    steady_hook_ms: dict[str, float]
-    steady_hook_cpu_ms: dict[str, float]
-    steady_hook_cpu_percent: dict[str, float]
-    steady_ticks_per_second: float
-    # The collector's garbage collector over the steady window: share of
-    # wall time and full (generation 2) collections.
-    steady_gc_percent: float
-    steady_gc_full_collections: int
-    # Checks.
-    crossing_in_evidence: bool
-    measured_flops: float
-    threshold_flops: float
-    # Directives refused by agents, by reason (leases included), and refusal
-    # receipts for the HALT itself.
-    refused: dict[str, int]
-    halt_refusals: int
-    steps_failed: int
-    reconnects: int
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class HaltResult:
-    agents: int
-    hosts: int
-    interval_seconds: float
-    runs: list[HaltRun]
-
-    def summary(self) -> list[dict[str, float]]:
-        """Per tick setting: the median over runs of each headline figure."""
-        out = []
-        for tick in sorted({r.tick_seconds for r in self.runs}, reverse=True):
-            runs = [r for r in self.runs if r.tick_seconds == tick]
-
-            def med(name: str, runs: list[HaltRun] = runs) -> float:
-                return statistics.median(float(getattr(r, name)) for r in runs)
-
-            out.append(
-                {
-                    "tick_seconds": tick,
-                    "runs": float(len(runs)),
-                    "issue_ms": med("issue_ms"),
-                    "receipt_p50_ms": med("receipt_p50_ms"),
-                    "receipt_p99_ms": med("receipt_p99_ms"),
-                    "receipt_max_ms": med("receipt_max_ms"),
-                    "receipt_p99_ms_worst": max(r.receipt_p99_ms for r in runs),
-                    "effective_ms": med("effective_ms"),
-                    "steady_collector_cpu_percent": med("steady_collector_cpu_percent"),
-                    "rules_ms_per_tick": statistics.median(
-                        r.steady_hook_ms.get("rules", math.nan) for r in runs
-                    ),
-                    "rules_cpu_ms_per_tick": statistics.median(
-                        r.steady_hook_cpu_ms.get("rules", math.nan) for r in runs
-                    ),
-                    "rules_cpu_percent": statistics.median(
-                        r.steady_hook_cpu_percent.get("rules", math.nan) for r in runs
-                    ),
-                }
-            )
-        return out
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "agents": self.agents,
-            "hosts": self.hosts,
-            "interval_seconds": self.interval_seconds,
-            "by_tick": self.summary(),
-            "runs": [r.to_dict() for r in self.runs],
-        }
-
-
-def _pct(values: Sequence[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _ms(ns: float) -> float:
-    return ns / 1e6
 
 
 class _Fleet:
@@ -210,31 +82,6 @@ class _Fleet:
         for proc, conn in [*self.hosts, *([self.collector] if self.collector else [])]:
             conn.close()
             finish(proc)
-
-
-@dataclass(frozen=True)
-class _Hooks:
-    """Tick hook costs between two collector reports."""
-
-    wall_ms: dict[str, float]
-    cpu_ms: dict[str, float]
-    cpu_seconds: dict[str, float]
-    calls: int
-
-    @classmethod
-    def between(cls, before: dict[str, HookTime], after: dict[str, HookTime]) -> _Hooks:
-        wall: dict[str, float] = {}
-        cpu: dict[str, float] = {}
-        total: dict[str, float] = {}
-        calls = 0
-        for name, a in after.items():
-            b = before.get(name, HookTime())
-            n = a.calls - b.calls
-            calls = max(calls, n)
-            total[name] = a.cpu_seconds - b.cpu_seconds
-            wall[name] = 1e3 * (a.wall_seconds - b.wall_seconds) / n if n else math.nan
-            cpu[name] = 1e3 * total[name] / n if n else math.nan
-        return cls(wall, cpu, total, calls)
 
 
 def _wait_effective(address: str, deadline: float) -> int:
@@ -273,6 +120,7 @@ def run_once(
     if tick <= 0 or interval <= 0 or steady <= 0:
         raise BenchError("tick, interval and steady seconds must be positive")
     limit = timeout if timeout is not None else 120.0 + 0.1 * agents
+    load_before = os.getloadavg()[0]
     if agent_base is None and _SHM.is_dir() and os.access(_SHM, os.W_OK):
         agent_base = _SHM  # agents' spools in memory: see bench/README.md
     with tempfile.TemporaryDirectory(prefix="cw-bench-halt-", dir=agent_base) as tmp:
@@ -312,6 +160,7 @@ def run_once(
                     limit=limit,
                     profile=profile,
                     light=light,
+                    load_before=load_before,
                 )
             finally:
                 fleet.close()
@@ -334,11 +183,12 @@ def _run(
     limit: float,
     profile: Path | None,
     light: bool,
+    load_before: float,
 ) -> HaltRun:
     n = len(wd.node_ids)
     trigger = wd.node_ids[-1]
     proc, conn = start_process(
-        halt_hosts.collector_main,
+        halt_collector.collector_main,
         (wd.config, None if profile is None else profile / "collector.prof"),
         "cw-bench-halt-collector",
     )
@@ -360,6 +210,7 @@ def _run(
             seeds=wd.seeds[lo:hi],
             phases=[interval * i / n for i in range(lo, hi)],
             trigger=trigger if lo <= n - 1 < hi else None,
+            gpus=gpus,
             root=root / f"host{h}",
             interval=interval,
             start=start,
@@ -385,7 +236,7 @@ def _run(
     time.sleep(steady)
     steady_usage = watch.stop()
     s1 = fleet.ask_collector("stats", limit)
-    steady_hooks = _Hooks.between(s0.hooks, s1.hooks)
+    steady_hooks = Hooks.between(s0.hooks, s1.hooks)
 
     # The crossing.
     for h, (_, hconn) in enumerate(fleet.hosts):
@@ -411,7 +262,13 @@ def _run(
     timeline = halt_setup.read_timeline(wd.config.ledger, trigger, go_ns)
     if timeline is None:
         raise BenchError(f"no HALT (or no crossing report) in the ledger within {limit:.0f} s")
-    return _figures(
+    if len(timeline.receipts) < n:
+        missing = sorted(set(wd.node_ids) - set(timeline.receipts))
+        raise BenchError(
+            f"{len(timeline.receipts)} of {n} receipts logged within {limit:.0f} s"
+            f" (missing: {missing[:5]}; refusals: {timeline.refusals})"
+        )
+    return figures(
         timeline,
         reports,
         final,
@@ -426,91 +283,10 @@ def _run(
         steady=(steady_usage.wall_seconds, steady_usage.cpu_percent, steady_hooks),
         steady_gc=(s1.gc_seconds - s0.gc_seconds, s1.gc_collections[2] - s0.gc_collections[2]),
         halt_cpu=halt_usage.cpu_percent,
-    )
-
-
-def _figures(
-    t: halt_setup.Timeline,
-    reports: list[HostReport],
-    collector: CollectorReport,
-    effective_ns: int,
-    limit_flops: float,
-    *,
-    kind: str,
-    hosts: int,
-    gpus: int,
-    interval: float,
-    tick: float,
-    agents: int,
-    steady: tuple[float, float, _Hooks],
-    steady_gc: tuple[float, int],
-    halt_cpu: float,
-) -> HaltRun:
-    t0 = t.crossing_received_ns
-    d = t.directive
-    receipts = list(t.receipts.values())
-    arrivals = {k: v for r in reports for k, v in r.arrivals.items() if v.directive_id == d.id}
-    committed, pushed = collector.pushes.get(d.id, (0, 0))
-    evaluations = [s for s in collector.issuing_ticks if s[1] >= d.issued_unix_nanos]
-    eval_start, eval_end = evaluations[0] if evaluations else (0, 0)
-    after = [_ms(r.received_ns - t0) for r in receipts]
-    cpu = sum(r.cpu_seconds for r in reports)
-    wall = max((r.wall_seconds for r in reports), default=0.0)
-    steady_wall, steady_cpu, hooks = steady
-    nan = math.nan
-    return HaltRun(
-        kind=kind,
-        agents=agents,
-        hosts=hosts,
-        gpus_per_agent=gpus,
-        interval_seconds=interval,
-        tick_seconds=tick,
-        receipts=len(receipts),
-        issue_ms=_ms(d.issued_unix_nanos - t0),
-        pushed_ms=_ms(pushed - t0) if pushed else nan,
-        arrival_min_ms=min((_ms(a.arrived_ns - t0) for a in arrivals.values()), default=nan),
-        arrival_p50_ms=_pct([_ms(a.arrived_ns - t0) for a in arrivals.values()], 0.5),
-        arrival_p99_ms=_pct([_ms(a.arrived_ns - t0) for a in arrivals.values()], 0.99),
-        enforced_p50_ms=_pct([_ms(r.enforced_ns - t0) for r in receipts], 0.5),
-        enforced_p99_ms=_pct([_ms(r.enforced_ns - t0) for r in receipts], 0.99),
-        receipt_p50_ms=_pct(after, 0.5),
-        receipt_p99_ms=_pct(after, 0.99),
-        receipt_max_ms=max(after, default=nan),
-        receipt_min_ms=min(after, default=nan),
-        effective_ms=_ms(effective_ns - t0) if effective_ns else nan,
-        effective_after_last_receipt_ms=(
-            _ms(effective_ns - t0) - max(after) if effective_ns and after else nan
-        ),
-        tick_wait_ms=_ms(eval_start - t0) if eval_start else nan,
-        evaluation_ms=_ms(eval_end - eval_start) if eval_start else nan,
-        commit_ms=_ms(committed - d.issued_unix_nanos) if committed else nan,
-        fanout_ms=_ms(pushed - committed) if pushed else nan,
-        handle_p50_ms=_pct([_ms(a.handled_ns - a.arrived_ns) for a in arrivals.values()], 0.5),
-        handle_p99_ms=_pct([_ms(a.handled_ns - a.arrived_ns) for a in arrivals.values()], 0.99),
-        report_p50_ms=_pct([_ms(r.sampled_ns - r.enforced_ns) for r in receipts], 0.5),
-        report_p99_ms=_pct([_ms(r.sampled_ns - r.enforced_ns) for r in receipts], 0.99),
-        upload_p50_ms=_pct([_ms(r.received_ns - r.sampled_ns) for r in receipts], 0.5),
-        upload_p99_ms=_pct([_ms(r.received_ns - r.sampled_ns) for r in receipts], 0.99),
-        agent_lag_max_ms=1e3 * max((r.lag_max_seconds for r in reports), default=nan),
-        agent_cpu_percent=100.0 * cpu / wall if wall else nan,
-        collector_cpu_percent_halt=halt_cpu,
-        steady_seconds=steady_wall,
-        steady_collector_cpu_percent=steady_cpu,
-        steady_hook_ms=hooks.wall_ms,
-        steady_hook_cpu_ms=hooks.cpu_ms,
-        steady_hook_cpu_percent={
-            k: 100.0 * v / steady_wall if steady_wall else nan for k, v in hooks.cpu_seconds.items()
-        },
-        steady_ticks_per_second=hooks.calls / steady_wall if steady_wall else nan,
-        steady_gc_percent=100.0 * steady_gc[0] / steady_wall if steady_wall else nan,
-        steady_gc_full_collections=steady_gc[1],
-        crossing_in_evidence=t.crossing_index in d.evidence.log_indices,
-        measured_flops=d.evidence.measured_value,
-        threshold_flops=limit_flops,
-        refused=dict(sum((Counter(r.refused) for r in reports), Counter())),
-        halt_refusals=t.refusals,
-        steps_failed=sum(r.steps_failed for r in reports),
-        reconnects=sum(r.reconnects for r in reports),
+        load_average_1m=load_before,
+        note=""
+        if timeline.crossing_index in timeline.directive.evidence.log_indices
+        else halt_setup.short_nodes(wd.config.ledger, timeline.crossing_index, within=tick),
     )
 
 
@@ -522,19 +298,36 @@ def run(
     hosts: int = 3,
     interval: float = 5.0,
     steady: float = 10.0,
+    light: bool = False,
     timeout: float | None = None,
     base: Path | None = None,
+    agent_base: Path | None = None,
 ) -> HaltResult:
-    """``runs`` fresh fleets at each tick setting."""
+    """``runs`` fresh fleets at each tick setting (progress on stderr)."""
     if runs < 1 or not ticks:
         raise BenchError("at least 1 run and one tick setting are required")
-    done = [
-        run_once(
-            agents, tick, hosts=hosts, interval=interval, steady=steady, timeout=timeout, base=base
-        )
-        for tick in ticks
-        for _ in range(runs)
-    ]
+    done = []
+    for tick in ticks:
+        for i in range(runs):
+            print(
+                f"  halt: {agents} {'light responders' if light else 'agents'},"
+                f" tick {tick:g} s, run {i + 1}/{runs}",
+                file=sys.stderr,
+                flush=True,
+            )
+            done.append(
+                run_once(
+                    agents,
+                    tick,
+                    hosts=hosts,
+                    interval=interval,
+                    steady=steady,
+                    light=light,
+                    timeout=timeout,
+                    base=base,
+                    agent_base=agent_base,
+                )
+            )
     return HaltResult(agents, hosts, interval, done)
 
 
@@ -546,16 +339,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hosts", type=int, default=3, help="agent host processes")
     p.add_argument("--interval", type=float, default=5.0, help="agent report interval, s")
     p.add_argument("--steady", type=float, default=10.0, help="steady window before the crossing")
+    p.add_argument("--light", action="store_true", help="light responders instead of agents")
+    p.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
-    result = run(
-        args.agents,
-        ticks=args.ticks,
-        runs=args.runs,
-        hosts=args.hosts,
-        interval=args.interval,
-        steady=args.steady,
-    )
-    print(json.dumps({"machine": machine(), "halt": result.to_dict()}, indent=2))
+    try:
+        result = run(
+            args.agents,
+            ticks=args.ticks,
+            runs=args.runs,
+            hosts=args.hosts,
+            interval=args.interval,
+            steady=args.steady,
+            light=args.light,
+        )
+    except BenchError as exc:
+        raise SystemExit(f"bench: {exc}") from exc
+    text = json.dumps({"machine": machine(), "halt": result.to_dict()}, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ _CONNECT_CONCURRENCY = 100
 class _Responder:
     """One node: a report chain, a stream, and a receipt for the first HALT."""
 
-    def __init__(self, node_id: str, key: PrivateKey, *, interval: float, trigger: bool) -> None:
+    def __init__(
+        self, node_id: str, key: PrivateKey, *, gpus: int, interval: float, trigger: bool
+    ) -> None:
         self.node_id = node_id
         self.key = key
         self.sequence = 0
@@ -49,7 +51,7 @@ class _Responder:
             interval_seconds=interval,
             agent_version="bench-light",
             nvml_status=telemetry_pb2.NVML_STATUS_OK,
-            gpus=gpu_samples(8, node_id=node_id, job="100000"),
+            gpus=gpu_samples(gpus, node_id=node_id, job="100000"),
         )
         self.report.enforcement.fail_mode = "open"
         self.report.enforcement.lease_valid = True
@@ -142,7 +144,9 @@ async def _host(plan: HostPlan, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
     collector = load_public_key(plan.collector_pub)
     nodes = [
-        _Responder(n, key_from_seed(s), interval=plan.interval, trigger=n == plan.trigger)
+        _Responder(
+            n, key_from_seed(s), gpus=plan.gpus, interval=plan.interval, trigger=n == plan.trigger
+        )
         for n, s in zip(plan.node_ids, plan.seeds, strict=True)
     ]
     channels = [grpc.aio.insecure_channel(plan.address, options=_OPTIONS) for _ in nodes]

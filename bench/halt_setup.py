@@ -177,6 +177,43 @@ def read_timeline(ledger: Path, trigger: str, after_ns: int) -> Timeline | None:
     return Timeline(crossing[0], crossing[1], d, index, logged, receipts, refusals)
 
 
+def short_nodes(
+    ledger: Path, crossing_index: int, *, within: float, silent_after: float = 3.0
+) -> str:
+    """Why the crossing report did not cross: the nodes that, as the collector
+    saw them up to ``within`` seconds (a tick) after it logged that report,
+    were silent or held fewer GPUs than the rest (empty when every node
+    counted in full)."""
+    # node -> (received ns, interval, GPUs held, NVML status) of its last report
+    last: dict[str, tuple[int, float, int, int]] = {}
+    at_ns = 0
+    for entry in iter_entries(ledger):
+        if entry.index > crossing_index:
+            break
+        if entry.payload_type != dsse.REPORT_TYPE or entry.node_id is None:
+            continue
+        report = dsse.parse_message(
+            telemetry_pb2.NodeReport, dsse.open_envelope(entry.data).payload
+        )
+        held = sum(1 for g in report.gpus if g.processes and g.processes_known)
+        last[entry.node_id] = (
+            entry.received_unix_nanos,
+            report.interval_seconds,
+            held,
+            report.nvml_status,
+        )
+        at_ns = entry.received_unix_nanos
+    most = max((v[2] for v in last.values()), default=0)
+    notes = []
+    for node, (received, interval, held, status) in sorted(last.items()):
+        age = (at_ns - received) / 1e9 + within
+        if age > silent_after * interval:
+            notes.append(f"{node} silent ({age:.1f} s > {silent_after:g} x {interval:.2f} s)")
+        elif held < most:
+            notes.append(f"{node} {held} of {most} GPUs held (NVML status {status})")
+    return "; ".join(notes[:10]) + (f"; ... {len(notes)} in all" if len(notes) > 10 else "")
+
+
 def _receipts_for(
     receipts: Iterable[telemetry_pb2.EnforcementReceipt], directive_id: str
 ) -> list[telemetry_pb2.EnforcementReceipt]:

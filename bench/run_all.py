@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import bench_agent, bench_fleet, bench_ingest
+from bench import bench_agent, bench_fleet, bench_halt, bench_ingest
 from bench.common import BenchError, machine
 from computewatch.render import table
 
@@ -33,6 +33,10 @@ class Sizes:
     fleet_seconds: float = 30.0
     fleet_warmup: float = 5.0
     agent_samples: int = 500
+    halt_agents: int = 1000
+    halt_ticks: tuple[float, ...] = bench_halt.TICKS
+    halt_runs: int = 3
+    halt_steady: float = 10.0
 
 
 FULL = Sizes()
@@ -43,6 +47,10 @@ QUICK = Sizes(
     fleet_seconds=5.0,
     fleet_warmup=2.0,
     agent_samples=100,
+    halt_agents=100,
+    halt_ticks=(0.25,),
+    halt_runs=1,
+    halt_steady=2.0,
 )
 
 
@@ -58,16 +66,21 @@ def _agent(s: Sizes) -> dict[str, object]:
     return bench_agent.run(s.agent_samples).to_dict()
 
 
-# name -> runner; run in this order. Issue 3 adds "halt" here: halt latency
-# (directive issued -> every one of 1,000 agents' receipts logged), from a
-# ``bench/bench_halt.py`` with ``run(...) -> result`` like the others, and a
-# row in ``rows()``. Until then ``rows()`` shows it as not measured.
+def _halt(s: Sizes) -> dict[str, object]:
+    return bench_halt.run(
+        s.halt_agents, ticks=s.halt_ticks, runs=s.halt_runs, steady=s.halt_steady
+    ).to_dict()
+
+
+# name -> runner; run in this order.
 BENCHMARKS: dict[str, Callable[[Sizes], dict[str, object]]] = {
     "ingest": _ingest,
     "fleet": _fleet,
     "agent": _agent,
+    "halt": _halt,
 }
-PLANNED = ("halt",)
+# Benchmarks an issue still has to add (shown as not measured).
+PLANNED: tuple[str, ...] = ()
 
 
 def _f(value: object, fmt: str = "{:,.0f}") -> str:
@@ -132,7 +145,34 @@ def rows(results: dict[str, dict[str, object]]) -> list[list[str]]:
                 f" {_f(r['seal_cpu_ms_per_sample'], '{:.2f}')} ms",
             ]
         )
+    if (r := results.get("halt")) is not None:
+        out += _halt_rows(r)
     out += [[f"{name}: (issue 3)", "not measured yet", ""] for name in PLANNED]
+    return out
+
+
+def _halt_rows(r: dict[str, object]) -> list[list[str]]:
+    """Per tick setting: receipt latency and what the rules tick costs (medians over runs)."""
+    out: list[list[str]] = []
+    by_tick = r["by_tick"]
+    assert isinstance(by_tick, list)
+    for t in by_tick:
+        tick = f"tick {t['tick_seconds']:g} s"
+        out += [
+            [
+                f"halt: last receipt p99, {r['agents']} agents, {tick}",
+                f"{_f(t['receipt_p99_ms'])} ms",
+                f"p50 {_f(t['receipt_p50_ms'])} ms; issued {_f(t['issue_ms'])} ms and"
+                f" effective {_f(t['effective_ms'])} ms after the crossing;"
+                f" median of {_f(t['runs'])}",
+            ],
+            [
+                f"halt: rules evaluation, {tick}",
+                f"{_f(t['rules_cpu_ms_per_tick'], '{:.1f}')} ms CPU",
+                f"{_f(t['rules_cpu_percent'], '{:.1f}')} % of a core; collector"
+                f" {_f(t['steady_collector_cpu_percent'])} % before the crossing",
+            ],
+        ]
     return out
 
 

@@ -1,4 +1,4 @@
-"""``computewatch bench [ingest|fleet|agent|all]``: the benchmarks in ``bench/``.
+"""``computewatch bench [ingest|fleet|agent|halt|all]``: the benchmarks in ``bench/``.
 
 Thin: picks sizes, calls ``bench.run_all``, prints its table and, with
 ``--out``, writes the results as JSON. What each benchmark measures is in
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import click
 
-_CHOICES = ("ingest", "fleet", "agent", "all")
+_CHOICES = ("ingest", "fleet", "agent", "halt", "all")
 
 
 @click.command()
 @click.argument("which", type=click.Choice(_CHOICES), default="all")
 @click.option("--quick", is_flag=True, help="Small sizes: about a minute for all of them.")
-@click.option("--agents", type=click.IntRange(min=1), help="Agents (ingest and fleet).")
+@click.option("--agents", type=click.IntRange(min=1), help="Agents (ingest, fleet and halt).")
 @click.option(
     "--reports", type=click.IntRange(min=1), help="Reports per agent (ingest), default 250."
 )
@@ -29,6 +29,9 @@ _CHOICES = ("ingest", "fleet", "agent", "all")
     help="Measured seconds (fleet), default 30.",
 )
 @click.option("--samples", type=click.IntRange(min=1), help="Samples (agent), default 500.")
+@click.option(
+    "--runs", type=click.IntRange(min=1), help="Fresh fleets per tick setting (halt), default 3."
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
@@ -41,21 +44,24 @@ def bench(
     reports: int | None,
     seconds: float | None,
     samples: int | None,
+    runs: int | None,
     out: Path | None,
 ) -> None:
-    """Measure ingest throughput, fleet cost and agent cost on this machine."""
+    """Measure ingest throughput, fleet cost, agent cost and halt latency on this machine."""
     from bench.common import BenchError
     from bench.run_all import FULL, QUICK, render, run
 
     sizes = QUICK if quick else FULL
     if agents is not None:
-        sizes = replace(sizes, ingest_agents=agents, fleet_agents=agents)
+        sizes = replace(sizes, ingest_agents=agents, fleet_agents=agents, halt_agents=agents)
     if reports is not None:
         sizes = replace(sizes, ingest_reports=reports)
     if seconds is not None:
         sizes = replace(sizes, fleet_seconds=seconds)
     if samples is not None:
         sizes = replace(sizes, agent_samples=samples)
+    if runs is not None:
+        sizes = replace(sizes, halt_runs=runs)
     try:
         doc = run([] if which == "all" else [which], sizes)
     except BenchError as exc:
