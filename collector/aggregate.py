@@ -51,6 +51,10 @@ class NodeState:
     last_index: int = -1
     last_sequence: int = 0
     interval: float = 1.0
+    # Intervals of the last few reports: silence is judged on the longest, so
+    # an out-of-cycle report (an enforcement receipt, a few ms after the last
+    # one) does not make a node look silent before its next regular report.
+    recent_intervals: deque[float] = field(default_factory=lambda: deque(maxlen=8))
     gpus: list[GpuFigures] = field(default_factory=list)
     enforcement: telemetry_pb2.EnforcementState = field(
         default_factory=telemetry_pb2.EnforcementState
@@ -129,10 +133,13 @@ class Aggregator:
         lookup: Callable[[str], devices.DeviceSpec | None] = devices.lookup,
         silent_after_intervals: float = 3.0,
         max_interval_seconds: float = 60.0,
+        expected_interval_seconds: float = 0.0,
     ) -> None:
         self._lookup = lookup
         self._silent_after = silent_after_intervals
         self._max_interval = max_interval_seconds
+        # The collector's configured agent interval: a floor for the silence clock.
+        self._expected_interval = expected_interval_seconds
         self.nodes: dict[str, NodeState] = {}
         self.jobs: dict[str, JobState] = {}
 
@@ -150,6 +157,7 @@ class Aggregator:
         node.last_index = log_index
         node.last_sequence = report.sequence
         node.interval = interval or node.interval
+        node.recent_intervals.append(node.interval)
         node.enforcement = report.enforcement
         node.nvml_status = report.nvml_status
         node.reports += 1
@@ -195,7 +203,10 @@ class Aggregator:
         job.evidence.append(index)
 
     def is_silent(self, node: NodeState, now: float) -> bool:
-        return node.reports > 0 and now - node.last_received > self._silent_after * node.interval
+        if not node.reports:
+            return False
+        interval = max(self._expected_interval, *node.recent_intervals, node.interval)
+        return now - node.last_received > self._silent_after * interval
 
     def live_nodes(self, now: float) -> list[NodeState]:
         return [n for n in list(self.nodes.values()) if n.reports and not self.is_silent(n, now)]

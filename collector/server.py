@@ -179,7 +179,10 @@ async def _build(
     cleanup.callback(merkle.close)
     ledger.attach_tree(merkle)
     registry = Registry(config.ledger)
-    aggregator = Aggregator(silent_after_intervals=config.silent_after_intervals)
+    aggregator = Aggregator(
+        silent_after_intervals=config.silent_after_intervals,
+        expected_interval_seconds=config.interval_seconds,
+    )
     for node_id in registry.node_ids():
         aggregator.enroll(node_id)
     replayed = replay(ledger, aggregator, max_envelope_bytes=config.max_envelope_bytes)

@@ -119,3 +119,18 @@ def test_device_table_knows_the_required_models_and_guesses_nothing() -> None:
     assert devices.lookup("NVIDIA H100 80GB HBM3 ") is not None  # whitespace normalised
     assert devices.lookup("NVIDIA H1000") is None
     assert devices.lookup("") is None
+
+
+def test_an_out_of_cycle_report_does_not_make_a_node_look_silent() -> None:
+    agg = Aggregator(silent_after_intervals=3, expected_interval_seconds=1.0)
+    agg.ingest(report("n", [gpu(0)], interval=5.0, seq=1), 0, 100.0)
+    # An enforcement receipt 0.2 s later: a short interval.
+    agg.ingest(report("n", [gpu(0)], interval=0.2, seq=2), 1, 100.2)
+    node = agg.nodes["n"]
+    assert not agg.is_silent(node, 110.0)  # within 3 x the regular 5 s
+    assert agg.is_silent(node, 115.3)
+    # The configured interval is a floor for the silence clock.
+    quick = Aggregator(silent_after_intervals=3, expected_interval_seconds=1.0)
+    quick.ingest(report("q", [gpu(0)], interval=0.1, seq=1), 0, 100.0)
+    assert not quick.is_silent(quick.nodes["q"], 102.5)
+    assert quick.is_silent(quick.nodes["q"], 103.5)
