@@ -68,9 +68,14 @@ class NodeState:
 
 @dataclass
 class JobState:
+    """A job's figures. ``upper_bound``: some of its GPUs report no GPM tensor
+    activity now, so its achieved figure rests on ``utilization.gpu``."""
+
     job_id: str
     cumulative_flop: float = 0.0
-    upper_bound: bool = False
+    # Nodes whose last report measured this job with utilization.gpu (no GPM
+    # tensor activity): its current figures there are an upper bound.
+    upper_nodes: set[str] = field(default_factory=set)
     # node id -> (achieved FLOP/s, allocated FLOP/s, GPUs, GPUs of unknown model)
     # from that node's last report
     per_node: dict[str, tuple[float, float, int, int]] = field(default_factory=dict)
@@ -78,6 +83,10 @@ class JobState:
     model_id: str = ""
     evidence: deque[int] = field(default_factory=lambda: deque(maxlen=_EVIDENCE_PER_JOB))
     capability: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def upper_bound(self) -> bool:
+        return bool(self.upper_nodes)
 
 
 def gpu_figures(
@@ -181,10 +190,14 @@ class Aggregator:
             job = self._job(job_id)
             job.per_node[node.node_id] = (achieved, allocated, int(gpus), int(unknown))
             job.cumulative_flop += achieved * interval
-            job.upper_bound = job.upper_bound or job_id in upper
+            if job_id in upper:
+                job.upper_nodes.add(node.node_id)
+            else:
+                job.upper_nodes.discard(node.node_id)
             job.evidence.append(log_index)
         for gone in node.jobs - per_job.keys():
             self.jobs[gone].per_node.pop(node.node_id, None)
+            self.jobs[gone].upper_nodes.discard(node.node_id)
         node.jobs = set(per_job)
         for info in report.jobs:
             job = self._job(info.job_id)

@@ -134,3 +134,12 @@ def test_an_out_of_cycle_report_does_not_make_a_node_look_silent() -> None:
     quick.ingest(report("q", [gpu(0)], interval=0.1, seq=1), 0, 100.0)
     assert not quick.is_silent(quick.nodes["q"], 102.5)
     assert quick.is_silent(quick.nodes["q"], 103.5)
+
+
+def test_upper_bound_follows_the_current_measurement() -> None:
+    agg = Aggregator()
+    # GPM has no activity on the first sample (it needs two): utilization only.
+    agg.ingest(report("n", [gpu(0, util=90.0, job="j")], seq=1), 0, 10.0)
+    assert agg.jobs["j"].upper_bound
+    agg.ingest(report("n", [gpu(0, util=90.0, tensor=70.0, job="j")], seq=2), 1, 11.0)
+    assert not agg.jobs["j"].upper_bound
