@@ -99,7 +99,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._max = max_envelope_bytes
         self._skew_ns = int(max_skew_seconds * 1e9)
         self._clock_ns = clock_ns
-        self._halt_nonces: set[tuple[str, str]] = set()
+        # (authority key id, nonce) -> requested time of manual halts still inside
+        # the skew window; older ones are refused as stale, so they are dropped.
+        self._halt_nonces: dict[tuple[str, str], int] = {}
         self._evaluations: dict[tuple[str, str], int] = {}
         # (method, "accepted" | refusal reason) -> count
         self.stats: Counter[tuple[str, str]] = Counter()
@@ -158,6 +160,12 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self.stats[(method, "accepted")] += 1
         return response
 
+    def _forget_stale_nonces(self, now: int) -> None:
+        """Drop nonces of halts a replay would be refused for anyway (stale)."""
+        stale = [k for k, t in self._halt_nonces.items() if now - t > self._skew_ns]
+        for k in stale:
+            del self._halt_nonces[k]
+
     # -- manual halt -----------------------------------------------------------------
     async def _manual_halt(self, envelope: bytes) -> control_pb2.SubmitResponse:
         verified = dsse.verify(
@@ -176,16 +184,17 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 f"requested_unix_nanos is {abs(now - halt.requested_unix_nanos) / 1e9:.0f} s"
                 f" from the collector's clock (limit {self._skew_ns / 1e9:.0f} s)",
             )
+        self._forget_stale_nonces(now)
         if (keyid, halt.nonce) in self._halt_nonces:
             raise RefusedError(
                 grpc.StatusCode.ALREADY_EXISTS, "replay", "this manual halt was already received"
             )
         scope = self._resolver.requested(halt.scope)
-        self._halt_nonces.add((keyid, halt.nonce))
+        self._halt_nonces[(keyid, halt.nonce)] = halt.requested_unix_nanos
         try:
             index = await self._ledger.append(Entry(envelope, dsse.MANUAL_HALT_TYPE))
         except LogError:
-            self._halt_nonces.discard((keyid, halt.nonce))
+            self._halt_nonces.pop((keyid, halt.nonce), None)
             raise
         directive = await self._book.issue(
             control_pb2.ACTION_HALT,
@@ -366,7 +375,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     max_bytes=self._max,
                 )
                 halt = verified.parse(control_pb2.ManualHalt)
-                self._halt_nonces.add((verified.signer.keyid, halt.nonce))
+                self._halt_nonces[(verified.signer.keyid, halt.nonce)] = halt.requested_unix_nanos
+                self._forget_stale_nonces(self._clock_ns())
             elif entry.payload_type == dsse.APPROVAL_TYPE:
                 approval = verify_approval(entry.data, self._authorities, max_bytes=self._max)
                 record = self._book.get(approval.approval.directive_id)

@@ -107,7 +107,9 @@ class Ingestor:
         self.chains = ChainBook(
             {k: (h.last_sequence, h.last_digest) for k, h in heads.items()}, self._stored_digest
         )
-        self._in_flight: dict[tuple[str, int], asyncio.Future[int]] = {}
+        # (key id, sequence) -> (commit future, envelope bytes) of accepted
+        # reports not yet committed.
+        self._in_flight: dict[tuple[str, int], tuple[asyncio.Future[int], bytes]] = {}
         self.stats = IngestStats()
         self._reject_log = _RejectLog()
 
@@ -200,7 +202,7 @@ class Ingestor:
                 exc.reason,
                 node.node_id,
                 report.sequence,
-                self._ledger.report_bytes(keyid, report.sequence),
+                self._accepted_bytes(keyid, report.sequence),
                 data,
             )
             self._aggregator.note_chain_break(node.node_id)
@@ -220,7 +222,7 @@ class Ingestor:
             )
         )
         key = (keyid, report.sequence)
-        self._in_flight[key] = fut
+        self._in_flight[key] = (fut, data)
         fut.add_done_callback(functools.partial(self._committed, key, report, len(data), now_ns))
         return Accepted(node.node_id, report.sequence, fut)
 
@@ -241,11 +243,16 @@ class Ingestor:
         self.stats.bytes_accepted += size
         self._aggregator.ingest(report, fut.result(), received_ns / 1e9)
 
+    def _accepted_bytes(self, keyid: str, sequence: int) -> bytes | None:
+        """The accepted envelope for (key, sequence), committed or still in flight."""
+        pending = self._in_flight.get((keyid, sequence))
+        return pending[1] if pending is not None else self._ledger.report_bytes(keyid, sequence)
+
     def _duplicate(self, node_id: str, keyid: str, sequence: int) -> Accepted:
         self.stats.replayed += 1
         pending = self._in_flight.get((keyid, sequence))
         if pending is not None:
-            return Accepted(node_id, sequence, pending, duplicate=True)
+            return Accepted(node_id, sequence, pending[0], duplicate=True)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         fut.set_result(self._ledger.report_index(keyid, sequence))
         return Accepted(node_id, sequence, fut, duplicate=True)

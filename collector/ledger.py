@@ -157,6 +157,7 @@ class Ledger:
         self._read_lock = threading.Lock()
         # Small synchronous writes from the event loop (evidence), never the writer's.
         self._side = connect(path)
+        self._side_lock = threading.Lock()
         self._tree = tree
         self._max_batch = max_batch
         self._clock_ns = clock_ns
@@ -234,8 +235,9 @@ class Ledger:
         accepted: bytes | None,
         offending: bytes,
     ) -> None:
-        """Keep conflicting bytes (equivocation) as evidence; small, synchronous."""
-        with self._read_lock:
+        """Keep conflicting bytes (equivocation) as evidence; small, synchronous,
+        and on its own connection and lock, so readers do not wait for it."""
+        with self._side_lock:
             self._side.execute(
                 "INSERT INTO evidence(kind, node_id, sequence, accepted_data, offending_data,"
                 " detected_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
@@ -339,4 +341,5 @@ class Ledger:
         self._conn.close()
         with self._read_lock:  # a reader in another thread finishes first
             self._read.close()
+        with self._side_lock:
             self._side.close()

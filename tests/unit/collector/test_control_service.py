@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from collector.aggregate import Aggregator
-from collector.control_service import ControlServicer
+from collector.control_service import MAX_SKEW_SECONDS, ControlServicer
 from collector.directives import DirectiveBook
 from collector.effectiveness import Progress
 from collector.ledger import Ledger
@@ -18,7 +18,7 @@ from collector.scoping import ScopeResolver
 from collector.sessions import Sessions
 from protos.computewatch.v1 import control_pb2, control_pb2_grpc
 from protos.keys import PrivateKey
-from tests.stop_support import Control, approval, authorities, node_scope
+from tests.stop_support import Control, approval, authorities, manual_halt, node_scope
 
 VALIDITY_SECONDS = 60.0
 
@@ -86,6 +86,53 @@ def test_a_halt_past_its_not_after_can_still_be_resumed(tmp_path: Path) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as again:
                 await client.approve(approval(keys[0], halt.id, when_ns=clock.ns))
             assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        finally:
+            await client.close()
+            await server.stop(0)
+            await ledger.close()
+
+    asyncio.run(scenario())
+
+
+def test_halt_nonces_are_forgotten_once_a_replay_would_be_stale(tmp_path: Path) -> None:
+    """Replay protection stays, memory does not grow with every halt ever made."""
+    keys, _ = authorities(tmp_path, 1)
+    clock = Clock()
+
+    async def scenario() -> None:
+        ledger = Ledger(tmp_path / "ledger.sqlite3")
+        book = DirectiveBook(
+            PrivateKey.generate(), ledger, Sessions(), lease_seconds=10.0, clock_ns=clock
+        )
+        aggregator = Aggregator()
+        aggregator.enroll("node-a")
+        control = ControlServicer(
+            book,
+            ledger,
+            ScopeResolver(aggregator, lambda: ["node-a"]),
+            {k.keyid: k.public for k in keys},
+            quorum=1,
+            ingest_evaluation=aggregator.ingest_evaluation,
+            progress=lambda _id: Progress(0, (), False),
+            clock_ns=clock,
+        )
+        server = grpc.aio.server()
+        control_pb2_grpc.add_ControlServicer_to_server(control, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        client = Control(f"127.0.0.1:{port}")
+        try:
+            first = manual_halt(keys[0], node_scope("node-a"), when_ns=clock.ns)
+            await client.halt(first)
+            with pytest.raises(grpc.aio.AioRpcError) as replay:
+                await client.halt(first)
+            assert replay.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            clock.ns += int(2 * MAX_SKEW_SECONDS * 1e9)
+            await client.halt(manual_halt(keys[0], node_scope("node-a"), when_ns=clock.ns))
+            assert len(control._halt_nonces) == 1  # the first one's nonce is gone
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await client.halt(first)
+            assert late.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # stale, still refused
         finally:
             await client.close()
             await server.stop(0)
