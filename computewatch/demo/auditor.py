@@ -65,9 +65,9 @@ class Auditor:
             output, _ = await proc.communicate()
         return output.decode(errors="replace")
 
-    async def finish(self) -> dict[str, Any]:
+    async def finish(self, checkpoint_interval: float) -> dict[str, Any]:
         """Give the follower a last checkpoint round, stop it, verify the copy."""
-        await asyncio.sleep(2.5)  # one checkpoint interval: the copy catches up
+        await asyncio.sleep(checkpoint_interval + 0.5)  # the copy catches up
         running = self._proc is not None and self._proc.returncode is None
         follow_output = await self.stop()
         proc = await asyncio.create_subprocess_exec(

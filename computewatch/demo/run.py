@@ -257,7 +257,9 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
             watcher.show(st, views)
         st, views = await watcher.step()
         result = summary(scenario.name, watcher.elapsed(), st, views, watcher)
-        result["regulator"] = await auditor.finish()
+        result["regulator"] = await auditor.finish(
+            cluster.collector.config.checkpoint_interval_seconds
+        )
     finally:
         await auditor.stop()
         await watcher.channel.close(None)
