@@ -197,14 +197,16 @@ class Ack(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., sequence: _Optional[int] = ..., log_index: _Optional[int] = ...) -> None: ...
 
 class Reject(_message.Message):
-    __slots__ = ("sequence", "reason", "message")
+    __slots__ = ("sequence", "reason", "message", "stored_sequence")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STORED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     reason: str
     message: str
-    def __init__(self, sequence: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    stored_sequence: int
+    def __init__(self, sequence: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., stored_sequence: _Optional[int] = ...) -> None: ...
 
 class CollectorMessage(_message.Message):
     __slots__ = ("ack", "reject", "directive")
