@@ -24,41 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&protos/computewatch/v1/telemetry.proto\x12\x0f\x63omputewatch.v1\"t\n\nGpuProcess\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x1e\n\x11used_memory_bytes\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x13\n\x0b\x61ttribution\x18\x04 \x01(\tB\x14\n\x12_used_memory_bytes\"\xa6\x06\n\tGpuSample\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x14\n\x0cproduct_name\x18\x03 \x01(\t\x12\x18\n\x0bmig_enabled\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x0cmig_instance\x18\x05 \x01(\t\x12$\n\x17utilization_gpu_percent\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12 \n\x13sm_activity_percent\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12$\n\x17tensor_activity_percent\x18\x08 \x01(\x01H\x03\x88\x01\x01\x12\x1e\n\x11memory_used_bytes\x18\t \x01(\x04H\x04\x88\x01\x01\x12\x1f\n\x12memory_total_bytes\x18\n \x01(\x04H\x05\x88\x01\x01\x12\x18\n\x0bpower_watts\x18\x0b \x01(\x01H\x06\x88\x01\x01\x12\x1e\n\x11power_limit_watts\x18\x0c \x01(\x01H\x07\x88\x01\x01\x12\x19\n\x0csm_clock_mhz\x18\r \x01(\rH\x08\x88\x01\x01\x12\x1f\n\x12\x65nergy_millijoules\x18\x0e \x01(\x04H\t\x88\x01\x01\x12\x32\n\x0c\x63ompute_mode\x18\x0f \x01(\x0e\x32\x1c.computewatch.v1.ComputeMode\x12.\n\tprocesses\x18\x10 \x03(\x0b\x32\x1b.computewatch.v1.GpuProcess\x12\x17\n\x0fprocesses_known\x18\x11 \x01(\x08\x12*\n\x06health\x18\x12 \x01(\x0e\x32\x1a.computewatch.v1.GpuHealth\x12\r\n\x05\x65rror\x18\x13 \x01(\tB\x0e\n\x0c_mig_enabledB\x1a\n\x18_utilization_gpu_percentB\x16\n\x14_sm_activity_percentB\x1a\n\x18_tensor_activity_percentB\x14\n\x12_memory_used_bytesB\x15\n\x13_memory_total_bytesB\x0e\n\x0c_power_wattsB\x14\n\x12_power_limit_wattsB\x0f\n\r_sm_clock_mhzB\x15\n\x13_energy_millijoules\"C\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0eparent_job_ids\x18\x02 \x03(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\"K\n\x0f\x45nforcementStep\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xab\x01\n\x12\x45nforcementReceipt\x12\x14\n\x0c\x64irective_id\x18\x01 \x01(\t\x12\x19\n\x11\x64irective_counter\x18\x02 \x01(\x04\x12\x1b\n\x13\x65nforced_unix_nanos\x18\x03 \x01(\x03\x12/\n\x05steps\x18\x04 \x03(\x0b\x32 .computewatch.v1.EnforcementStep\x12\x16\n\x0erefused_reason\x18\x05 \x01(\t\"\xad\x01\n\x10\x45nforcementState\x12\x1c\n\x14\x61\x63tive_directive_ids\x18\x01 \x03(\t\x12!\n\x19highest_directive_counter\x18\x02 \x01(\x04\x12\x11\n\tfail_mode\x18\x03 \x01(\t\x12\x13\n\x0blease_valid\x18\x04 \x01(\x08\x12\x16\n\x0elocally_halted\x18\x05 \x01(\x08\x12\x18\n\x10halted_gpu_uuids\x18\x06 \x03(\t\"\xac\x03\n\nNodeReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x17\n\x0fprevious_digest\x18\x04 \x01(\x0c\x12\x19\n\x11sample_unix_nanos\x18\x05 \x01(\x03\x12\x18\n\x10interval_seconds\x18\x06 \x01(\x01\x12(\n\x04gpus\x18\x07 \x03(\x0b\x32\x1a.computewatch.v1.GpuSample\x12\x36\n\x0b\x65nforcement\x18\x08 \x01(\x0b\x32!.computewatch.v1.EnforcementState\x12\x15\n\ragent_version\x18\t \x01(\t\x12\x30\n\x0bnvml_status\x18\n \x01(\x0e\x32\x1b.computewatch.v1.NvmlStatus\x12\x12\n\nnvml_error\x18\x0b \x01(\t\x12&\n\x04jobs\x18\x0c \x03(\x0b\x32\x18.computewatch.v1.JobInfo\x12\x35\n\x08receipts\x18\r \x03(\x0b\x32#.computewatch.v1.EnforcementReceipt\" \n\x0c\x41gentMessage\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\";\n\x03\x41\x63k\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tlog_index\x18\x03 \x01(\x04\"m\n\x06Reject\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x1c\n\x0fstored_sequence\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_stored_sequence\"\x7f\n\x10\x43ollectorMessage\x12#\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x14.computewatch.v1.AckH\x00\x12)\n\x06reject\x18\x02 \x01(\x0b\x32\x17.computewatch.v1.RejectH\x00\x12\x13\n\tdirective\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04\x62ody*\xa9\x01\n\x0b\x43omputeMode\x12\x1c\n\x18\x43OMPUTE_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43OMPUTE_MODE_DEFAULT\x10\x01\x12!\n\x1d\x43OMPUTE_MODE_EXCLUSIVE_THREAD\x10\x02\x12\x1b\n\x17\x43OMPUTE_MODE_PROHIBITED\x10\x03\x12\"\n\x1e\x43OMPUTE_MODE_EXCLUSIVE_PROCESS\x10\x04*e\n\tGpuHealth\x12\x1a\n\x16GPU_HEALTH_UNSPECIFIED\x10\x00\x12\x11\n\rGPU_HEALTH_OK\x10\x01\x12\x13\n\x0fGPU_HEALTH_LOST\x10\x02\x12\x14\n\x10GPU_HEALTH_ERROR\x10\x03*\x8f\x01\n\nNvmlStatus\x12\x1b\n\x17NVML_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eNVML_STATUS_OK\x10\x01\x12\x1a\n\x16NVML_STATUS_NOT_LOADED\x10\x02\x12\x1d\n\x19NVML_STATUS_NO_PERMISSION\x10\x03\x12\x15\n\x11NVML_STATUS_ERROR\x10\x04\x32[\n\tTelemetry\x12N\n\x06Stream\x12\x1d.computewatch.v1.AgentMessage\x1a!.computewatch.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&protos/computewatch/v1/telemetry.proto\x12\x0f\x63omputewatch.v1\"t\n\nGpuProcess\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x1e\n\x11used_memory_bytes\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x13\n\x0b\x61ttribution\x18\x04 \x01(\tB\x14\n\x12_used_memory_bytes\"\xd8\n\n\tGpuSample\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x14\n\x0cproduct_name\x18\x03 \x01(\t\x12\x18\n\x0bmig_enabled\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x0cmig_instance\x18\x05 \x01(\t\x12$\n\x17utilization_gpu_percent\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12 \n\x13sm_activity_percent\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12$\n\x17tensor_activity_percent\x18\x08 \x01(\x01H\x03\x88\x01\x01\x12\x1e\n\x11memory_used_bytes\x18\t \x01(\x04H\x04\x88\x01\x01\x12\x1f\n\x12memory_total_bytes\x18\n \x01(\x04H\x05\x88\x01\x01\x12\x18\n\x0bpower_watts\x18\x0b \x01(\x01H\x06\x88\x01\x01\x12\x1e\n\x11power_limit_watts\x18\x0c \x01(\x01H\x07\x88\x01\x01\x12\x19\n\x0csm_clock_mhz\x18\r \x01(\rH\x08\x88\x01\x01\x12\x1f\n\x12\x65nergy_millijoules\x18\x0e \x01(\x04H\t\x88\x01\x01\x12\x32\n\x0c\x63ompute_mode\x18\x0f \x01(\x0e\x32\x1c.computewatch.v1.ComputeMode\x12.\n\tprocesses\x18\x10 \x03(\x0b\x32\x1b.computewatch.v1.GpuProcess\x12\x17\n\x0fprocesses_known\x18\x11 \x01(\x08\x12*\n\x06health\x18\x12 \x01(\x0e\x32\x1a.computewatch.v1.GpuHealth\x12\r\n\x05\x65rror\x18\x13 \x01(\t\x12)\n\x1c\x64\x66ma_tensor_activity_percent\x18\x14 \x01(\x01H\n\x88\x01\x01\x12)\n\x1chmma_tensor_activity_percent\x18\x15 \x01(\x01H\x0b\x88\x01\x01\x12)\n\x1cimma_tensor_activity_percent\x18\x16 \x01(\x01H\x0c\x88\x01\x01\x12\"\n\x15\x66p64_activity_percent\x18\x17 \x01(\x01H\r\x88\x01\x01\x12\"\n\x15\x66p32_activity_percent\x18\x18 \x01(\x01H\x0e\x88\x01\x01\x12\"\n\x15\x66p16_activity_percent\x18\x19 \x01(\x01H\x0f\x88\x01\x01\x12\x15\n\x08sm_share\x18\x1a \x01(\x01H\x10\x88\x01\x01\x12\x1a\n\rpci_device_id\x18\x1b \x01(\rH\x11\x88\x01\x01\x12$\n\x17\x61\x63tivity_window_seconds\x18\x1c \x01(\x01H\x12\x88\x01\x01\x42\x0e\n\x0c_mig_enabledB\x1a\n\x18_utilization_gpu_percentB\x16\n\x14_sm_activity_percentB\x1a\n\x18_tensor_activity_percentB\x14\n\x12_memory_used_bytesB\x15\n\x13_memory_total_bytesB\x0e\n\x0c_power_wattsB\x14\n\x12_power_limit_wattsB\x0f\n\r_sm_clock_mhzB\x15\n\x13_energy_millijoulesB\x1f\n\x1d_dfma_tensor_activity_percentB\x1f\n\x1d_hmma_tensor_activity_percentB\x1f\n\x1d_imma_tensor_activity_percentB\x18\n\x16_fp64_activity_percentB\x18\n\x16_fp32_activity_percentB\x18\n\x16_fp16_activity_percentB\x0b\n\t_sm_shareB\x10\n\x0e_pci_device_idB\x1a\n\x18_activity_window_seconds\"C\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0eparent_job_ids\x18\x02 \x03(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\"K\n\x0f\x45nforcementStep\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xab\x01\n\x12\x45nforcementReceipt\x12\x14\n\x0c\x64irective_id\x18\x01 \x01(\t\x12\x19\n\x11\x64irective_counter\x18\x02 \x01(\x04\x12\x1b\n\x13\x65nforced_unix_nanos\x18\x03 \x01(\x03\x12/\n\x05steps\x18\x04 \x03(\x0b\x32 .computewatch.v1.EnforcementStep\x12\x16\n\x0erefused_reason\x18\x05 \x01(\t\"\xad\x01\n\x10\x45nforcementState\x12\x1c\n\x14\x61\x63tive_directive_ids\x18\x01 \x03(\t\x12!\n\x19highest_directive_counter\x18\x02 \x01(\x04\x12\x11\n\tfail_mode\x18\x03 \x01(\t\x12\x13\n\x0blease_valid\x18\x04 \x01(\x08\x12\x16\n\x0elocally_halted\x18\x05 \x01(\x08\x12\x18\n\x10halted_gpu_uuids\x18\x06 \x03(\t\"\xac\x03\n\nNodeReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x17\n\x0fprevious_digest\x18\x04 \x01(\x0c\x12\x19\n\x11sample_unix_nanos\x18\x05 \x01(\x03\x12\x18\n\x10interval_seconds\x18\x06 \x01(\x01\x12(\n\x04gpus\x18\x07 \x03(\x0b\x32\x1a.computewatch.v1.GpuSample\x12\x36\n\x0b\x65nforcement\x18\x08 \x01(\x0b\x32!.computewatch.v1.EnforcementState\x12\x15\n\ragent_version\x18\t \x01(\t\x12\x30\n\x0bnvml_status\x18\n \x01(\x0e\x32\x1b.computewatch.v1.NvmlStatus\x12\x12\n\nnvml_error\x18\x0b \x01(\t\x12&\n\x04jobs\x18\x0c \x03(\x0b\x32\x18.computewatch.v1.JobInfo\x12\x35\n\x08receipts\x18\r \x03(\x0b\x32#.computewatch.v1.EnforcementReceipt\" \n\x0c\x41gentMessage\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\";\n\x03\x41\x63k\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tlog_index\x18\x03 \x01(\x04\"m\n\x06Reject\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x1c\n\x0fstored_sequence\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_stored_sequence\"\x7f\n\x10\x43ollectorMessage\x12#\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x14.computewatch.v1.AckH\x00\x12)\n\x06reject\x18\x02 \x01(\x0b\x32\x17.computewatch.v1.RejectH\x00\x12\x13\n\tdirective\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04\x62ody*\xa9\x01\n\x0b\x43omputeMode\x12\x1c\n\x18\x43OMPUTE_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43OMPUTE_MODE_DEFAULT\x10\x01\x12!\n\x1d\x43OMPUTE_MODE_EXCLUSIVE_THREAD\x10\x02\x12\x1b\n\x17\x43OMPUTE_MODE_PROHIBITED\x10\x03\x12\"\n\x1e\x43OMPUTE_MODE_EXCLUSIVE_PROCESS\x10\x04*e\n\tGpuHealth\x12\x1a\n\x16GPU_HEALTH_UNSPECIFIED\x10\x00\x12\x11\n\rGPU_HEALTH_OK\x10\x01\x12\x13\n\x0fGPU_HEALTH_LOST\x10\x02\x12\x14\n\x10GPU_HEALTH_ERROR\x10\x03*\x8f\x01\n\nNvmlStatus\x12\x1b\n\x17NVML_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eNVML_STATUS_OK\x10\x01\x12\x1a\n\x16NVML_STATUS_NOT_LOADED\x10\x02\x12\x1d\n\x19NVML_STATUS_NO_PERMISSION\x10\x03\x12\x15\n\x11NVML_STATUS_ERROR\x10\x04\x32[\n\tTelemetry\x12N\n\x06Stream\x12\x1d.computewatch.v1.AgentMessage\x1a!.computewatch.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.computewatch.v1.telemetry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMPUTEMODE']._serialized_start=2249
-  _globals['_COMPUTEMODE']._serialized_end=2418
-  _globals['_GPUHEALTH']._serialized_start=2420
-  _globals['_GPUHEALTH']._serialized_end=2521
-  _globals['_NVMLSTATUS']._serialized_start=2524
-  _globals['_NVMLSTATUS']._serialized_end=2667
+  _globals['_COMPUTEMODE']._serialized_start=2811
+  _globals['_COMPUTEMODE']._serialized_end=2980
+  _globals['_GPUHEALTH']._serialized_start=2982
+  _globals['_GPUHEALTH']._serialized_end=3083
+  _globals['_NVMLSTATUS']._serialized_start=3086
+  _globals['_NVMLSTATUS']._serialized_end=3229
   _globals['_GPUPROCESS']._serialized_start=59
   _globals['_GPUPROCESS']._serialized_end=175
   _globals['_GPUSAMPLE']._serialized_start=178
-  _globals['_GPUSAMPLE']._serialized_end=984
-  _globals['_JOBINFO']._serialized_start=986
-  _globals['_JOBINFO']._serialized_end=1053
-  _globals['_ENFORCEMENTSTEP']._serialized_start=1055
-  _globals['_ENFORCEMENTSTEP']._serialized_end=1130
-  _globals['_ENFORCEMENTRECEIPT']._serialized_start=1133
-  _globals['_ENFORCEMENTRECEIPT']._serialized_end=1304
-  _globals['_ENFORCEMENTSTATE']._serialized_start=1307
-  _globals['_ENFORCEMENTSTATE']._serialized_end=1480
-  _globals['_NODEREPORT']._serialized_start=1483
-  _globals['_NODEREPORT']._serialized_end=1911
-  _globals['_AGENTMESSAGE']._serialized_start=1913
-  _globals['_AGENTMESSAGE']._serialized_end=1945
-  _globals['_ACK']._serialized_start=1947
-  _globals['_ACK']._serialized_end=2006
-  _globals['_REJECT']._serialized_start=2008
-  _globals['_REJECT']._serialized_end=2117
-  _globals['_COLLECTORMESSAGE']._serialized_start=2119
-  _globals['_COLLECTORMESSAGE']._serialized_end=2246
-  _globals['_TELEMETRY']._serialized_start=2669
-  _globals['_TELEMETRY']._serialized_end=2760
+  _globals['_GPUSAMPLE']._serialized_end=1546
+  _globals['_JOBINFO']._serialized_start=1548
+  _globals['_JOBINFO']._serialized_end=1615
+  _globals['_ENFORCEMENTSTEP']._serialized_start=1617
+  _globals['_ENFORCEMENTSTEP']._serialized_end=1692
+  _globals['_ENFORCEMENTRECEIPT']._serialized_start=1695
+  _globals['_ENFORCEMENTRECEIPT']._serialized_end=1866
+  _globals['_ENFORCEMENTSTATE']._serialized_start=1869
+  _globals['_ENFORCEMENTSTATE']._serialized_end=2042
+  _globals['_NODEREPORT']._serialized_start=2045
+  _globals['_NODEREPORT']._serialized_end=2473
+  _globals['_AGENTMESSAGE']._serialized_start=2475
+  _globals['_AGENTMESSAGE']._serialized_end=2507
+  _globals['_ACK']._serialized_start=2509
+  _globals['_ACK']._serialized_end=2568
+  _globals['_REJECT']._serialized_start=2570
+  _globals['_REJECT']._serialized_end=2679
+  _globals['_COLLECTORMESSAGE']._serialized_start=2681
+  _globals['_COLLECTORMESSAGE']._serialized_end=2808
+  _globals['_TELEMETRY']._serialized_start=3231
+  _globals['_TELEMETRY']._serialized_end=3322
 # @@protoc_insertion_point(module_scope)
