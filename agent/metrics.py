@@ -41,6 +41,14 @@ class AgentStats:
     sample_errors: int = 0
     reports_sealed: int = 0
     reports_dropped: int = 0
+    # Sealed but not stored by the spool (disk full, I/O error): never sent.
+    reports_unspooled: int = 0
+    spool_failing: bool = False
+    # Corrected before sealing so the shared validation passes; or unfixable.
+    reports_corrected: int = 0
+    reports_unsealable: int = 0
+    # Refused by the collector for content and replaced at the same sequence.
+    refusals_replaced: int = 0
     last_sequence: int = 0
     unacked: int = 0
     acked_sequence: int = 0
@@ -86,9 +94,34 @@ class AgentMetrics(Collector):
         yield _counter(f"{p}reports_sealed", "Reports signed and spooled.", s.reports_sealed)
         yield _counter(
             f"{p}reports_dropped",
-            "Samples not sealed because the spool was full or failed;"
+            "Samples not sealed because max_unacked reports await acknowledgement;"
             " folded into the next report's interval.",
             s.reports_dropped,
+        )
+        yield _counter(
+            f"{p}reports_unspooled",
+            "Reports sealed but not stored by the spool (disk full, I/O error), so never"
+            " sent; the next stored report counts them in unspooled_reports.",
+            s.reports_unspooled,
+        )
+        yield _gauge(
+            f"{p}spool_failing", "1 while the last report could not be stored.", s.spool_failing
+        )
+        yield _counter(
+            f"{p}reports_corrected",
+            "Reports corrected before sealing so they pass the collector's validation.",
+            s.reports_corrected,
+        )
+        yield _counter(
+            f"{p}reports_unsealable",
+            "Samples for which no valid report could be built (not sealed).",
+            s.reports_unsealable,
+        )
+        yield _counter(
+            f"{p}refusals_replaced",
+            "Reports the collector refused for their content, kept as local evidence"
+            " and replaced by a corrected report at the same sequence.",
+            s.refusals_replaced,
         )
         yield _gauge(f"{p}sequence", "Sequence number of the last sealed report.", s.last_sequence)
         yield _gauge(f"{p}unacked_reports", "Reports not yet acknowledged.", s.unacked)

@@ -23,6 +23,7 @@ import grpc
 import grpc.aio
 
 from agent.metrics import AgentStats
+from agent.refusal import CONTENT_REASONS
 from agent.spool import Spool
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
 from protos.dsse import DEFAULT_MAX_ENVELOPE_BYTES
@@ -31,6 +32,9 @@ from protos.errors import Error
 log = logging.getLogger(__name__)
 
 DirectiveHandler = Callable[[bytes], Awaitable[None]]
+# (sequence, reason, message) of a content refusal -> True when the spool now
+# holds a replacement for that report (``agent.refusal.RefusalHandler``).
+RefusalHook = Callable[[int, str, str], bool]
 
 # Rejections that a later resend can cure: the report is kept. A node that is
 # not enrolled yet must not drop its first reports, or its chain (which the
@@ -104,6 +108,7 @@ class StreamClient:
         stats: AgentStats,
         *,
         on_directive: DirectiveHandler = log_directive,
+        on_refused: RefusalHook | None = None,
         backoff_min_seconds: float = 0.5,
         backoff_max_seconds: float = 30.0,
         max_in_flight: int = 256,
@@ -120,6 +125,7 @@ class StreamClient:
         self._spool = spool
         self._stats = stats
         self._on_directive = on_directive
+        self._on_refused = on_refused
         self._backoff_min = backoff_min_seconds
         self._backoff_max = backoff_max_seconds
         self._max_in_flight = max_in_flight
@@ -297,6 +303,10 @@ class StreamClient:
     def _on_reject(self, reject: telemetry_pb2.Reject, session: _Session) -> None:
         reason = reject.reason or "unspecified"
         self._stats.rejected[reason] += 1
+        if reason in CONTENT_REASONS and reject.sequence and self._on_refused is not None:
+            self._replace_refused(
+                self._on_refused, reject
+            )  # raises _RetryLaterError: resend from the spool
         keep = reason in RETRY_REASONS or reject.sequence == 0
         if self._reject_log.allow():
             log.warning(
@@ -317,6 +327,22 @@ class StreamClient:
             session.inflight.remove(reject.sequence)
         self._stats.unacked = self._spool.unacked
         self._wake.set()
+
+    @staticmethod
+    def _replace_refused(hook: RefusalHook, reject: telemetry_pb2.Reject) -> None:
+        """A content refusal: the hook keeps the bytes as evidence and puts a
+        corrected report at the same sequence (``agent.refusal``). Later
+        reports on this stream chain onto the refused one, so the stream
+        ends here and the next one resends the spool from its start."""
+        if hook(reject.sequence, reject.reason, reject.message):
+            raise _RetryLaterError(
+                f"report {reject.sequence} refused ({reject.reason}) and replaced;"
+                " reconnecting to resend from the spool"
+            )
+        raise _RetryLaterError(
+            f"report {reject.sequence} refused ({reject.reason}) and not replaced;"
+            " kept for a later resend"
+        )
 
     async def _dispatch(self, envelope: bytes) -> None:
         try:

@@ -169,7 +169,7 @@ class EnforcementState(_message.Message):
     def __init__(self, active_directive_ids: _Optional[_Iterable[str]] = ..., highest_directive_counter: _Optional[int] = ..., fail_mode: _Optional[str] = ..., lease_valid: _Optional[bool] = ..., locally_halted: _Optional[bool] = ..., halted_gpu_uuids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeReport(_message.Message):
-    __slots__ = ("node_id", "boot_id", "sequence", "previous_digest", "sample_unix_nanos", "interval_seconds", "gpus", "enforcement", "agent_version", "nvml_status", "nvml_error", "jobs", "receipts")
+    __slots__ = ("node_id", "boot_id", "sequence", "previous_digest", "sample_unix_nanos", "interval_seconds", "gpus", "enforcement", "agent_version", "nvml_status", "nvml_error", "jobs", "receipts", "unspooled_reports", "skipped_samples", "corrections", "replaces_refused_digest", "refused_reason")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +183,11 @@ class NodeReport(_message.Message):
     NVML_ERROR_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    UNSPOOLED_REPORTS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CORRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_REFUSED_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_REASON_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boot_id: str
     sequence: int
@@ -196,7 +201,12 @@ class NodeReport(_message.Message):
     nvml_error: str
     jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
     receipts: _containers.RepeatedCompositeFieldContainer[EnforcementReceipt]
-    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., sequence: _Optional[int] = ..., previous_digest: _Optional[bytes] = ..., sample_unix_nanos: _Optional[int] = ..., interval_seconds: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., enforcement: _Optional[_Union[EnforcementState, _Mapping]] = ..., agent_version: _Optional[str] = ..., nvml_status: _Optional[_Union[NvmlStatus, str]] = ..., nvml_error: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., receipts: _Optional[_Iterable[_Union[EnforcementReceipt, _Mapping]]] = ...) -> None: ...
+    unspooled_reports: int
+    skipped_samples: int
+    corrections: _containers.RepeatedScalarFieldContainer[str]
+    replaces_refused_digest: bytes
+    refused_reason: str
+    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., sequence: _Optional[int] = ..., previous_digest: _Optional[bytes] = ..., sample_unix_nanos: _Optional[int] = ..., interval_seconds: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., enforcement: _Optional[_Union[EnforcementState, _Mapping]] = ..., agent_version: _Optional[str] = ..., nvml_status: _Optional[_Union[NvmlStatus, str]] = ..., nvml_error: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., receipts: _Optional[_Iterable[_Union[EnforcementReceipt, _Mapping]]] = ..., unspooled_reports: _Optional[int] = ..., skipped_samples: _Optional[int] = ..., corrections: _Optional[_Iterable[str]] = ..., replaces_refused_digest: _Optional[bytes] = ..., refused_reason: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("envelope",)
