@@ -16,12 +16,17 @@ than dropped, so a bad reading on one GPU never silences the node:
 Each step adds a line to ``NodeReport.corrections``, so the signed record says
 what the agent changed. ``minimal`` is the last resort, also used when the
 collector refused a report that passed these checks (its rules may be newer).
+``seal_bounded`` applies it when the sealed envelope would exceed the
+collector's size limit (the collector refuses those before it can even name
+their sequence).
 """
 
 from __future__ import annotations
 
+from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import InvalidReportError
+from protos.keys import PrivateKey
 from protos.reports import MAX_GPUS, validate_report
 
 MAX_CORRECTIONS = 16
@@ -152,3 +157,26 @@ def correct(
     if problem is not None:
         raise problem
     return out, list(out.corrections)[len(report.corrections) :]
+
+
+def seal_bounded(
+    report: telemetry_pb2.NodeReport,
+    key: PrivateKey,
+    *,
+    max_bytes: int = dsse.DEFAULT_MAX_ENVELOPE_BYTES,
+) -> tuple[bytes, list[str]]:
+    """Seal ``report``; if the envelope is over ``max_bytes``, seal it minimal
+    (then without receipts) instead. Returns the envelope and the corrections
+    made here. InvalidReportError if even that is too big."""
+    envelope = dsse.seal(report, key)
+    notes: list[str] = []
+    for keep_receipts in (True, False):
+        if len(envelope) <= max_bytes:
+            return envelope, notes
+        why = f"sealed report is {len(envelope)} bytes, over the {max_bytes}-byte limit"
+        report = minimal(report, why, keep_receipts=keep_receipts)
+        notes.append(report.corrections[-1])
+        envelope = dsse.seal(report, key)
+    if len(envelope) > max_bytes:
+        raise InvalidReportError(f"even a minimal report is {len(envelope)} bytes")
+    return envelope, notes

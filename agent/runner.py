@@ -21,7 +21,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig
-from agent.correct import correct
+from agent.correct import correct, seal_bounded
 from agent.enforce.wiring import AgentEnforcement
 from agent.metrics import AgentStats, register_metrics
 from agent.nvml.backend import GpuBackend, Snapshot
@@ -29,7 +29,6 @@ from agent.refusal import RefusalHandler
 from agent.report import build_report, job_ids, read_boot_id
 from agent.spool import Spool
 from agent.stream import DirectiveHandler, StreamClient, log_directive
-from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import BackendError, Error, InvalidReportError, SpoolError
 from protos.keys import PrivateKey
@@ -313,11 +312,13 @@ class Agent:
         report.skipped_samples = self._skipped
         try:
             report, notes = correct(report, now_ns=self._clock_ns())
+            envelope, trimmed = seal_bounded(report, self._key)
         except InvalidReportError as exc:
             self.stats.reports_unsealable += 1
             self._skipped += 1
             log.error("%s: no valid report could be built: %s", self.config.node_id, exc)  # noqa: TRY400
             return
+        notes += trimmed
         if notes:
             self.stats.reports_corrected += 1
             log.warning(
@@ -326,7 +327,6 @@ class Agent:
                 link[0],
                 "; ".join(notes),
             )
-        envelope = dsse.seal(report, self._key)
         try:
             spool.append(link[0], envelope)
         except SpoolError as exc:

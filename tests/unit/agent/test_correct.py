@@ -6,9 +6,11 @@ import math
 
 import pytest
 
-from agent.correct import MAX_CORRECTIONS, correct, minimal
+from agent.correct import MAX_CORRECTIONS, correct, minimal, seal_bounded
+from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import InvalidReportError
+from protos.keys import PrivateKey
 from protos.reports import MAX_GPUS, MAX_PROCESSES_PER_GPU, validate_report
 
 NOW = 1_750_000_000 * 10**9
@@ -137,3 +139,20 @@ def test_minimal_keeps_the_chain_and_says_what_it_dropped() -> None:
     assert list(out.corrections) == ["GPUs and jobs dropped: too big"]
     bare = minimal(r, "still", keep_receipts=False)
     assert len(bare.receipts) == 0
+
+
+def test_an_envelope_over_the_limit_is_sealed_minimal_instead() -> None:
+    key = PrivateKey.generate()
+    r = report([gpu(i) for i in range(8)])
+    small, notes = seal_bounded(r, key, max_bytes=1 << 20)
+    assert notes == []
+    assert small == dsse.seal(r, key)
+    big, notes = seal_bounded(r, key, max_bytes=450)
+    assert len(big) <= 450
+    out = dsse.parse_message(telemetry_pb2.NodeReport, dsse.open_envelope(big).payload)
+    assert len(out.gpus) == 0
+    assert [x.directive_id for x in out.receipts] == ["d1"]  # kept: small enough
+    assert len(notes) == 1
+    assert "over the 450-byte limit" in notes[0]
+    with pytest.raises(InvalidReportError, match="even a minimal report"):
+        seal_bounded(r, key, max_bytes=50)

@@ -124,3 +124,38 @@ def test_the_agent_survives_a_full_disk_and_its_next_report_says_what_was_lost(
         assert any("spool writable again" in r.getMessage() for r in caplog.records)
     finally:
         agent.close()
+
+
+def test_a_report_over_the_size_limit_is_corrected_before_sealing_not_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Receipts too large for one envelope: the agent seals a minimal report
+    (the collector would refuse the big one before it could name its
+    sequence), counts it, logs it, and the chain moves on."""
+    clock = Clock()
+    node = SimNode("node-a", tmp_path, scenario_doc(["node-a"]), clock=clock)
+    agent = node.agent()
+    spool = agent.open()
+    try:
+        for n in range(2):
+            agent.add_receipt(
+                telemetry_pb2.EnforcementReceipt(
+                    directive_id=f"d{n}",
+                    refused_reason="x" * (dsse.DEFAULT_MAX_ENVELOPE_BYTES // 2),
+                )
+            )
+        with caplog.at_level(logging.WARNING, logger="agent.runner"):
+            clock.advance(1.0)
+            asyncio.run(agent.tick())
+        assert spool.last_sequence == 1
+        ((_, envelope),) = spool.pending()
+        assert len(envelope) <= dsse.DEFAULT_MAX_ENVELOPE_BYTES
+        (sealed,) = _reports(spool)
+        assert len(sealed.gpus) == 0
+        assert len(sealed.receipts) == 0
+        assert sealed.nvml_status == telemetry_pb2.NVML_STATUS_ERROR
+        assert any("over the" in c for c in sealed.corrections)
+        assert agent.stats.reports_corrected == 1
+        assert any("corrected before sealing" in r.getMessage() for r in caplog.records)
+    finally:
+        agent.close()
