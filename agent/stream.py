@@ -334,6 +334,13 @@ class StreamClient:
         corrected report at the same sequence (``agent.refusal``). Later
         reports on this stream chain onto the refused one, so the stream
         ends here and the next one resends the spool from its start."""
+        if reject.HasField("stored_sequence") and reject.stored_sequence >= reject.sequence:
+            # The collector says it holds this sequence: replacing it would be
+            # equivocation. Keep everything and let the resend sort it out.
+            raise _RetryLaterError(
+                f"report {reject.sequence} refused ({reject.reason}) but the collector stores"
+                f" up to {reject.stored_sequence}: kept, not replaced"
+            )
         if hook(reject.sequence, reject.reason, reject.message):
             raise _RetryLaterError(
                 f"report {reject.sequence} refused ({reject.reason}) and replaced;"
