@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protos.computewatch.v1 import telemetry_pb2
+from protos.jobs import is_unattributed
 
 log = logging.getLogger(__name__)
 
-UNATTRIBUTED = "unattributed"
 MAX_FILE_BYTES = 64 * 1024
 MAX_PARENTS = 256
 _MAX_ID = 255
@@ -94,7 +94,7 @@ class JobMetadataDir:
         seen: set[str] = set()
         trusted_dir = self._dir_trusted()
         for job_id in job_ids:
-            if not job_id or job_id == UNATTRIBUTED or job_id in seen:
+            if is_unattributed(job_id) or job_id in seen:
                 continue
             seen.add(job_id)
             info = telemetry_pb2.JobInfo(job_id=job_id)

@@ -8,9 +8,9 @@ from pathlib import Path
 from agent.nvml.backend import Snapshot
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import ConfigError
+from protos.jobs import is_unattributed
 
 DIGEST_BYTES = 32
-UNATTRIBUTED = "unattributed"
 
 
 def build_report(
@@ -55,9 +55,9 @@ def build_report(
 
 
 def job_ids(gpus: Iterable[telemetry_pb2.GpuSample]) -> list[str]:
-    """Distinct attributed job ids of the processes on ``gpus``, sorted."""
+    """Distinct attributed job ids of the processes on ``gpus``, sorted (no pseudo-jobs)."""
     return sorted(
-        {p.job_id for gpu in gpus for p in gpu.processes if p.job_id and p.job_id != UNATTRIBUTED}
+        {p.job_id for gpu in gpus for p in gpu.processes if not is_unattributed(p.job_id)}
     )
 
 
