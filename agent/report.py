@@ -61,6 +61,25 @@ def job_ids(gpus: Iterable[telemetry_pb2.GpuSample]) -> list[str]:
     )
 
 
+MAX_MEMBERS = 256
+
+
+def add_members(
+    jobs: list[telemetry_pb2.JobInfo], gpus: Iterable[telemetry_pb2.GpuSample]
+) -> list[telemetry_pb2.JobInfo]:
+    """Set each job's ``members``: its pods, array tasks or het components with a
+    GPU process on this node (``GpuProcess.member``), sorted, at most ``MAX_MEMBERS``."""
+    members: dict[str, set[str]] = {}
+    for gpu in gpus:
+        for p in gpu.processes:
+            if p.member:
+                members.setdefault(p.job_id, set()).add(p.member)
+    for job in jobs:
+        del job.members[:]
+        job.members.extend(sorted(members.get(job.job_id, ()))[:MAX_MEMBERS])
+    return jobs
+
+
 def read_boot_id(path: Path) -> str:
     """The kernel's boot id (a UUID that changes on every boot)."""
     try:

@@ -1,0 +1,144 @@
+"""Join the kubelet's GPU allocations, pod metadata and workload rules.
+
+``PodWorkloads.refresh()`` (at most every ``refresh_seconds``) asks the
+kubelet which pods hold GPUs and reads those pods' metadata (cached for
+``pod_ttl_seconds``, re-read at once when a process names a pod UID the
+cache does not know, at the next refresh: a pod re-created under its old
+name). Then:
+
+- ``by_pod_uid``: a process whose cgroup names pod UID ``u`` belongs to the
+  workload of the GPU-holding pod with that UID;
+- ``by_device``: a process no cgroup attributes (the agent cannot read the
+  host's ``/proc``, e.g. a DaemonSet without ``hostPID``) belongs to the
+  workload of the one pod the kubelet assigned its GPU or MIG device to;
+  a time-sliced GPU shared by several pods attributes nothing.
+
+When the kubelet or the API server cannot be read, the device map is
+dropped (no guess on stale data), a warning is logged once per outage and
+``errors`` counts it; processes keep their pod UID as their job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent.k8s.kubelet import PodRef
+from agent.k8s.pods import Pod, PodSource
+from agent.k8s.workload import LabelRule, Workload, workload_of
+from protos.computewatch.v1 import telemetry_pb2
+from protos.errors import Error
+
+log = logging.getLogger(__name__)
+
+MAX_PODS = 1024
+
+
+class DeviceAllocations(Protocol):
+    def gpu_pods(self) -> dict[str, tuple[PodRef, ...]]:
+        """Device id -> pods (``agent.k8s.kubelet.PodResourcesClient``)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PodJob:
+    """The job a pod's processes count under, and the pod as its member."""
+
+    job_id: str
+    member: str
+    workload: Workload
+
+
+class PodWorkloads:
+    def __init__(
+        self,
+        kubelet: DeviceAllocations,
+        pods: PodSource,
+        rules: tuple[LabelRule, ...],
+        *,
+        refresh_seconds: float = 10.0,
+        pod_ttl_seconds: float = 300.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._kubelet = kubelet
+        self._pods = pods
+        self._rules = rules
+        self._refresh = refresh_seconds
+        self._ttl = pod_ttl_seconds
+        self._monotonic = monotonic
+        self._last: float | None = None
+        self._stale = False
+        self._devices: dict[str, tuple[PodRef, ...]] = {}
+        # (namespace, name) -> (read at, pod or None when it does not exist)
+        self._meta: OrderedDict[PodRef, tuple[float, Pod | None]] = OrderedDict()
+        self._by_uid: dict[str, PodJob] = {}
+        self._by_ref: dict[PodRef, PodJob] = {}
+        self._failing = False
+        # Refreshes that failed (kubelet or API server unreadable).
+        self.errors = 0
+
+    def refresh(self) -> None:
+        """Re-read allocations and metadata when due. Never raises our errors."""
+        now = self._monotonic()
+        if self._last is not None and now - self._last < self._refresh:
+            return
+        self._last = now
+        try:
+            devices = self._kubelet.gpu_pods()
+            refs = sorted({r for pods in devices.values() for r in pods})[:MAX_PODS]
+            by_ref: dict[PodRef, PodJob] = {}
+            for ref in refs:
+                pod = self._pod(ref, now)
+                if pod is not None:
+                    w = workload_of(pod, self._rules)
+                    by_ref[ref] = PodJob(w.job_id, str(ref), w)
+        except Error as exc:
+            self.errors += 1
+            self._devices, self._by_ref, self._by_uid = {}, {}, {}
+            if not self._failing:
+                log.warning("kubernetes attribution unavailable: %s", exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("kubernetes attribution available again")
+        self._failing = self._stale = False
+        self._devices = devices
+        self._by_ref = by_ref
+        self._by_uid = {
+            meta.uid: by_ref[ref]
+            for ref, (_, meta) in self._meta.items()
+            if meta is not None and ref in by_ref
+        }
+
+    def _pod(self, ref: PodRef, now: float) -> Pod | None:
+        cached = self._meta.get(ref)
+        if cached is not None and now - cached[0] < self._ttl and not self._stale:
+            self._meta.move_to_end(ref)
+            return cached[1]
+        pod = self._pods.pod(ref.namespace, ref.name)
+        if pod is not None and (pod.namespace, pod.name) != (ref.namespace, ref.name):
+            pod = None
+        self._meta[ref] = (now, pod)
+        self._meta.move_to_end(ref)
+        while len(self._meta) > MAX_PODS:
+            self._meta.popitem(last=False)
+        return pod
+
+    def by_pod_uid(self, uid: str) -> PodJob | None:
+        found = self._by_uid.get(uid)
+        if found is None and self._by_ref:
+            self._stale = True  # a pod we do not know: re-read metadata next time
+        return found
+
+    def by_device(self, gpu: telemetry_pb2.GpuSample) -> PodJob | None:
+        pods: set[PodRef] = set()
+        for device in (gpu.uuid, gpu.mig_instance):
+            if device:
+                pods.update(self._devices.get(device, ()))
+        if len(pods) != 1:
+            return None
+        return self._by_ref.get(pods.pop())
