@@ -148,8 +148,12 @@ class ProcessController:
     def _target(self, p: telemetry_pb2.GpuProcess) -> Target:
         pid = int(p.pid)
         job = "" if is_unattributed(p.job_id) else p.job_id
-        if self.scheduler == "slurm" and job and p.attribution == "slurm" and _SLURM_JOB.match(job):
-            return Target("job", job, 0, "slurm", None)
+        if self.scheduler == "slurm" and job and p.attribution == "slurm":
+            # An array task is suspended as itself ("4242_1"): each node holds
+            # its own tasks, never the whole array's from one node.
+            unit = p.member if _SLURM_JOB.match(p.member) else job
+            if _SLURM_JOB.match(unit):
+                return Target("job", unit, 0, "slurm", None)
         if self.scheduler == "command":
             if self._per_pid:
                 return Target("pid", job, pid, "command", self.start_time(pid))
