@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import stat
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,7 @@ class JobAttributor:
         self.node_id = node_id
         self._slurm = slurm
         self._kubernetes = kubernetes
+        self._lock = threading.Lock()
         self._cache_size = max(1, cache_size)
         self._cache: OrderedDict[tuple[int, int], Attribution] = OrderedDict()
         self._warned: OrderedDict[int, None] = OrderedDict()
@@ -242,16 +244,21 @@ class JobAttributor:
         return found
 
     def fill(self, gpus: list[telemetry_pb2.GpuSample]) -> None:
-        """Set ``job_id``, ``attribution`` and ``member`` on every process of ``gpus``."""
-        if self._kubernetes is not None:
-            self._kubernetes.refresh()
-        seen: dict[int, Attribution] = {}
-        for gpu in gpus:
-            for proc in gpu.processes:
-                found = seen.get(proc.pid)
-                if found is None:
-                    found = seen[proc.pid] = self.attribute(proc.pid)
-                job = self.job_of(found, gpu)
-                proc.job_id = job.job_id
-                proc.attribution = job.source
-                proc.member = job.member
+        """Set ``job_id``, ``attribution`` and ``member`` on every process of ``gpus``.
+
+        Serialised: the sampler and enforcement may call it from two threads,
+        and the caches and resolvers behind it are not thread-safe.
+        """
+        with self._lock:
+            if self._kubernetes is not None:
+                self._kubernetes.refresh()
+            seen: dict[int, Attribution] = {}
+            for gpu in gpus:
+                for proc in gpu.processes:
+                    found = seen.get(proc.pid)
+                    if found is None:
+                        found = seen[proc.pid] = self.attribute(proc.pid)
+                    job = self.job_of(found, gpu)
+                    proc.job_id = job.job_id
+                    proc.attribution = job.source
+                    proc.member = job.member
