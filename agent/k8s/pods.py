@@ -19,9 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Protocol
 
 from protos.errors import BackendError, ConfigError
@@ -115,13 +117,16 @@ def parse_pod(obj: object) -> Pod:
 
 class PodJsonDir:
     """Pods from ``<path>/*.json`` (a Pod or a List of Pods per file), re-read
-    when a file changes. Unusable files and items are skipped with a warning."""
+    when a file changes. Unusable files and items are skipped with a warning;
+    a world-writable file (or a symlink) is not trusted, a world-writable
+    directory is an error."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._seen: dict[Path, tuple[int, int]] = {}
         self._pods: dict[tuple[str, str], Pod] = {}
         self._per_file: dict[Path, list[Pod]] = {}
+        self._refused: set[Path] = set()
         # Files or items that could not be used.
         self.malformed = 0
 
@@ -131,15 +136,25 @@ class PodJsonDir:
 
     def _reload(self) -> None:
         try:
+            if self.path.stat().st_mode & stat.S_IWOTH:
+                raise BackendError(f"pod metadata directory {self.path} is world-writable")
             files = sorted(self.path.glob("*.json"))
         except OSError as exc:
             raise BackendError(f"pod metadata directory {self.path}: {exc}") from exc
         current: dict[Path, tuple[int, int]] = {}
         for f in files:
             try:
-                st = f.stat()
+                st = f.stat(follow_symlinks=False)
             except OSError:
                 continue
+            if not S_ISREG(st.st_mode) or st.st_mode & stat.S_IWOTH:
+                # Anyone could name any pod's workload: not trusted.
+                if f not in self._refused:
+                    self.malformed += 1
+                    log.warning("pod metadata %s is not a regular file or is world-writable", f)
+                self._refused.add(f)
+                continue
+            self._refused.discard(f)
             current[f] = (st.st_mtime_ns, st.st_size)
         if current == self._seen:
             return

@@ -74,8 +74,10 @@ def workloads(socket: Path, pods_dir: Path, **kw: float) -> PodWorkloads:
 @pytest.fixture
 def pods_dir(tmp_path: Path) -> Path:
     d = tmp_path / "pods"
-    d.mkdir()
+    d.mkdir(mode=0o755)
+    d.chmod(0o755)  # whatever the umask: a world-writable one is refused
     (d / "pods.json").write_text(PODS.read_text())
+    (d / "pods.json").chmod(0o644)
     return d
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from agent.k8s.pods import BadPodError, PodJsonDir, parse_pod
 from agent.k8s.workload import DEFAULT_LABEL_RULES, job_id, parse_rules, workload_of
-from protos.errors import ConfigError
+from protos.errors import BackendError, ConfigError
 
 PODS = Path(__file__).resolve().parents[2] / "data" / "k8s" / "pods.json"
 RULES = parse_rules(DEFAULT_LABEL_RULES)
@@ -99,11 +99,14 @@ def test_malformed_pods_are_refused(path: tuple[str, ...], value: object) -> Non
 
 
 def test_pod_json_dir_reads_lists_and_single_pods_and_follows_changes(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
     (tmp_path / "all.json").write_text(PODS.read_text())
     single = items()[0]
     single["metadata"]["name"] = "extra-pod"  # type: ignore[index]
     (tmp_path / "one.json").write_text(json.dumps(single))
     (tmp_path / "junk.json").write_text("{not json")
+    for f in tmp_path.iterdir():
+        f.chmod(0o644)
     source = PodJsonDir(tmp_path)
     pod = source.pod("team-b", "bert-ft-worker-3")
     assert pod is not None
@@ -113,3 +116,20 @@ def test_pod_json_dir_reads_lists_and_single_pods_and_follows_changes(tmp_path: 
     assert source.malformed == 1
     (tmp_path / "one.json").unlink()
     assert source.pod("team-a", "extra-pod") is None
+
+
+def test_pod_json_dir_refuses_world_writable_files_and_directories(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    (tmp_path / "all.json").write_text(PODS.read_text())
+    (tmp_path / "all.json").chmod(0o666)
+    source = PodJsonDir(tmp_path)
+    assert source.pod("team-b", "bert-ft-worker-3") is None
+    assert source.malformed == 1
+    (tmp_path / "all.json").chmod(0o644)
+    assert source.pod("team-b", "bert-ft-worker-3") is not None
+    tmp_path.chmod(0o777)
+    try:
+        with pytest.raises(BackendError, match="world-writable"):
+            source.pod("team-b", "bert-ft-worker-3")
+    finally:
+        tmp_path.chmod(0o755)
