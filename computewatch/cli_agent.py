@@ -48,6 +48,21 @@ _SETTINGS: list[tuple[str, str, Any, str]] = [
     ("--scenario", "scenario", _PATH, "Scenario file for --backend fake."),
     ("--procfs-root", "procfs_root", _PATH, "proc filesystem for job attribution."),
     ("--job-metadata-dir", "job_metadata_dir", _PATH, "Per-job metadata (lineage, model)."),
+    (
+        "--slurm-show-job-command",
+        "slurm_show_job_command",
+        str,
+        "Array/het lookup, {job} placeholder; '' turns it off.",
+    ),
+    ("--k8s-attribution", "k8s_attribution", bool, "Pods count under their workload."),
+    (
+        "--k8s-pod-resources-socket",
+        "k8s_pod_resources_socket",
+        _PATH,
+        "The kubelet's PodResources socket.",
+    ),
+    ("--k8s-pod-metadata-dir", "k8s_pod_metadata_dir", _PATH, "Pod JSON files (else the API)."),
+    ("--k8s-kubeconfig", "k8s_kubeconfig", _PATH, "Kubeconfig (else in-cluster credentials)."),
     ("--fail-mode", "fail_mode", click.Choice(FAIL_MODES), "Without a valid lease: run or halt."),
     (
         "--lease-grace",
