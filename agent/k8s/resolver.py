@@ -77,6 +77,7 @@ class PodWorkloads:
         self._meta: OrderedDict[PodRef, tuple[float, Pod | None]] = OrderedDict()
         self._by_uid: dict[str, PodJob] = {}
         self._by_ref: dict[PodRef, PodJob] = {}
+        self._missed: OrderedDict[str, None] = OrderedDict()
         self._failing = False
         # Refreshes that failed (kubelet or API server unreadable).
         self.errors = 0
@@ -120,8 +121,11 @@ class PodWorkloads:
             self._meta.move_to_end(ref)
             return cached[1]
         pod = self._pods.pod(ref.namespace, ref.name)
-        if pod is not None and (pod.namespace, pod.name) != (ref.namespace, ref.name):
-            pod = None
+        if pod is None or (pod.namespace, pod.name) != (ref.namespace, ref.name):
+            # Not there (yet: a pod the kubelet runs before the API shows it):
+            # asked again at the next refresh, never cached.
+            self._meta.pop(ref, None)
+            return None
         self._meta[ref] = (now, pod)
         self._meta.move_to_end(ref)
         while len(self._meta) > MAX_PODS:
@@ -130,8 +134,13 @@ class PodWorkloads:
 
     def by_pod_uid(self, uid: str) -> PodJob | None:
         found = self._by_uid.get(uid)
-        if found is None and self._by_ref:
-            self._stale = True  # a pod we do not know: re-read metadata next time
+        if found is None and self._by_ref and uid not in self._missed:
+            # A pod we do not know: re-read metadata at the next refresh, once per
+            # UID (a pod that holds no GPU of the kubelet's never shows up).
+            self._stale = True
+            self._missed[uid] = None
+            if len(self._missed) > MAX_PODS:
+                self._missed.popitem(last=False)
         return found
 
     def by_device(self, gpu: telemetry_pb2.GpuSample) -> PodJob | None:

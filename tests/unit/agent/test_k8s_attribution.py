@@ -16,7 +16,7 @@ from agent.attribution_setup import Attribution, register_attribution_metrics
 from agent.config import AgentConfig
 from agent.fakenvml.procfs import stat_text
 from agent.k8s.kubelet import PodRef, PodResourcesClient, gpu_pods
-from agent.k8s.pods import ApiServerPods, PodJsonDir
+from agent.k8s.pods import ApiServerPods, Pod, PodJsonDir
 from agent.k8s.resolver import PodWorkloads
 from agent.k8s.workload import DEFAULT_LABEL_RULES, parse_rules
 from agent.report import add_members, job_ids
@@ -262,3 +262,75 @@ def test_attribution_errors_are_exported_by_source(tmp_path: Path, pods_dir: Pat
     assert registry.get_sample_value(name, {"source": "kubernetes"}) == 1.0
     assert registry.get_sample_value(name, {"source": "slurm"}) == 1.0
     assert registry.get_sample_value(name, {"source": "procfs"}) == 0.0
+
+
+class CountingPods:
+    """A PodSource over pod JSON files that counts lookups (API load)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.inner = PodJsonDir(directory)
+        self.calls = 0
+
+    def pod(self, namespace: str, name: str) -> Pod | None:
+        self.calls += 1
+        return self.inner.pod(namespace, name)
+
+
+def test_a_pod_the_api_does_not_show_yet_is_asked_again_at_the_next_refresh(
+    tmp_path: Path,
+) -> None:
+    proc = tmp_path / "proc"
+    write_proc(proc, 101, pod_cgroup(UID0))
+    pods = tmp_path / "pods"
+    pods.mkdir(mode=0o755)
+    pods.chmod(0o755)
+    now = [0.0]
+    kubelet = FakeKubelet({W0: {"nvidia.com/gpu": [GPU0]}})
+    with fake_kubelet(kubelet) as socket:
+        resolver = PodWorkloads(
+            PodResourcesClient(socket, timeout_seconds=5.0),
+            PodJsonDir(pods),
+            parse_rules(DEFAULT_LABEL_RULES),
+            refresh_seconds=1.0,
+            pod_ttl_seconds=3600.0,
+            monotonic=lambda: now[0],
+        )
+        attributor = JobAttributor(proc, node_id="n7", kubernetes=resolver)
+        gpus = [gpu(GPU0, 101)]
+        attributor.fill(gpus)
+        assert jobs_of(gpus)[0][1] == UID0
+        (pods / "pods.json").write_text(PODS.read_text())
+        (pods / "pods.json").chmod(0o644)
+        now[0] = 1.0
+        attributor.fill(gpus)
+    assert jobs_of(gpus)[0][1] == JOBSET
+
+
+def test_a_process_of_a_pod_without_a_gpu_assignment_forces_one_reread_only(
+    tmp_path: Path, pods_dir: Path
+) -> None:
+    proc = tmp_path / "proc"
+    write_proc(proc, 101, pod_cgroup(UID0))
+    # A pod that took GPUs around the device plugin (NVIDIA_VISIBLE_DEVICES=all).
+    write_proc(proc, 102, pod_cgroup("9c4e6f5d-4a7b-4c8d-8e1f-3d4e5f6a7b10"))
+    now = [0.0]
+    source = CountingPods(pods_dir)
+    kubelet = FakeKubelet({W0: {"nvidia.com/gpu": [GPU0]}})
+    with fake_kubelet(kubelet) as socket:
+        resolver = PodWorkloads(
+            PodResourcesClient(socket, timeout_seconds=5.0),
+            source,
+            parse_rules(DEFAULT_LABEL_RULES),
+            refresh_seconds=1.0,
+            pod_ttl_seconds=3600.0,
+            monotonic=lambda: now[0],
+        )
+        attributor = JobAttributor(proc, node_id="n7", kubernetes=resolver)
+        gpus = [gpu(GPU0, 101, 102)]
+        for tick in range(5):
+            now[0] = float(tick)
+            attributor.fill(gpus)
+    # First read, one forced re-read for the unknown UID, then the cache.
+    assert source.calls == 2
+    assert jobs_of(gpus)[1][1] == "9c4e6f5d-4a7b-4c8d-8e1f-3d4e5f6a7b10"
+    assert jobs_of(gpus)[0][1] == JOBSET
