@@ -43,7 +43,9 @@ class Attribution:
             if cfg.k8s_pod_metadata_dir is not None:
                 pods = PodJsonDir(cfg.k8s_pod_metadata_dir)
             else:
-                pods = ApiServerPods(kubeconfig=cfg.k8s_kubeconfig)
+                api = ApiServerPods(kubeconfig=cfg.k8s_kubeconfig)
+                api.connect()  # a missing client or credentials: fail at start
+                pods = api
             self.kubernetes = PodWorkloads(
                 self._kubelet,
                 pods,

@@ -207,6 +207,10 @@ class ApiServerPods:
         self._timeout = timeout_seconds
         self._api: Any = None
 
+    def connect(self) -> None:
+        """Load the client and its credentials now; ConfigError if that fails."""
+        self._core()
+
     def _core(self) -> Any:
         if self._api is not None:
             return self._api

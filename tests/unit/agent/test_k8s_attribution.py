@@ -334,3 +334,14 @@ def test_a_process_of_a_pod_without_a_gpu_assignment_forces_one_reread_only(
     assert source.calls == 2
     assert jobs_of(gpus)[1][1] == "9c4e6f5d-4a7b-4c8d-8e1f-3d4e5f6a7b10"
     assert jobs_of(gpus)[0][1] == JOBSET
+
+
+def test_without_api_credentials_the_agent_refuses_to_start(tmp_path: Path) -> None:
+    cfg = AgentConfig(
+        node_id="n7",
+        key=tmp_path / "k",
+        k8s_attribution=True,
+        k8s_kubeconfig=tmp_path / "absent-kubeconfig",
+    )
+    with pytest.raises(ConfigError, match="kubernetes client configuration"):
+        Attribution(cfg)
