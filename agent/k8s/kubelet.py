@@ -7,7 +7,8 @@ each device plugin assigned. The NVIDIA device plugin names a GPU by its UUID
 ``nvidia.com/gpu`` (or ``nvidia.com/mig-<profile>`` with the mixed MIG
 strategy), and appends ``::<replica>`` when a GPU is time-sliced
 (k8s-device-plugin ``internal/rm/devices.go``: ``NewAnnotatedID`` formats
-``"%s::%d"``). The wire contract is our copy of the upstream proto:
+``"%s::%d"``); with ``DEVICE_ID_STRATEGY=index`` a whole GPU is its index.
+The wire contract is our copy of the upstream proto:
 ``protos/k8s/podresources/v1/api.proto``.
 """
 

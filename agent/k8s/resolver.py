@@ -145,7 +145,10 @@ class PodWorkloads:
 
     def by_device(self, gpu: telemetry_pb2.GpuSample) -> PodJob | None:
         pods: set[PodRef] = set()
-        for device in (gpu.uuid, gpu.mig_instance):
+        # The device plugin names GPUs by UUID (its default) or, with
+        # DEVICE_ID_STRATEGY=index, a whole GPU by its index.
+        by_index = "" if gpu.mig_instance else str(gpu.index)
+        for device in (gpu.uuid, gpu.mig_instance, by_index):
             if device:
                 pods.update(self._devices.get(device, ()))
         if len(pods) != 1:

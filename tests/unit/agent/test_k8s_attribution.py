@@ -156,19 +156,24 @@ def test_a_process_without_readable_proc_takes_its_gpus_only_pod(
             ("team-b", "bert-ft-worker-3"): {"nvidia.com/mig-1g.10gb": [MIG]},
             W1: {"nvidia.com/gpu": [f"{GPU2}::0"]},
             ("team-d", "debug-shell"): {"nvidia.com/gpu": [f"{GPU2}::1"]},
+            # DEVICE_ID_STRATEGY=index: GPU 3 by its index.
+            ("team-c", "serve-lws-0-1"): {"nvidia.com/gpu": ["3"]},
         }
     )
     with fake_kubelet(kubelet) as socket:
         attributor = JobAttributor(
             tmp_path / "proc", node_id="n7", kubernetes=workloads(socket, pods_dir)
         )
-        gpus = [gpu(GPU0, 201), gpu(GPU1, 202, mig=MIG), gpu(GPU2, 203)]
+        by_index = gpu("GPU-0a1b2c3d-0000-4000-8000-000000000004", 204)
+        by_index.index = 3
+        gpus = [gpu(GPU0, 201), gpu(GPU1, 202, mig=MIG), gpu(GPU2, 203), by_index]
         attributor.fill(gpus)
     assert jobs_of(gpus) == [
         (201, JOBSET, "kubernetes", "team-a/llm-pretrain-workers-0-0-x7k2p"),
         (202, "k8s:team-b/PyTorchJob/bert-ft", "kubernetes", "team-b/bert-ft-worker-3"),
         # A time-sliced GPU held by two pods: no guess.
         (203, "unattributed@n7", "unattributed", ""),
+        (204, "k8s:team-c/LeaderWorkerSet/serve-lws", "kubernetes", "team-c/serve-lws-0-1"),
     ]
 
 
