@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from collector.aggregate import Aggregator
+from collector.directives import DirectiveBook
+from collector.effectiveness import EffectTracker, tracker_listener
+from collector.ledger import Entry, Ledger
 from collector.scoping import ScopeResolver
+from collector.sessions import Sessions
 from collector.snapshot import Scope
-from protos import devices
+from protos import devices, dsse
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 from protos.errors import ScopeError
 from protos.jobs import is_unattributed, job_key, unattributed_id, unattributed_node
-from tests.support import gpu
+from protos.keys import PrivateKey
+from tests.support import Node, gpu
 
 H100 = devices.lookup("NVIDIA H100 80GB HBM3")
 assert H100 is not None
@@ -82,3 +90,49 @@ def test_a_job_halt_on_the_bare_unattributed_name_is_refused() -> None:
     agg.jobs["unattributed@a"].per_node["b"] = (1.0, 1.0, 1, 0)
     assert list(resolver.jobs(["unattributed@a"]).node_ids) == ["a"]
     assert list(resolver.jobs(["unattributed"]).node_ids) == []
+
+
+def test_terminating_a_nodes_unattributed_processes_counts_an_old_agents_bare_name(
+    tmp_path: Path,
+) -> None:
+    node = Node("a", PrivateKey.generate())
+    key = PrivateKey.generate()
+
+    def sealed(job: str | None) -> bytes:
+        g = gpu(0, job=job)
+        if job is not None:
+            g.processes[0].attribution = "unattributed"
+        return node.seal(node.report([g]))
+
+    async def append(ledger: Ledger, agg: Aggregator, data: bytes) -> None:
+        index = await ledger.append(
+            Entry(data, dsse.REPORT_TYPE, node_id=node.node_id, keyid=node.key.keyid)
+        )
+        rep = telemetry_pb2.NodeReport()
+        rep.ParseFromString(dsse.open_envelope(data).payload)
+        agg.ingest(rep, index, 0.0)
+
+    async def body() -> None:
+        ledger = Ledger(tmp_path / "ledger.db")
+        try:
+            agg = Aggregator()
+            await append(ledger, agg, sealed("unattributed"))  # an agent before per-node ids
+            book = DirectiveBook(key, ledger, Sessions(), lease_seconds=10.0)
+            tracker = EffectTracker(ledger, agg, timeout_seconds=100.0)
+            book.add_commit_listener(tracker_listener(tracker, lambda: 0.0))
+            scope = ScopeResolver(agg, lambda: ["a"]).for_targets(Scope.JOB, ["unattributed@a"])
+            assert list(scope.node_ids) == ["a"]
+            terminate = await book.issue(control_pb2.ACTION_TERMINATE, scope, grace_seconds=1.0)
+            rep = node.report([gpu(0, job="unattributed")])
+            rep.receipts.add(directive_id=terminate.id)
+            await append(ledger, agg, node.seal(rep))
+            tracker.tick(1.0)
+            # Its unattributed process still runs: not terminated.
+            assert tracker.progress(terminate.id).effective_unix_nanos == 0
+            await append(ledger, agg, sealed(None))
+            tracker.tick(2.0)
+            assert tracker.progress(terminate.id).effective_unix_nanos > 0
+        finally:
+            await ledger.close()
+
+    asyncio.run(body())
