@@ -4,7 +4,8 @@
 left a process less attributed than it could be: ``procfs`` (a world-writable
 or unreadable ``/proc`` entry), ``slurm`` (an array/het lookup that failed;
 the task counts as its own job) and ``kubernetes`` (the kubelet or the API
-server unreadable; processes keep their pod UID as their job).
+server unreadable, or a pod JSON file unusable; processes keep their pod UID as
+their job).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Attribution:
         self.slurm: SlurmJobs | None = None
         self.kubernetes: PodWorkloads | None = None
         self._kubelet: PodResourcesClient | None = None
+        self._pod_files: PodJsonDir | None = None
         if cfg.slurm_show_job_command:
             self.slurm = SlurmJobs(
                 cfg.slurm_show_job_command, timeout_seconds=cfg.slurm_command_timeout_seconds
@@ -41,7 +43,7 @@ class Attribution:
             )
             pods: PodSource
             if cfg.k8s_pod_metadata_dir is not None:
-                pods = PodJsonDir(cfg.k8s_pod_metadata_dir)
+                pods = self._pod_files = PodJsonDir(cfg.k8s_pod_metadata_dir)
             else:
                 api = ApiServerPods(kubeconfig=cfg.k8s_kubeconfig)
                 api.connect()  # a missing client or credentials: fail at start
@@ -61,7 +63,8 @@ class Attribution:
         return {
             "procfs": a.refused_world_writable + a.read_errors,
             "slurm": self.slurm.lookup_errors if self.slurm is not None else 0,
-            "kubernetes": self.kubernetes.errors if self.kubernetes is not None else 0,
+            "kubernetes": (self.kubernetes.errors if self.kubernetes is not None else 0)
+            + (self._pod_files.malformed if self._pod_files is not None else 0),
         }
 
     def close(self) -> None:

@@ -246,27 +246,39 @@ def test_agent_config_checks_the_attribution_settings(tmp_path: Path) -> None:
 
 
 def test_attribution_errors_are_exported_by_source(tmp_path: Path, pods_dir: Path) -> None:
-    cfg = AgentConfig(
-        node_id="n7",
-        key=tmp_path / "k",
-        procfs_root=tmp_path / "proc",
-        k8s_attribution=True,
-        k8s_pod_resources_socket=tmp_path / "absent.sock",
-        k8s_pod_metadata_dir=pods_dir,
-        slurm_show_job_command=f"{tmp_path}/no-scontrol show job {{job}}",
-    )
-    attribution = Attribution(cfg)
-    registry = CollectorRegistry()
-    register_attribution_metrics(registry, attribution)
     write_proc(tmp_path / "proc", 5, "0::/system.slice/slurmstepd.scope/job_77/step_0\n")
-    try:
-        attribution.attributor.fill([gpu(GPU0, 5)])
-    finally:
-        attribution.close()
+    (pods_dir / "junk.json").write_text("{not json")
+    (pods_dir / "junk.json").chmod(0o644)
     name = "computewatch_agent_attribution_errors_total"
-    assert registry.get_sample_value(name, {"source": "kubernetes"}) == 1.0
-    assert registry.get_sample_value(name, {"source": "slurm"}) == 1.0
-    assert registry.get_sample_value(name, {"source": "procfs"}) == 0.0
+    kubelet = FakeKubelet({W0: {"nvidia.com/gpu": [GPU0]}})
+    with fake_kubelet(kubelet) as socket:
+        cfg = AgentConfig(
+            node_id="n7",
+            key=tmp_path / "k",
+            procfs_root=tmp_path / "proc",
+            k8s_attribution=True,
+            k8s_pod_resources_socket=socket,
+            k8s_pod_metadata_dir=pods_dir,
+            k8s_refresh_seconds=0.001,
+            slurm_show_job_command=f"{tmp_path}/no-scontrol show job {{job}}",
+        )
+        attribution = Attribution(cfg)
+        registry = CollectorRegistry()
+        register_attribution_metrics(registry, attribution)
+        try:
+            attribution.attributor.fill([gpu(GPU0, 5)])
+            # The unusable pod file.
+            assert registry.get_sample_value(name, {"source": "kubernetes"}) == 1.0
+            assert registry.get_sample_value(name, {"source": "slurm"}) == 1.0
+            assert registry.get_sample_value(name, {"source": "procfs"}) == 0.0
+            kubelet.fail = True  # the kubelet answers UNAVAILABLE
+            for _ in range(100):  # bounded: the refresh is due after 1 ms
+                attribution.attributor.fill([gpu(GPU0, 5)])
+                if registry.get_sample_value(name, {"source": "kubernetes"}) == 2.0:
+                    break
+        finally:
+            attribution.close()
+    assert registry.get_sample_value(name, {"source": "kubernetes"}) == 2.0
 
 
 class CountingPods:
