@@ -13,9 +13,11 @@ name). Then:
   workload of the one pod the kubelet assigned its GPU or MIG device to;
   a time-sliced GPU shared by several pods attributes nothing.
 
-When the kubelet or the API server cannot be read, the device map is
-dropped (no guess on stale data), a warning is logged once per outage and
-``errors`` counts it; processes keep their pod UID as their job.
+When the kubelet cannot be read, the device map is dropped (no guess on
+stale data) and processes keep their pod UID as their job; when the API
+server cannot be read, pods read before keep their workload and new ones
+count under their pod UID. Either way a warning is logged once per outage
+and ``errors`` counts each failed refresh.
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ class PodWorkloads:
         self._last: float | None = None
         self._stale = False
         self._devices: dict[str, tuple[PodRef, ...]] = {}
-        # (namespace, name) -> (read at, pod or None when it does not exist)
-        self._meta: OrderedDict[PodRef, tuple[float, Pod | None]] = OrderedDict()
+        # (namespace, name) -> (read at, pod)
+        self._meta: OrderedDict[PodRef, tuple[float, Pod]] = OrderedDict()
         self._by_uid: dict[str, PodJob] = {}
         self._by_ref: dict[PodRef, PodJob] = {}
         self._missed: OrderedDict[str, None] = OrderedDict()
@@ -90,30 +92,44 @@ class PodWorkloads:
         self._last = now
         try:
             devices = self._kubelet.gpu_pods()
-            refs = sorted({r for pods in devices.values() for r in pods})[:MAX_PODS]
-            by_ref: dict[PodRef, PodJob] = {}
-            for ref in refs:
-                pod = self._pod(ref, now)
-                if pod is not None:
-                    w = workload_of(pod, self._rules)
-                    by_ref[ref] = PodJob(w.job_id, str(ref), w)
         except Error as exc:
-            self.errors += 1
             self._devices, self._by_ref, self._by_uid = {}, {}, {}
-            if not self._failing:
-                log.warning("kubernetes attribution unavailable: %s", exc)
-            self._failing = True
+            self._fail(exc)
             return
-        if self._failing:
-            log.info("kubernetes attribution available again")
-        self._failing = self._stale = False
+        refs = sorted({r for pods in devices.values() for r in pods})[:MAX_PODS]
+        by_ref: dict[PodRef, PodJob] = {}
+        failed: Error | None = None
+        for ref in refs:
+            cached = self._meta.get(ref)
+            try:
+                if failed is not None:
+                    raise failed  # one timeout per refresh, not one per pod
+                pod = self._pod(ref, now)
+            except Error as exc:
+                # Keep what was read before (a pod's owner never changes; its UID is
+                # checked against the process's cgroup); try again next refresh.
+                failed = exc
+                pod = cached[1] if cached is not None else None
+            if pod is not None:
+                w = workload_of(pod, self._rules)
+                by_ref[ref] = PodJob(w.job_id, str(ref), w)
+        if failed is not None:
+            self._fail(failed)
+        else:
+            if self._failing:
+                log.info("kubernetes attribution available again")
+            self._failing = self._stale = False
         self._devices = devices
         self._by_ref = by_ref
         self._by_uid = {
-            meta.uid: by_ref[ref]
-            for ref, (_, meta) in self._meta.items()
-            if meta is not None and ref in by_ref
+            meta.uid: by_ref[ref] for ref, (_, meta) in self._meta.items() if ref in by_ref
         }
+
+    def _fail(self, exc: Error) -> None:
+        self.errors += 1
+        if not self._failing:
+            log.warning("kubernetes attribution degraded: %s", exc)
+        self._failing = True
 
     def _pod(self, ref: PodRef, now: float) -> Pod | None:
         cached = self._meta.get(ref)

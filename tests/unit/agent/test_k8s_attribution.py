@@ -362,3 +362,53 @@ def test_without_api_credentials_the_agent_refuses_to_start(tmp_path: Path) -> N
     )
     with pytest.raises(ConfigError, match="kubernetes client configuration"):
         Attribution(cfg)
+
+
+class FlakyApi:
+    """A PodSource over pod JSON files whose API can go down (counts lookups)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.inner = PodJsonDir(directory)
+        self.down = False
+        self.calls = 0
+
+    def pod(self, namespace: str, name: str) -> Pod | None:
+        self.calls += 1
+        if self.down:
+            raise BackendError("API server: 503 Service Unavailable")
+        return self.inner.pod(namespace, name)
+
+
+def test_an_api_outage_keeps_known_pods_workloads_and_asks_once_per_refresh(
+    tmp_path: Path, pods_dir: Path
+) -> None:
+    proc = tmp_path / "proc"
+    write_proc(proc, 101, pod_cgroup(UID0))
+    write_proc(proc, 102, pod_cgroup(UID1))
+    now = [0.0]
+    api = FlakyApi(pods_dir)
+    kubelet = FakeKubelet({W0: {"nvidia.com/gpu": [GPU0]}})
+    with fake_kubelet(kubelet) as socket:
+        resolver = PodWorkloads(
+            PodResourcesClient(socket, timeout_seconds=5.0),
+            api,
+            parse_rules(DEFAULT_LABEL_RULES),
+            refresh_seconds=1.0,
+            pod_ttl_seconds=1.0,
+            monotonic=lambda: now[0],
+        )
+        attributor = JobAttributor(proc, node_id="n7", kubernetes=resolver)
+        gpus = [gpu(GPU0, 101), gpu(GPU1, 102)]
+        attributor.fill(gpus)
+        api.down = True
+        # W1 starts on GPU1 while the API is down.
+        kubelet.pods[W1] = {"nvidia.com/gpu": [GPU1]}
+        calls = api.calls
+        now[0] = 2.0
+        attributor.fill(gpus)
+    assert jobs_of(gpus) == [
+        (101, JOBSET, "kubernetes", "team-a/llm-pretrain-workers-0-0-x7k2p"),
+        (102, UID1, "kubernetes", ""),
+    ]
+    assert api.calls == calls + 1
+    assert resolver.errors == 1
