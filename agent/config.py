@@ -12,6 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.k8s.kubelet import DEFAULT_RESOURCES, DEFAULT_SOCKET
+from agent.k8s.workload import DEFAULT_LABEL_RULES, parse_rules
+from agent.slurm import DEFAULT_COMMAND as DEFAULT_SLURM_COMMAND
+from agent.slurm import command_template
 from protos.config import load_section
 from protos.errors import ConfigError
 from protos.reports import MAX_INTERVAL_SECONDS
@@ -65,6 +69,24 @@ class AgentConfig:
     procfs_root: Path = Path("/proc")
     # Directory of per-job metadata files (lineage, model id); none when unset.
     job_metadata_dir: Path | None = None
+    # Slurm array tasks and het components count under their array/het job,
+    # found with this command ({job}: the task's own job id); "" turns it off.
+    slurm_show_job_command: str = DEFAULT_SLURM_COMMAND
+    slurm_command_timeout_seconds: float = 5.0
+    # Kubernetes: pods count under the workload that owns them (agent.k8s).
+    k8s_attribution: bool = False
+    # The kubelet's PodResources socket.
+    k8s_pod_resources_socket: Path = DEFAULT_SOCKET
+    # Resources whose device ids are GPUs ("*" at the end: a prefix).
+    k8s_gpu_resources: tuple[str, ...] = DEFAULT_RESOURCES
+    # Pod metadata: from *.json pod files in this directory when set, else
+    # from the API server (in-cluster credentials, or k8s_kubeconfig).
+    k8s_pod_metadata_dir: Path | None = None
+    k8s_kubeconfig: Path | None = None
+    # "<label key>=<Kind>" rules, first match wins (agent.k8s.workload).
+    k8s_workload_labels: tuple[str, ...] = DEFAULT_LABEL_RULES
+    # Seconds between reads of the kubelet's GPU assignments.
+    k8s_refresh_seconds: float = 10.0
     # "open": keep GPUs running without a lease; "closed": halt locally.
     fail_mode: str = "open"
     # Seconds after start before a missing lease counts (fail_mode "closed").
@@ -123,6 +145,7 @@ class AgentConfig:
                 "the collector's public key when fail_mode is 'closed' (it verifies leases)",
             )
         self._check_enforcement()
+        self._check_attribution()
         if not self.backoff_min_seconds > 0:
             raise _ValueError(
                 "backoff_min_seconds", self.backoff_min_seconds, "a positive number of seconds"
@@ -159,6 +182,29 @@ class AgentConfig:
             raise _ValueError(
                 "terminate_grace_seconds", self.terminate_grace_seconds, "0..86400 seconds"
             )
+
+    def _check_attribution(self) -> None:
+        if self.slurm_show_job_command:
+            try:
+                command_template(self.slurm_show_job_command)
+            except ConfigError as exc:
+                raise _ValueError(
+                    "slurm_show_job_command", self.slurm_show_job_command, "a command with {job}"
+                ) from exc
+        if not 0 < self.slurm_command_timeout_seconds <= 300:
+            raise _ValueError(
+                "slurm_command_timeout_seconds", self.slurm_command_timeout_seconds, "0..300 s"
+            )
+        try:
+            parse_rules(self.k8s_workload_labels)
+        except ConfigError as exc:
+            raise _ValueError(
+                "k8s_workload_labels", self.k8s_workload_labels, "'<label key>=<Kind>' entries"
+            ) from exc
+        if not self.k8s_gpu_resources or not all(self.k8s_gpu_resources):
+            raise _ValueError("k8s_gpu_resources", self.k8s_gpu_resources, "resource names")
+        if not 0 < self.k8s_refresh_seconds <= 3600:
+            raise _ValueError("k8s_refresh_seconds", self.k8s_refresh_seconds, "0..3600 s")
 
     @property
     def spool_path(self) -> Path:

@@ -26,7 +26,7 @@ from agent.enforce.wiring import AgentEnforcement
 from agent.metrics import AgentStats, register_metrics
 from agent.nvml.backend import GpuBackend, Snapshot
 from agent.refusal import RefusalHandler
-from agent.report import build_report, job_ids, read_boot_id
+from agent.report import add_members, build_report, job_ids, read_boot_id
 from agent.spool import Spool
 from agent.stream import DirectiveHandler, StreamClient, log_directive
 from protos.computewatch.v1 import telemetry_pb2
@@ -260,7 +260,7 @@ class Agent:
             except Error as exc:
                 log.warning("%s: job attribution failed: %s", self.config.node_id, exc)
         ids = job_ids(gpus)
-        jobs = self._jobs(ids)
+        jobs = add_members(self._jobs(ids), gpus)
         end = self._monotonic()
         return _Sample(snapshot, jobs, time_ns, start, end - start)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
+from protos.jobs import is_unattributed, job_key
 
 METHOD_TENSOR = "gpm_tensor"
 METHOD_UTILIZATION = "utilization_upper_bound"
@@ -90,13 +91,17 @@ class JobState:
 
 
 def gpu_figures(
-    gpu: telemetry_pb2.GpuSample, lookup: Callable[[str], devices.DeviceSpec | None]
+    gpu: telemetry_pb2.GpuSample,
+    lookup: Callable[[str], devices.DeviceSpec | None],
+    node_id: str = "",
 ) -> GpuFigures:
+    """One GPU's figures. Processes without a job count under ``node_id``'s own
+    ``unattributed@<node>`` pseudo-job (``protos.jobs.job_key``), never a pooled one."""
     spec = lookup(gpu.product_name)
     peak = spec.peak_flops if spec else None
     lost = gpu.health == telemetry_pb2.GPU_HEALTH_LOST
     readable = gpu.health == telemetry_pb2.GPU_HEALTH_OK
-    jobs = tuple(sorted({p.job_id or "unattributed" for p in gpu.processes}))
+    jobs = tuple(sorted({job_key(p.job_id, node_id) for p in gpu.processes}))
     allocated: float | None = None
     if peak is not None and readable and gpu.processes_known:
         allocated = peak if gpu.processes else 0.0
@@ -170,7 +175,7 @@ class Aggregator:
         node.enforcement = report.enforcement
         node.nvml_status = report.nvml_status
         node.reports += 1
-        node.gpus = [gpu_figures(g, self._lookup) for g in report.gpus]
+        node.gpus = [gpu_figures(g, self._lookup, report.node_id) for g in report.gpus]
 
         per_job: dict[str, list[float]] = {}
         upper: set[str] = set()
@@ -200,6 +205,8 @@ class Aggregator:
             self.jobs[gone].upper_nodes.discard(node.node_id)
         node.jobs = set(per_job)
         for info in report.jobs:
+            if is_unattributed(info.job_id):
+                continue  # a pseudo-job declares no lineage, and never another node's
             job = self._job(info.job_id)
             job.parents = tuple(info.parent_job_ids)
             job.model_id = info.model_id or job.model_id

@@ -39,6 +39,7 @@ from collector.scoping import describe
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 from protos.errors import VerificationError
+from protos.jobs import job_key
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,9 @@ class EffectTracker:
             return {g.uuid for g in report.gpus if g.uuid in wanted}
         if kind == control_pb2.SCOPE_KIND_JOB:
             now_running = {
-                g.uuid for g in report.gpus if any(pr.job_id in t.job_ids for pr in g.processes)
+                g.uuid
+                for g in report.gpus
+                if any(job_key(pr.job_id, report.node_id) in t.job_ids for pr in g.processes)
             }
             return set(p.gpus_at_issue) | now_running
         return {g.uuid for g in report.gpus}
@@ -292,7 +295,7 @@ class EffectTracker:
         left = 0
         for g in report.gpus:
             if t.job_ids:
-                left += sum(pr.job_id in t.job_ids for pr in g.processes)
+                left += sum(job_key(pr.job_id, report.node_id) in t.job_ids for pr in g.processes)
                 continue
             if g.uuid in targets:
                 if not g.processes_known:

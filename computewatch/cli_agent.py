@@ -48,6 +48,21 @@ _SETTINGS: list[tuple[str, str, Any, str]] = [
     ("--scenario", "scenario", _PATH, "Scenario file for --backend fake."),
     ("--procfs-root", "procfs_root", _PATH, "proc filesystem for job attribution."),
     ("--job-metadata-dir", "job_metadata_dir", _PATH, "Per-job metadata (lineage, model)."),
+    (
+        "--slurm-show-job-command",
+        "slurm_show_job_command",
+        str,
+        "Array/het lookup, {job} placeholder; '' turns it off.",
+    ),
+    ("--k8s-attribution", "k8s_attribution", bool, "Pods count under their workload."),
+    (
+        "--k8s-pod-resources-socket",
+        "k8s_pod_resources_socket",
+        _PATH,
+        "The kubelet's PodResources socket.",
+    ),
+    ("--k8s-pod-metadata-dir", "k8s_pod_metadata_dir", _PATH, "Pod JSON files (else the API)."),
+    ("--k8s-kubeconfig", "k8s_kubeconfig", _PATH, "Kubeconfig (else in-cluster credentials)."),
     ("--fail-mode", "fail_mode", click.Choice(FAIL_MODES), "Without a valid lease: run or halt."),
     (
         "--lease-grace",
@@ -180,14 +195,18 @@ def build_backend(cfg: AgentConfig, stand_ins: StandIns) -> tuple[GpuBackend, Ag
         cfg.job_metadata_dir or home / "jobs",
         stand_ins,
     )
+    # A simulated node has no Slurm controller to ask about arrays.
     return node.backend, dataclasses.replace(
-        cfg, procfs_root=node.procfs_root, job_metadata_dir=node.metadata_dir
+        cfg,
+        procfs_root=node.procfs_root,
+        job_metadata_dir=node.metadata_dir,
+        slurm_show_job_command="",
     )
 
 
 async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
     """Run one agent until a signal or ``duration`` seconds."""
-    from agent.attribution import JobAttributor
+    from agent.attribution_setup import Attribution, register_attribution_metrics
     from agent.jobmeta import JobMetadataDir
     from agent.metrics import serve_metrics
     from agent.runner import Agent
@@ -204,6 +223,8 @@ async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
     timer = loop.call_later(duration, stop.set) if duration is not None else None
     server = None
+    attribution = Attribution(cfg)
+    register_attribution_metrics(registry, attribution)
     try:
         if cfg.metrics_port:
             server, _ = serve_metrics(registry, cfg.metrics_address, cfg.metrics_port)
@@ -211,7 +232,7 @@ async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
         runner = Agent(
             cfg,
             backend,
-            JobAttributor(cfg.procfs_root),
+            attribution.attributor,
             jobmeta,
             key,
             registry=registry,
@@ -240,4 +261,5 @@ async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
         if server is not None:
             server.shutdown()
         backend.close()
+        attribution.close()
         stand_ins.close()

@@ -29,11 +29,11 @@ from pathlib import Path
 from agent.nvml.backend import GpuBackend, PowerLimits
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import BackendError, ConfigError
+from protos.jobs import is_unattributed
 
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("signal", "slurm", "command")
-UNATTRIBUTED = "unattributed"
 DEFAULT_COMMAND_TIMEOUT_SECONDS = 30.0
 _SLURM_JOB = re.compile(r"^[0-9]+(_[0-9]+)?$")
 _DETAIL_CHARS = 300
@@ -147,9 +147,13 @@ class ProcessController:
 
     def _target(self, p: telemetry_pb2.GpuProcess) -> Target:
         pid = int(p.pid)
-        job = p.job_id if p.job_id and p.job_id != UNATTRIBUTED else ""
-        if self.scheduler == "slurm" and job and p.attribution == "slurm" and _SLURM_JOB.match(job):
-            return Target("job", job, 0, "slurm", None)
+        job = "" if is_unattributed(p.job_id) else p.job_id
+        if self.scheduler == "slurm" and job and p.attribution == "slurm":
+            # An array task is suspended as itself ("4242_1"): each node holds
+            # its own tasks, never the whole array's from one node.
+            unit = p.member if _SLURM_JOB.match(p.member) else job
+            if _SLURM_JOB.match(unit):
+                return Target("job", unit, 0, "slurm", None)
         if self.scheduler == "command":
             if self._per_pid:
                 return Target("pid", job, pid, "command", self.start_time(pid))

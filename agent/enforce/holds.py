@@ -147,7 +147,7 @@ class Holds:
 
     def _holds_process(self, directive_id: str, p: telemetry_pb2.GpuProcess) -> bool:
         """``directive_id`` already holds this pid or its job (skip re-planning it)."""
-        for key in (f"pid:{p.pid}", f"job:{p.job_id}"):
+        for key in (f"pid:{p.pid}", f"job:{p.job_id}", f"job:{p.member}"):
             held = self.record.stopped.get(key)
             if held is not None and directive_id in held.holders:
                 return True

@@ -152,7 +152,7 @@ async def start_cluster(
         agent = Agent(
             agent_config,
             fake.backend,
-            JobAttributor(fake.procfs_root),
+            JobAttributor(fake.procfs_root, node_id=node.id),
             JobMetadataDir(fake.metadata_dir),
             node_keys[node.id][0],
         )

@@ -197,6 +197,18 @@ def test_cli_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> 
     assert value(out, "node_id") == '"gpu-node-01"'
 
 
+def test_cli_sets_job_attribution_from_flags_and_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    env = {"COMPUTEWATCH_AGENT_K8S_ATTRIBUTION": "true"}
+    args = ["--config", str(path), "--slurm-show-job-command", "", "--k8s-kubeconfig", "/kc"]
+    code, out = show(args, env)
+    assert code == 0, out
+    assert value(out, "k8s_attribution") == "true"
+    assert value(out, "slurm_show_job_command") == '""'
+    assert value(out, "k8s_kubeconfig") == '"/kc"'
+    assert value(out, "k8s_workload_labels").startswith('["trainer.kubeflow.org/trainjob-name=')
+
+
 def test_cli_reads_the_config_file_from_the_environment(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + 'backend = "fake"\nscenario = "s.yaml"\n')
     code, out = show([], {"COMPUTEWATCH_AGENT_CONFIG": str(path)})

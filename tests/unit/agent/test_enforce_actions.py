@@ -114,6 +114,19 @@ def test_slurm_suspends_and_resumes_jobs_with_scontrol(tmp_path: Path, children:
     assert wait_state(b.pid, {"T"}) == "T"
 
 
+def test_slurm_suspends_an_array_task_as_itself_and_a_het_component_by_its_job(
+    children: Children,
+) -> None:
+    a, b = children.spawn(), children.spawn()
+    pc = ProcessController("slurm")
+    task = telemetry_pb2.GpuProcess(pid=a.pid, job_id="4242", attribution="slurm", member="4242_1")
+    het = telemetry_pb2.GpuProcess(pid=b.pid, job_id="100", attribution="slurm", member="100+1")
+    assert [(t.kind, t.method, t.label) for t in pc.plan([task, het])] == [
+        ("job", "slurm", "4242_1"),
+        ("job", "slurm", "100"),
+    ]
+
+
 def test_slurm_never_passes_an_option_like_job_id_to_scontrol(children: Children) -> None:
     p = children.spawn()
     (t,) = ProcessController("slurm").plan([gpu_proc(p.pid, "--help", "slurm")])

@@ -119,6 +119,8 @@ def test_default_release_renders_the_expected_objects() -> None:
     docs = manifests()
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
         "ConfigMap",
         "ConfigMap",
         "ConfigMap",
@@ -127,6 +129,7 @@ def test_default_release_renders_the_expected_objects() -> None:
         "PersistentVolumeClaim",
         "Service",
         "Service",
+        "ServiceAccount",
     ]
     for doc in docs:
         meta = doc["metadata"]
@@ -168,7 +171,6 @@ def test_agent_daemonset_can_see_and_stop_gpu_processes() -> None:
     assert spec["runtimeClassName"] == "nvidia"
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
-    assert spec["automountServiceAccountToken"] is False
     agent = container(ds, "agent")
     sc = agent["securityContext"]
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["KILL", "SYS_ADMIN"]}
@@ -188,6 +190,43 @@ def test_agent_daemonset_can_see_and_stop_gpu_processes() -> None:
     assert secret["secret"]["defaultMode"] == 0o400
     (state,) = [v for v in spec["volumes"] if v["name"] == "state"]
     assert state["hostPath"]["path"] == "/var/lib/computewatch/agent"
+
+
+def test_agent_attributes_pods_to_workloads_with_the_kubelet_socket_and_get_pods(
+    tmp_path: Path,
+) -> None:
+    from agent.config import load_agent_config
+
+    docs = manifests()
+    ds = one(docs, "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    config = load_agent_config(
+        toml_of(docs, "-agent", "agent.toml", tmp_path), {"node_id": "gpu-1", "key": "/k"}
+    )
+    assert config.k8s_attribution is True
+    socket_dir = mount_path(ds, "agent", "pod-resources")
+    assert config.k8s_pod_resources_socket.parent == Path(socket_dir)
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "pod-resources"]
+    assert volume["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
+    account = one(docs, "ServiceAccount", "-agent")["metadata"]["name"]
+    assert spec["serviceAccountName"] == account
+    assert spec["automountServiceAccountToken"] is True
+    assert one(docs, "ClusterRole", "-agent")["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}
+    ]
+    binding = one(docs, "ClusterRoleBinding", "-agent")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": "computewatch"}
+    ]
+    off = manifests({"agent": {"kubernetesAttribution": {"enabled": False}}})
+    assert not {"ServiceAccount", "ClusterRole"} & {d["kind"] for d in off}
+    off_spec = one(off, "DaemonSet")["spec"]["template"]["spec"]
+    assert off_spec["automountServiceAccountToken"] is False
+    assert "pod-resources" not in {v["name"] for v in off_spec["volumes"]}
+    off_config = load_agent_config(
+        toml_of(off, "-agent", "agent.toml", tmp_path), {"node_id": "gpu-1", "key": "/k"}
+    )
+    assert off_config.k8s_attribution is False
 
 
 def test_agent_config_loads_and_points_at_the_collector(tmp_path: Path) -> None:
@@ -306,7 +345,14 @@ def test_components_can_be_disabled() -> None:
     collector_only = manifests({"agent": {"enabled": False}, "collectorPublicKey": ""})
     assert "DaemonSet" not in {d["kind"] for d in collector_only}
     agent_only = manifests({"collector": {"enabled": False}, "agent": {"collectorAddress": "c:1"}})
-    assert {d["kind"] for d in agent_only} == {"ConfigMap", "DaemonSet", "Service"}
+    assert {d["kind"] for d in agent_only} == {
+        "ConfigMap",
+        "DaemonSet",
+        "Service",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    }
 
 
 def test_render_fails_like_helm_on_missing_or_contradictory_values() -> None:
