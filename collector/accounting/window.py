@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from collector.accounting.gpu import GpuFigures
 
-# Jitter between the agent's interval and its sample clock that is not a gap.
-GAP_TOLERANCE_SECONDS = 0.25
-GAP_TOLERANCE_FRACTION = 0.02
+# Jitter between the agent's interval (monotonic clock) and its sample time
+# (wall clock) that is not a gap. Absolute: a gap is never hidden in a long
+# interval.
+GAP_TOLERANCE_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -53,5 +54,4 @@ def window_flop(fig: GpuFigures, interval: float) -> WindowFlop:
 def gap_seconds(previous_sample: float, sample: float, interval: float) -> float:
     """Seconds between two reports that neither covers (0 within the tolerance)."""
     gap = sample - previous_sample - max(interval, 0.0)
-    tolerance = GAP_TOLERANCE_SECONDS + GAP_TOLERANCE_FRACTION * max(interval, 0.0)
-    return gap if gap > tolerance else 0.0
+    return gap if gap > GAP_TOLERANCE_SECONDS else 0.0
