@@ -175,7 +175,10 @@ def test_decision_carries_value_threshold_evidence_and_a_plain_reason() -> None:
     assert d.targets == ("4242",)
     assert d.log_indices == (3, 9, 12)
     assert d.time == 7.0
-    assert d.reason == "job 4242 cumulative compute 1.2e25 FLOP > 1e25 FLOP (EU AI Act Art. 51(2))"
+    assert d.reason == (
+        "job 4242 cumulative compute 1.2e25 FLOP > 1e25 FLOP"
+        " (by the estimate; upper bound unknown) (EU AI Act Art. 51(2))"
+    )
     doc = d.to_dict()
     assert doc["rule"] == "eu"
     assert doc["log_indices"] == [3, 9, 12]
