@@ -24,6 +24,7 @@ class Scope(StrEnum):
 METRICS: Mapping[Scope, tuple[str, ...]] = {
     Scope.CLUSTER: (
         "installed_flops",
+        "installed_flops_upper_bound",
         "allocated_flops",
         "achieved_flops",
         "achieved_flops_upper_bound",
@@ -37,6 +38,7 @@ METRICS: Mapping[Scope, tuple[str, ...]] = {
     ),
     Scope.NODE: (
         "installed_flops",
+        "installed_flops_upper_bound",
         "allocated_flops",
         "achieved_flops",
         "achieved_flops_upper_bound",
@@ -57,6 +59,7 @@ METRICS: Mapping[Scope, tuple[str, ...]] = {
     ),
     Scope.GPU: (
         "installed_flops",
+        "installed_flops_upper_bound",
         "achieved_flops",
         "achieved_flops_upper_bound",
         "utilization_percent",
@@ -67,7 +70,7 @@ METRICS: Mapping[Scope, tuple[str, ...]] = {
 # Compute metrics published as an interval: the estimate under the metric's
 # own name, the upper bound under ``<metric>_upper_bound``.
 BOUNDED_METRICS: frozenset[str] = frozenset(
-    {"achieved_flops", "cumulative_flop", "lineage_cumulative_flop"}
+    {"installed_flops", "achieved_flops", "cumulative_flop", "lineage_cumulative_flop"}
 )
 UPPER_SUFFIX = "_upper_bound"
 

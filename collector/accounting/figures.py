@@ -40,7 +40,7 @@ def build_snapshot(
     c_installed: list[float | None] = []
     c_allocated: list[float | None] = []
     c_achieved: list[float | None] = []
-    c_upper = c_unmeasured = 0.0
+    c_upper = c_unmeasured = c_installed_upper = 0.0
     c_methods: set[str] = set()
     c_evidence: list[int] = []
     for node in list(nodes.values()):
@@ -49,6 +49,7 @@ def build_snapshot(
         if not node.reports:
             values[key] = {
                 "installed_flops": None,
+                "installed_flops_upper_bound": None,
                 "allocated_flops": None,
                 "achieved_flops": None,
                 "achieved_flops_upper_bound": None,
@@ -65,6 +66,8 @@ def build_snapshot(
         lost += node_lost
         unknown_model += sum(g.model is None for g in node.gpus)
         installed = _sum([g.installed for g in node.gpus])
+        # Capacity at any precision; a GPU of unknown model at the table's highest peak.
+        installed_upper = sum(g.max_peak for g in node.gpus)
         unmeasured = node.unmeasured_gpu_seconds
         node_methods = {g.method for g in node.gpus}
         if quiet:
@@ -84,6 +87,7 @@ def build_snapshot(
             c_evidence.append(node.last_index)
         values[key] = {
             "installed_flops": installed,
+            "installed_flops_upper_bound": installed_upper,
             "allocated_flops": allocated,
             "achieved_flops": achieved,
             "achieved_flops_upper_bound": upper,
@@ -96,12 +100,14 @@ def build_snapshot(
         c_methods |= node_methods
         evidence[key] = (node.last_index,)
         c_installed.append(installed)
+        c_installed_upper += installed_upper
         c_upper += upper
         c_unmeasured += unmeasured
         for g in node.gpus:
             gkey = (Scope.GPU, g.uuid)
             values[gkey] = {
                 "installed_flops": g.installed,
+                "installed_flops_upper_bound": g.max_peak,
                 "achieved_flops": None if quiet else g.achieved,
                 "achieved_flops_upper_bound": g.max_peak if quiet else g.achieved_upper,
                 "utilization_percent": None if quiet else g.utilization,
@@ -152,6 +158,7 @@ def build_snapshot(
         c_cumulative_upper += upper
     values[(Scope.CLUSTER, CLUSTER_KEY)] = {
         "installed_flops": _sum(c_installed),
+        "installed_flops_upper_bound": c_installed_upper,
         "allocated_flops": _sum(c_allocated),
         "achieved_flops": _sum(c_achieved),
         "achieved_flops_upper_bound": c_upper,

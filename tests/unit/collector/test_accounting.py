@@ -167,3 +167,13 @@ def test_the_pci_device_id_identifies_a_gpu_whatever_its_name() -> None:
     assert gpu_figures(g).model is None
     g.pci_device_id = (0x2330 << 16) | 0x10DE
     assert gpu_figures(g).model == "H100 SXM"
+
+
+def test_installed_capacity_upper_bound_counts_any_precision_and_unknown_models() -> None:
+    agg = Aggregator()
+    t = run(agg, "n", [[gpu(0, job=None), gpu(1, product=UNKNOWN, job=None)]])
+    snap = agg.snapshot(t)
+    assert snap.get(Scope.NODE, "n", "installed_flops") == H100.peak_flops
+    assert snap.get(Scope.CLUSTER, CLUSTER_KEY, "installed_flops_upper_bound") == pytest.approx(
+        H100.max_peak_flops + devices.TABLE_MAX_PEAK_FLOPS
+    )

@@ -129,7 +129,11 @@ def test_us_eo_14110_is_historical_and_only_records() -> None:
     snap = Snapshot(
         time=0,
         values={
-            (Scope.CLUSTER, CLUSTER_KEY): {"installed_flops": 1.2e20},
+            # BF16 capacity under the line; at any precision (FP8) over it.
+            (Scope.CLUSTER, CLUSTER_KEY): {
+                "installed_flops": 0.6e20,
+                "installed_flops_upper_bound": 1.2e20,
+            },
             (JOB, "bio"): {"cumulative_flop": 2e23, "cumulative_flop_upper_bound": 2e23},
         },
     )
