@@ -63,12 +63,8 @@ class Aggregator:
         *,
         lookup: Callable[[str], devices.DeviceSpec | None] = devices.lookup,
         silent_after_intervals: float = 3.0,
-        max_interval_seconds: float | None = None,
         expected_interval_seconds: float = 0.0,
     ) -> None:
-        # max_interval_seconds is accepted for old callers and ignored: a
-        # report is integrated over its own window (no clamp).
-        del max_interval_seconds
         self._lookup = lookup
         self._silent_after = silent_after_intervals
         # The collector's configured agent interval: a floor for the silence clock.

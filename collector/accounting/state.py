@@ -91,7 +91,8 @@ class JobState:
     # activity): its current estimate there is itself an upper bound.
     upper_nodes: set[str] = field(default_factory=set)
     per_node: dict[str, NodeShare] = field(default_factory=dict)
-    # Every estimate method the job's figures used.
+    # Every estimate method the job's cumulative figures used (its ``method``
+    # is the worst of them: the cumulative figure rests on all).
     methods: set[str] = field(default_factory=set)
     parents: tuple[str, ...] = ()
     model_id: str = ""
