@@ -16,6 +16,7 @@ from collector.metrics import CollectorMetrics
 from collector.sessions import Sessions
 from collector.status_service import build_status
 from computewatch.cli_status import render_status
+from computewatch.demo.view import render
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
 from tests.support import gpu
@@ -100,3 +101,15 @@ def test_metrics_export_the_bounds_and_unmeasured_time(tmp_path: Path) -> None:
     assert math.isnan(odd)  # unknown, never 0
 
     asyncio.run(ledger.close())
+
+
+def test_the_demo_live_view_shows_the_same_forms() -> None:
+    st = build_status(
+        _fleet(), IngestStats(), 4, 102.0, possibly_crossed=lambda: [("r", "mystery")]
+    )
+    text = render(st, [], elapsed=1.0, duration=2.0, job_thresholds=[1e18], events=[])
+    line = next(ln for ln in text.splitlines() if ln.startswith("mystery"))
+    assert "unknown (<= " in line
+    assert "POSSIBLY CROSSED r" in line
+    known = next(ln for ln in text.splitlines() if ln.startswith("known"))
+    assert "(<= " in known
