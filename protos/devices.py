@@ -317,7 +317,8 @@ DEVICES: tuple[DeviceSpec, ...] = (
         ),
         "NVIDIA HGX B300 datasheet (2025), per 8 GPUs: FP4 108 PF dense (144 sparse),"
         " FP8/FP6 72 PF, FP16/BF16 36 PF, TF32 18 PF (with sparsity; dense is half),"
-        " INT8 3 POPS, FP64 10 TF; divided by 8 (INT8 and FP64 unconfirmed)",
+        " INT8 3 POPS, FP64 10 TF; divided by 8 (INT8 and FP64 unconfirmed; FP32 assumed"
+        " equal to B200, not on the sheet)",
         # PCI id not checked: matched by name.
     ),
     # --- other vendors (NVML never reports them; named for completeness) ----------
