@@ -52,6 +52,8 @@ def build_status(
         possibly_crossed=[f"{rule} {key}" for rule, key in straddling],
     )
     out.rejected_by_reason.update(stats.rejected)
+    if (cluster_achieved := cluster.get("achieved_flops")) is not None:
+        out.achieved_flops_estimate = cluster_achieved
     for node in sorted(aggregator.nodes.values(), key=lambda n: n.node_id):
         values = snap.values.get((Scope.NODE, node.node_id), {})
         if not node.reports:

@@ -42,6 +42,10 @@ def fetch_status(
     return result
 
 
+def cluster_achieved(st: status_pb2.ClusterStatus) -> float | None:
+    return st.achieved_flops_estimate if st.HasField("achieved_flops_estimate") else None
+
+
 def job_cumulative(j: status_pb2.JobStatus) -> str:
     """A job's cumulative FLOP as its interval (``unknown``/``>=`` forms)."""
     estimate = j.cumulative_flop_estimate if j.HasField("cumulative_flop_estimate") else None
@@ -55,7 +59,7 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
         f" {st.gpus_unknown_model} of unknown model), log size {st.log_size}",
         f"  installed {si(st.installed_flops, 'FLOP/s')}   allocated"
         f" {si(st.allocated_flops, 'FLOP/s')}   achieved"
-        f" {interval(st.achieved_flops, st.achieved_flops_upper_bound, 'FLOP/s')}",
+        f" {interval(cluster_achieved(st), st.achieved_flops_upper_bound, 'FLOP/s')}",
         f"  cumulative {interval(st.cumulative_flop, st.cumulative_flop_upper_bound, 'FLOP')}"
         f"   unmeasured {st.unmeasured_gpu_seconds:,.0f} GPU-s   method {st.method or '-'}",
         *(f"  possibly crossed: {p}" for p in st.possibly_crossed),

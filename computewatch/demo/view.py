@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from computewatch.cli_status import job_cumulative
+from computewatch.cli_status import cluster_achieved, job_cumulative
 from computewatch.render import bar, interval, si, table
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, status_pb2
@@ -87,7 +87,7 @@ def render(
         + (", ".join(f"{k}={v}" for k, v in sorted(st.rejected_by_reason.items())) or "0"),
         f"cluster  installed {si(st.installed_flops, 'FLOP/s'):>14}   allocated"
         f" {si(st.allocated_flops, 'FLOP/s'):>14}   achieved"
-        f" {interval(st.achieved_flops, st.achieved_flops_upper_bound, 'FLOP/s')}",
+        f" {interval(cluster_achieved(st), st.achieved_flops_upper_bound, 'FLOP/s')}",
         f"         {st.gpus_total} GPUs, {st.gpus_lost} lost,"
         f" {st.gpus_unknown_model} of unknown model",
         "",

@@ -87,7 +87,7 @@ class JobStatus(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., cumulative_flop: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus: _Optional[int] = ..., upper_bound: _Optional[bool] = ..., node_ids: _Optional[_Iterable[str]] = ..., parent_job_ids: _Optional[_Iterable[str]] = ..., gpus_unknown_model: _Optional[int] = ..., cumulative_flop_upper_bound: _Optional[float] = ..., achieved_flops_upper_bound: _Optional[float] = ..., unmeasured_gpu_seconds: _Optional[float] = ..., method: _Optional[str] = ..., cumulative_flop_estimate: _Optional[float] = ..., achieved_flops_estimate: _Optional[float] = ..., possibly_crossed_rules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("generated_unix_nanos", "installed_flops", "allocated_flops", "achieved_flops", "gpus_unknown_model", "gpus_total", "gpus_lost", "nodes", "jobs", "reports_accepted", "rejected_by_reason", "log_size", "achieved_flops_upper_bound", "cumulative_flop", "cumulative_flop_upper_bound", "unmeasured_gpu_seconds", "method", "possibly_crossed")
+    __slots__ = ("generated_unix_nanos", "installed_flops", "allocated_flops", "achieved_flops", "gpus_unknown_model", "gpus_total", "gpus_lost", "nodes", "jobs", "reports_accepted", "rejected_by_reason", "log_size", "achieved_flops_upper_bound", "cumulative_flop", "cumulative_flop_upper_bound", "unmeasured_gpu_seconds", "method", "possibly_crossed", "achieved_flops_estimate")
     class RejectedByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class ClusterStatus(_message.Message):
     UNMEASURED_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     POSSIBLY_CROSSED_FIELD_NUMBER: _ClassVar[int]
+    ACHIEVED_FLOPS_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     generated_unix_nanos: int
     installed_flops: float
     allocated_flops: float
@@ -131,7 +132,8 @@ class ClusterStatus(_message.Message):
     unmeasured_gpu_seconds: float
     method: str
     possibly_crossed: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, generated_unix_nanos: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus_unknown_model: _Optional[int] = ..., gpus_total: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., reports_accepted: _Optional[int] = ..., rejected_by_reason: _Optional[_Mapping[str, int]] = ..., log_size: _Optional[int] = ..., achieved_flops_upper_bound: _Optional[float] = ..., cumulative_flop: _Optional[float] = ..., cumulative_flop_upper_bound: _Optional[float] = ..., unmeasured_gpu_seconds: _Optional[float] = ..., method: _Optional[str] = ..., possibly_crossed: _Optional[_Iterable[str]] = ...) -> None: ...
+    achieved_flops_estimate: float
+    def __init__(self, generated_unix_nanos: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus_unknown_model: _Optional[int] = ..., gpus_total: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., reports_accepted: _Optional[int] = ..., rejected_by_reason: _Optional[_Mapping[str, int]] = ..., log_size: _Optional[int] = ..., achieved_flops_upper_bound: _Optional[float] = ..., cumulative_flop: _Optional[float] = ..., cumulative_flop_upper_bound: _Optional[float] = ..., unmeasured_gpu_seconds: _Optional[float] = ..., method: _Optional[str] = ..., possibly_crossed: _Optional[_Iterable[str]] = ..., achieved_flops_estimate: _Optional[float] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

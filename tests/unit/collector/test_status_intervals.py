@@ -113,3 +113,10 @@ def test_the_demo_live_view_shows_the_same_forms() -> None:
     assert "POSSIBLY CROSSED r" in line
     known = next(ln for ln in text.splitlines() if ln.startswith("known"))
     assert "(<= " in known
+
+
+def test_with_every_node_silent_the_cluster_rate_is_unknown() -> None:
+    st = build_status(_fleet(), IngestStats(), 4, 200.0)
+    assert not st.HasField("achieved_flops_estimate")
+    assert st.achieved_flops_upper_bound > 0
+    assert "achieved unknown (<= " in render_status(st)
