@@ -101,9 +101,30 @@ class CollectorMetrics(Collector):
             )
         yield GaugeMetricFamily(
             "computewatch_cluster_cumulative_flop",
-            "FLOP integrated over all jobs since the ledger began.",
+            "FLOP integrated over all jobs since the ledger began (estimate).",
             value=cluster.get("cumulative_flop") or 0.0,
         )
+        for name, key, help_text in (
+            (
+                "upper_bound_achieved_flops",
+                "achieved_flops_upper_bound",
+                "Upper bound of achieved FLOP/s: activity at each GPU's highest dense peak"
+                " at any precision; silent nodes' GPUs at peak.",
+            ),
+            (
+                "upper_bound_cumulative_flop",
+                "cumulative_flop_upper_bound",
+                "Upper bound of cumulative FLOP over all jobs, unmeasured time at peak.",
+            ),
+            (
+                "unmeasured_gpu_seconds",
+                "unmeasured_gpu_seconds",
+                "GPU-seconds no report measured (gaps, silence, unknown models, errors).",
+            ),
+        ):
+            yield GaugeMetricFamily(
+                f"computewatch_cluster_{name}", help_text, value=_nan(cluster.get(key))
+            )
         nodes = GaugeMetricFamily(
             "computewatch_nodes", "Enrolled nodes by state.", labels=["state"]
         )
@@ -114,7 +135,19 @@ class CollectorMetrics(Collector):
             labels=["node"],
         )
         achieved = GaugeMetricFamily(
-            "computewatch_node_achieved_flops", "Achieved FLOP/s per node.", labels=["node"]
+            "computewatch_node_achieved_flops",
+            "Achieved FLOP/s per node (estimate; NaN when unknown).",
+            labels=["node"],
+        )
+        achieved_upper = GaugeMetricFamily(
+            "computewatch_node_upper_bound_achieved_flops",
+            "Upper bound of achieved FLOP/s per node.",
+            labels=["node"],
+        )
+        unmeasured = GaugeMetricFamily(
+            "computewatch_node_unmeasured_gpu_seconds",
+            "GPU-seconds of the node no report measured.",
+            labels=["node"],
         )
         breaks = CounterMetricFamily(
             "computewatch_node_chain_breaks",
@@ -131,11 +164,17 @@ class CollectorMetrics(Collector):
             age.add_metric([node.node_id], max(0.0, now - node.last_received))
             value = snap.get(Scope.NODE, node.node_id, "achieved_flops")
             achieved.add_metric([node.node_id], _nan(value))
+            upper = snap.get(Scope.NODE, node.node_id, "achieved_flops_upper_bound")
+            achieved_upper.add_metric([node.node_id], _nan(upper))
+            gap = snap.get(Scope.NODE, node.node_id, "unmeasured_gpu_seconds")
+            unmeasured.add_metric([node.node_id], _nan(gap))
         for state, n in counts.items():
             nodes.add_metric([state], n)
         yield nodes
         yield age
         yield achieved
+        yield achieved_upper
+        yield unmeasured
         yield breaks
         gpus = GaugeMetricFamily("computewatch_gpus", "GPUs by state.", labels=["state"])
         lost = int(cluster.get("gpus_lost") or 0)

@@ -76,6 +76,7 @@ class Collector:
     sessions: Sessions
     metrics_registry: CollectorRegistry
     health: health_aio.HealthServicer
+    status_servicer: StatusServicer
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _pool: ThreadPoolExecutor | None = None
     _metrics_server: object | None = None
@@ -212,9 +213,8 @@ async def _build(
         ),
         server,
     )
-    status_pb2_grpc.add_StatusServicer_to_server(
-        StatusServicer(aggregator, ingestor.stats, ledger), server
-    )
+    status_servicer = StatusServicer(aggregator, ingestor.stats, ledger)
+    status_pb2_grpc.add_StatusServicer_to_server(status_servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICES, server)
@@ -237,6 +237,7 @@ async def _build(
         sessions=sessions,
         metrics_registry=metrics_registry,
         health=health_servicer,
+        status_servicer=status_servicer,
         _pool=pool,
         bind_hooks=bind_hooks,
         merkle=merkle,

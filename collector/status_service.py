@@ -13,12 +13,28 @@ from collector.ledger import Ledger
 from collector.snapshot import CLUSTER_KEY, Scope
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc
 
+# (rule id, key) of every rule whose interval straddles its threshold now.
+PossiblyCrossed = Callable[[], list[tuple[str, str]]]
+
+
+def _none() -> list[tuple[str, str]]:
+    return []
+
 
 def build_status(
-    aggregator: Aggregator, stats: IngestStats, log_size: int, now: float
+    aggregator: Aggregator,
+    stats: IngestStats,
+    log_size: int,
+    now: float,
+    possibly_crossed: PossiblyCrossed = _none,
 ) -> status_pb2.ClusterStatus:
+    """The status message. Compute figures come as intervals: plain fields
+    read 0 where unknown (for old clients), ``*_estimate`` fields are absent
+    then, and ``*_upper_bound``, ``unmeasured_gpu_seconds`` and ``method``
+    say how far the figure can be from the truth."""
     snap = aggregator.snapshot(now)
     cluster = snap.values[(Scope.CLUSTER, CLUSTER_KEY)]
+    straddling = possibly_crossed()
     out = status_pb2.ClusterStatus(
         generated_unix_nanos=int(now * 1e9),
         installed_flops=cluster.get("installed_flops") or 0.0,
@@ -28,8 +44,16 @@ def build_status(
         gpus_lost=int(cluster.get("gpus_lost") or 0),
         reports_accepted=stats.accepted,
         log_size=log_size,
+        achieved_flops_upper_bound=cluster.get("achieved_flops_upper_bound") or 0.0,
+        cumulative_flop=cluster.get("cumulative_flop") or 0.0,
+        cumulative_flop_upper_bound=cluster.get("cumulative_flop_upper_bound") or 0.0,
+        unmeasured_gpu_seconds=cluster.get("unmeasured_gpu_seconds") or 0.0,
+        method=snap.methods.get((Scope.CLUSTER, CLUSTER_KEY), ""),
+        possibly_crossed=[f"{rule} {key}" for rule, key in straddling],
     )
     out.rejected_by_reason.update(stats.rejected)
+    if (cluster_achieved := cluster.get("achieved_flops")) is not None:
+        out.achieved_flops_estimate = cluster_achieved
     for node in sorted(aggregator.nodes.values(), key=lambda n: n.node_id):
         values = snap.values.get((Scope.NODE, node.node_id), {})
         if not node.reports:
@@ -51,19 +75,38 @@ def build_status(
             achieved_flops=values.get("achieved_flops") or 0.0,
             active_directive_ids=list(node.enforcement.active_directive_ids),
             halted=bool(node.enforcement.halted_gpu_uuids) or node.enforcement.locally_halted,
+            achieved_flops_upper_bound=values.get("achieved_flops_upper_bound") or 0.0,
+            unmeasured_gpu_seconds=values.get("unmeasured_gpu_seconds") or 0.0,
+            method=snap.methods.get((Scope.NODE, node.node_id), ""),
         )
+        achieved = values.get("achieved_flops")
+        if achieved is not None:
+            out.nodes[-1].achieved_flops_estimate = achieved
+    by_job: dict[str, list[str]] = {}
+    for rule, key in straddling:
+        by_job.setdefault(key, []).append(rule)
     for job in sorted(aggregator.jobs.values(), key=lambda j: j.job_id):
         values = snap.values.get((Scope.JOB, job.job_id), {})
-        out.jobs.add(
+        st = out.jobs.add(
             job_id=job.job_id,
-            cumulative_flop=job.cumulative_flop,
+            cumulative_flop=values.get("cumulative_flop") or 0.0,
             achieved_flops=values.get("achieved_flops") or 0.0,
             gpus=int(values.get("gpus") or 0),
             upper_bound=job.upper_bound,
             node_ids=list(snap.job_nodes.get(job.job_id, ())),
             parent_job_ids=list(job.parents),
             gpus_unknown_model=int(values.get("gpus_unknown_model") or 0),
+            cumulative_flop_upper_bound=values.get("cumulative_flop_upper_bound") or 0.0,
+            achieved_flops_upper_bound=values.get("achieved_flops_upper_bound") or 0.0,
+            unmeasured_gpu_seconds=values.get("unmeasured_gpu_seconds") or 0.0,
+            method=snap.methods.get((Scope.JOB, job.job_id), ""),
+            possibly_crossed_rules=sorted(by_job.get(job.job_id, ())),
         )
+        cumulative, achieved = values.get("cumulative_flop"), values.get("achieved_flops")
+        if cumulative is not None:
+            st.cumulative_flop_estimate = cumulative
+        if achieved is not None:
+            st.achieved_flops_estimate = achieved
     return out
 
 
@@ -79,10 +122,14 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         self._stats = stats
         self._ledger = ledger
         self._clock = clock
+        # Set by the stop protocol's wiring once the rule engine exists.
+        self.possibly_crossed: PossiblyCrossed = _none
 
     async def GetStatus(
         self,
         request: status_pb2.StatusRequest,
         context: grpc.aio.ServicerContext[status_pb2.StatusRequest, status_pb2.ClusterStatus],
     ) -> status_pb2.ClusterStatus:
-        return build_status(self._agg, self._stats, self._ledger.size, self._clock())
+        return build_status(
+            self._agg, self._stats, self._ledger.size, self._clock(), self.possibly_crossed
+        )

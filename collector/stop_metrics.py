@@ -57,7 +57,7 @@ class StopMetrics(Collector):
         engine = self._decisions.engine
         decisions = CounterMetricFamily(
             "computewatch_rule_decisions_total",
-            "Rule decisions (fire, clear, unknown) by rule and action.",
+            "Rule decisions (fire, clear, unknown, possibly_crossed) by rule and action.",
             labels=["rule", "kind", "action"],
         )
         for (rule, kind, action), n in sorted(self._decisions.stats.decisions.items()):
@@ -74,6 +74,18 @@ class StopMetrics(Collector):
         for rule_id, n in sorted(counts.items()):
             firing.add_metric([rule_id], n)
         yield firing
+        possible = GaugeMetricFamily(
+            "computewatch_rule_possibly_crossed",
+            "Keys whose compute interval (estimate .. upper bound) straddles the rule's"
+            " threshold while the rule's own bound does not cross it.",
+            labels=["rule"],
+        )
+        straddling = {r.id: 0 for r in engine.rules if r.bounded}
+        for straddling_rule, _ in engine.possibly_crossed():
+            straddling[straddling_rule.id] = straddling.get(straddling_rule.id, 0) + 1
+        for rule_id, n in sorted(straddling.items()):
+            possible.add_metric([rule_id], n)
+        yield possible
 
     def _directives(self) -> Iterator[Metric]:
         stats = self._book.stats

@@ -42,9 +42,10 @@ def check(packs: tuple[str, ...]) -> None:
 
 
 def _rule_line(rule: Rule) -> str:
-    cond = (
-        f"{rule.scope} {rule.metric} {rule.comparison} {format_quantity(rule.threshold, rule.unit)}"
+    metric = (
+        f"{rule.metric} ({rule.bound.value.replace('_', ' ')})" if rule.bounded else rule.metric
     )
+    cond = f"{rule.scope} {metric} {rule.comparison} {format_quantity(rule.threshold, rule.unit)}"
     if rule.for_seconds:
         cond += f" for {rule.for_seconds:g} s"
     action = str(rule.action)

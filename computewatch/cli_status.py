@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import json_format
 
 from computewatch.clitools import translate_errors
-from computewatch.render import si, table
+from computewatch.render import interval, si, table
 from protos.auth import call_metadata
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc
 from protos.keys import PrivateKey, load_private_key
@@ -42,13 +42,27 @@ def fetch_status(
     return result
 
 
+def cluster_achieved(st: status_pb2.ClusterStatus) -> float | None:
+    return st.achieved_flops_estimate if st.HasField("achieved_flops_estimate") else None
+
+
+def job_cumulative(j: status_pb2.JobStatus) -> str:
+    """A job's cumulative FLOP as its interval (``unknown``/``>=`` forms)."""
+    estimate = j.cumulative_flop_estimate if j.HasField("cumulative_flop_estimate") else None
+    return interval(estimate, j.cumulative_flop_upper_bound, "FLOP", j.unmeasured_gpu_seconds)
+
+
 def render_status(st: status_pb2.ClusterStatus) -> str:
     when = datetime.fromtimestamp(st.generated_unix_nanos / 1e9, tz=UTC).isoformat()
     lines = [
         f"cluster at {when}: {st.gpus_total} GPUs ({st.gpus_lost} lost,"
         f" {st.gpus_unknown_model} of unknown model), log size {st.log_size}",
         f"  installed {si(st.installed_flops, 'FLOP/s')}   allocated"
-        f" {si(st.allocated_flops, 'FLOP/s')}   achieved {si(st.achieved_flops, 'FLOP/s')}",
+        f" {si(st.allocated_flops, 'FLOP/s')}   achieved"
+        f" {interval(cluster_achieved(st), st.achieved_flops_upper_bound, 'FLOP/s')}",
+        f"  cumulative {interval(st.cumulative_flop, st.cumulative_flop_upper_bound, 'FLOP')}"
+        f"   unmeasured {st.unmeasured_gpu_seconds:,.0f} GPU-s   method {st.method or '-'}",
+        *(f"  possibly crossed: {p}" for p in st.possibly_crossed),
         f"  reports accepted {st.reports_accepted}; rejected "
         + (", ".join(f"{k}={v}" for k, v in sorted(st.rejected_by_reason.items())) or "none"),
         "",
@@ -61,7 +75,13 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
                     str(n.last_sequence),
                     str(n.gpus),
                     str(n.gpus_lost),
-                    si(n.achieved_flops, "FLOP/s"),
+                    interval(
+                        n.achieved_flops_estimate
+                        if n.HasField("achieved_flops_estimate")
+                        else None,
+                        n.achieved_flops_upper_bound,
+                        "FLOP/s",
+                    ),
                     "yes" if n.halted else "",
                 ]
                 for n in st.nodes
@@ -69,15 +89,23 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
         ),
         "",
         table(
-            ["job", "cumulative", "achieved", "gpus", "nodes", "parents"],
+            ["job", "cumulative", "achieved", "method", "gpus", "nodes", "parents", "possibly"],
             [
                 [
                     j.job_id,
-                    si(j.cumulative_flop, "FLOP") + (" (upper bound)" if j.upper_bound else ""),
-                    si(j.achieved_flops, "FLOP/s"),
+                    job_cumulative(j),
+                    interval(
+                        j.achieved_flops_estimate
+                        if j.HasField("achieved_flops_estimate")
+                        else None,
+                        j.achieved_flops_upper_bound,
+                        "FLOP/s",
+                    ),
+                    j.method,
                     str(j.gpus),
                     str(len(j.node_ids)),
                     ",".join(j.parent_job_ids),
+                    ",".join(j.possibly_crossed_rules),
                 ]
                 for j in st.jobs
             ],

@@ -25,8 +25,8 @@ from collector.rules.metrics import (
     metrics_at,
     scopes_with,
 )
-from collector.rules.model import Action, Comparison, Lineage, Rule, RulePack, Source
-from collector.snapshot import Scope
+from collector.rules.model import Action, Bound, Comparison, Lineage, Rule, RulePack, Source
+from collector.snapshot import BOUNDED_METRICS, Scope
 from protos.errors import RuleError
 
 
@@ -173,6 +173,19 @@ def _check_metric(rule: Mapping[str, object], at: _At) -> Iterator[Finding]:
         yield at("metric", f"metric {metric!r} is not published at scope {scope}", expected)
     elif unit in UNITS and unit != expected_unit:
         yield at("unit", f"unit {unit} does not match metric {metric}", f"unit {expected_unit}")
+    bound = rule.get("bound")
+    if metric in BOUNDED_METRICS and bound is None:
+        yield at(
+            "metric",
+            f"no bound on a rule over {metric}, an interval",
+            "bound: estimate or bound: upper_bound (which end the rule compares)",
+        )
+    elif bound is not None and metric not in BOUNDED_METRICS:
+        yield at(
+            "bound",
+            f"bound on {metric}, which is not an interval",
+            f"bound only on {', '.join(sorted(BOUNDED_METRICS))} (remove it)",
+        )
     lineage = rule.get("lineage")
     if lineage is not None and scope is not Scope.JOB:
         yield at(
@@ -273,6 +286,7 @@ def build_pack(file: str, doc: yamlsrc.Document) -> RulePack:
                 hysteresis=float(r.get("hysteresis", 0.0)),
                 power_cap_watts=float(cap) if cap is not None else None,
                 lineage=Lineage(r.get("lineage", "self")),
+                bound=Bound(r.get("bound", "estimate")),
                 source=_source(r.get("source")) or pack_source,
                 pack=name,
                 historical=historical,

@@ -89,6 +89,8 @@ def test_operator_cli_path(tmp_path: Path) -> None:
         (job,) = status["jobs"]
         assert job["job_id"] == "9001"
         assert job["cumulative_flop"] > 0
+        assert float(job["cumulative_flop_upper_bound"]) >= job["cumulative_flop"]
+        assert job["method"]
         assert "rejected_by_reason" not in status
     finally:
         collector.send_signal(signal.SIGTERM)

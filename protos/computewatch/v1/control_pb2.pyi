@@ -48,20 +48,30 @@ class Scope(_message.Message):
     def __init__(self, kind: _Optional[_Union[ScopeKind, str]] = ..., node_ids: _Optional[_Iterable[str]] = ..., job_ids: _Optional[_Iterable[str]] = ..., gpu_uuids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Evidence(_message.Message):
-    __slots__ = ("metric", "measured_value", "threshold", "unit", "comparison", "log_indices")
+    __slots__ = ("metric", "measured_value", "threshold", "unit", "comparison", "log_indices", "estimate", "upper_bound", "bound", "method", "unmeasured_gpu_seconds")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     MEASURED_VALUE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_FIELD_NUMBER: _ClassVar[int]
     LOG_INDICES_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    UPPER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    BOUND_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    UNMEASURED_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     metric: str
     measured_value: float
     threshold: float
     unit: str
     comparison: str
     log_indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, metric: _Optional[str] = ..., measured_value: _Optional[float] = ..., threshold: _Optional[float] = ..., unit: _Optional[str] = ..., comparison: _Optional[str] = ..., log_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    estimate: float
+    upper_bound: float
+    bound: str
+    method: str
+    unmeasured_gpu_seconds: float
+    def __init__(self, metric: _Optional[str] = ..., measured_value: _Optional[float] = ..., threshold: _Optional[float] = ..., unit: _Optional[str] = ..., comparison: _Optional[str] = ..., log_indices: _Optional[_Iterable[int]] = ..., estimate: _Optional[float] = ..., upper_bound: _Optional[float] = ..., bound: _Optional[str] = ..., method: _Optional[str] = ..., unmeasured_gpu_seconds: _Optional[float] = ...) -> None: ...
 
 class Directive(_message.Message):
     __slots__ = ("id", "counter", "issued_unix_nanos", "not_after_unix_nanos", "scope", "action", "rule_id", "evidence", "reason", "power_cap_watts", "resumes_directive_id", "approvals", "grace_seconds")

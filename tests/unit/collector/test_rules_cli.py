@@ -42,8 +42,13 @@ def test_list_shows_packs_rules_and_sources() -> None:
     assert "us-eo-14110 2023.1: " in out
     assert "[historical: Executive Order 14110 was revoked" in out
     assert "source: US Executive Order 14110 s.4.2(b) <https://" in out
-    assert "  us-eo-14110-cluster-capacity: cluster installed_flops >= 1e20 FLOP/s -> record" in out
-    assert "  demo-cluster-density: cluster achieved_flops > 4.5e16 FLOP/s for 15 s -> halt" in out
+    assert (
+        "  us-eo-14110-cluster-capacity: cluster installed_flops (upper bound) >= 1e20 FLOP/s"
+        " -> record"
+    ) in out
+    assert (
+        "  demo-cluster-density: cluster achieved_flops (estimate) > 4.5e16 FLOP/s for 15 s -> halt"
+    ) in out
 
 
 def test_list_defaults_to_every_shipped_pack() -> None:
