@@ -55,6 +55,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_PAGE = 4096
+_PROBE_MAX = 8 << 20
+
 
 class TreeWriter(Protocol):
     """What the ledger needs of the Merkle log (``collector.merkle_log.MerkleLog``)."""
@@ -115,6 +118,8 @@ class Ledger:
         self.unavailable_reason: str | None = None
         self._state_listeners: list[Callable[[bool], None]] = []
         self._recovery: asyncio.Task[None] | None = None
+        # Bytes the recovery probe must be able to commit: room for the failed batch.
+        self._probe_bytes = 0
 
     def attach_tree(self, tree: TreeWriter) -> None:
         """Write ``tree``'s rows in every transaction from now on (before the first append)."""
@@ -266,6 +271,7 @@ class Ledger:
         reason = write_error_reason(exc)
         failed = batch + self._pending
         self._pending = []
+        self._probe_bytes = min(_PROBE_MAX, 2 * sum(len(e.data) for e, _ in failed) + _PAGE)
         self.write_errors[reason] += 1
         self._set_writable(False, reason)
         log.error(
@@ -315,20 +321,28 @@ class Ledger:
             return
 
     def _probe(self) -> int:
-        """The writer thread: commit a one-row write, then re-read size and tree."""
+        """The writer thread: commit a row as large as the failed writes (twice
+        their bytes, for the tree and indexes), free it again, then re-read size
+        and tree. A probe that fits where the failed batch did not would let the
+        ledger flap between writable and full."""
         conn = self._conn
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "INSERT OR REPLACE INTO writable_probe(id, probed_unix_nanos) VALUES (1, ?)",
-                (self._clock_ns(),),
-            )
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            rollback_after(conn, exc)
-            raise
+        for sql, args in (
+            (
+                "INSERT OR REPLACE INTO writable_probe(id, probed_unix_nanos, room)"
+                " VALUES (1, ?, zeroblob(?))",
+                (self._clock_ns(), self._probe_bytes),
+            ),
+            ("UPDATE writable_probe SET room = NULL WHERE id = 1", ()),
+        ):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(sql, args)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                rollback_after(conn, exc)
+                raise
         if self._tree is not None:
             self._tree.reload()
         row = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log").fetchone()

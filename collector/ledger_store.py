@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS evidence (
 );
 CREATE TABLE IF NOT EXISTS writable_probe (
     id INTEGER PRIMARY KEY CHECK (id = 1),
-    probed_unix_nanos INTEGER NOT NULL
+    probed_unix_nanos INTEGER NOT NULL,
+    room BLOB
 );
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
