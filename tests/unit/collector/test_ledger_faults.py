@@ -9,9 +9,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from collector.aggregate import Aggregator
+from collector.ingest import IngestStats
 from collector.ledger import Entry, Ledger
 from collector.merkle_log import MerkleLog
+from collector.metrics import CollectorMetrics
+from collector.sessions import Sessions
+from collector.sqlite_faults import WRITE_ERROR_REASONS
 from protos.errors import LedgerUnavailableError, LogError
 
 BIG = 3 * 4096  # one entry needs new pages whatever the free space left in the last one
@@ -77,6 +83,36 @@ def test_full_disk_keeps_the_real_error_and_resets_the_tree(tmp_path: Path) -> N
     conn = sqlite3.connect(tmp_path / "l.db", isolation_level=None)
     assert MerkleLog(conn).size == 2
     conn.close()
+
+
+def test_metrics_say_why_the_ledger_cannot_write(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ledger, tree = open_ledger(tmp_path / "l.db")
+        registry = CollectorRegistry()
+        registry.register(CollectorMetrics(IngestStats(), ledger, Aggregator(), Sessions()))
+
+        def sample(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(f"computewatch_collector_{name}", labels)
+
+        # Every reason is exported from the start, at 0.
+        for reason in WRITE_ERROR_REASONS:
+            assert sample("ledger_write_errors_total", reason=reason) == 0
+        assert sample("ledger_writable") == 1
+        await ledger.append(entry(1))
+        cap(ledger)
+        with pytest.raises(LedgerUnavailableError):
+            await ledger.append(entry(2))
+        assert sample("ledger_writable") == 0
+        assert sample("ledger_write_errors_total", reason="disk_full") == 1
+        assert sample("ledger_write_errors_total", reason="io_error") == 0
+        cap(ledger, 1 << 30)
+        await until_writable(ledger)
+        assert sample("ledger_writable") == 1
+        assert sample("ledger_recoveries_total") == 1
+        await ledger.close()
+        tree.close()
+
+    asyncio.run(scenario())
 
 
 def test_nothing_commits_after_a_failed_write_until_the_disk_is_re_read(tmp_path: Path) -> None:
