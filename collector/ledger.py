@@ -227,14 +227,17 @@ class Ledger:
         return int(row[0])
 
     def append(self, entry: Entry) -> asyncio.Future[int]:
-        """Queue ``entry``; the future gives its log index once committed.
-        LedgerUnavailableError at once while the ledger cannot write."""
-        if not self._writable:
-            raise LedgerUnavailableError(
-                f"the ledger cannot write ({self.unavailable_reason}); resend later"
-            )
+        """Queue ``entry``; the future gives its log index once committed. While
+        the ledger cannot write it fails at once with LedgerUnavailableError."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
+        if not self._writable:
+            fut.set_exception(
+                LedgerUnavailableError(
+                    f"the ledger cannot write ({self.unavailable_reason}); resend later"
+                )
+            )
+            return fut
         self._pending.append((entry, fut))
         if not self._flushing:
             self._flushing = True

@@ -129,7 +129,7 @@ def test_nothing_commits_after_a_failed_write_until_the_disk_is_re_read(tmp_path
         # Space is back, but nothing was re-read yet: 4 would sit on a hole.
         cap(ledger, 1 << 30)
         with pytest.raises(LedgerUnavailableError):
-            ledger.append(entry(4))
+            await ledger.append(entry(4))
         await until_writable(ledger)
         for seq in (2, 3, 4):
             await ledger.append(entry(seq))

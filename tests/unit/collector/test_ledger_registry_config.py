@@ -174,7 +174,7 @@ def test_entries_queued_behind_a_failed_write_are_refused_too(tmp_path: Path) ->
         # Refused at once until the recovery probe re-read the disk ...
         assert not ledger.writable
         with pytest.raises(LedgerUnavailableError):
-            ledger.append(Entry(b"d", "t", "n", "k", 2, b"\x04" * 32))
+            await ledger.append(Entry(b"d", "t", "n", "k", 2, b"\x04" * 32))
         await until_writable(ledger)
         # ... then the ledger keeps working.
         assert await ledger.append(Entry(b"d", "t", "n", "k", 2, b"\x04" * 32)) == 1
