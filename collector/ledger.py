@@ -317,10 +317,13 @@ class Ledger:
                 log.log(level, "ledger still unwritable (attempt %d): %s: %s", attempt, reason, exc)
                 delay = min(self._retry_max, delay * 2)
                 continue
-            self._size = size
+            grew, self._size = size != self._size, size
             self.recoveries += 1
             log.warning("ledger writable again after %d probes; %d entries on disk", attempt, size)
             self._set_writable(True)
+            if grew:  # a commit that reported an error had reached the disk after all
+                for cb in self._listeners:
+                    cb(size)
             return
 
     def _probe(self) -> int:
