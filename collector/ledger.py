@@ -38,7 +38,12 @@ from collector.ledger_store import (
     init_db,
     iter_entries,
 )
-from collector.sqlite_faults import WRITE_ERROR_REASONS, rollback_after, write_error_reason
+from collector.sqlite_faults import (
+    WRITE_ERROR_REASONS,
+    commit_room,
+    rollback_after,
+    write_error_reason,
+)
 from protos.errors import LedgerUnavailableError, LogError
 
 __all__ = [
@@ -331,27 +336,10 @@ class Ledger:
         their bytes, for the tree and indexes), free it again, then re-read size
         and tree. A probe that fits where the failed batch did not would let the
         ledger flap between writable and full."""
-        conn = self._conn
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        for sql, args in (
-            (
-                "INSERT OR REPLACE INTO writable_probe(id, probed_unix_nanos, room)"
-                " VALUES (1, ?, zeroblob(?))",
-                (self._clock_ns(), self._probe_bytes),
-            ),
-            ("UPDATE writable_probe SET room = NULL WHERE id = 1", ()),
-        ):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(sql, args)
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                rollback_after(conn, exc)
-                raise
+        commit_room(self._conn, self._probe_bytes, self._clock_ns())
         if self._tree is not None:
             self._tree.reload()
-        row = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log").fetchone()
+        row = self._conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log").fetchone()
         return int(row[0])
 
     async def limit_pages(self, max_pages: int) -> int:

@@ -47,3 +47,25 @@ def rollback_after(conn: sqlite3.Connection, error: BaseException) -> None:
         conn.execute("ROLLBACK")
     except sqlite3.Error as exc:
         log.warning("rollback after %r failed too: %s", error, exc)
+
+
+def commit_room(conn: sqlite3.Connection, nbytes: int, now_ns: int) -> None:
+    """Commit a ``writable_probe`` row of ``nbytes``, then free it (two
+    transactions): raises like the failed write did while there is no room."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    for sql, args in (
+        (
+            "INSERT OR REPLACE INTO writable_probe(id, probed_unix_nanos, room)"
+            " VALUES (1, ?, zeroblob(?))",
+            (now_ns, nbytes),
+        ),
+        ("UPDATE writable_probe SET room = NULL WHERE id = 1", ()),
+    ):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(sql, args)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            rollback_after(conn, exc)
+            raise
