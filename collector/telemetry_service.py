@@ -232,7 +232,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                 # The write failed: this report and every one after it on the
                 # stream were refused. Say so (with what is stored, so the
                 # agent resends from there) and end the stream.
-                log.warning("commit failed for %s (%s); closing its stream", session.node_id, exc)
+                log.debug("commit failed for %s (%s); closing its stream", session.node_id, exc)
                 self._ingestor.stats.rejected[exc.reason] += 1
                 stored = self._ingestor.stored_sequence(item.keyid) if item.keyid else None
                 session.send(reject_message(item.sequence, exc.reason, str(exc), stored))
