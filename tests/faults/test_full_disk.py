@@ -164,7 +164,8 @@ def test_a_ledger_on_a_filling_disk_loses_nothing_acknowledged(
         figures = asyncio.run(_scenario(config, nodes, tmp_path, mounted))
     acked, stored, failures, cycles_full, recoveries, kind = figures
     print(
-        f"\nfault run ({kind}): {CYCLES} cycles, {cycles_full} ran the ledger out of space,"
+        f"\nfault run ({kind}, {AGENTS} agents): {cycles_full} of at most {CYCLES} cycles ran"
+        " the ledger out of space,"
         f" {failures} failed writes, {recoveries} recoveries; {acked} reports acknowledged,"
         f" {stored} stored, 0 lost"
     )
