@@ -48,6 +48,9 @@ class CollectorConfig:
     # Require signed tokens on Audit/Status/Control calls.
     require_auth: bool = False
     grace_seconds: float = 2.0
+    # After a failed ledger write: the recovery probe's first and longest wait.
+    ledger_retry_min_seconds: float = 0.05
+    ledger_retry_max_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -61,10 +64,16 @@ class CollectorConfig:
             "lease_seconds": self.lease_seconds,
             "max_envelope_bytes": self.max_envelope_bytes,
             "max_in_flight_per_stream": self.max_in_flight_per_stream,
+            "ledger_retry_min_seconds": self.ledger_retry_min_seconds,
         }
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} = {value!r}: expected a positive number")
+        if self.ledger_retry_max_seconds < self.ledger_retry_min_seconds:
+            raise ConfigError(
+                f"ledger_retry_max_seconds = {self.ledger_retry_max_seconds!r}: expected at"
+                f" least ledger_retry_min_seconds ({self.ledger_retry_min_seconds!r})"
+            )
         if self.verify_threads < 0:
             raise ConfigError(f"verify_threads = {self.verify_threads}: expected >= 0")
         if not 0 <= self.metrics_port <= 65535:

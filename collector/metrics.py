@@ -72,10 +72,25 @@ class CollectorMetrics(Collector):
             "Ledger transactions committed.",
             value=self._ledger.batches,
         )
-        yield CounterMetricFamily(
+        write_errors = CounterMetricFamily(
             "computewatch_collector_ledger_write_errors",
-            "Ledger transactions that failed (their reports were not acknowledged).",
-            value=self._ledger.write_errors,
+            "Ledger writes that failed, by reason (disk_full, io_error, ...); their reports"
+            " were refused, never acknowledged.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self._ledger.write_errors.items()):
+            write_errors.add_metric([reason], n)
+        yield write_errors
+        yield GaugeMetricFamily(
+            "computewatch_collector_ledger_writable",
+            "1 while the ledger accepts appends; 0 from a failed write until the recovery"
+            " probe has re-read the disk (reports are refused meanwhile).",
+            value=1 if self._ledger.writable else 0,
+        )
+        yield CounterMetricFamily(
+            "computewatch_collector_ledger_recoveries",
+            "Times the ledger became writable again after a failed write.",
+            value=self._ledger.recoveries,
         )
         yield GaugeMetricFamily(
             "computewatch_collector_streams_open",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from collector.merkle_log import MerkleLog
 from collector.metrics import CollectorMetrics
 from collector.registry import Registry
 from collector.sessions import Session, Sessions
+from collector.sqlite_faults import write_error_reason
 from collector.status_service import StatusServicer
 from collector.stop_wiring import StopHandle, install_stop_protocol
 from collector.telemetry_service import TelemetryServicer
@@ -42,7 +44,7 @@ from protos.computewatch.v1 import (
     telemetry_pb2,
     telemetry_pb2_grpc,
 )
-from protos.errors import ConfigError, VerificationError
+from protos.errors import ConfigError, LedgerUnavailableError, VerificationError
 from protos.keys import PrivateKey, load_private_key
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,22 @@ class Collector:
     # The Merkle log's checkpoints and the Audit service (``collector.audit_wiring``).
     audit: AuditHandle | None = None
     merkle: MerkleLog | None = None
+    _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def _ledger_state(self, writable: bool) -> None:
+        """Health follows the ledger: NOT_SERVING while it cannot write."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if writable
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.get_running_loop().create_task(self._set_health(status))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", SERVICES[0]):  # Status (reads) keeps serving
+            await self.health.set(name, status)
 
     @property
     def address(self) -> str:
@@ -162,11 +180,17 @@ async def create_server(
     *,
     metrics_registry: CollectorRegistry | None = None,
 ) -> tuple[Collector, int]:
-    """Build, bind and start a collector. Raises ConfigError on bad config;
+    """Build, bind and start a collector. Raises ConfigError on bad config and
+    LedgerUnavailableError when the ledger cannot be written (a full disk);
     whatever was opened before a failure is closed again."""
-    async with contextlib.AsyncExitStack() as cleanup:
-        collector = await _build(config, metrics_registry or CollectorRegistry(), cleanup)
-        cleanup.pop_all()  # started: the Collector owns it all now
+    try:
+        async with contextlib.AsyncExitStack() as cleanup:
+            collector = await _build(config, metrics_registry or CollectorRegistry(), cleanup)
+            cleanup.pop_all()  # started: the Collector owns it all now
+    except (sqlite3.Error, OSError) as exc:
+        raise LedgerUnavailableError(
+            f"cannot start on the ledger {config.ledger} ({write_error_reason(exc)}: {exc})"
+        ) from exc
     return collector, collector.port
 
 
@@ -174,7 +198,11 @@ async def _build(
     config: CollectorConfig, metrics_registry: CollectorRegistry, cleanup: contextlib.AsyncExitStack
 ) -> Collector:
     key = load_private_key(config.key)
-    ledger = Ledger(config.ledger)
+    ledger = Ledger(
+        config.ledger,
+        retry_min_seconds=config.ledger_retry_min_seconds,
+        retry_max_seconds=config.ledger_retry_max_seconds,
+    )
     cleanup.push_async_callback(ledger.close)
     merkle = MerkleLog(ledger.connection)
     cleanup.callback(merkle.close)
@@ -256,6 +284,7 @@ async def _build(
     await server.start()
     for name in ("", *SERVICES[:2]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    ledger.add_state_listener(collector._ledger_state)
     if config.metrics_port:
         from prometheus_client import start_http_server
 

@@ -35,6 +35,9 @@ class VerificationError(Error):
     # The refused report's sequence, once its signature verified (0: unknown),
     # so the sender can tell which of its reports was refused.
     sequence = 0
+    # The last sequence the collector durably stored for the signing key
+    # (None: the refusal cannot be attributed to a key).
+    stored_sequence: int | None = None
 
 
 class DecodeError(VerificationError):
@@ -206,6 +209,15 @@ class LogError(Error):
     """The transparency log is inconsistent or a request is out of range."""
 
     reason = "log"
+
+
+class LedgerUnavailableError(LogError):
+    """The ledger cannot write (disk full, I/O error): nothing is accepted until a
+    recovery probe has re-read its state from disk. A resend later is accepted."""
+
+    reason = "ledger_unavailable"
+    sequence = 0
+    stored_sequence: int | None = None
 
 
 class ProofError(VerificationError):
