@@ -316,7 +316,7 @@ def test_effective_only_when_telemetry_shows_it_else_the_alert(
         authority_keys=tuple(paths),
         quorum=1,
         interval_seconds=60.0,
-        effective_timeout_seconds=0.3,
+        effective_timeout_seconds=1.5,
     )
     good, bad = enroll_nodes(config.ledger, ["node-good", "node-bad"])
     collector_key = collector_public(config.key)
