@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from protos.config import load_section
-from protos.errors import ConfigError
+from protos.config import SettingError, check_range, load_section
 from protos.reports import MAX_INTERVAL_SECONDS
 
 SECTION = "agent"
@@ -23,13 +22,7 @@ SCHEDULERS = ("signal", "slurm", "command")
 _NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
-class _ValueError(ConfigError):
-    """A value of the right type that is not allowed; carries the key so the
-    loader can say whether it came from the file or from a flag."""
-
-    def __init__(self, key: str, value: object, expected: str) -> None:
-        super().__init__(f"key {key!r}: expected {expected}, got {value!r}")
-        self.key = key
+_ValueError = SettingError
 
 
 def _host_port(value: str) -> bool:
@@ -102,10 +95,8 @@ class AgentConfig:
                 self.interval_seconds,
                 f"a number of seconds above 0 and at most {MAX_INTERVAL_SECONDS:g}",
             )
-        if self.max_unacked < 1:
-            raise _ValueError("max_unacked", self.max_unacked, "an integer >= 1")
-        if self.max_in_flight < 1:
-            raise _ValueError("max_in_flight", self.max_in_flight, "an integer >= 1")
+        check_range("max_unacked", self.max_unacked, 1, 10_000_000)
+        check_range("max_in_flight", self.max_in_flight, 1, 65_536)
         if not 0 <= self.metrics_port <= 65535:
             raise _ValueError("metrics_port", self.metrics_port, "a port 0..65535 (0: off)")
         if not self.metrics_address:
@@ -123,10 +114,8 @@ class AgentConfig:
                 "the collector's public key when fail_mode is 'closed' (it verifies leases)",
             )
         self._check_enforcement()
-        if not self.backoff_min_seconds > 0:
-            raise _ValueError(
-                "backoff_min_seconds", self.backoff_min_seconds, "a positive number of seconds"
-            )
+        check_range("backoff_min_seconds", self.backoff_min_seconds, 0.0, 3600.0, above_low=True)
+        check_range("backoff_max_seconds", self.backoff_max_seconds, 0.0, 3600.0, above_low=True)
         if not self.backoff_max_seconds >= self.backoff_min_seconds:
             raise _ValueError(
                 "backoff_max_seconds",
@@ -135,12 +124,8 @@ class AgentConfig:
             )
 
     def _check_enforcement(self) -> None:
-        if not self.lease_grace_seconds >= 0:
-            raise _ValueError(
-                "lease_grace_seconds", self.lease_grace_seconds, "a number of seconds >= 0"
-            )
-        if self.quorum < 1:
-            raise _ValueError("quorum", self.quorum, "an integer >= 1")
+        check_range("lease_grace_seconds", self.lease_grace_seconds, 0.0, 86_400.0)
+        check_range("quorum", self.quorum, 1, 1000)
         if self.authority_keys and self.quorum > len(self.authority_keys):
             raise _ValueError(
                 "quorum",
@@ -174,14 +159,4 @@ def load_agent_config(
     Raises ConfigError naming the file (or the flag/environment setting),
     the key and the expected value.
     """
-    overrides = dict(overrides or {})
-    try:
-        return load_section(AgentConfig, path, SECTION, overrides)
-    except _ValueError as exc:
-        if overrides.get(exc.key) is not None:
-            where = f"setting {SECTION}.{exc.key} (flag or environment)"
-        elif path is not None:
-            where = f"{path} [{SECTION}]"
-        else:
-            where = "default configuration"
-        raise ConfigError(f"{where}: {exc}") from exc
+    return load_section(AgentConfig, path, SECTION, overrides)

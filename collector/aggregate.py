@@ -15,9 +15,10 @@ Only committed reports are ingested. Figures of a silent node are unknown.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
+from collector.jobbounds import JobBounds, JobLimits
 from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
@@ -143,6 +144,7 @@ class Aggregator:
         silent_after_intervals: float = 3.0,
         max_interval_seconds: float = 60.0,
         expected_interval_seconds: float = 0.0,
+        job_limits: JobLimits | None = None,
     ) -> None:
         self._lookup = lookup
         self._silent_after = silent_after_intervals
@@ -151,6 +153,7 @@ class Aggregator:
         self._expected_interval = expected_interval_seconds
         self.nodes: dict[str, NodeState] = {}
         self.jobs: dict[str, JobState] = {}
+        self.bounds = JobBounds(job_limits)
 
     def enroll(self, node_id: str) -> None:
         """Track an enrolled node before it reports (it shows as never seen)."""
@@ -195,14 +198,17 @@ class Aggregator:
             else:
                 job.upper_nodes.discard(node.node_id)
             job.evidence.append(log_index)
-        for gone in node.jobs - per_job.keys():
-            self.jobs[gone].per_node.pop(node.node_id, None)
-            self.jobs[gone].upper_nodes.discard(node.node_id)
+        gone = node.jobs - per_job.keys()
+        for job_id in gone:
+            if (ended := self.jobs.get(job_id)) is not None:
+                ended.per_node.pop(node.node_id, None)
+                ended.upper_nodes.discard(node.node_id)
         node.jobs = set(per_job)
         for info in report.jobs:
             job = self._job(info.job_id)
             job.parents = tuple(info.parent_job_ids)
             job.model_id = info.model_id or job.model_id
+        self._track_jobs(node.node_id, report, per_job.keys(), gone, received_at)
 
     def _job(self, job_id: str) -> JobState:
         job = self.jobs.get(job_id)
@@ -214,6 +220,59 @@ class Aggregator:
         job = self._job(job_id)
         job.capability[evaluation] = score
         job.evidence.append(index)
+        self.bounds.running(job_id)  # evaluated jobs decide halts: never aged out
+
+    # -- bounds on job state (``collector.jobbounds``) --------------------------
+    @staticmethod
+    def report_job_ids(report: telemetry_pb2.NodeReport) -> set[str]:
+        """Every job id ``ingest`` would hold a state for."""
+        ids = {p.job_id or "unattributed" for g in report.gpus for p in g.processes}
+        ids.update(info.job_id for info in report.jobs)
+        return ids
+
+    def admit_jobs(self, node_id: str, job_ids: set[str]) -> None:
+        """Make room for ``node_id``'s ``job_ids`` by forgetting ended jobs, or
+        raise NodeJobsLimitError / JobStatesLimitError (the report is refused).
+        Checked against committed state, so a stream can overshoot by its
+        reports in flight; ``age_out`` trims that back on commit."""
+        for job_id in self.bounds.make_room(node_id, job_ids, len(self.jobs)):
+            self._forget_job(job_id)
+
+    def age_out(self, now: float) -> None:
+        """Forget jobs that ended more than the TTL before ``now`` and, while
+        more than ``max_job_states`` are held, the oldest ended ones.
+
+        What survives a forgotten job: the committed reports its figures came
+        from (in the ledger and the Merkle log). Its in-memory figures
+        (cumulative FLOP, lineage, evidence indices) go; should the same job id
+        run again it starts from zero, which gains a node nothing it could not
+        get by naming its jobs afresh. Replay ages out on each report's receive
+        time, so a restart holds the same bounded set."""
+        for job_id in self.bounds.expired(now, len(self.jobs)):
+            self._forget_job(job_id)
+
+    def _track_jobs(
+        self,
+        node_id: str,
+        report: telemetry_pb2.NodeReport,
+        running: Collection[str],
+        gone: Collection[str],
+        at: float,
+    ) -> None:
+        for job_id in running:
+            self.bounds.named(node_id, job_id)
+            self.bounds.running(job_id)
+        for info in report.jobs:
+            self.bounds.named(node_id, info.job_id)
+        for job_id in (*gone, *(i.job_id for i in report.jobs)):
+            job = self.jobs.get(job_id)
+            if job is not None and not job.per_node and not job.capability:
+                self.bounds.ended(job_id, at)
+        self.age_out(at)
+
+    def _forget_job(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+        self.bounds.forget(job_id)
 
     def is_silent(self, node: NodeState, now: float) -> bool:
         if not node.reports:

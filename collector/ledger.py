@@ -51,6 +51,15 @@ CREATE TABLE IF NOT EXISTS evidence (
     offending_data BLOB NOT NULL,
     detected_unix_nanos INTEGER NOT NULL
 );
+-- Conflicts seen per (signing key, kind): the first few keep their bytes in
+-- evidence, the rest are only counted here (a key cannot grow the file).
+CREATE TABLE IF NOT EXISTS evidence_counts (
+    keyid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last_unix_nanos INTEGER NOT NULL,
+    PRIMARY KEY (keyid, kind)
+);
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
     keyid TEXT NOT NULL UNIQUE,
@@ -234,15 +243,49 @@ class Ledger:
         sequence: int | None,
         accepted: bytes | None,
         offending: bytes,
-    ) -> None:
-        """Keep conflicting bytes (equivocation) as evidence; small, synchronous,
-        and on its own connection and lock, so readers do not wait for it."""
+        *,
+        keyid: str = "",
+        keep: int = 1,
+    ) -> bool:
+        """Keep conflicting bytes (equivocation) as evidence: the first ``keep``
+        per (``keyid``, ``kind``) with their bytes, every later one only
+        counted (``evidence_seen``), so one key cannot grow the ledger by
+        sending conflicts. Small, synchronous, on its own connection and lock,
+        so readers do not wait for it. True when the bytes were kept."""
+        now = self._clock_ns()
         with self._side_lock:
-            self._side.execute(
-                "INSERT INTO evidence(kind, node_id, sequence, accepted_data, offending_data,"
-                " detected_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
-                (kind, node_id, sequence, accepted, offending, self._clock_ns()),
-            )
+            self._side.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._side.execute(
+                    "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?",
+                    (keyid, kind),
+                ).fetchone()
+                kept = (0 if row is None else int(row[0])) < keep
+                if kept:
+                    self._side.execute(
+                        "INSERT INTO evidence(kind, node_id, sequence, accepted_data,"
+                        " offending_data, detected_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
+                        (kind, node_id, sequence, accepted, offending, now),
+                    )
+                self._side.execute(
+                    "INSERT INTO evidence_counts(keyid, kind, count, last_unix_nanos)"
+                    " VALUES (?, ?, 1, ?) ON CONFLICT(keyid, kind)"
+                    " DO UPDATE SET count = count + 1, last_unix_nanos = excluded.last_unix_nanos",
+                    (keyid, kind, now),
+                )
+                self._side.execute("COMMIT")
+            except BaseException:
+                self._side.execute("ROLLBACK")
+                raise
+        return kept
+
+    def evidence_seen(self, keyid: str, kind: str) -> int:
+        """Conflicts of ``kind`` signed by ``keyid``, kept or only counted."""
+        with self._read_lock:
+            row = self._read.execute(
+                "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?", (keyid, kind)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def evidence_count(self, kind: str | None = None) -> int:
         with self._read_lock:

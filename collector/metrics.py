@@ -17,6 +17,20 @@ from collector.ingest import IngestStats
 from collector.ledger import Ledger
 from collector.sessions import Sessions
 from collector.snapshot import CLUSTER_KEY, Scope
+from protos.errors import (
+    InvalidReportError,
+    JobStatesLimitError,
+    NodeJobsLimitError,
+    ReportLimitError,
+)
+
+# Rejection reasons exported at 0 before the first one, so alerts on their rate work.
+PRESET_REASONS = (
+    InvalidReportError.reason,
+    ReportLimitError.reason,
+    NodeJobsLimitError.reason,
+    JobStatesLimitError.reason,
+)
 
 
 def _nan(value: float | None) -> float:
@@ -59,7 +73,8 @@ class CollectorMetrics(Collector):
             "Envelopes refused, by reason.",
             labels=["reason"],
         )
-        for reason, n in sorted(s.rejected.items()):
+        counts = dict.fromkeys(PRESET_REASONS, 0) | dict(s.rejected)
+        for reason, n in sorted(counts.items()):
             rejected.add_metric([reason], n)
         yield rejected
         yield GaugeMetricFamily(
@@ -146,5 +161,20 @@ class CollectorMetrics(Collector):
         gpus.add_metric(["total"], total)
         yield gpus
         yield GaugeMetricFamily(
-            "computewatch_jobs", "Jobs the collector has seen.", value=len(self._agg.jobs)
+            "computewatch_jobs",
+            "Job states the collector holds in memory.",
+            value=len(self._agg.jobs),
         )
+        yield GaugeMetricFamily(
+            "computewatch_jobs_ended",
+            "Job states held whose jobs ended (forgotten after ended_job_ttl_seconds).",
+            value=self._agg.bounds.ended_jobs,
+        )
+        forgotten = CounterMetricFamily(
+            "computewatch_job_states_forgotten",
+            "Ended jobs' states dropped from memory (their reports stay in the ledger).",
+            labels=["cause"],
+        )
+        forgotten.add_metric(["ttl"], self._agg.bounds.aged_out)
+        forgotten.add_metric(["room"], self._agg.bounds.evicted)
+        yield forgotten

@@ -1,4 +1,10 @@
-"""``Status.GetStatus``: the cluster at a glance (``computewatch status``)."""
+"""``Status.GetStatus``: the cluster at a glance (``computewatch status``).
+
+Paginated: every response carries the cluster figures and one page of nodes
+then jobs, sorted by id, at most ``MAX_PAGE_SIZE`` items and about
+``PAGE_BYTES`` bytes, so a response fits a gRPC message however many jobs
+the collector holds. The page token is the last id sent (keyset pagination:
+a node or job added meanwhile does not shift later pages)."""
 
 from __future__ import annotations
 
@@ -13,10 +19,38 @@ from collector.ledger import Ledger
 from collector.snapshot import CLUSTER_KEY, Scope
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc
 
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 1000
+PAGE_BYTES = 1 << 20
+# Node ids listed per job (JobStatus.nodes_total counts them all).
+MAX_NODE_IDS_PER_JOB = 64
+
+
+class PageTokenError(ValueError):
+    """A page token this collector did not issue."""
+
+
+def _cursor(token: str) -> tuple[int, str]:
+    """(0: nodes, 1: jobs; the last id sent) from a page token."""
+    if not token:
+        return 0, ""
+    part, sep, last = token.partition(":")
+    if not sep or part not in ("n", "j"):
+        raise PageTokenError(f"page_token {token[:40]!r} was not issued by this collector")
+    return (0 if part == "n" else 1), last
+
 
 def build_status(
-    aggregator: Aggregator, stats: IngestStats, log_size: int, now: float
+    aggregator: Aggregator,
+    stats: IngestStats,
+    log_size: int,
+    now: float,
+    request: status_pb2.StatusRequest | None = None,
 ) -> status_pb2.ClusterStatus:
+    """One page of the cluster's status; raise PageTokenError for a bad token."""
+    request = request or status_pb2.StatusRequest()
+    limit = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    part, last = _cursor(request.page_token)
     snap = aggregator.snapshot(now)
     cluster = snap.values[(Scope.CLUSTER, CLUSTER_KEY)]
     out = status_pb2.ClusterStatus(
@@ -30,7 +64,18 @@ def build_status(
         log_size=log_size,
     )
     out.rejected_by_reason.update(stats.rejected)
-    for node in sorted(aggregator.nodes.values(), key=lambda n: n.node_id):
+    nodes = sorted(aggregator.nodes.values(), key=lambda n: n.node_id)
+    jobs = sorted(aggregator.jobs.values(), key=lambda j: j.job_id)
+    out.nodes_total, out.jobs_total = len(nodes), len(jobs)
+    for node in nodes:
+        out.gpus_total += len(node.gpus)
+    page = _Page(out, limit)
+    for node in nodes:
+        if part == 1 or node.node_id <= last:
+            continue
+        if page.full:
+            out.next_page_token = f"n:{page.last}"
+            return out
         values = snap.values.get((Scope.NODE, node.node_id), {})
         if not node.reports:
             state = status_pb2.NODE_STATE_NEVER_SEEN
@@ -38,8 +83,7 @@ def build_status(
             state = status_pb2.NODE_STATE_SILENT
         else:
             state = status_pb2.NODE_STATE_OK
-        out.gpus_total += len(node.gpus)
-        out.nodes.add(
+        node_item = out.nodes.add(
             node_id=node.node_id,
             state=state,
             last_sequence=node.last_sequence,
@@ -52,19 +96,50 @@ def build_status(
             active_directive_ids=list(node.enforcement.active_directive_ids),
             halted=bool(node.enforcement.halted_gpu_uuids) or node.enforcement.locally_halted,
         )
-    for job in sorted(aggregator.jobs.values(), key=lambda j: j.job_id):
+        page.added(node.node_id, node_item.ByteSize())
+    if part == 0:
+        last = ""
+    page.last = ""
+    for job in jobs:
+        if job.job_id <= last:
+            continue
+        if page.full:
+            out.next_page_token = f"j:{page.last}"
+            return out
         values = snap.values.get((Scope.JOB, job.job_id), {})
-        out.jobs.add(
+        running = snap.job_nodes.get(job.job_id, ())
+        item = out.jobs.add(
             job_id=job.job_id,
             cumulative_flop=job.cumulative_flop,
             achieved_flops=values.get("achieved_flops") or 0.0,
             gpus=int(values.get("gpus") or 0),
             upper_bound=job.upper_bound,
-            node_ids=list(snap.job_nodes.get(job.job_id, ())),
+            node_ids=list(running[:MAX_NODE_IDS_PER_JOB]),
+            nodes_total=len(running),
             parent_job_ids=list(job.parents),
             gpus_unknown_model=int(values.get("gpus_unknown_model") or 0),
         )
+        page.added(job.job_id, item.ByteSize())
     return out
+
+
+class _Page:
+    """Counts what a page holds: full at ``limit`` items or ``PAGE_BYTES``."""
+
+    def __init__(self, out: status_pb2.ClusterStatus, limit: int) -> None:
+        self._limit = limit
+        self._items = 0
+        self._bytes = out.ByteSize()
+        self.last = ""
+
+    @property
+    def full(self) -> bool:
+        return self._items >= self._limit or self._bytes >= PAGE_BYTES
+
+    def added(self, key: str, size: int) -> None:
+        self._items += 1
+        self._bytes += size + 8  # field tag and length
+        self.last = key
 
 
 class StatusServicer(status_pb2_grpc.StatusServicer):
@@ -85,4 +160,8 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         request: status_pb2.StatusRequest,
         context: grpc.aio.ServicerContext[status_pb2.StatusRequest, status_pb2.ClusterStatus],
     ) -> status_pb2.ClusterStatus:
-        return build_status(self._agg, self._stats, self._ledger.size, self._clock())
+        try:
+            return build_status(self._agg, self._stats, self._ledger.size, self._clock(), request)
+        except PageTokenError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from exc

@@ -26,20 +26,55 @@ _STATE = {
 _METHOD = "/computewatch.v1.Status/GetStatus"
 
 
+# Pages followed at most (x 1000 items a page): a collector whose tokens never
+# end cannot keep the CLI looping.
+MAX_PAGES = 10_000
+
+
 def fetch_status(
-    address: str, key: PrivateKey | None = None, timeout: float = 10.0
+    address: str, key: PrivateKey | None = None, timeout: float = 10.0, page_size: int = 0
 ) -> status_pb2.ClusterStatus:
-    metadata = call_metadata(key, _METHOD) if key is not None else None
+    """The whole status: follows ``next_page_token`` and joins the pages'
+    nodes and jobs (cluster figures come from the first page)."""
     with grpc.insecure_channel(address) as channel:
         stub = status_pb2_grpc.StatusStub(channel)
-        try:
-            result: status_pb2.ClusterStatus = stub.GetStatus(
-                status_pb2.StatusRequest(), timeout=timeout, metadata=metadata
-            )
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
-            raise click.ClickException(f"collector at {address}: {code}: {exc}") from exc
-    return result
+        result: status_pb2.ClusterStatus | None = None
+        token = ""
+        for _ in range(MAX_PAGES):
+            page = _page(stub, address, key, timeout, page_size, token)
+            if result is None:
+                result = page
+            else:
+                result.nodes.extend(page.nodes)
+                result.jobs.extend(page.jobs)
+            if not page.next_page_token:
+                result.next_page_token = ""
+                return result
+            if page.next_page_token == token:
+                raise click.ClickException(f"collector at {address}: page token did not advance")
+            token = page.next_page_token
+    raise click.ClickException(f"collector at {address}: more than {MAX_PAGES} status pages")
+
+
+def _page(
+    stub: status_pb2_grpc.StatusStub,
+    address: str,
+    key: PrivateKey | None,
+    timeout: float,
+    page_size: int,
+    token: str,
+) -> status_pb2.ClusterStatus:
+    metadata = call_metadata(key, _METHOD) if key is not None else None
+    try:
+        page: status_pb2.ClusterStatus = stub.GetStatus(
+            status_pb2.StatusRequest(page_size=page_size, page_token=token),
+            timeout=timeout,
+            metadata=metadata,
+        )
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        raise click.ClickException(f"collector at {address}: {code}: {exc}") from exc
+    return page
 
 
 def render_status(st: status_pb2.ClusterStatus) -> str:
@@ -76,7 +111,7 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
                     si(j.cumulative_flop, "FLOP") + (" (upper bound)" if j.upper_bound else ""),
                     si(j.achieved_flops, "FLOP/s"),
                     str(j.gpus),
-                    str(len(j.node_ids)),
+                    str(j.nodes_total or len(j.node_ids)),
                     ",".join(j.parent_job_ids),
                 ]
                 for j in st.jobs

@@ -45,7 +45,7 @@ class NodeStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_sequence: _Optional[int] = ..., last_seen_unix_nanos: _Optional[int] = ..., gpus: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., active_directive_ids: _Optional[_Iterable[str]] = ..., halted: _Optional[bool] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "cumulative_flop", "achieved_flops", "gpus", "upper_bound", "node_ids", "parent_job_ids", "gpus_unknown_model")
+    __slots__ = ("job_id", "cumulative_flop", "achieved_flops", "gpus", "upper_bound", "node_ids", "parent_job_ids", "gpus_unknown_model", "nodes_total")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CUMULATIVE_FLOP_FIELD_NUMBER: _ClassVar[int]
     ACHIEVED_FLOPS_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class JobStatus(_message.Message):
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     PARENT_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     GPUS_UNKNOWN_MODEL_FIELD_NUMBER: _ClassVar[int]
+    NODES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     cumulative_flop: float
     achieved_flops: float
@@ -62,10 +63,11 @@ class JobStatus(_message.Message):
     node_ids: _containers.RepeatedScalarFieldContainer[str]
     parent_job_ids: _containers.RepeatedScalarFieldContainer[str]
     gpus_unknown_model: int
-    def __init__(self, job_id: _Optional[str] = ..., cumulative_flop: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus: _Optional[int] = ..., upper_bound: _Optional[bool] = ..., node_ids: _Optional[_Iterable[str]] = ..., parent_job_ids: _Optional[_Iterable[str]] = ..., gpus_unknown_model: _Optional[int] = ...) -> None: ...
+    nodes_total: int
+    def __init__(self, job_id: _Optional[str] = ..., cumulative_flop: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus: _Optional[int] = ..., upper_bound: _Optional[bool] = ..., node_ids: _Optional[_Iterable[str]] = ..., parent_job_ids: _Optional[_Iterable[str]] = ..., gpus_unknown_model: _Optional[int] = ..., nodes_total: _Optional[int] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("generated_unix_nanos", "installed_flops", "allocated_flops", "achieved_flops", "gpus_unknown_model", "gpus_total", "gpus_lost", "nodes", "jobs", "reports_accepted", "rejected_by_reason", "log_size")
+    __slots__ = ("generated_unix_nanos", "installed_flops", "allocated_flops", "achieved_flops", "gpus_unknown_model", "gpus_total", "gpus_lost", "nodes", "jobs", "reports_accepted", "rejected_by_reason", "log_size", "next_page_token", "nodes_total", "jobs_total")
     class RejectedByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +87,9 @@ class ClusterStatus(_message.Message):
     REPORTS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_BY_REASON_FIELD_NUMBER: _ClassVar[int]
     LOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NODES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    JOBS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     generated_unix_nanos: int
     installed_flops: float
     allocated_flops: float
@@ -97,8 +102,15 @@ class ClusterStatus(_message.Message):
     reports_accepted: int
     rejected_by_reason: _containers.ScalarMap[str, int]
     log_size: int
-    def __init__(self, generated_unix_nanos: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus_unknown_model: _Optional[int] = ..., gpus_total: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., reports_accepted: _Optional[int] = ..., rejected_by_reason: _Optional[_Mapping[str, int]] = ..., log_size: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    nodes_total: int
+    jobs_total: int
+    def __init__(self, generated_unix_nanos: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus_unknown_model: _Optional[int] = ..., gpus_total: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., reports_accepted: _Optional[int] = ..., rejected_by_reason: _Optional[_Mapping[str, int]] = ..., log_size: _Optional[int] = ..., next_page_token: _Optional[str] = ..., nodes_total: _Optional[int] = ..., jobs_total: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
