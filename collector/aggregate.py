@@ -154,6 +154,9 @@ class Aggregator:
         self.nodes: dict[str, NodeState] = {}
         self.jobs: dict[str, JobState] = {}
         self.bounds = JobBounds(job_limits)
+        # Cumulative FLOP of jobs forgotten by ``age_out``/``admit_jobs``: the
+        # cluster's total keeps it.
+        self.forgotten_flop = 0.0
 
     def enroll(self, node_id: str) -> None:
         """Track an enrolled node before it reports (it shows as never seen)."""
@@ -243,8 +246,9 @@ class Aggregator:
         more than ``max_job_states`` are held, the oldest ended ones.
 
         What survives a forgotten job: the committed reports its figures came
-        from (in the ledger and the Merkle log). Its in-memory figures
-        (cumulative FLOP, lineage, evidence indices) go; should the same job id
+        from (in the ledger and the Merkle log), and its cumulative FLOP in the
+        cluster's total. Its own figures (cumulative FLOP, lineage, evidence
+        indices) go; should the same job id
         run again it starts from zero, which gains a node nothing it could not
         get by naming its jobs afresh. Replay ages out on each report's receive
         time, so a restart holds the same bounded set."""
@@ -271,7 +275,9 @@ class Aggregator:
         self.age_out(at)
 
     def _forget_job(self, job_id: str) -> None:
-        self.jobs.pop(job_id, None)
+        job = self.jobs.pop(job_id, None)
+        if job is not None:
+            self.forgotten_flop += job.cumulative_flop
         self.bounds.forget(job_id)
 
     def is_silent(self, node: NodeState, now: float) -> bool:
@@ -340,7 +346,7 @@ class Aggregator:
                 evidence[(Scope.GPU, g.uuid)] = (node.last_index,)
         lineage: dict[str, tuple[str, ...]] = {}
         job_nodes: dict[str, tuple[str, ...]] = {}
-        cumulative = 0.0
+        cumulative = self.forgotten_flop
         for job in list(self.jobs.values()):
             cumulative += job.cumulative_flop
             running = {n: v for n, v in list(job.per_node.items()) if n in live}

@@ -138,10 +138,18 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
     help="Auditor or authority private key, for collectors that require signed tokens.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option(
+    "--page-size",
+    type=click.IntRange(0, 1000),
+    default=0,
+    help="Nodes plus jobs per request (0: the collector's default); all pages are shown.",
+)
 @translate_errors
-def status(address: str, key_path: Path | None, as_json: bool) -> None:
+def status(address: str, key_path: Path | None, as_json: bool, page_size: int) -> None:
     """Show cluster compute, nodes and jobs from a running collector."""
-    st = fetch_status(address, load_private_key(key_path) if key_path else None)
+    st = fetch_status(
+        address, load_private_key(key_path) if key_path else None, page_size=page_size
+    )
     if as_json:
         doc = json_format.MessageToDict(st, preserving_proto_field_name=True)
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
