@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import grpc
 import pytest
 from prometheus_client import generate_latest
 
 from collector.config import CollectorConfig
 from collector.server import Collector
-from protos.computewatch.v1 import telemetry_pb2
+from collector.snapshot import CLUSTER_KEY, Scope
+from protos.computewatch.v1 import status_pb2, status_pb2_grpc, telemetry_pb2
 from protos.reports import MAX_ID_CHARS, MAX_JOBS_PER_REPORT, MAX_PARENTS_PER_JOB
 from tests.support import (
     Node,
@@ -207,3 +209,39 @@ def test_conflicting_reports_keep_one_evidence_row_per_key_and_a_count(tmp_path:
         conn.close()
     assert rows == 1
     assert first == a.sent[0]
+
+
+def test_a_restart_replays_job_churn_into_the_same_bounded_set(tmp_path: Path) -> None:
+    """Job state was replayed whole after a restart; now replay ages out too."""
+    config = collector_config(tmp_path, max_jobs_per_node=100, max_job_states=5)
+    (a,) = enroll_nodes(config.ledger, ["node-a"])
+    totals: list[float | None] = []
+
+    def cluster_flop(service: Collector) -> float | None:
+        return service.aggregator.snapshot(0.0).get(Scope.CLUSTER, CLUSTER_KEY, "cumulative_flop")
+
+    async def churn() -> None:
+        async with running_collector(config) as service:
+            client = StreamClient(service.address)
+            for i in range(30):  # one new job a report; the previous one ends
+                await client.send(a.next([gpu(0, job=f"churn-{i}")]))
+            await client.ack_for(30)
+            assert len(service.aggregator.jobs) <= 5
+            totals.append(cluster_flop(service))
+            await client.close()
+
+    async def restart() -> None:
+        async with running_collector(config) as service:
+            assert service.ledger.size == 30
+            assert len(service.aggregator.jobs) <= 5
+            assert "churn-29" in service.aggregator.jobs
+            # Forgotten jobs' FLOP stays in the cluster's total.
+            assert cluster_flop(service) == pytest.approx(totals[0])
+            async with grpc.aio.insecure_channel(service.address) as channel:
+                page = await status_pb2_grpc.StatusStub(channel).GetStatus(
+                    status_pb2.StatusRequest()
+                )
+            assert page.jobs_total <= 5
+
+    asyncio.run(churn())
+    asyncio.run(restart())
