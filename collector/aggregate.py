@@ -268,10 +268,16 @@ class Aggregator:
             self.bounds.running(job_id)
         for info in report.jobs:
             self.bounds.named(node_id, info.job_id)
-        for job_id in (*gone, *(i.job_id for i in report.jobs)):
+        for job_id in sorted(gone):  # a stable order: replay forgets the same jobs
             job = self.jobs.get(job_id)
             if job is not None and not job.per_node and not job.capability:
                 self.bounds.ended(job_id, at)
+        for info in report.jobs:
+            # Declared but not running: ended now (a later declaration renews it).
+            job = self.jobs.get(info.job_id)
+            if job is not None and not job.per_node and not job.capability:
+                self.bounds.running(info.job_id)
+                self.bounds.ended(info.job_id, at)
         self.age_out(at)
 
     def _forget_job(self, job_id: str) -> None:

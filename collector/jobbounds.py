@@ -49,7 +49,8 @@ class JobBounds:
         self._ended: dict[str, float] = {}
         self._node_jobs: dict[str, set[str]] = {}
         self._reporters: dict[str, set[str]] = {}
-        # Job states forgotten: after the TTL, or early to make room.
+        # Job states forgotten: aged out (past the TTL, or the oldest while over
+        # max_job_states) and evicted early to make room for a report's jobs.
         self.aged_out = 0
         self.evicted = 0
 

@@ -172,9 +172,10 @@ class CollectorMetrics(Collector):
         )
         forgotten = CounterMetricFamily(
             "computewatch_job_states_forgotten",
-            "Ended jobs' states dropped from memory (their reports stay in the ledger).",
+            "Ended jobs' states dropped from memory (their reports stay in the ledger):"
+            " aged (past the TTL, or oldest over max_job_states) or room (for a new job).",
             labels=["cause"],
         )
-        forgotten.add_metric(["ttl"], self._agg.bounds.aged_out)
+        forgotten.add_metric(["aged"], self._agg.bounds.aged_out)
         forgotten.add_metric(["room"], self._agg.bounds.evicted)
         yield forgotten

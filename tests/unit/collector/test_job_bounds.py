@@ -104,3 +104,14 @@ def test_the_total_limit_forgets_the_oldest_ended_jobs_then_refuses() -> None:
 def test_job_limits_refuse_nonsense(limits: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         JobLimits(**limits)  # type: ignore[arg-type]
+
+
+def test_a_declared_job_that_is_declared_again_stays() -> None:
+    agg = Aggregator(job_limits=JobLimits(ended_job_ttl_seconds=10.0))
+    for seq in range(1, 6):
+        info = telemetry_pb2.NodeReport(node_id="n1", sequence=seq, interval_seconds=1.0)
+        info.jobs.add(job_id="declared", model_id="m")
+        agg.ingest(info, seq, seq * 8.0)  # 8 s apart: each renews its TTL
+    assert "declared" in agg.jobs
+    agg.age_out(40.0 + 10.5)
+    assert "declared" not in agg.jobs
