@@ -245,3 +245,38 @@ def test_a_restart_replays_job_churn_into_the_same_bounded_set(tmp_path: Path) -
 
     asyncio.run(churn())
     asyncio.run(restart())
+
+
+def test_the_total_of_job_states_is_bounded_and_held_jobs_keep_reporting(
+    tmp_path: Path,
+) -> None:
+    config = collector_config(tmp_path, max_jobs_per_node=10, max_job_states=15)
+    a, b, c = enroll_nodes(config.ledger, ["node-a", "node-b", "node-c"])
+
+    def running(node: Node, count: int) -> bytes:
+        gpus = [gpu(i, job=f"{node.node_id}-{i}", pid=100 + i) for i in range(count)]
+        return node.seal(node.report(gpus), advance=False)
+
+    async def scenario() -> None:
+        async with running_collector_and_clients(config) as (service, ca, cb):
+            await _other_node_is_acknowledged(service, b, cb)  # b holds 1 job
+            await ca.send(a.next([gpu(i, job=f"node-a-{i}", pid=100 + i) for i in range(10)]))
+            await ca.ack_for(1)
+            cc = StreamClient(service.address)
+            try:
+                await cc.send(c.next([gpu(i, job=f"node-c-{i}", pid=100 + i) for i in range(4)]))
+                await cc.ack_for(1)
+                assert len(service.aggregator.jobs) == 15
+                await cc.send(running(c, 5))  # one more job: none has ended
+                msg = await cc.receive()
+                assert msg.reject.reason == "job_states_limit", msg
+                # The nodes' held jobs keep reporting.
+                await _other_node_is_acknowledged(service, b, cb)
+                await cc.send(c.next([gpu(i, job=f"node-c-{i}", pid=100 + i) for i in range(4)]))
+                await cc.ack_for(2)
+            finally:
+                await cc.close()
+            metrics = generate_latest(service.metrics_registry).decode()
+            assert 'computewatch_collector_rejected_total{reason="job_states_limit"} 1.0' in metrics
+
+    asyncio.run(scenario())
