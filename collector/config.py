@@ -72,8 +72,8 @@ class CollectorConfig:
     # Job states one node may make the collector hold (ended jobs are
     # forgotten first to make room), job states held in all, and how long an
     # ended job's figures stay in memory (its reports stay in the ledger).
-    max_jobs_per_node: int = 4096
-    max_job_states: int = 100_000
+    max_jobs_per_node: int = 1024
+    max_job_states: int = 20_000
     ended_job_ttl_seconds: float = 86_400.0
     # Conflicting envelopes kept as evidence per (signing key, kind); later
     # ones are only counted.

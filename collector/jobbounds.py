@@ -29,8 +29,8 @@ from protos.errors import ConfigError, JobStatesLimitError, NodeJobsLimitError
 
 @dataclass(frozen=True)
 class JobLimits:
-    max_jobs_per_node: int = 4096
-    max_job_states: int = 100_000
+    max_jobs_per_node: int = 1024
+    max_job_states: int = 20_000
     ended_job_ttl_seconds: float = 86_400.0
 
     def __post_init__(self) -> None:

@@ -8,17 +8,21 @@ a node or job added meanwhile does not shift later pages)."""
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 
 from collector.aggregate import Aggregator
 from collector.ingest import IngestStats
 from collector.ledger import Ledger
-from collector.snapshot import CLUSTER_KEY, Scope
+from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc
 
+# A listing's pages come from one view while it is younger than this.
+VIEW_SECONDS = 1.0
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 1000
 PAGE_BYTES = 1 << 20
@@ -40,18 +44,41 @@ def _cursor(token: str) -> tuple[int, str]:
     return (0 if part == "n" else 1), last
 
 
+@dataclass(frozen=True)
+class StatusView:
+    """What the pages of one listing are cut from: a snapshot of every figure
+    and the node and job ids in order. Building it is O(jobs); a page is
+    O(page) once it exists, so the servicer serves a listing's later pages
+    from its first page's view while that is younger than ``VIEW_SECONDS``."""
+
+    time: float
+    snap: Snapshot
+    node_ids: list[str]
+    job_ids: list[str]
+
+
+def status_view(aggregator: Aggregator, now: float) -> StatusView:
+    return StatusView(
+        now, aggregator.snapshot(now), sorted(aggregator.nodes), sorted(aggregator.jobs)
+    )
+
+
 def build_status(
     aggregator: Aggregator,
     stats: IngestStats,
     log_size: int,
     now: float,
     request: status_pb2.StatusRequest | None = None,
+    *,
+    view: StatusView | None = None,
 ) -> status_pb2.ClusterStatus:
-    """One page of the cluster's status; raise PageTokenError for a bad token."""
+    """One page of the cluster's status (at ``view.time`` when a view is
+    given); raise PageTokenError for a bad token."""
     request = request or status_pb2.StatusRequest()
     limit = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     part, last = _cursor(request.page_token)
-    snap = aggregator.snapshot(now)
+    view = view or status_view(aggregator, now)
+    now, snap = view.time, view.snap
     cluster = snap.values[(Scope.CLUSTER, CLUSTER_KEY)]
     out = status_pb2.ClusterStatus(
         generated_unix_nanos=int(now * 1e9),
@@ -64,14 +91,12 @@ def build_status(
         log_size=log_size,
     )
     out.rejected_by_reason.update(stats.rejected)
-    nodes = sorted(aggregator.nodes.values(), key=lambda n: n.node_id)
-    jobs = sorted(aggregator.jobs.values(), key=lambda j: j.job_id)
-    out.nodes_total, out.jobs_total = len(nodes), len(jobs)
-    for node in nodes:
-        out.gpus_total += len(node.gpus)
+    out.nodes_total, out.jobs_total = len(view.node_ids), len(view.job_ids)
+    out.gpus_total = sum(len(n.gpus) for n in list(aggregator.nodes.values()))
     page = _Page(out, limit)
-    for node in nodes:
-        if part == 1 or node.node_id <= last:
+    first = len(view.node_ids) if part == 1 else bisect.bisect_right(view.node_ids, last)
+    for node_id in view.node_ids[first:]:
+        if (node := aggregator.nodes.get(node_id)) is None:
             continue
         if page.full:
             out.next_page_token = f"n:{page.last}"
@@ -100,8 +125,9 @@ def build_status(
     if part == 0:
         last = ""
     page.last = ""
-    for job in jobs:
-        if job.job_id <= last:
+    for job_id in view.job_ids[bisect.bisect_right(view.job_ids, last) :]:
+        job = aggregator.jobs.get(job_id)
+        if job is None:  # forgotten since the view was made
             continue
         if page.full:
             out.next_page_token = f"j:{page.last}"
@@ -154,14 +180,22 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         self._stats = stats
         self._ledger = ledger
         self._clock = clock
+        self._view: StatusView | None = None
 
     async def GetStatus(
         self,
         request: status_pb2.StatusRequest,
         context: grpc.aio.ServicerContext[status_pb2.StatusRequest, status_pb2.ClusterStatus],
     ) -> status_pb2.ClusterStatus:
+        now = self._clock()
+        # A first page is always fresh; later pages of a listing reuse its view.
+        fresh = self._view is None or not 0 <= now - self._view.time < VIEW_SECONDS
+        if not request.page_token or fresh:
+            self._view = status_view(self._agg, now)
         try:
-            return build_status(self._agg, self._stats, self._ledger.size, self._clock(), request)
+            return build_status(
+                self._agg, self._stats, self._ledger.size, now, request, view=self._view
+            )
         except PageTokenError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError("unreachable") from exc
