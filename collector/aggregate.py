@@ -248,10 +248,10 @@ class Aggregator:
         What survives a forgotten job: the committed reports its figures came
         from (in the ledger and the Merkle log), and its cumulative FLOP in the
         cluster's total. Its own figures (cumulative FLOP, lineage, evidence
-        indices) go; should the same job id
-        run again it starts from zero, which gains a node nothing it could not
-        get by naming its jobs afresh. Replay ages out on each report's receive
-        time, so a restart holds the same bounded set."""
+        indices) go; should the same job id run again it starts from zero,
+        which gains a node nothing it could not get by naming its jobs afresh.
+        Replay ages out on each report's receive time, so a restart holds the
+        same bounded set."""
         for job_id in self.bounds.expired(now, len(self.jobs)):
             self._forget_job(job_id)
 

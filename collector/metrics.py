@@ -77,6 +77,12 @@ class CollectorMetrics(Collector):
         for reason, n in sorted(counts.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        yield CounterMetricFamily(
+            "computewatch_collector_evidence_not_kept",
+            "Conflicting envelopes only counted: their signing key already has"
+            " max_evidence_per_key kept as evidence.",
+            value=s.evidence_counted_only,
+        )
         yield GaugeMetricFamily(
             "computewatch_collector_ledger_entries",
             "Entries committed to the ledger (= Merkle log size).",
