@@ -100,10 +100,12 @@ class JobBounds:
         new = [j for j in job_ids if j not in mine]
         if not new:
             return []
+        # Never forget a job this very report runs again.
+        wanted = set(job_ids)
         drop: list[str] = []
         over = len(mine) + len(new) - self.limits.max_jobs_per_node
         if over > 0:
-            drop = [j for j in self._ended if j in mine][:over]
+            drop = [j for j in self._ended if j in mine and j not in wanted][:over]
             if len(drop) < over:
                 raise NodeJobsLimitError(
                     f"node {node_id} would hold {len(mine) + len(new)} jobs; the limit is"
@@ -113,7 +115,7 @@ class JobBounds:
         over = held - len(drop) + fresh - self.limits.max_job_states
         if over > 0:
             dropping = set(drop)
-            more = [j for j in self._ended if j not in dropping][:over]
+            more = [j for j in self._ended if j not in dropping and j not in wanted][:over]
             if len(more) < over:
                 raise JobStatesLimitError(
                     f"the collector holds {held} job states (limit"

@@ -115,3 +115,15 @@ def test_a_declared_job_that_is_declared_again_stays() -> None:
     assert "declared" in agg.jobs
     agg.age_out(40.0 + 10.5)
     assert "declared" not in agg.jobs
+
+
+def test_making_room_never_forgets_a_job_the_report_runs_again() -> None:
+    agg = Aggregator(job_limits=JobLimits(max_jobs_per_node=3, max_job_states=100))
+    agg.ingest(report("n1", ["a-back", "z"], 1), 0, 0.0)
+    agg.ingest(report("n1", ["c"], 2), 1, 1.0)  # "a-back" and "z" end
+    flop = agg.jobs["a-back"].cumulative_flop
+    agg.admit_jobs("n1", {"a-back", "c", "d"})  # room for "d": forget "z", not "a-back"
+    assert "z" not in agg.jobs
+    assert agg.jobs["a-back"].cumulative_flop == flop
+    agg.ingest(report("n1", ["a-back", "c", "d"], 3), 2, 2.0)
+    assert agg.jobs["a-back"].cumulative_flop > flop
