@@ -16,7 +16,7 @@ from agent.k8s.kubelet import DEFAULT_RESOURCES, DEFAULT_SOCKET
 from agent.k8s.workload import DEFAULT_LABEL_RULES, parse_rules
 from agent.slurm import DEFAULT_COMMAND as DEFAULT_SLURM_COMMAND
 from agent.slurm import command_template
-from protos.config import load_section
+from protos.config import SettingError, check_range, load_section
 from protos.errors import ConfigError
 from protos.reports import MAX_INTERVAL_SECONDS
 
@@ -27,13 +27,7 @@ SCHEDULERS = ("signal", "slurm", "command")
 _NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
-class _ValueError(ConfigError):
-    """A value of the right type that is not allowed; carries the key so the
-    loader can say whether it came from the file or from a flag."""
-
-    def __init__(self, key: str, value: object, expected: str) -> None:
-        super().__init__(f"key {key!r}: expected {expected}, got {value!r}")
-        self.key = key
+_ValueError = SettingError
 
 
 def _host_port(value: str) -> bool:
@@ -124,10 +118,8 @@ class AgentConfig:
                 self.interval_seconds,
                 f"a number of seconds above 0 and at most {MAX_INTERVAL_SECONDS:g}",
             )
-        if self.max_unacked < 1:
-            raise _ValueError("max_unacked", self.max_unacked, "an integer >= 1")
-        if self.max_in_flight < 1:
-            raise _ValueError("max_in_flight", self.max_in_flight, "an integer >= 1")
+        check_range("max_unacked", self.max_unacked, 1, 10_000_000)
+        check_range("max_in_flight", self.max_in_flight, 1, 65_536)
         if not 0 <= self.metrics_port <= 65535:
             raise _ValueError("metrics_port", self.metrics_port, "a port 0..65535 (0: off)")
         if not self.metrics_address:
@@ -146,10 +138,8 @@ class AgentConfig:
             )
         self._check_enforcement()
         self._check_attribution()
-        if not self.backoff_min_seconds > 0:
-            raise _ValueError(
-                "backoff_min_seconds", self.backoff_min_seconds, "a positive number of seconds"
-            )
+        check_range("backoff_min_seconds", self.backoff_min_seconds, 0.0, 3600.0, above_low=True)
+        check_range("backoff_max_seconds", self.backoff_max_seconds, 0.0, 3600.0, above_low=True)
         if not self.backoff_max_seconds >= self.backoff_min_seconds:
             raise _ValueError(
                 "backoff_max_seconds",
@@ -158,12 +148,8 @@ class AgentConfig:
             )
 
     def _check_enforcement(self) -> None:
-        if not self.lease_grace_seconds >= 0:
-            raise _ValueError(
-                "lease_grace_seconds", self.lease_grace_seconds, "a number of seconds >= 0"
-            )
-        if self.quorum < 1:
-            raise _ValueError("quorum", self.quorum, "an integer >= 1")
+        check_range("lease_grace_seconds", self.lease_grace_seconds, 0.0, 86_400.0)
+        check_range("quorum", self.quorum, 1, 1000)
         if self.authority_keys and self.quorum > len(self.authority_keys):
             raise _ValueError(
                 "quorum",
@@ -191,10 +177,13 @@ class AgentConfig:
                 raise _ValueError(
                     "slurm_show_job_command", self.slurm_show_job_command, "a command with {job}"
                 ) from exc
-        if not 0 < self.slurm_command_timeout_seconds <= 300:
-            raise _ValueError(
-                "slurm_command_timeout_seconds", self.slurm_command_timeout_seconds, "0..300 s"
-            )
+        check_range(
+            "slurm_command_timeout_seconds",
+            self.slurm_command_timeout_seconds,
+            0.0,
+            300.0,
+            above_low=True,
+        )
         try:
             parse_rules(self.k8s_workload_labels)
         except ConfigError as exc:
@@ -203,8 +192,7 @@ class AgentConfig:
             ) from exc
         if not self.k8s_gpu_resources or not all(self.k8s_gpu_resources):
             raise _ValueError("k8s_gpu_resources", self.k8s_gpu_resources, "resource names")
-        if not 0 < self.k8s_refresh_seconds <= 3600:
-            raise _ValueError("k8s_refresh_seconds", self.k8s_refresh_seconds, "0..3600 s")
+        check_range("k8s_refresh_seconds", self.k8s_refresh_seconds, 0.0, 3600.0, above_low=True)
 
     @property
     def spool_path(self) -> Path:
@@ -220,14 +208,4 @@ def load_agent_config(
     Raises ConfigError naming the file (or the flag/environment setting),
     the key and the expected value.
     """
-    overrides = dict(overrides or {})
-    try:
-        return load_section(AgentConfig, path, SECTION, overrides)
-    except _ValueError as exc:
-        if overrides.get(exc.key) is not None:
-            where = f"setting {SECTION}.{exc.key} (flag or environment)"
-        elif path is not None:
-            where = f"{path} [{SECTION}]"
-        else:
-            where = "default configuration"
-        raise ConfigError(f"{where}: {exc}") from exc
+    return load_section(AgentConfig, path, SECTION, overrides)

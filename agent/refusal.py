@@ -48,7 +48,15 @@ log = logging.getLogger(__name__)
 # Collector reasons (protos/errors.py labels) that refuse a report for what it
 # says or how it is encoded: resending the same bytes cannot help.
 CONTENT_REASONS = frozenset(
-    {"invalid_report", "oversize", "decode", "payload_type", "wrong_key", "bad_signature"}
+    {
+        "invalid_report",
+        "report_limit",
+        "oversize",
+        "decode",
+        "payload_type",
+        "wrong_key",
+        "bad_signature",
+    }
 )
 # Corrections tried at one sequence before the report is kept as it is.
 MAX_CORRECTIONS = 3

@@ -21,7 +21,7 @@ time and a bound at its GPUs' peak.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from collector.accounting import (
     METHOD_PIPES,
@@ -36,10 +36,11 @@ from collector.accounting import (
 )
 from collector.accounting.figures import build_snapshot
 from collector.accounting.state import JobState, NodeShare, NodeState
+from collector.jobbounds import JobBounds, JobLimits
 from collector.snapshot import Snapshot
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
-from protos.jobs import is_unattributed
+from protos.jobs import is_unattributed, job_key
 
 __all__ = [
     "METHOD_PIPES",
@@ -65,6 +66,7 @@ class Aggregator:
         lookup: Callable[[str], devices.DeviceSpec | None] = devices.lookup,
         silent_after_intervals: float = 3.0,
         expected_interval_seconds: float = 0.0,
+        job_limits: JobLimits | None = None,
     ) -> None:
         self._lookup = lookup
         self._silent_after = silent_after_intervals
@@ -72,6 +74,11 @@ class Aggregator:
         self._expected_interval = expected_interval_seconds
         self.nodes: dict[str, NodeState] = {}
         self.jobs: dict[str, JobState] = {}
+        self.bounds = JobBounds(job_limits)
+        # Cumulative FLOP (estimate, upper bound) of jobs forgotten by
+        # ``age_out``/``admit_jobs``: the cluster's totals keep it.
+        self.forgotten_flop = 0.0
+        self.forgotten_flop_upper = 0.0
 
     def enroll(self, node_id: str) -> None:
         """Track an enrolled node before it reports (it shows as never seen)."""
@@ -133,9 +140,11 @@ class Aggregator:
             ):
                 job.upper_nodes.discard(node.node_id)
             job.evidence.append(log_index)
-        for gone in node.jobs - per_job.keys():
-            self.jobs[gone].per_node.pop(node.node_id, None)
-            self.jobs[gone].upper_nodes.discard(node.node_id)
+        gone = node.jobs - per_job.keys()
+        for job_id in gone:
+            if (ended := self.jobs.get(job_id)) is not None:
+                ended.per_node.pop(node.node_id, None)
+                ended.upper_nodes.discard(node.node_id)
         node.jobs = set(per_job)
         for info in report.jobs:
             if is_unattributed(info.job_id):
@@ -143,6 +152,7 @@ class Aggregator:
             job = self._job(info.job_id)
             job.parents = tuple(info.parent_job_ids)
             job.model_id = info.model_id or job.model_id
+        self._track_jobs(node.node_id, report, per_job.keys(), gone, received_at)
 
     def _charge_gap(
         self, node: NodeState, before: dict[str, GpuFigures], gap: float, log_index: int
@@ -176,6 +186,69 @@ class Aggregator:
         job = self._job(job_id)
         job.capability[evaluation] = score
         job.evidence.append(index)
+        self.bounds.running(job_id)  # evaluated jobs decide halts: never aged out
+
+    # -- bounds on job state (``collector.jobbounds``) --------------------------
+    @staticmethod
+    def report_job_ids(report: telemetry_pb2.NodeReport) -> set[str]:
+        """Every job id ``ingest`` would hold a state for."""
+        ids = {job_key(p.job_id, report.node_id) for g in report.gpus for p in g.processes}
+        ids.update(info.job_id for info in report.jobs)
+        return ids
+
+    def admit_jobs(self, node_id: str, job_ids: set[str]) -> None:
+        """Make room for ``node_id``'s ``job_ids`` by forgetting ended jobs, or
+        raise NodeJobsLimitError / JobStatesLimitError (the report is refused).
+        Checked against committed state, so a stream can overshoot by its
+        reports in flight; ``age_out`` trims that back on commit."""
+        for job_id in self.bounds.make_room(node_id, job_ids, len(self.jobs)):
+            self._forget_job(job_id)
+
+    def age_out(self, now: float) -> None:
+        """Forget jobs that ended more than the TTL before ``now`` and, while
+        more than ``max_job_states`` are held, the oldest ended ones.
+
+        What survives a forgotten job: the committed reports its figures came
+        from (in the ledger and the Merkle log), and its cumulative FLOP in the
+        cluster's total. Its own figures (cumulative FLOP, lineage, evidence
+        indices) go; should the same job id run again it starts from zero,
+        which gains a node nothing it could not get by naming its jobs afresh.
+        Replay ages out on each report's receive time, so a restart holds the
+        same bounded set."""
+        for job_id in self.bounds.expired(now, len(self.jobs)):
+            self._forget_job(job_id)
+
+    def _track_jobs(
+        self,
+        node_id: str,
+        report: telemetry_pb2.NodeReport,
+        running: Collection[str],
+        gone: Collection[str],
+        at: float,
+    ) -> None:
+        for job_id in running:
+            self.bounds.named(node_id, job_id)
+            self.bounds.running(job_id)
+        for info in report.jobs:
+            self.bounds.named(node_id, info.job_id)
+        for job_id in sorted(gone):  # a stable order: replay forgets the same jobs
+            job = self.jobs.get(job_id)
+            if job is not None and not job.per_node and not job.capability:
+                self.bounds.ended(job_id, at)
+        for info in report.jobs:
+            # Declared but not running: ended now (a later declaration renews it).
+            job = self.jobs.get(info.job_id)
+            if job is not None and not job.per_node and not job.capability:
+                self.bounds.running(info.job_id)
+                self.bounds.ended(info.job_id, at)
+        self.age_out(at)
+
+    def _forget_job(self, job_id: str) -> None:
+        job = self.jobs.pop(job_id, None)
+        if job is not None:
+            self.forgotten_flop += job.cumulative_flop
+            self.forgotten_flop_upper += job.cumulative_flop_upper
+        self.bounds.forget(job_id)
 
     def is_silent(self, node: NodeState, now: float) -> bool:
         if not node.reports:
@@ -190,4 +263,10 @@ class Aggregator:
         """Every figure at ``now``. Safe to call from the metrics thread while
         the event loop ingests: it iterates over copies of the live dicts
         (``list()`` of a dict view is taken without a thread switch)."""
-        return build_snapshot(self.nodes, self.jobs, now, self.is_silent)
+        return build_snapshot(
+            self.nodes,
+            self.jobs,
+            now,
+            self.is_silent,
+            forgotten=(self.forgotten_flop, self.forgotten_flop_upper),
+        )

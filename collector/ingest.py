@@ -51,6 +51,8 @@ class IngestStats:
     bytes_accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     suppressed_logs: int = 0
+    # Conflicting envelopes counted but not kept (the key's evidence is full).
+    evidence_counted_only: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class Ingestor:
         verify_pool: Executor | None = None,
         verify_jobs: int | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        evidence_per_key: int = 1,
     ) -> None:
         """``verify_pool``: threads that check signatures in batches
         (``collector.batchverify``), at most ``verify_jobs`` batches at once
@@ -108,6 +111,7 @@ class Ingestor:
                 jobs=verify_jobs or int(getattr(verify_pool, "_max_workers", 2)),
             )
         self._clock_ns = clock_ns
+        self._evidence_per_key = evidence_per_key
         heads = ledger.chain_heads()
         self.chains = ChainBook(
             {k: (h.last_sequence, h.last_digest) for k, h in heads.items()}, self._stored_digest
@@ -233,18 +237,27 @@ class Ingestor:
             return self._duplicate(node.node_id, keyid, report.sequence)
         except (EquivocationError, RollbackError) as exc:
             # Two different signed statements for one sequence: keep both.
-            self._ledger.record_evidence(
+            seen = self._ledger.evidence_seen(keyid, exc.reason)
+            kept = self._ledger.record_evidence(
                 exc.reason,
                 node.node_id,
                 report.sequence,
-                self._accepted_bytes(keyid, report.sequence),
+                # Read the accepted bytes only for evidence that keeps them.
+                self._accepted_bytes(keyid, report.sequence)
+                if seen < self._evidence_per_key
+                else None,
                 data,
+                keyid=keyid,
+                keep=self._evidence_per_key,
             )
+            if not kept:
+                self.stats.evidence_counted_only += 1
             self._aggregator.note_chain_break(node.node_id)
             raise
         except ChainError:
             self._aggregator.note_chain_break(node.node_id)
             raise
+        self._aggregator.admit_jobs(node.node_id, Aggregator.report_job_ids(report))
         fut = self._ledger.append(
             Entry(
                 data=data,

@@ -206,20 +206,71 @@ class Ledger:
         sequence: int | None,
         accepted: bytes | None,
         offending: bytes,
-    ) -> None:
-        """Keep conflicting bytes (equivocation) as evidence; small, synchronous,
-        and on its own connection and lock, so readers do not wait for it."""
+        *,
+        keyid: str = "",
+        keep: int = 1,
+    ) -> bool:
+        """Keep conflicting bytes (equivocation) as evidence: the first ``keep``
+        per (``keyid``, ``kind``) with their bytes, every later one only
+        counted (``evidence_seen``), so one key cannot grow the ledger by
+        sending conflicts. Small, synchronous, on its own connection and lock,
+        so readers do not wait for it. True when the bytes were kept."""
+        now = self._clock_ns()
         try:
-            with self._side_lock:
-                self._side.execute(
-                    "INSERT INTO evidence(kind, node_id, sequence, accepted_data,"
-                    " offending_data, detected_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
-                    (kind, node_id, sequence, accepted, offending, self._clock_ns()),
-                )
+            return self._record_evidence(
+                kind, node_id, sequence, accepted, offending, keyid=keyid, keep=keep, now=now
+            )
         except sqlite3.Error as exc:
             reason = write_error_reason(exc)
             self.write_errors[reason] += 1
             log.exception("cannot store %s evidence for %s (%s)", kind, node_id, reason)
+            return False
+
+    def _record_evidence(
+        self,
+        kind: str,
+        node_id: str | None,
+        sequence: int | None,
+        accepted: bytes | None,
+        offending: bytes,
+        *,
+        keyid: str,
+        keep: int,
+        now: int,
+    ) -> bool:
+        with self._side_lock:
+            self._side.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._side.execute(
+                    "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?",
+                    (keyid, kind),
+                ).fetchone()
+                kept = (0 if row is None else int(row[0])) < keep
+                if kept:
+                    self._side.execute(
+                        "INSERT INTO evidence(kind, node_id, sequence, accepted_data,"
+                        " offending_data, detected_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
+                        (kind, node_id, sequence, accepted, offending, now),
+                    )
+                self._side.execute(
+                    "INSERT INTO evidence_counts(keyid, kind, count, last_unix_nanos)"
+                    " VALUES (?, ?, 1, ?) ON CONFLICT(keyid, kind)"
+                    " DO UPDATE SET count = count + 1, last_unix_nanos = excluded.last_unix_nanos",
+                    (keyid, kind, now),
+                )
+                self._side.execute("COMMIT")
+            except BaseException as exc:
+                rollback_after(self._side, exc)
+                raise
+        return kept
+
+    def evidence_seen(self, keyid: str, kind: str) -> int:
+        """Conflicts of ``kind`` signed by ``keyid``, kept or only counted."""
+        with self._read_lock:
+            row = self._read.execute(
+                "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?", (keyid, kind)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def evidence_count(self, kind: str | None = None) -> int:
         with self._read_lock:

@@ -46,6 +46,15 @@ CREATE TABLE IF NOT EXISTS writable_probe (
     probed_unix_nanos INTEGER NOT NULL,
     room BLOB
 );
+-- Conflicts seen per (signing key, kind): the first few keep their bytes in
+-- evidence, the rest are only counted here (a key cannot grow the file).
+CREATE TABLE IF NOT EXISTS evidence_counts (
+    keyid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last_unix_nanos INTEGER NOT NULL,
+    PRIMARY KEY (keyid, kind)
+);
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
     keyid TEXT NOT NULL UNIQUE,

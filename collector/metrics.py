@@ -17,6 +17,20 @@ from collector.ingest import IngestStats
 from collector.ledger import Ledger
 from collector.sessions import Sessions
 from collector.snapshot import CLUSTER_KEY, Scope
+from protos.errors import (
+    InvalidReportError,
+    JobStatesLimitError,
+    NodeJobsLimitError,
+    ReportLimitError,
+)
+
+# Rejection reasons exported at 0 before the first one, so alerts on their rate work.
+PRESET_REASONS = (
+    InvalidReportError.reason,
+    ReportLimitError.reason,
+    NodeJobsLimitError.reason,
+    JobStatesLimitError.reason,
+)
 
 
 def _nan(value: float | None) -> float:
@@ -59,9 +73,16 @@ class CollectorMetrics(Collector):
             "Envelopes refused, by reason.",
             labels=["reason"],
         )
-        for reason, n in sorted(s.rejected.items()):
+        counts = dict.fromkeys(PRESET_REASONS, 0) | dict(s.rejected)
+        for reason, n in sorted(counts.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        yield CounterMetricFamily(
+            "computewatch_collector_evidence_not_kept",
+            "Conflicting envelopes only counted: their signing key already has"
+            " max_evidence_per_key kept as evidence.",
+            value=s.evidence_counted_only,
+        )
         yield GaugeMetricFamily(
             "computewatch_collector_ledger_entries",
             "Entries committed to the ledger (= Merkle log size).",
@@ -200,5 +221,21 @@ class CollectorMetrics(Collector):
         gpus.add_metric(["total"], total)
         yield gpus
         yield GaugeMetricFamily(
-            "computewatch_jobs", "Jobs the collector has seen.", value=len(self._agg.jobs)
+            "computewatch_jobs",
+            "Job states the collector holds in memory.",
+            value=len(self._agg.jobs),
         )
+        yield GaugeMetricFamily(
+            "computewatch_jobs_ended",
+            "Job states held whose jobs ended (forgotten after ended_job_ttl_seconds).",
+            value=self._agg.bounds.ended_jobs,
+        )
+        forgotten = CounterMetricFamily(
+            "computewatch_job_states_forgotten",
+            "Ended jobs' states dropped from memory (their reports stay in the ledger):"
+            " aged (past the TTL, or oldest over max_job_states) or room (for a new job).",
+            labels=["cause"],
+        )
+        forgotten.add_metric(["aged"], self._agg.bounds.aged_out)
+        forgotten.add_metric(["room"], self._agg.bounds.evicted)
+        yield forgotten

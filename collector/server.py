@@ -26,6 +26,7 @@ from collector.audit_wiring import AuditHandle, start_audit
 from collector.auth import AuthInterceptor, AuthPolicy
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
+from collector.jobbounds import JobLimits
 from collector.ledger import Ledger, iter_entries
 from collector.merkle_log import MerkleLog
 from collector.metrics import CollectorMetrics
@@ -151,6 +152,7 @@ class Collector:
                 elif not is_silent and node.node_id in silent:
                     log.info("node %s is reporting again", node.node_id)
                     silent.discard(node.node_id)
+            self.aggregator.age_out(now)
             for hook in self.tick_hooks:
                 try:
                     hook(now)
@@ -211,6 +213,11 @@ async def _build(
     aggregator = Aggregator(
         silent_after_intervals=config.silent_after_intervals,
         expected_interval_seconds=config.interval_seconds,
+        job_limits=JobLimits(
+            max_jobs_per_node=config.max_jobs_per_node,
+            max_job_states=config.max_job_states,
+            ended_job_ttl_seconds=config.ended_job_ttl_seconds,
+        ),
     )
     for node_id in registry.node_ids():
         aggregator.enroll(node_id)
@@ -225,6 +232,7 @@ async def _build(
         aggregator,
         max_envelope_bytes=config.max_envelope_bytes,
         verify_pool=pool,
+        evidence_per_key=config.max_evidence_per_key,
     )
     sessions = Sessions()
     server = _grpc_server(config, metrics_registry)

@@ -213,18 +213,14 @@ def evaluate(
 
 
 def _fetch(
-    address: str, in_force_only: bool, key: PrivateKey | None, collector_key: PublicKey | None
+    address: str,
+    in_force_only: bool,
+    key: PrivateKey | None,
+    collector_key: PublicKey | None,
+    page_size: int = 0,
 ) -> list[tuple[control_pb2.DirectiveRecord, control_pb2.Directive, bool]]:
-    reply = _call(
-        address,
-        "ListDirectives",
-        control_pb2.ListDirectivesRequest(in_force_only=in_force_only),
-        control_pb2.DirectiveList,
-        key=key,
-        timeout=10.0,
-    )
     out = []
-    for record in reply.directives:
+    for record in _list_all(address, in_force_only, key, page_size):
         if collector_key is not None:
             verified = dsse.verify(
                 record.envelope,
@@ -236,6 +232,36 @@ def _fetch(
             env = dsse.open_envelope(record.envelope)
             out.append((record, dsse.parse_message(control_pb2.Directive, env.payload), False))
     return out
+
+
+# Pages followed at most: a collector whose tokens never end cannot keep the CLI looping.
+MAX_PAGES = 10_000
+
+
+def _list_all(
+    address: str, in_force_only: bool, key: PrivateKey | None, page_size: int = 0
+) -> list[control_pb2.DirectiveRecord]:
+    """Every directive record, following ``next_page_token``."""
+    records: list[control_pb2.DirectiveRecord] = []
+    token = ""
+    for _ in range(MAX_PAGES):
+        reply = _call(
+            address,
+            "ListDirectives",
+            control_pb2.ListDirectivesRequest(
+                in_force_only=in_force_only, page_size=page_size, page_token=token
+            ),
+            control_pb2.DirectiveList,
+            key=key,
+            timeout=10.0,
+        )
+        records.extend(reply.directives)
+        if not reply.next_page_token:
+            return records
+        if reply.next_page_token == token:
+            raise click.ClickException(f"collector at {address}: page token did not advance")
+        token = reply.next_page_token
+    raise click.ClickException(f"collector at {address}: more than {MAX_PAGES} directive pages")
 
 
 def _when(nanos: int) -> str:
@@ -297,15 +323,26 @@ def directives() -> None:
 @collector_option
 @click.option("--in-force", is_flag=True, help="Only halts, throttles and terminates in force.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--page-size",
+    type=click.IntRange(0, 1000),
+    default=0,
+    help="Directives per request (0: the collector's default); all pages are shown.",
+)
 @_key_options
 @translate_errors
 def list_directives(
-    address: str, in_force: bool, as_json: bool, key_path: Path | None, collector_key: Path | None
+    address: str,
+    in_force: bool,
+    as_json: bool,
+    page_size: int,
+    key_path: Path | None,
+    collector_key: Path | None,
 ) -> None:
     """List directives, oldest first."""
     key = load_private_key(key_path) if key_path else None
     pub = load_public_key(collector_key) if collector_key else None
-    rows = _fetch(address, in_force, key, pub)
+    rows = _fetch(address, in_force, key, pub, page_size)
     if as_json:
         click.echo(json.dumps([_doc(*r) for r in rows], indent=2, sort_keys=True))
         return

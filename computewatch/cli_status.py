@@ -26,20 +26,55 @@ _STATE = {
 _METHOD = "/computewatch.v1.Status/GetStatus"
 
 
+# Pages followed at most (x 1000 items a page): a collector whose tokens never
+# end cannot keep the CLI looping.
+MAX_PAGES = 10_000
+
+
 def fetch_status(
-    address: str, key: PrivateKey | None = None, timeout: float = 10.0
+    address: str, key: PrivateKey | None = None, timeout: float = 10.0, page_size: int = 0
 ) -> status_pb2.ClusterStatus:
-    metadata = call_metadata(key, _METHOD) if key is not None else None
+    """The whole status: follows ``next_page_token`` and joins the pages'
+    nodes and jobs (cluster figures come from the first page)."""
     with grpc.insecure_channel(address) as channel:
         stub = status_pb2_grpc.StatusStub(channel)
-        try:
-            result: status_pb2.ClusterStatus = stub.GetStatus(
-                status_pb2.StatusRequest(), timeout=timeout, metadata=metadata
-            )
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
-            raise click.ClickException(f"collector at {address}: {code}: {exc}") from exc
-    return result
+        result: status_pb2.ClusterStatus | None = None
+        token = ""
+        for _ in range(MAX_PAGES):
+            page = _page(stub, address, key, timeout, page_size, token)
+            if result is None:
+                result = page
+            else:
+                result.nodes.extend(page.nodes)
+                result.jobs.extend(page.jobs)
+            if not page.next_page_token:
+                result.next_page_token = ""
+                return result
+            if page.next_page_token == token:
+                raise click.ClickException(f"collector at {address}: page token did not advance")
+            token = page.next_page_token
+    raise click.ClickException(f"collector at {address}: more than {MAX_PAGES} status pages")
+
+
+def _page(
+    stub: status_pb2_grpc.StatusStub,
+    address: str,
+    key: PrivateKey | None,
+    timeout: float,
+    page_size: int,
+    token: str,
+) -> status_pb2.ClusterStatus:
+    metadata = call_metadata(key, _METHOD) if key is not None else None
+    try:
+        page: status_pb2.ClusterStatus = stub.GetStatus(
+            status_pb2.StatusRequest(page_size=page_size, page_token=token),
+            timeout=timeout,
+            metadata=metadata,
+        )
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        raise click.ClickException(f"collector at {address}: {code}: {exc}") from exc
+    return page
 
 
 def cluster_achieved(st: status_pb2.ClusterStatus) -> float | None:
@@ -103,7 +138,7 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
                     ),
                     j.method,
                     str(j.gpus),
-                    str(len(j.node_ids)),
+                    str(j.nodes_total or len(j.node_ids)),
                     ",".join(j.parent_job_ids),
                     ",".join(j.possibly_crossed_rules),
                 ]
@@ -131,10 +166,18 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
     help="Auditor or authority private key, for collectors that require signed tokens.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option(
+    "--page-size",
+    type=click.IntRange(0, 1000),
+    default=0,
+    help="Nodes plus jobs per request (0: the collector's default); all pages are shown.",
+)
 @translate_errors
-def status(address: str, key_path: Path | None, as_json: bool) -> None:
+def status(address: str, key_path: Path | None, as_json: bool, page_size: int) -> None:
     """Show cluster compute, nodes and jobs from a running collector."""
-    st = fetch_status(address, load_private_key(key_path) if key_path else None)
+    st = fetch_status(
+        address, load_private_key(key_path) if key_path else None, page_size=page_size
+    )
     if as_json:
         doc = json_format.MessageToDict(st, preserving_proto_field_name=True)
         click.echo(json.dumps(doc, indent=2, sort_keys=True))

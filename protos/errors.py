@@ -89,6 +89,36 @@ class InvalidReportError(VerificationError):
     reason = "invalid_report"
 
 
+class LimitError(VerificationError):
+    """A peer asked for more than a bound allows (counts, lengths, state it can grow).
+
+    Each subclass's ``reason`` is a stable label on the rejection counter; the
+    collector refuses only the offending report and keeps serving everyone else.
+    """
+
+    reason = "limit"
+
+
+class ReportLimitError(LimitError, InvalidReportError):
+    """A report has more items (GPUs, processes, jobs, receipts, parents) or a
+    longer string than ``protos.reports`` allows. Also an InvalidReportError:
+    the report itself is at fault, and the agent corrects it before sealing."""
+
+    reason = "report_limit"
+
+
+class NodeJobsLimitError(LimitError):
+    """A node would hold more job states in the collector than its per-node limit."""
+
+    reason = "node_jobs_limit"
+
+
+class JobStatesLimitError(LimitError):
+    """The collector holds as many job states as configured and none has ended."""
+
+    reason = "job_states_limit"
+
+
 class ChainError(VerificationError):
     """Base for breaks in a node's sequence/digest chain."""
 

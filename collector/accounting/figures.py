@@ -29,7 +29,12 @@ def build_snapshot(
     jobs: Mapping[str, JobState],
     now: float,
     is_silent: Callable[[NodeState, float], bool],
+    *,
+    forgotten: tuple[float, float] = (0.0, 0.0),
 ) -> Snapshot:
+    """Figures of every scope at ``now``. ``forgotten``: cumulative FLOP
+    (estimate, upper bound) of jobs no longer held in memory, which the
+    cluster's totals keep."""
     values: dict[Key, dict[str, float | None]] = {}
     evidence: dict[Key, tuple[int, ...]] = {}
     methods: dict[Key, str] = {}
@@ -117,7 +122,7 @@ def build_snapshot(
             evidence[gkey] = (node.last_index,)
     lineage: dict[str, tuple[str, ...]] = {}
     job_nodes: dict[str, tuple[str, ...]] = {}
-    c_cumulative = c_cumulative_upper = 0.0
+    c_cumulative, c_cumulative_upper = forgotten
     for job in list(jobs.values()):
         key = (Scope.JOB, job.job_id)
         shares = list(job.per_node.items())

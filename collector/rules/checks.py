@@ -25,7 +25,16 @@ from collector.rules.metrics import (
     metrics_at,
     scopes_with,
 )
-from collector.rules.model import Action, Bound, Comparison, Lineage, Rule, RulePack, Source
+from collector.rules.model import (
+    MAX_FOR_SECONDS,
+    Action,
+    Bound,
+    Comparison,
+    Lineage,
+    Rule,
+    RulePack,
+    Source,
+)
 from collector.snapshot import BOUNDED_METRICS, Scope
 from protos.errors import RuleError
 
@@ -75,6 +84,8 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"{value!r} is not a duration")
     if not (math.isfinite(seconds) and seconds >= 0):
         raise ValueError(f"{value!r} is not a duration >= 0")
+    if seconds > MAX_FOR_SECONDS:
+        raise ValueError(f"{value!r} is longer than {MAX_FOR_SECONDS:g} s (30 days)")
     return seconds
 
 
@@ -213,6 +224,14 @@ def _check_numbers(rule: Mapping[str, object], at: _At) -> Iterator[Finding]:
                 f"threshold is {format_number(threshold)} percent",
                 "a percentage from 0 to 100",
             )
+    duration = rule.get("for")
+    if isinstance(duration, str) and _DURATION.match(duration):
+        # The schema checks a number's range and a string's shape; a string's
+        # length only shows once parsed.
+        try:
+            parse_duration(duration)
+        except ValueError:
+            yield at("for", f"for is {duration}", "a duration of at most 30 days (720h)")
     hysteresis = _num(rule.get("hysteresis"))
     if hysteresis is not None:
         comparison = _str(rule.get("comparison"))

@@ -17,6 +17,9 @@ from collector.rules.metrics import metric_unit
 from collector.snapshot import BOUNDED_METRICS, Scope
 from protos.errors import RuleError
 
+# The longest ``for`` a rule may have (30 days; rules/schema.json says the same).
+MAX_FOR_SECONDS = 30 * 86_400.0
+
 
 class Comparison(StrEnum):
     GT = ">"
@@ -126,8 +129,8 @@ class Rule:
             raise bad(f"unit {self.unit!r} does not match metric {self.metric} ({expected})")
         if not math.isfinite(self.threshold):
             raise bad(f"threshold {self.threshold!r} is not a finite number")
-        if not (math.isfinite(self.for_seconds) and self.for_seconds >= 0):
-            raise bad(f"for {self.for_seconds!r} is not a duration >= 0")
+        if not (math.isfinite(self.for_seconds) and 0 <= self.for_seconds <= MAX_FOR_SECONDS):
+            raise bad(f"for {self.for_seconds!r} is not a duration from 0 to {MAX_FOR_SECONDS:g} s")
         if not (math.isfinite(self.hysteresis) and self.hysteresis >= 0):
             raise bad(f"hysteresis {self.hysteresis!r} is not a number >= 0")
         if self.action is Action.THROTTLE:

@@ -160,10 +160,14 @@ class SubmitResponse(_message.Message):
     def __init__(self, log_index: _Optional[int] = ..., directive_ids: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ListDirectivesRequest(_message.Message):
-    __slots__ = ("in_force_only",)
+    __slots__ = ("in_force_only", "page_size", "page_token")
     IN_FORCE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     in_force_only: bool
-    def __init__(self, in_force_only: _Optional[bool] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, in_force_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class DirectiveRecord(_message.Message):
     __slots__ = ("envelope", "log_index", "in_force", "effective_unix_nanos", "approval_keyids", "receipt_node_ids")
@@ -182,7 +186,9 @@ class DirectiveRecord(_message.Message):
     def __init__(self, envelope: _Optional[bytes] = ..., log_index: _Optional[int] = ..., in_force: _Optional[bool] = ..., effective_unix_nanos: _Optional[int] = ..., approval_keyids: _Optional[_Iterable[str]] = ..., receipt_node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DirectiveList(_message.Message):
-    __slots__ = ("directives",)
+    __slots__ = ("directives", "next_page_token")
     DIRECTIVES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     directives: _containers.RepeatedCompositeFieldContainer[DirectiveRecord]
-    def __init__(self, directives: _Optional[_Iterable[_Union[DirectiveRecord, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, directives: _Optional[_Iterable[_Union[DirectiveRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

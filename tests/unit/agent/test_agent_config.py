@@ -95,9 +95,15 @@ def test_no_file_needs_the_required_keys_from_overrides() -> None:
         ("interval_seconds = 0", "interval_seconds", "above 0"),
         ("interval_seconds = 7200", "interval_seconds", "at most 3600"),
         ('interval_seconds = "often"', "interval_seconds", "a number"),
-        ("max_unacked = 0", "max_unacked", ">= 1"),
+        ("interval_seconds = nan", "interval_seconds", "a finite number"),
+        ("interval_seconds = inf", "interval_seconds", "a finite number"),
+        ("max_unacked = 0", "max_unacked", "at least 1"),
+        ("max_unacked = 1e23", "max_unacked", "at most 1e+07"),
         ('max_unacked = "lots"', "max_unacked", "an integer"),
-        ("max_in_flight = 0", "max_in_flight", ">= 1"),
+        ("max_in_flight = 0", "max_in_flight", "at least 1"),
+        ("lease_grace_seconds = inf", "lease_grace_seconds", "a finite number"),
+        ("lease_grace_seconds = 1e12", "lease_grace_seconds", "at most 86400"),
+        ("quorum = 100000", "quorum", "at most 1000"),
         ("metrics_port = 70000", "metrics_port", "0..65535"),
         ('metrics_address = ""', "metrics_address", "a host"),
         ('backend = "rocm"', "backend", "'nvml' or 'fake'"),
@@ -106,7 +112,8 @@ def test_no_file_needs_the_required_keys_from_overrides() -> None:
         ('fail_mode = "closed"', "collector_key", "when fail_mode is 'closed'"),
         ('collector = "nowhere"', "collector", "HOST:PORT"),
         ('collector = "host:99999"', "collector", "HOST:PORT"),
-        ("backoff_min_seconds = 0", "backoff_min_seconds", "positive"),
+        ("backoff_min_seconds = 0", "backoff_min_seconds", "above 0"),
+        ("backoff_max_seconds = 1e300", "backoff_max_seconds", "at most 3600"),
         ("backoff_max_seconds = 0.1", "backoff_max_seconds", ">= backoff_min_seconds"),
         ("state_dir = 3", "state_dir", "a path"),
         ("collector_key = true", "collector_key", "a path"),
@@ -122,6 +129,9 @@ def test_a_wrong_value_in_the_file_names_file_key_and_expectation(
     assert str(path) in message
     assert repr(key) in message
     assert expected in message
+    if line.startswith(key):
+        # The key is on line 4 (after the three lines of MINIMAL).
+        assert f"{path}:4 [agent]" in message
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,7 @@ def test_the_agent_survives_a_full_disk_and_its_next_report_says_what_was_lost(
         disk.fill(spool)
         for n in range(40):  # receipts large enough that the report needs new pages
             agent.add_receipt(
-                telemetry_pb2.EnforcementReceipt(directive_id=f"d{n}", refused_reason="x" * 8192)
+                telemetry_pb2.EnforcementReceipt(directive_id=f"d{n}", refused_reason="x" * 1000)
             )
         with caplog.at_level(logging.WARNING, logger="agent.runner"):
             for _ in range(4):
@@ -141,7 +141,11 @@ def test_a_report_over_the_size_limit_is_corrected_before_sealing_not_refused(
             agent.add_receipt(
                 telemetry_pb2.EnforcementReceipt(
                     directive_id=f"d{n}",
-                    refused_reason="x" * (dsse.DEFAULT_MAX_ENVELOPE_BYTES // 2),
+                    # Each field within the report limits; together over the size limit.
+                    steps=[
+                        telemetry_pb2.EnforcementStep(step="stop_process", detail="x" * 1000)
+                        for _ in range(dsse.DEFAULT_MAX_ENVELOPE_BYTES // 2 // 1000 + 1)
+                    ],
                 )
             )
         with caplog.at_level(logging.WARNING, logger="agent.runner"):

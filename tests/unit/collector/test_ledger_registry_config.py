@@ -111,7 +111,7 @@ def test_config_file_env_and_flag_precedence_and_errors(tmp_path: Path) -> None:
 
     cfg.write_text('[collector]\nledger = "/l"\nkey = "/k"\nquorum = "two"\n')
     with pytest.raises(
-        ConfigError, match=r"c\.toml \[collector\]: key 'quorum': expected an integer"
+        ConfigError, match=r"c\.toml:4 \[collector\]: key 'quorum': expected an integer"
     ):
         load_collector_config(cfg)
     cfg.write_text('[collector]\nledger = "/l"\nkey = "/k"\nqourum = 2\n')
