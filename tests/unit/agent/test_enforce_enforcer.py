@@ -115,6 +115,27 @@ def test_node_halt_prohibits_stops_and_caps_then_resume_undoes_exactly_that(
     assert rig.enforcer.state().halted_gpu_uuids == []
 
 
+def test_resume_restores_the_management_power_limit_not_the_enforced_one(
+    make_rig: MakeRig,
+) -> None:
+    # An out-of-band limit of 400 W holds the enforced limit below the 700 W
+    # management limit (nvml.h nvmlDeviceGetEnforcedPowerLimit: "after taking
+    # into account all limiters"). RESUME must give back 700 W of management
+    # limit: writing the enforced 400 W would make the out-of-band limit permanent.
+    rig = make_rig(external_power_limit_watts=400.0)
+    assert rig.gpu(0).power_limit_watts == 400.0  # (initialises NVML)
+    handle = rig.fake.nvmlDeviceGetHandleByIndex(0)
+    assert rig.fake.nvmlDeviceGetPowerManagementLimit(handle) == 700_000
+    halt = directive(HALT, counter=1)
+    assert all(s.ok for s in only(rig.send(halt)).steps)
+    assert rig.fake.nvmlDeviceGetPowerManagementLimit(handle) == 200_000
+    assert rig.gpu(0).power_limit_watts == 200.0
+    res = only(rig.send(directive(RESUME, counter=2, resumes_directive_id=halt.id)))
+    assert ("restore_power_limit", rig.gpu(0).uuid, True) in steps(res)
+    assert rig.fake.nvmlDeviceGetPowerManagementLimit(handle) == 700_000
+    assert rig.gpu(0).power_limit_watts == 400.0
+
+
 def test_job_halt_touches_only_that_jobs_gpus_and_processes(make_rig: MakeRig) -> None:
     rig = make_rig()
     r = only(rig.send(directive(HALT, kind=JOB, jobs=("4242",))))

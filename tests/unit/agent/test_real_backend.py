@@ -297,6 +297,32 @@ def test_power_cap_through_the_backend() -> None:
     assert g.utilization_gpu_percent == 50.0
 
 
+def test_power_limits_current_is_the_management_limit() -> None:
+    scenario = parse_scenario(
+        {
+            "name": "oob",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA H100 80GB HBM3", "external_power_limit_watts": 450}],
+                }
+            ],
+            "jobs": [{"id": "7", "nodes": ["n"], "utilization": [[0, 100]]}],
+        }
+    )
+    b, _, clock = backend(scenario, "n")
+    uuid = gpu_uuid("n", 0)
+    assert b.power_limits(uuid) == PowerLimits(200.0, 700.0, 700.0)
+    clock.at(1)
+    g = b.sample().gpus[0]
+    assert g.power_limit_watts == 450.0  # the enforced limit: what the GPU runs under
+    assert g.power_watts <= 450.0
+    b.set_power_limit(uuid, 300.0)
+    assert b.power_limits(uuid).current_watts == 300.0
+    assert b.sample().gpus[0].power_limit_watts == 300.0
+
+
 @pytest.mark.parametrize("watts", [50.0, 900.0, float("nan"), -1.0])
 def test_power_limit_out_of_range_is_a_backend_error(watts: float) -> None:
     b = backend(one_gpu(), "n")[0]
