@@ -42,6 +42,9 @@ class GpuFigures:
     lost: bool
     compute_mode: int
     jobs: tuple[str, ...]
+    # Handle or UUID unreadable (uuid is the agent's placeholder): it may be running
+    # work nobody can see, so it is unknown, never idle.
+    unreadable: bool = False
 
 
 @dataclass
@@ -125,6 +128,7 @@ def gpu_figures(
         lost=lost,
         compute_mode=gpu.compute_mode,
         jobs=jobs,
+        unreadable=gpu.health == telemetry_pb2.GPU_HEALTH_UNREADABLE,
     )
 
 
@@ -231,7 +235,7 @@ class Aggregator:
         values: dict[tuple[Scope, str], dict[str, float | None]] = {}
         evidence: dict[tuple[Scope, str], tuple[int, ...]] = {}
         live: set[str] = set()
-        silent = lost = unknown_model = breaks = 0
+        silent = lost = unreadable = unknown_model = breaks = 0
         cluster_installed: list[float | None] = []
         cluster_allocated: list[float | None] = []
         cluster_achieved: list[float | None] = []
@@ -245,6 +249,7 @@ class Aggregator:
                     "achieved_flops": None,
                     "silent_seconds": None,
                     "gpus_lost": None,
+                    "gpus_unreadable": None,
                     "chain_breaks": float(node.chain_breaks),
                 }
                 continue
@@ -252,6 +257,8 @@ class Aggregator:
             silent += is_silent
             node_lost = sum(g.lost for g in node.gpus)
             lost += node_lost
+            node_unreadable = sum(g.unreadable for g in node.gpus)
+            unreadable += node_unreadable
             unknown_model += sum(g.model is None for g in node.gpus)
             installed = _sum([g.installed for g in node.gpus])
             allocated = None if is_silent else _sum([g.allocated for g in node.gpus])
@@ -262,6 +269,7 @@ class Aggregator:
                 "achieved_flops": achieved,
                 "silent_seconds": max(0.0, now - node.last_received) if is_silent else 0.0,
                 "gpus_lost": float(node_lost),
+                "gpus_unreadable": float(node_unreadable),
                 "chain_breaks": float(node.chain_breaks),
             }
             evidence[(Scope.NODE, node.node_id)] = (node.last_index,)
@@ -305,6 +313,7 @@ class Aggregator:
             "cumulative_flop": cumulative,
             "nodes_silent": float(silent),
             "gpus_lost": float(lost),
+            "gpus_unreadable": float(unreadable),
             "gpus_unknown_model": float(unknown_model),
             "chain_breaks": float(breaks),
         }

@@ -29,6 +29,7 @@ METRICS: Mapping[Scope, tuple[str, ...]] = {
         "cumulative_flop",
         "nodes_silent",
         "gpus_lost",
+        "gpus_unreadable",
         "gpus_unknown_model",
         "chain_breaks",
     ),
@@ -38,6 +39,7 @@ METRICS: Mapping[Scope, tuple[str, ...]] = {
         "achieved_flops",
         "silent_seconds",
         "gpus_lost",
+        "gpus_unreadable",
         "chain_breaks",
     ),
     Scope.JOB: (

@@ -14,6 +14,8 @@ from protos.errors import InvalidReportError
 
 MAX_GPUS = 1024
 MAX_PROCESSES_PER_GPU = 4096
+# GpuSample.field_errors: one per NVML call the agent makes (the agent keeps 32).
+MAX_FIELD_ERRORS_PER_GPU = 64
 MAX_INTERVAL_SECONDS = 3600.0
 DIGEST_BYTES = 32
 
@@ -63,6 +65,11 @@ def validate_report(
             _percent(name, gpu)
         for name in ("power_watts", "power_limit_watts"):
             _non_negative(name, gpu)
+        if len(gpu.field_errors) > MAX_FIELD_ERRORS_PER_GPU:
+            raise InvalidReportError(
+                f"gpu {gpu.index}: {len(gpu.field_errors)} field errors,"
+                f" expected at most {MAX_FIELD_ERRORS_PER_GPU}"
+            )
         if len(gpu.processes) > MAX_PROCESSES_PER_GPU:
             raise InvalidReportError(
                 f"gpu {gpu.index}: {len(gpu.processes)} processes,"
