@@ -417,6 +417,85 @@ def test_driver_not_loaded_and_no_permission_at_init(faults: Scenario) -> None:
         FakeNvml(faults, "noperm-init").nvmlInit()
 
 
+def test_a_library_driver_version_mismatch_fails_init_with_nvmls_code() -> None:
+    s = parse_scenario(
+        {
+            "name": "mismatch",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA L4"}],
+                    "faults": [
+                        {"kind": "nvml_not_loaded", "error": "lib_rm_version_mismatch", "at": 5}
+                    ],
+                }
+            ],
+        }
+    )
+    fake, clock = started(s, "n")
+    clock.at(5)
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        fake.nvmlDeviceGetCount()  # the running session is void
+    with pytest.raises(pynvml.NVMLError) as info:
+        fake.nvmlInit()
+    assert info.value.value == 18  # nvml.h NVML_ERROR_LIB_RM_VERSION_MISMATCH
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [("insufficient_power", 8), ("timeout", 10), ("operating_system", 17), ("unknown", 999)],
+)
+def test_call_errors_carry_nvmls_codes(error: str, code: int) -> None:
+    s = parse_scenario(
+        {
+            "name": "codes",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA L4"}],
+                    "faults": [
+                        {
+                            "kind": "nvml_error",
+                            "functions": ["nvmlDeviceGetHandleByIndex"],
+                            "error": error,
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    fake, _ = started(s, "n")
+    with pytest.raises(pynvml.NVMLError) as info:
+        fake.nvmlDeviceGetHandleByIndex(0)
+    assert info.value.value == code
+
+
+def test_enforced_power_limit_is_the_lowest_limiter() -> None:
+    s = parse_scenario(
+        {
+            "name": "limits",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA H100 80GB HBM3", "external_power_limit_watts": 500}],
+                }
+            ],
+        }
+    )
+    fake, _ = started(s, "n")
+    h = fake.nvmlDeviceGetHandleByIndex(0)
+    assert fake.nvmlDeviceGetPowerManagementLimit(h) == 700_000
+    assert fake.nvmlDeviceGetEnforcedPowerLimit(h) == 500_000
+    fake.nvmlDeviceSetPowerManagementLimit(h, 300_000)
+    assert fake.nvmlDeviceGetPowerManagementLimit(h) == 300_000
+    assert fake.nvmlDeviceGetEnforcedPowerLimit(h) == 300_000
+    fake.nvmlDeviceSetPowerManagementLimit(h, 650_000)
+    assert fake.nvmlDeviceGetEnforcedPowerLimit(h) == 500_000
+
+
 def test_function_faults_hit_the_named_gpus_and_times(faults: Scenario) -> None:
     fake, clock = started(faults, "partial")
     h0, h1 = fake.nvmlDeviceGetHandleByIndex(0), fake.nvmlDeviceGetHandleByIndex(1)
