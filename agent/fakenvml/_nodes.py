@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from agent.fakenvml._check import Where
 from agent.fakenvml.models import model_for
+from agent.fakenvml.nvml_errors import documented
 from agent.fakenvml.spec import (
     CALL_ERRORS,
     FAULT_KINDS,
@@ -154,7 +155,15 @@ def parse_fault(w: Where, key: str, raw: object, gpu_count: int) -> Fault:
             w.integer(f"{key}.gpus[{i}]", g, high=gpu_count - 1)
             for i, g in enumerate(w.list(f"{key}.gpus", m["gpus"], nonempty=True))
         )
+    error = "no_permission" if kind == "no_permission" else "not_supported"
     if kind == "nvml_error":
         error = w.choice(f"{key}.error", m.get("error", CALL_ERRORS[0]), CALL_ERRORS)
+    for i, name in enumerate(functions):
+        if not documented(name, error.upper()):
+            w.problem(
+                f"{key}.functions[{i}]",
+                f"nvml.h does not document NVML_ERROR_{error.upper()} for {name}",
+            )
+    if kind == "nvml_error":
         return Fault(kind, at, until, gpus=gpus, functions=tuple(functions), error=error)
     return Fault(kind, at, until, gpus=gpus, functions=tuple(functions))
