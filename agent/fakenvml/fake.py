@@ -198,7 +198,8 @@ class FakeNvml:
         return len(self._model.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
-        t = self._ready("nvmlDeviceGetHandleByIndex")
+        # A fault on a handle lookup hits the GPUs it names, not every index.
+        t = self._begin("nvmlDeviceGetHandleByIndex")
         if isinstance(index, bool) or not isinstance(index, int):
             _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
         if not 0 <= index < len(self._model.gpus):
@@ -209,7 +210,7 @@ class FakeNvml:
         return _Handle(id(self), index)
 
     def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> _Handle:
-        t = self._ready("nvmlDeviceGetHandleByUUID")
+        t = self._begin("nvmlDeviceGetHandleByUUID")
         if isinstance(uuid, bytes):
             uuid = uuid.decode(errors="replace")
         if not isinstance(uuid, str):

@@ -390,6 +390,11 @@ class NvmlBackend:
     # --- control --------------------------------------------------------------------------
     def _handle(self, uuid: str) -> Any:
         """The handle of the GPU with ``uuid``; caller holds the lock."""
+        if is_placeholder(uuid):
+            raise BackendError(
+                f"GPU {uuid} is unreadable (NVML could not read its handle or UUID):"
+                " it cannot be controlled"
+            )
         failed = self._init()
         if failed is not None:
             raise BackendError(f"NVML is not usable: {failed.error}")

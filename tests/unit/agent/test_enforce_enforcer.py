@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.enforce.enforcer import MAX_REFUSAL_RECEIPTS
 from agent.enforce.metrics import register_enforcement_metrics
+from protos.computewatch.v1 import telemetry_pb2
 from protos.keys import PrivateKey
 from tests.enforce_support import (
     DEFAULT,
@@ -134,6 +135,25 @@ def test_resume_restores_the_management_power_limit_not_the_enforced_one(
     assert ("restore_power_limit", rig.gpu(0).uuid, True) in steps(res)
     assert rig.fake.nvmlDeviceGetPowerManagementLimit(handle) == 700_000
     assert rig.gpu(0).power_limit_watts == 400.0
+
+
+def test_a_node_halt_names_the_unreadable_gpu_it_could_not_halt(make_rig: MakeRig) -> None:
+    faults: list[dict[str, object]] = [
+        {"kind": "no_permission", "functions": ["nvmlDeviceGetHandleByIndex"], "gpus": [1]}
+    ]
+    rig = make_rig(faults=faults)
+    g0, g1 = rig.sample().gpus
+    assert g1.health == telemetry_pb2.GPU_HEALTH_UNREADABLE
+    assert g1.uuid == "unreadable:index-1"
+    r = only(rig.send(directive(HALT, counter=1)))
+    by_target = {(s.step, s.target): s for s in r.steps}
+    assert by_target[("compute_mode", g0.uuid)].ok
+    assert by_target[("stop_process", str(rig.pids["4242"]))].ok
+    unreadable = [s for s in r.steps if s.target == g1.uuid]
+    assert unreadable
+    assert not any(s.ok for s in unreadable)
+    assert all("unreadable" in s.detail for s in unreadable)
+    assert rig.gpu(0).compute_mode == PROHIBITED
 
 
 def test_job_halt_touches_only_that_jobs_gpus_and_processes(make_rig: MakeRig) -> None:

@@ -507,6 +507,32 @@ def test_an_error_nvml_does_not_document_for_the_function_is_refused(
         parse_scenario(doc)
 
 
+def test_a_handle_fault_hits_only_the_gpus_it_names() -> None:
+    s = parse_scenario(
+        {
+            "name": "one-handle",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA L4", "count": 2}],
+                    "faults": [
+                        {
+                            "kind": "no_permission",
+                            "functions": ["nvmlDeviceGetHandleByIndex"],
+                            "gpus": [1],
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    fake, _ = started(s, "n")
+    assert fake.nvmlDeviceGetUUID(fake.nvmlDeviceGetHandleByIndex(0)) == gpu_uuid("n", 0)
+    with pytest.raises(pynvml.NVMLError_NoPermission):
+        fake.nvmlDeviceGetHandleByIndex(1)
+
+
 def test_enforced_power_limit_is_the_lowest_limiter() -> None:
     s = parse_scenario(
         {
