@@ -26,6 +26,7 @@ def build_status(
         achieved_flops=cluster.get("achieved_flops") or 0.0,
         gpus_unknown_model=int(cluster.get("gpus_unknown_model") or 0),
         gpus_lost=int(cluster.get("gpus_lost") or 0),
+        gpus_unreadable=int(cluster.get("gpus_unreadable") or 0),
         reports_accepted=stats.accepted,
         log_size=log_size,
     )
@@ -46,6 +47,7 @@ def build_status(
             last_seen_unix_nanos=int(node.last_received * 1e9),
             gpus=len(node.gpus),
             gpus_lost=sum(g.lost for g in node.gpus),
+            gpus_unreadable=sum(g.unreadable for g in node.gpus),
             installed_flops=values.get("installed_flops") or 0.0,
             allocated_flops=values.get("allocated_flops") or 0.0,
             achieved_flops=values.get("achieved_flops") or 0.0,

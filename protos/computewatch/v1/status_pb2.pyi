@@ -19,7 +19,7 @@ NODE_STATE_OK: NodeState
 NODE_STATE_SILENT: NodeState
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "state", "last_sequence", "last_seen_unix_nanos", "gpus", "gpus_lost", "installed_flops", "allocated_flops", "achieved_flops", "active_directive_ids", "halted")
+    __slots__ = ("node_id", "state", "last_sequence", "last_seen_unix_nanos", "gpus", "gpus_lost", "installed_flops", "allocated_flops", "achieved_flops", "active_directive_ids", "halted", "gpus_unreadable")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class NodeStatus(_message.Message):
     ACHIEVED_FLOPS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_DIRECTIVE_IDS_FIELD_NUMBER: _ClassVar[int]
     HALTED_FIELD_NUMBER: _ClassVar[int]
+    GPUS_UNREADABLE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     state: NodeState
     last_sequence: int
@@ -42,7 +43,8 @@ class NodeStatus(_message.Message):
     achieved_flops: float
     active_directive_ids: _containers.RepeatedScalarFieldContainer[str]
     halted: bool
-    def __init__(self, node_id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_sequence: _Optional[int] = ..., last_seen_unix_nanos: _Optional[int] = ..., gpus: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., active_directive_ids: _Optional[_Iterable[str]] = ..., halted: _Optional[bool] = ...) -> None: ...
+    gpus_unreadable: int
+    def __init__(self, node_id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_sequence: _Optional[int] = ..., last_seen_unix_nanos: _Optional[int] = ..., gpus: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., active_directive_ids: _Optional[_Iterable[str]] = ..., halted: _Optional[bool] = ..., gpus_unreadable: _Optional[int] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("job_id", "cumulative_flop", "achieved_flops", "gpus", "upper_bound", "node_ids", "parent_job_ids", "gpus_unknown_model")
@@ -65,7 +67,7 @@ class JobStatus(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., cumulative_flop: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus: _Optional[int] = ..., upper_bound: _Optional[bool] = ..., node_ids: _Optional[_Iterable[str]] = ..., parent_job_ids: _Optional[_Iterable[str]] = ..., gpus_unknown_model: _Optional[int] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("generated_unix_nanos", "installed_flops", "allocated_flops", "achieved_flops", "gpus_unknown_model", "gpus_total", "gpus_lost", "nodes", "jobs", "reports_accepted", "rejected_by_reason", "log_size")
+    __slots__ = ("generated_unix_nanos", "installed_flops", "allocated_flops", "achieved_flops", "gpus_unknown_model", "gpus_total", "gpus_lost", "nodes", "jobs", "reports_accepted", "rejected_by_reason", "log_size", "gpus_unreadable")
     class RejectedByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +87,7 @@ class ClusterStatus(_message.Message):
     REPORTS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_BY_REASON_FIELD_NUMBER: _ClassVar[int]
     LOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GPUS_UNREADABLE_FIELD_NUMBER: _ClassVar[int]
     generated_unix_nanos: int
     installed_flops: float
     allocated_flops: float
@@ -97,7 +100,8 @@ class ClusterStatus(_message.Message):
     reports_accepted: int
     rejected_by_reason: _containers.ScalarMap[str, int]
     log_size: int
-    def __init__(self, generated_unix_nanos: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus_unknown_model: _Optional[int] = ..., gpus_total: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., reports_accepted: _Optional[int] = ..., rejected_by_reason: _Optional[_Mapping[str, int]] = ..., log_size: _Optional[int] = ...) -> None: ...
+    gpus_unreadable: int
+    def __init__(self, generated_unix_nanos: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus_unknown_model: _Optional[int] = ..., gpus_total: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., reports_accepted: _Optional[int] = ..., rejected_by_reason: _Optional[_Mapping[str, int]] = ..., log_size: _Optional[int] = ..., gpus_unreadable: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

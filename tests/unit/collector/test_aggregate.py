@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from collector.aggregate import METHOD_TENSOR, METHOD_UTILIZATION, Aggregator, gpu_figures
+from collector.ingest import IngestStats
 from collector.snapshot import CLUSTER_KEY, Scope
+from collector.status_service import build_status
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
 from tests.support import gpu
@@ -79,6 +81,10 @@ def test_an_unreadable_gpu_is_unknown_and_counted_and_field_errors_keep_the_rest
     assert snap.get(Scope.NODE, "n1", "gpus_lost") == 0.0
     assert snap.get(Scope.CLUSTER, CLUSTER_KEY, "gpus_unreadable") == 1.0
     assert snap.get(Scope.GPU, "unreadable:00000000:2A:00.0", "achieved_flops") is None
+    status = build_status(agg, IngestStats(), 1, 100.0)
+    assert status.gpus_unreadable == 1
+    assert status.gpus_lost == 0
+    assert [(n.node_id, n.gpus, n.gpus_unreadable) for n in status.nodes] == [("n1", 2, 1)]
 
 
 def test_cumulative_flop_integrates_achieved_over_intervals_and_splits_shared_gpus() -> None:
