@@ -41,6 +41,8 @@ class AgentStats:
     sample_errors: int = 0
     reports_sealed: int = 0
     reports_dropped: int = 0
+    # Samples that failed protos.reports' checks: sealed without their GPU data.
+    reports_invalid: int = 0
     last_sequence: int = 0
     unacked: int = 0
     acked_sequence: int = 0
@@ -89,6 +91,12 @@ class AgentMetrics(Collector):
             "Samples not sealed because the spool was full or failed;"
             " folded into the next report's interval.",
             s.reports_dropped,
+        )
+        yield _counter(
+            f"{p}reports_invalid",
+            "Samples that failed the report checks the collector applies; sealed"
+            " without their GPU data (NVML status ERROR) so the chain stays whole.",
+            s.reports_invalid,
         )
         yield _gauge(f"{p}sequence", "Sequence number of the last sealed report.", s.last_sequence)
         yield _gauge(f"{p}unacked_reports", "Reports not yet acknowledged.", s.unacked)

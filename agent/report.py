@@ -7,7 +7,8 @@ from pathlib import Path
 
 from agent.nvml.backend import Snapshot
 from protos.computewatch.v1 import telemetry_pb2
-from protos.errors import ConfigError
+from protos.errors import ConfigError, InvalidReportError
+from protos.reports import validate_report
 
 DIGEST_BYTES = 32
 UNATTRIBUTED = "unattributed"
@@ -52,6 +53,27 @@ def build_report(
     report.enforcement.CopyFrom(enforcement)
     report.receipts.extend(receipts)
     return report
+
+
+def sealable(
+    report: telemetry_pb2.NodeReport, *, now_ns: int
+) -> tuple[telemetry_pb2.NodeReport, str | None]:
+    """``report`` if the collector's checks (``protos.reports``) accept it; otherwise
+    the same chain position with its GPU data removed, NVML status ERROR and the
+    reason, and that reason. A sealed report the collector refuses for its
+    content would leave a hole in the node's chain: never seal one."""
+    try:
+        validate_report(report, now_ns=now_ns)
+    except InvalidReportError as exc:
+        reason = f"the agent's sample failed the report checks: {exc}"[:512]
+        safe = telemetry_pb2.NodeReport()
+        safe.CopyFrom(report)
+        safe.ClearField("gpus")
+        safe.ClearField("jobs")
+        safe.nvml_status = telemetry_pb2.NVML_STATUS_ERROR
+        safe.nvml_error = reason
+        return safe, reason
+    return report, None
 
 
 def job_ids(gpus: Iterable[telemetry_pb2.GpuSample]) -> list[str]:

@@ -24,7 +24,7 @@ from agent.config import AgentConfig
 from agent.enforce.wiring import AgentEnforcement
 from agent.metrics import AgentStats, register_metrics
 from agent.nvml.backend import GpuBackend, Snapshot
-from agent.report import build_report, job_ids, read_boot_id
+from agent.report import build_report, job_ids, read_boot_id, sealable
 from agent.spool import Spool
 from agent.stream import DirectiveHandler, StreamClient, log_directive
 from protos import dsse
@@ -298,6 +298,10 @@ class Agent:
             receipts=receipts,
             version=self._version,
         )
+        report, invalid = sealable(report, now_ns=sample.time_ns)
+        if invalid is not None:
+            self.stats.reports_invalid += 1
+            log.error("%s: %s; sealed without GPU data", self.config.node_id, invalid)
         envelope = dsse.seal(report, self._key)
         try:
             spool.append(link[0], envelope)

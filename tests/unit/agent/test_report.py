@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.nvml.backend import Snapshot
-from agent.report import build_report, job_ids, read_boot_id
+from agent.report import build_report, job_ids, read_boot_id, sealable
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import ConfigError
@@ -143,3 +143,28 @@ def test_an_unreadable_or_odd_boot_id_names_the_file(tmp_path: Path, content: st
         path.write_text(content)
     with pytest.raises(ConfigError, match=str(path)):
         read_boot_id(path)
+
+
+def test_a_report_the_collector_would_refuse_is_sealed_without_its_gpu_data() -> None:
+    twin = gpu(1, (4242, "slurm-0"))
+    twin.uuid = "GPU-0000"  # the same uuid as GPU 0: protos.reports refuses the report
+    snap = Snapshot(status=telemetry_pb2.NVML_STATUS_OK, gpus=[gpu(0, (4242, "slurm-0")), twin])
+    report = build(snap)
+    safe, reason = sealable(report, now_ns=1_700_000_000_000_000_000)
+    assert reason is not None
+    assert "appears twice" in reason
+    assert (safe.sequence, safe.previous_digest) == (report.sequence, report.previous_digest)
+    assert safe.node_id == report.node_id
+    assert not safe.gpus
+    assert not safe.jobs
+    assert safe.nvml_status == telemetry_pb2.NVML_STATUS_ERROR
+    assert "report checks" in safe.nvml_error
+    validate_report(safe, now_ns=1_700_000_000_000_000_000)
+    assert len(report.gpus) == 2  # the original is left as it was
+
+
+def test_a_valid_report_is_sealed_as_built() -> None:
+    report = build(Snapshot(status=telemetry_pb2.NVML_STATUS_OK, gpus=[gpu(0), gpu(1)]))
+    safe, reason = sealable(report, now_ns=1_700_000_000_000_000_000)
+    assert reason is None
+    assert safe is report
