@@ -15,7 +15,9 @@ import pynvml
 
 from agent.fakenvml import FakeNvml, gpu_uuid, parse_scenario
 from agent.fakenvml._procs import MPS_SERVER_PID
+from agent.fakenvml.nvml_errors import DOCUMENTED_ERRORS
 from agent.fakenvml.scenario import Scenario
+from agent.fakenvml.spec import FAULTABLE_FUNCTIONS
 from agent.nvml import procs
 from agent.nvml.real import NvmlBackend
 from agent.nvml.samples import unique
@@ -276,3 +278,40 @@ def test_the_dependency_floor_excludes_the_release_with_the_wrong_struct() -> No
         return tuple(int(p) for p in v.split("."))
 
     assert version(floor) >= version(procs.FIXED_IN) > version("12.535.77")
+
+
+def test_a_name_that_cannot_be_read_yet_is_a_field_error_and_read_later() -> None:
+    s = scenario(
+        [{"id": "1"}],
+        faults=[
+            {
+                "kind": "nvml_error",
+                "functions": ["nvmlDeviceGetName", "nvmlGpmQueryDeviceSupport"],
+                "error": "unknown",
+                "until": 5,
+            }
+        ],
+    )
+    b, fake, clock = backend(s, {"1": 1001})
+    clock.t += 1
+    g = b.sample().gpus[0]
+    assert g.health == pb.GPU_HEALTH_OK
+    assert g.uuid == gpu_uuid("n", 0)  # the UUID read fine: the GPU is identified
+    assert g.product_name == ""
+    assert {e.function for e in g.field_errors} == {
+        "nvmlDeviceGetName",
+        "nvmlGpmQueryDeviceSupport",
+    }
+    assert g.utilization_gpu_percent == 40.0
+    clock.t += 5
+    b.sample()
+    clock.t += 1
+    g = b.sample().gpus[0]
+    assert g.product_name == H100
+    assert not g.field_errors
+    assert g.HasField("tensor_activity_percent")  # GPM support was asked again
+    assert fake.calls["nvmlDeviceGetUUID"] == 1
+
+
+def test_every_faultable_function_has_its_documented_errors() -> None:
+    assert set(FAULTABLE_FUNCTIONS) <= set(DOCUMENTED_ERRORS)
