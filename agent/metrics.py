@@ -181,6 +181,39 @@ def _gpu_metrics(gpus: Sequence[telemetry_pb2.GpuSample]) -> Iterator[Metric]:
     yield util
     yield power
     yield memory
+    yield from _health_metrics(gpus)
+
+
+_HEALTH_LABELS = {
+    telemetry_pb2.GPU_HEALTH_OK: "ok",
+    telemetry_pb2.GPU_HEALTH_LOST: "lost",
+    telemetry_pb2.GPU_HEALTH_ERROR: "error",
+    telemetry_pb2.GPU_HEALTH_UNREADABLE: "unreadable",
+}
+
+
+def _health_metrics(gpus: Sequence[telemetry_pb2.GpuSample]) -> Iterator[Metric]:
+    """GPUs by health and failed NVML calls by function, in the last sample."""
+    by_health = GaugeMetricFamily(
+        "computewatch_agent_gpus",
+        "GPUs in the last sample, by health (unreadable: handle or UUID unreadable,"
+        " reported under a placeholder uuid).",
+        labels=["health"],
+    )
+    counts = Counter(_HEALTH_LABELS.get(g.health, "unspecified") for g in gpus)
+    for health in (*_HEALTH_LABELS.values(), "unspecified"):
+        by_health.add_metric([health], float(counts.get(health, 0)))
+    errors = GaugeMetricFamily(
+        "computewatch_agent_nvml_field_errors",
+        "NVML calls that failed in the last sample (summed over GPUs), by function;"
+        " the fields they feed are absent (unknown).",
+        labels=["function"],
+    )
+    failed = Counter(e.function for g in gpus for e in g.field_errors)
+    for function, n in sorted(failed.items()):
+        errors.add_metric([function], float(n))
+    yield by_health
+    yield errors
 
 
 def register_metrics(registry: CollectorRegistry, stats: AgentStats) -> AgentMetrics:

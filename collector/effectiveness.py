@@ -15,7 +15,10 @@ report from then on shows the targeted GPUs in the required state:
 - RESUME: the lifted directive no longer among the node's active ones.
 
 A GPU that fell off the bus (health LOST) runs nothing and counts as
-enforced; one that cannot be read (health ERROR) is unknown and does not.
+enforced; one that cannot be read (health UNREADABLE, or ERROR from older
+agents) is unknown and does not. A reading that failed (a ``field_errors``
+entry) leaves that field absent: a HALT needs the compute mode and an
+activity figure, so a GPU missing either is not shown effective.
 Targeted GPUs: every GPU of the node (CLUSTER, NODE), the listed uuids (GPU),
 or for JOB scope the GPUs that ran the jobs when the directive was issued
 plus any that show their processes now.

@@ -217,6 +217,7 @@ class CollectorMetrics(Collector):
         unknown = int(cluster.get("gpus_unknown_model") or 0)
         total = sum(len(n.gpus) for n in nodes_now)
         gpus.add_metric(["lost"], lost)
+        gpus.add_metric(["unreadable"], int(cluster.get("gpus_unreadable") or 0))
         gpus.add_metric(["unknown_model"], unknown)
         gpus.add_metric(["total"], total)
         yield gpus

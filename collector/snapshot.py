@@ -33,6 +33,7 @@ METRICS: Mapping[Scope, tuple[str, ...]] = {
         "unmeasured_gpu_seconds",
         "nodes_silent",
         "gpus_lost",
+        "gpus_unreadable",
         "gpus_unknown_model",
         "chain_breaks",
     ),
@@ -45,6 +46,7 @@ METRICS: Mapping[Scope, tuple[str, ...]] = {
         "unmeasured_gpu_seconds",
         "silent_seconds",
         "gpus_lost",
+        "gpus_unreadable",
         "chain_breaks",
     ),
     Scope.JOB: (

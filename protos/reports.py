@@ -34,6 +34,8 @@ MAX_ACTIVE_DIRECTIVES = 256
 MAX_ID_CHARS = 256
 # Free text: NVML error strings, enforcement step details, refusal reasons.
 MAX_TEXT_CHARS = 1024
+# GpuSample.field_errors: one per NVML call the agent makes (the agent keeps 32).
+MAX_FIELD_ERRORS_PER_GPU = 64
 MAX_INTERVAL_SECONDS = 3600.0
 # No NodeReport was ever sealed before this (2020-01-01T00:00:00Z): a sample
 # time earlier than it is a node clock that never synchronised.
@@ -89,6 +91,11 @@ def _check_gpu(gpu: telemetry_pb2.GpuSample) -> None:
     _text(f"{where}: mig_instance", gpu.mig_instance)
     _text(f"{where}: error", gpu.error, MAX_TEXT_CHARS)
     _count(f"{where}: processes", len(gpu.processes), MAX_PROCESSES_PER_GPU)
+    _count(f"{where}: field_errors", len(gpu.field_errors), MAX_FIELD_ERRORS_PER_GPU)
+    for err in gpu.field_errors:
+        _text(f"{where}: field error function", err.function)
+        _text(f"{where}: field error message", err.message, MAX_TEXT_CHARS)
+    _text(f"{where}: pci_bus_id", gpu.pci_bus_id)
     for proc in gpu.processes:
         _text(f"{where}: process {proc.pid} job_id", proc.job_id)
         _text(f"{where}: process {proc.pid} attribution", proc.attribution)

@@ -175,15 +175,19 @@ def scenario_doc(
     gpus: int = 2,
     starts: Mapping[str, float] | None = None,
     faults: list[dict[str, object]] | None = None,
+    external_power_limit_watts: float | None = None,
 ) -> dict[str, object]:
     """One node (plus an idle other node) with ``gpus`` H100s and slurm jobs on given GPUs."""
     starts = starts or {}
+    gpu: dict[str, object] = {"model": H100, "count": gpus}
+    if external_power_limit_watts is not None:
+        gpu["external_power_limit_watts"] = external_power_limit_watts
     return {
         "name": "enforce",
         "duration_seconds": 3600,
         "interval_seconds": 1,
         "nodes": [
-            {"id": NODE, "gpus": [{"model": H100, "count": gpus}], "faults": faults or []},
+            {"id": NODE, "gpus": [gpu], "faults": faults or []},
             {"id": OTHER, "gpus": [{"model": H100, "count": 1}]},
         ],
         "jobs": [
@@ -221,13 +225,21 @@ class Rig:
     starts: dict[str, float] = field(default_factory=dict)
     codes: dict[str, str] = field(default_factory=dict)
     faults: list[dict[str, object]] = field(default_factory=list)
+    external_power_limit_watts: float | None = None
 
     def __post_init__(self) -> None:
         for job in self.jobs:
             if job not in self.pids:
                 self.pids[job] = self.children.spawn(self.codes.get(job, SLEEPER)).pid
         self.fake = FakeNvml(
-            parse_scenario(scenario_doc(self.jobs, starts=self.starts, faults=self.faults)),
+            parse_scenario(
+                scenario_doc(
+                    self.jobs,
+                    starts=self.starts,
+                    faults=self.faults,
+                    external_power_limit_watts=self.external_power_limit_watts,
+                )
+            ),
             NODE,
             clock=self.clock.fake_time,
             process_state=fake_process_state,

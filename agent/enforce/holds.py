@@ -132,7 +132,7 @@ class Holds:
                 held = rec.stopped.get(t.key)
                 if held is None:
                     rec.stopped[t.key] = Stopped(
-                        t.kind, t.job, t.pid, t.method, t.start_time, holders=[a.id]
+                        t.kind, t.job, t.pid, t.method, t.start_time, [a.id], t.cgroup
                     )
                     new_targets.append(t)
                 elif a.id not in held.holders:
@@ -271,4 +271,4 @@ def _cap_for(a: ActiveDirective, limits: PowerLimits) -> tuple[float, str]:
 
 
 def _target(s: Stopped) -> Target:
-    return Target(s.kind, s.job, s.pid, s.method, s.start_time)
+    return Target(s.kind, s.job, s.pid, s.method, s.start_time, s.cgroup)

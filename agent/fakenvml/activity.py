@@ -12,7 +12,8 @@ The model (documented in ``deploy/scenarios/README.md``):
 - a job's process is refused (never appears on that GPU) when the GPU's
   compute mode at the job's start was PROHIBITED, or EXCLUSIVE_PROCESS with
   another process already there;
-- a power limit below TDP scales activity by ``(limit - idle) / (tdp - idle)``
+- a power limit below TDP (the enforced one: the lower of the management limit
+  and an out-of-band limit) scales activity by ``(limit - idle) / (tdp - idle)``
   (floored at 0); power = idle + (tdp - idle) x utilization, never above the
   limit; the SM clock falls with the same factor;
 - the energy counter and the GPM counters integrate over clock time.
@@ -83,6 +84,14 @@ class GpuState:
     @property
     def index(self) -> int:
         return self.spec.index
+
+    @property
+    def enforced_limit_watts(self) -> float:
+        """nvml.h nvmlDeviceGetEnforcedPowerLimit: "the effective power limit that the
+        driver enforces after taking into account all limiters" (the management
+        limit and, here, an out-of-band limit)."""
+        external = self.spec.external_power_limit_watts
+        return self.power_limit_watts if external is None else min(self.power_limit_watts, external)
 
     def mode_at(self, t: float) -> int:
         mode = self.modes[0][1]
@@ -167,9 +176,10 @@ class NodeModel:
     def _scale(self, g: GpuState) -> float:
         model = g.spec.model
         span = model.tdp_watts - model.idle_watts
-        if span <= 0 or g.power_limit_watts >= model.tdp_watts:
+        limit = g.enforced_limit_watts
+        if span <= 0 or limit >= model.tdp_watts:
             return 1.0
-        return max(0.0, min(1.0, (g.power_limit_watts - model.idle_watts) / span))
+        return max(0.0, min(1.0, (limit - model.idle_watts) / span))
 
     def _levels(
         self, g: GpuState, t: float, procs: list[tuple[Job, int, str]]
@@ -190,7 +200,7 @@ class NodeModel:
         tensor *= scale
         model = g.spec.model
         power = model.idle_watts + (model.tdp_watts - model.idle_watts) * util / 100.0
-        return util, util * SM_FRACTION, tensor, min(power, g.power_limit_watts)
+        return util, util * SM_FRACTION, tensor, min(power, g.enforced_limit_watts)
 
     def activity(self, g: GpuState, t: float) -> Activity:
         procs = self.processes(g, t)

@@ -41,7 +41,7 @@ def build_snapshot(
     live: set[str] = set()
     # node id -> seconds since its last sample, for silent nodes
     silent_for: dict[str, float] = {}
-    silent = lost = unknown_model = breaks = 0
+    silent = lost = unreadable = unknown_model = breaks = 0
     c_installed: list[float | None] = []
     c_allocated: list[float | None] = []
     c_achieved: list[float | None] = []
@@ -61,6 +61,7 @@ def build_snapshot(
                 "unmeasured_gpu_seconds": None,
                 "silent_seconds": None,
                 "gpus_lost": None,
+                "gpus_unreadable": None,
                 "chain_breaks": float(node.chain_breaks),
             }
             methods[key] = METHOD_UNMEASURED
@@ -69,6 +70,8 @@ def build_snapshot(
         silent += quiet
         node_lost = sum(g.lost for g in node.gpus)
         lost += node_lost
+        node_unreadable = sum(g.unreadable for g in node.gpus)
+        unreadable += node_unreadable
         unknown_model += sum(g.model is None for g in node.gpus)
         installed = _sum([g.installed for g in node.gpus])
         # Capacity at any precision; a GPU of unknown model at the table's highest peak.
@@ -99,6 +102,7 @@ def build_snapshot(
             "unmeasured_gpu_seconds": unmeasured,
             "silent_seconds": silent_for.get(node.node_id, 0.0),
             "gpus_lost": float(node_lost),
+            "gpus_unreadable": float(node_unreadable),
             "chain_breaks": float(node.chain_breaks),
         }
         methods[key] = worst_method(node_methods)
@@ -172,6 +176,7 @@ def build_snapshot(
         "unmeasured_gpu_seconds": c_unmeasured,
         "nodes_silent": float(silent),
         "gpus_lost": float(lost),
+        "gpus_unreadable": float(unreadable),
         "gpus_unknown_model": float(unknown_model),
         "chain_breaks": float(breaks),
     }

@@ -70,6 +70,9 @@ class GpuFigures:
     max_peak: float = 0.0
     # Seconds the activity figures stand for (GpuSample.activity_window_seconds).
     activity_window: float | None = None
+    # Handle or UUID unreadable (uuid is the agent's placeholder): it may be running
+    # work nobody can see, so it is unknown, never idle.
+    unreadable: bool = False
 
     @property
     def measured(self) -> bool:
@@ -190,4 +193,5 @@ def gpu_figures(
         achieved_lower=lower,
         max_peak=max_peak,
         activity_window=window if window is not None and window >= 0 else None,
+        unreadable=gpu.health == telemetry_pb2.GPU_HEALTH_UNREADABLE,
     )

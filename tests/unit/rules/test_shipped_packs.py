@@ -147,8 +147,18 @@ def test_operator_default_names_silence_breaks_lost_gpus_and_halts_lineages() ->
     snap = Snapshot(
         time=100,
         values={
-            (Scope.NODE, "n1"): {"silent_seconds": 40.0, "chain_breaks": 1.0, "gpus_lost": 1.0},
-            (Scope.NODE, "n2"): {"silent_seconds": 0.0, "chain_breaks": 0.0, "gpus_lost": 0.0},
+            (Scope.NODE, "n1"): {
+                "silent_seconds": 40.0,
+                "chain_breaks": 1.0,
+                "gpus_lost": 1.0,
+                "gpus_unreadable": 0.0,
+            },
+            (Scope.NODE, "n2"): {
+                "silent_seconds": 0.0,
+                "chain_breaks": 0.0,
+                "gpus_lost": 0.0,
+                "gpus_unreadable": 2.0,
+            },
             (Scope.CLUSTER, CLUSTER_KEY): {"gpus_unknown_model": 0.0},
             (JOB, "base"): {"cumulative_flop": 1.0, "capability:cyber-offense": 0.9},
             (JOB, "ft"): {"cumulative_flop": 1.0},
@@ -160,5 +170,6 @@ def test_operator_default_names_silence_breaks_lost_gpus_and_halts_lineages() ->
         ("op-node-silent", "n1", ("n1",)),
         ("op-chain-break", "n1", ("n1",)),
         ("op-gpu-lost", "n1", ("n1",)),
+        ("op-gpu-unreadable", "n2", ("n2",)),
         ("op-capability-cyber-offense", "base", ("base", "ft")),
     ]
