@@ -117,7 +117,15 @@ def from_the_future(a: Node, b: Node) -> bytes:
     return a.seal(a.report([gpu(0)], sample_ns=2**62), advance=False)
 
 
-SIGNED_REFUSALS = {"gap", "broken_chain", "equivocation", "rollback", "wrong_key", "invalid_report"}
+SIGNED_REFUSALS = {
+    "gap",
+    "broken_chain",
+    "equivocation",
+    "rollback",
+    "wrong_key",
+    "invalid_report",
+    "report_limit",
+}
 
 CASES: list[tuple[str, Callable[[Node, Node], bytes], str]] = [
     ("forged signature", forged_signature, "bad_signature"),
