@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import ConfigError
+from protos.reasons import REPORT_REJECT_REASONS, UNSPECIFIED_REASON
 
 # Upper bounds of the sample duration histogram, seconds.
 SAMPLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -105,7 +106,9 @@ class AgentMetrics(Collector):
         rejected = CounterMetricFamily(
             f"{p}rejected", "Reports the collector rejected, by reason.", labels=["reason"]
         )
-        for reason, n in sorted(s.rejected.items()):
+        # Every reason from 0, so increase() sees the first rejection.
+        known = (*REPORT_REJECT_REASONS, UNSPECIFIED_REASON)
+        for reason, n in sorted((dict.fromkeys(known, 0) | dict(s.rejected)).items()):
             rejected.add_metric([reason], n)
         yield rejected
         yield _counter(

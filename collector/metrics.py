@@ -17,6 +17,7 @@ from collector.ingest import IngestStats
 from collector.ledger import Ledger
 from collector.sessions import Sessions
 from collector.snapshot import CLUSTER_KEY, Scope
+from protos.reasons import REPORT_REJECT_REASONS
 
 
 def _nan(value: float | None) -> float:
@@ -59,7 +60,9 @@ class CollectorMetrics(Collector):
             "Envelopes refused, by reason.",
             labels=["reason"],
         )
-        for reason, n in sorted(s.rejected.items()):
+        # Every reason from 0, so increase() sees the first rejection.
+        counts = dict.fromkeys(REPORT_REJECT_REASONS, 0) | dict(s.rejected)
+        for reason, n in sorted(counts.items()):
             rejected.add_metric([reason], n)
         yield rejected
         yield GaugeMetricFamily(

@@ -120,7 +120,7 @@ def test_a_firing_rule_halts_exactly_the_nodes_running_the_job(tmp_path: Path) -
                 'computewatch_rule_decisions_total{action="halt",kind="fire",rule="big-job"} 1.0'
                 in text
             )
-            assert 'computewatch_rule_firing{rule="busy-cluster"} 1.0' in text
+            assert 'computewatch_rule_firing{action="alert",rule="busy-cluster"} 1.0' in text
             assert 'computewatch_directives_issued_total{action="halt"} 1.0' in text
             assert "computewatch_directives_in_force 1.0" in text
             # The rule fires once per crossing: more reports issue nothing new.

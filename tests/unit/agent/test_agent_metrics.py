@@ -46,7 +46,7 @@ def test_counters_and_gauges_follow_the_stats_at_scrape_time() -> None:
     assert val(registry, "computewatch_agent_nvml_up") == 1
     assert val(registry, "computewatch_agent_rejected_total", reason="gap") == 2
     assert val(registry, "computewatch_agent_rejected_total", reason="broken_chain") == 1
-    assert val(registry, "computewatch_agent_rejected_total", reason="unknown_node") is None
+    assert val(registry, "computewatch_agent_rejected_total", reason="unknown_node") == 0
 
 
 def test_sample_duration_histogram_is_cumulative() -> None:
