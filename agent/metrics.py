@@ -19,6 +19,7 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    InfoMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
@@ -35,6 +36,10 @@ SAMPLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 class AgentStats:
     """Plain counters and the latest readings; read by the metrics collector."""
 
+    # Exported as computewatch_agent_info{node_id, version}: the agent names its
+    # node itself, so nothing depends on scrape addresses.
+    node_id: str = ""
+    version: str = ""
     samples: int = 0
     sample_seconds_sum: float = 0.0
     # Cumulative-by-construction counts per SAMPLE_BUCKETS bound, plus +Inf last.
@@ -69,6 +74,12 @@ class AgentMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self._stats
         p = "computewatch_agent_"
+        if s.node_id:
+            yield InfoMetricFamily(
+                "computewatch_agent",
+                "The node this agent reports for (its enrolled node_id) and its version.",
+                value={"node_id": s.node_id, "version": s.version},
+            )
         yield _counter(f"{p}samples", "GPU samples taken.", s.samples)
         yield _counter(
             f"{p}sample_errors", "Samples that failed before a report was built.", s.sample_errors
