@@ -589,8 +589,9 @@ def test_the_cli_halts_approves_evaluates_and_lists(tmp_path: Path) -> None:
             )
             assert listed.exit_code == 0, listed.output
             docs = json.loads(listed.output)
-            assert [d["action"] for d in docs] == ["ACTION_HALT", "ACTION_RESUME"]
+            assert [d["action"] for d in docs] == ["HALT", "RESUME"]
             assert all(d["signature_verified"] for d in docs)
+            assert all(isinstance(d["counter"], int) and d["counter"] > 0 for d in docs)
             assert docs[0]["in_force"] is False
             assert len(docs[1]["approval_keyids"]) == 2
             shown = await cw("directives", "show", halt_id, *addr)
