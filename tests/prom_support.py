@@ -20,11 +20,11 @@ INSTALL_HINT = "apt-get install prometheus (Debian; .ci/run installs it, so CI r
 
 def tool(name: str) -> str:
     """Path of ``name`` on PATH, or skip the test saying loudly what is not run
-    (fail instead where COMPUTEWATCH_REQUIRE_PROMETHEUS is set, as in CI)."""
+    (fail instead where COMPUTEWATCH_REQUIRE_TOOLS is set, as in CI)."""
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("COMPUTEWATCH_REQUIRE_PROMETHEUS"):
-            pytest.fail(f"{name} is required here (COMPUTEWATCH_REQUIRE_PROMETHEUS is set)")
+        if os.environ.get("COMPUTEWATCH_REQUIRE_TOOLS"):
+            pytest.fail(f"{name} is required here (COMPUTEWATCH_REQUIRE_TOOLS is set)")
         pytest.skip(f"SKIPPED, NOT RUN: {name} is not installed here; {INSTALL_HINT}")
     return path
 
