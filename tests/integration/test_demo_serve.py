@@ -64,7 +64,9 @@ def test_serve_exposes_every_endpoint_and_writes_prometheus_files(tmp_path: Path
     assert "computewatch.json" in text  # how to load the dashboard
 
 
-def test_cli_allows_over_sixty_seconds_only_with_serve_which_writes_the_files(tmp_path: Path) -> None:
+def test_cli_allows_over_sixty_seconds_only_with_serve_which_writes_the_files(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "scenario.yaml"
     path.write_text(SCENARIO)
     runner = CliRunner()
