@@ -6,8 +6,9 @@ The cluster is the demo's (collector and real agents on the fake NVML), with
 few times, every dashboard expression and every alert expression is evaluated
 through Prometheus's HTTP API: each must evaluate without error and return
 data, unless it is listed below with the reason it cannot here. The alert
-rules themselves must evaluate with health "ok". ``promtool check metrics``
-runs on every live endpoint.
+rules themselves must evaluate with health "ok", and the first forged report
+fires its critical alert. ``promtool check metrics`` runs on every live
+endpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import yaml
 from agent.fakenvml.scenario import load_scenario
 from computewatch.demo.cluster import Cluster, start_cluster
 from computewatch.demo.prometheus import write_prometheus_files
+from protos.keys import PrivateKey
 from tests.prom_support import DEPLOY, check_metrics, fetch, free_port, run_tool, tool
+from tests.support import Node, StreamClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -200,6 +203,26 @@ def test_real_prometheus_evaluates_every_dashboard_and_alert_expression(tmp_path
             info = p.api("query", query="computewatch_agent_info")["result"]
             assert {s["metric"]["node"] for s in info} == {n.node_id for n in cluster.nodes}
             assert all(s["metric"]["node"] == s["metric"]["node_id"] for s in info)
+
+            # The FIRST forged report fires its critical alert: its reason's
+            # series existed at 0 before, so increase() sees the step to 1.
+            def firing(name: str) -> bool:
+                return any(
+                    a["labels"]["alertname"] == name and a["state"] == "firing"
+                    for a in p.api("alerts")["alerts"]
+                )
+
+            forged_alert = "ComputewatchForgedOrConflictingReports"
+            assert not firing(forged_alert)
+            forger = Node(cluster.nodes[0].node_id, PrivateKey.generate())  # a key nobody enrolled
+            client = StreamClient(cluster.collector.address)
+            try:
+                await client.send(forger.next())
+                reply = await client.receive()
+                assert reply.reject.reason == "unknown_node", reply
+            finally:
+                await client.close()
+            await _until("the first forged report's alert", lambda: firing(forged_alert), 60, log)
 
             endpoints = [cluster.collector_metrics, *cluster.agent_metrics.values()]
             for address in endpoints:
