@@ -19,12 +19,14 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    InfoMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import ConfigError
+from protos.reasons import REPORT_REJECT_REASONS, UNSPECIFIED_REASON
 
 # Upper bounds of the sample duration histogram, seconds.
 SAMPLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -34,6 +36,10 @@ SAMPLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 class AgentStats:
     """Plain counters and the latest readings; read by the metrics collector."""
 
+    # Exported as computewatch_agent_info{node_id, version}: the agent names its
+    # node itself, so nothing depends on scrape addresses.
+    node_id: str = ""
+    version: str = ""
     samples: int = 0
     sample_seconds_sum: float = 0.0
     # Cumulative-by-construction counts per SAMPLE_BUCKETS bound, plus +Inf last.
@@ -76,6 +82,12 @@ class AgentMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self._stats
         p = "computewatch_agent_"
+        if s.node_id:
+            yield InfoMetricFamily(
+                "computewatch_agent",
+                "The node this agent reports for (its enrolled node_id) and its version.",
+                value={"node_id": s.node_id, "version": s.version},
+            )
         yield _counter(f"{p}samples", "GPU samples taken.", s.samples)
         yield _counter(
             f"{p}sample_errors", "Samples that failed before a report was built.", s.sample_errors
@@ -138,7 +150,9 @@ class AgentMetrics(Collector):
         rejected = CounterMetricFamily(
             f"{p}rejected", "Reports the collector rejected, by reason.", labels=["reason"]
         )
-        for reason, n in sorted(s.rejected.items()):
+        # Every reason from 0, so increase() sees the first rejection.
+        known = (*REPORT_REJECT_REASONS, UNSPECIFIED_REASON)
+        for reason, n in sorted((dict.fromkeys(known, 0) | dict(s.rejected)).items()):
             rejected.add_metric([reason], n)
         yield rejected
         yield _counter(

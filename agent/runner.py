@@ -96,7 +96,7 @@ class Agent:
         self._sample_in_thread = sample_in_thread
         self._version = version or agent_version()
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.stats = AgentStats()
+        self.stats = AgentStats(node_id=config.node_id, version=self._version)
         register_metrics(self.registry, self.stats)
         self._receipts: list[telemetry_pb2.EnforcementReceipt] = []
         self._enforcement: Callable[[], telemetry_pb2.EnforcementState] = self._default_enforcement

@@ -17,20 +17,7 @@ from collector.ingest import IngestStats
 from collector.ledger import Ledger
 from collector.sessions import Sessions
 from collector.snapshot import CLUSTER_KEY, Scope
-from protos.errors import (
-    InvalidReportError,
-    JobStatesLimitError,
-    NodeJobsLimitError,
-    ReportLimitError,
-)
-
-# Rejection reasons exported at 0 before the first one, so alerts on their rate work.
-PRESET_REASONS = (
-    InvalidReportError.reason,
-    ReportLimitError.reason,
-    NodeJobsLimitError.reason,
-    JobStatesLimitError.reason,
-)
+from protos.reasons import REPORT_REJECT_REASONS
 
 
 def _nan(value: float | None) -> float:
@@ -73,7 +60,8 @@ class CollectorMetrics(Collector):
             "Envelopes refused, by reason.",
             labels=["reason"],
         )
-        counts = dict.fromkeys(PRESET_REASONS, 0) | dict(s.rejected)
+        # Every reason from 0, so increase() sees the first rejection.
+        counts = dict.fromkeys(REPORT_REJECT_REASONS, 0) | dict(s.rejected)
         for reason, n in sorted(counts.items()):
             rejected.add_metric([reason], n)
         yield rejected

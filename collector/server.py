@@ -131,6 +131,9 @@ class Collector:
         shutdown = getattr(self._metrics_server, "shutdown", None)
         if callable(shutdown):
             shutdown()
+        close = getattr(self._metrics_server, "server_close", None)
+        if callable(close):
+            close()  # release the listening socket, not only the serving thread
 
     async def _tick_loop(self) -> None:
         period = self.config.tick_seconds

@@ -125,14 +125,13 @@ def _resolve(config_file: Path | None, flags: dict[str, object]) -> AgentConfig:
     return load_agent_config(config_file, given)
 
 
-def _toml_value(value: object) -> str:
+def _toml_value(value: object) -> object:
+    """A config value as tomli-w writes it (paths as strings, tuples as arrays)."""
     if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | Path):
-        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
+        return [_toml_value(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 @click.group()
@@ -145,13 +144,15 @@ def agent() -> None:
 @translate_errors
 def show_config(config_file: Path | None, **flags: object) -> None:
     """Print the configuration the agent would run with, as TOML."""
+    import tomli_w
+
     cfg = _resolve(config_file, flags)
-    click.echo("[agent]")
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        if value is None:
-            continue
-        click.echo(f"{field.name} = {_toml_value(value)}")
+    table = {
+        field.name: _toml_value(getattr(cfg, field.name))
+        for field in dataclasses.fields(cfg)
+        if getattr(cfg, field.name) is not None  # TOML has no null: unset is absent
+    }
+    click.echo(tomli_w.dumps({"agent": table}), nl=False)
 
 
 @agent.command("run")

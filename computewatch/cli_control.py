@@ -18,10 +18,10 @@ from typing import TypeVar
 
 import click
 import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from computewatch.clitools import translate_errors
+from computewatch.clitools import rpc_failure, translate_errors
+from computewatch.plainjson import Json, plain
 from computewatch.render import table
 from protos import dsse
 from protos.auth import call_metadata
@@ -101,11 +101,7 @@ def _call(
         try:
             result = rpc(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
-            code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
-            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-            raise click.ClickException(
-                f"collector at {address} refused: {code}: {details}"
-            ) from exc
+            raise rpc_failure(address, exc, "refused") from exc
     if not isinstance(result, response):
         raise click.ClickException(f"collector at {address} sent a {type(result).__name__}")
     return result
@@ -280,8 +276,8 @@ def _scope_text(scope: control_pb2.Scope) -> str:
 
 def _doc(
     record: control_pb2.DirectiveRecord, d: control_pb2.Directive, verified: bool
-) -> dict[str, object]:
-    doc = json_format.MessageToDict(d, preserving_proto_field_name=True)
+) -> dict[str, Json]:
+    doc = plain(d)
     doc.pop("approvals", None)
     to_effective = (
         (record.effective_unix_nanos - d.issued_unix_nanos) / 1e9

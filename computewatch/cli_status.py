@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 import grpc
-from google.protobuf import json_format
 
-from computewatch.clitools import translate_errors
+from computewatch.clitools import rpc_failure, translate_errors
+from computewatch.plainjson import plain
 from computewatch.render import interval, si, table
 from protos.auth import call_metadata
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc
@@ -72,8 +72,7 @@ def _page(
             metadata=metadata,
         )
     except grpc.RpcError as exc:
-        code = exc.code() if isinstance(exc, grpc.Call) else None
-        raise click.ClickException(f"collector at {address}: {code}: {exc}") from exc
+        raise rpc_failure(address, exc) from exc
     return page
 
 
@@ -179,7 +178,6 @@ def status(address: str, key_path: Path | None, as_json: bool, page_size: int) -
         address, load_private_key(key_path) if key_path else None, page_size=page_size
     )
     if as_json:
-        doc = json_format.MessageToDict(st, preserving_proto_field_name=True)
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        click.echo(json.dumps(plain(st), indent=2, sort_keys=True))
     else:
         click.echo(render_status(st))

@@ -25,7 +25,7 @@ _SCOPE = {
     control_pb2.SCOPE_KIND_GPU: "gpu",
 }
 _STATE = {
-    status_pb2.NODE_STATE_OK: "ok",
+    status_pb2.NODE_STATE_OK: "reporting",
     status_pb2.NODE_STATE_SILENT: "SILENT",
     status_pb2.NODE_STATE_NEVER_SEEN: "never seen",
 }
@@ -130,7 +130,8 @@ def render(
     out.append(
         "nodes    "
         + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-        + f"  halted: {halted}"
+        # Halted nodes still report (that is how a halt is seen to hold).
+        + f"  (halted by a directive: {halted} of {len(st.nodes)})"
         + "".join(
             f"\n         {n.node_id}: {_STATE.get(n.state, '?')}"
             for n in st.nodes

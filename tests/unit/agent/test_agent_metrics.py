@@ -46,7 +46,7 @@ def test_counters_and_gauges_follow_the_stats_at_scrape_time() -> None:
     assert val(registry, "computewatch_agent_nvml_up") == 1
     assert val(registry, "computewatch_agent_rejected_total", reason="gap") == 2
     assert val(registry, "computewatch_agent_rejected_total", reason="broken_chain") == 1
-    assert val(registry, "computewatch_agent_rejected_total", reason="unknown_node") is None
+    assert val(registry, "computewatch_agent_rejected_total", reason="unknown_node") == 0
 
 
 def test_sample_duration_histogram_is_cumulative() -> None:
@@ -141,3 +141,13 @@ def test_serve_metrics_on_a_taken_port_is_a_config_error() -> None:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_the_agent_names_its_node_itself_not_by_scrape_address() -> None:
+    registry = CollectorRegistry()
+    register_metrics(registry, AgentStats(node_id="gpu-node-7", version="1.2.3"))
+    labels = {"node_id": "gpu-node-7", "version": "1.2.3"}
+    assert registry.get_sample_value("computewatch_agent_info", labels) == 1.0
+    bare = CollectorRegistry()
+    register_metrics(bare, AgentStats())
+    assert not [m for m in bare.collect() if m.name == "computewatch_agent"]

@@ -14,6 +14,7 @@ from agent.enforce.enforcer import MAX_REFUSAL_RECEIPTS
 from agent.enforce.metrics import register_enforcement_metrics
 from protos.computewatch.v1 import telemetry_pb2
 from protos.keys import PrivateKey
+from protos.reasons import DIRECTIVE_REFUSAL_REASONS
 from tests.enforce_support import (
     DEFAULT,
     GPU,
@@ -399,3 +400,23 @@ def test_a_kill_still_due_survives_a_restart(make_rig: MakeRig, children: Childr
     (kill,) = rig.enforcer.tick()
     assert steps(kill) == [("kill_process", str(stubborn), True)]
     assert next(p for p in children.procs if p.pid == stubborn).wait(timeout=5) == -9
+
+
+def test_every_refusal_reason_and_action_exists_at_zero_before_any_directive(
+    make_rig: MakeRig,
+) -> None:
+    # increase() cannot see a series born at 1: the first expired directive must alert.
+    rig = make_rig()
+    registry = CollectorRegistry()
+    register_enforcement_metrics(registry, lambda: rig.enforcer)
+    for reason in DIRECTIVE_REFUSAL_REASONS:
+        sample = registry.get_sample_value(
+            "computewatch_agent_directives_refused_total", {"reason": reason}
+        )
+        assert sample == 0.0, reason
+    for action in ("halt", "resume", "throttle", "terminate"):
+        sample = registry.get_sample_value(
+            "computewatch_agent_directives_applied_total", {"action": action}
+        )
+        assert sample == 0.0, action
+    assert "expired" in DIRECTIVE_REFUSAL_REASONS
