@@ -178,6 +178,8 @@ def status(address: str, key_path: Path | None, as_json: bool, page_size: int) -
         address, load_private_key(key_path) if key_path else None, page_size=page_size
     )
     if as_json:
-        click.echo(json.dumps(plain(st), indent=2, sort_keys=True))
+        doc = plain(st)
+        doc.pop("next_page_token", None)  # every page is joined: nothing left to fetch
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
     else:
         click.echo(render_status(st))

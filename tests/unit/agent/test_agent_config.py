@@ -217,7 +217,8 @@ def test_cli_sets_job_attribution_from_flags_and_environment(tmp_path: Path) -> 
     assert value(out, "k8s_attribution") == "true"
     assert value(out, "slurm_show_job_command") == '""'
     assert value(out, "k8s_kubeconfig") == '"/kc"'
-    assert value(out, "k8s_workload_labels").startswith('["trainer.kubeflow.org/trainjob-name=')
+    labels = tomllib.loads(out)["agent"]["k8s_workload_labels"]
+    assert labels[0].startswith("trainer.kubeflow.org/trainjob-name=")
 
 
 def test_cli_reads_the_config_file_from_the_environment(tmp_path: Path) -> None:
