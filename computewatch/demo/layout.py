@@ -165,7 +165,7 @@ def jobs_table(frame: Frame, width: int, rows: int) -> list[RenderableType]:
         cells.append(row)
     t = _table(headers, _widths(headers, cells, width))
     for row in cells:
-        t.add_row(*row)
+        t.add_row(*map(Text, row))  # Text: "[#..]" and job ids are not markup
     return [t, *_more("jobs", len(jobs) - len(shown))]
 
 
@@ -190,7 +190,7 @@ def directives_table(
     else:
         latest = list(directives[len(directives) - rows + 1 :])
     for v in latest:
-        t.add_row(
+        cells = (
             v.directive.id[:8],
             v.action,
             v.scope,
@@ -198,6 +198,7 @@ def directives_table(
             v.effective,
             str(len(v.record.approval_keyids)),
         )
+        t.add_row(*map(Text, cells))
     return [*_more("earlier directives", len(directives) - len(latest)), t]
 
 

@@ -138,6 +138,15 @@ def test_at_80_columns_compute_keeps_its_interval_forms() -> None:
     assert any("POSSIBLY CROSSED r" in ln for ln in rows)
 
 
+def test_cells_are_text_not_markup() -> None:
+    st = fleet_status()
+    st.jobs[0].job_id = "[bold]odd[/bold]"
+    # A line at 5 PFLOP: the first jobs are halfway, a bar of '#' and '.'.
+    lines = lines_at(frame(status=st, job_thresholds=[5e15]), 80, 24)
+    row = next(ln for ln in lines if ln.startswith("[bold]odd"))
+    assert "[####....] of 5 PFLOP" in row
+
+
 def test_without_a_height_every_row_is_shown() -> None:
     f = frame()
     text = render(
