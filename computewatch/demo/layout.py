@@ -45,6 +45,11 @@ def _line(text: str, style: str = "") -> Text:
     return Text(text, style=style, no_wrap=True, overflow="ellipsis")
 
 
+def _left_cut(text: str, width: int) -> str:
+    """``text`` in ``width`` cells, its start replaced by "..." (a path keeps its end)."""
+    return text if len(text) <= width else "..." + text[len(text) - max(width - 3, 0) :]
+
+
 def _pack(segments: Sequence[str], width: int) -> list[str]:
     """Join segments with a gap into as few lines of ``width`` as they fit."""
     lines: list[str] = []
@@ -274,7 +279,9 @@ def build(frame: Frame, *, width: int, height: int | None) -> RenderableType:
                 Panel(
                     Group(*(_line(ln) for ln in frame.log_lines[-rows:])),
                     title="log: latest warnings",
-                    subtitle=f"all of it: {frame.log_path}" if frame.log_path else None,
+                    subtitle=_left_cut(f"all of it: {frame.log_path}", width - 6)
+                    if frame.log_path
+                    else None,
                     title_align="left",
                     subtitle_align="left",
                     box=box.SQUARE,

@@ -10,9 +10,10 @@ import json
 import logging
 import secrets
 import shutil
+import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -315,21 +316,18 @@ async def _run(
     await auditor.start()
     st = status_pb2.ClusterStatus()
     views: list[DirectiveView] = []
-    interrupted = False
     try:
-        try:
+        with _interruptible() as stop:
             tick = 0
-            while watcher.elapsed() < duration:
+            while watcher.elapsed() < duration and not stop.is_set():
                 tick += 1
-                await asyncio.sleep(max(0.0, cluster.start + tick - time.time()))
-                st, views = await watcher.step()
-                watcher.show(st, views)
-        except asyncio.CancelledError:
-            # Ctrl-C: asyncio.run cancels this task once; summarise what ran.
-            task = asyncio.current_task()
-            if task is None or task.uncancel() > 0:
-                raise
-            interrupted = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), cluster.start + tick - time.time())
+                if not stop.is_set():
+                    st, views = await watcher.step()
+                    watcher.show(st, views)
+        interrupted = stop.is_set()
+        if interrupted:
             watcher.event("interrupted (Ctrl-C): the summary covers what ran")
         st, views = await watcher.step()
         result = summary(scenario.name, watcher.elapsed(), st, views, watcher)
@@ -346,6 +344,23 @@ async def _run(
         await watcher.channel.close(None)
         await cluster.stop()
     return result
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[asyncio.Event]:
+    """An event the first Ctrl-C (SIGINT) sets, so the watch ends and the
+    summary covers what ran; a second Ctrl-C interrupts as usual."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def _remove_all_but(workdir: Path, keep: Path | None) -> None:
