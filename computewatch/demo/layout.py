@@ -1,7 +1,8 @@
 """Lay one frame of the demo view out to fit ``width`` x ``height`` cells.
 
 Top to bottom: a fixed header (time, log size, reports, the cluster's
-compute and the node and GPU totals; never cut), the jobs table, the
+compute and the node and GPU totals; always shown whole, its segments
+packed into as few lines as the width allows), the jobs table, the
 directives, the latest events and a bounded panel of warning log lines.
 Every row is one line: cells are cut with an ellipsis, never wrapped. When
 the rows do not fit, the sections below the header give up rows, the
@@ -63,7 +64,8 @@ def _pack(segments: Sequence[str], width: int) -> list[str]:
 
 def node_totals(st: status_pb2.ClusterStatus) -> list[str]:
     """How many nodes report, and on how many a halt is in force: two
-    separate facts ("16 nodes: 16 reporting; a halt is in force on 16")."""
+    separate facts ("nodes 16: 16 reporting", "halt enforced on 16 of 16
+    nodes"), where "ok: 16 halted: 16" read as a contradiction."""
     counts: dict[str, int] = {}
     for node in st.nodes:
         state = STATE.get(node.state, "?")
@@ -73,7 +75,7 @@ def node_totals(st: status_pb2.ClusterStatus) -> list[str]:
     halted = sum(1 for n in st.nodes if n.halted)
     out = [
         f"nodes {len(st.nodes)}: {states}",
-        f"halt in force on {halted} of {len(st.nodes)} nodes" if halted else "no node halted",
+        f"halt enforced on {halted} of {len(st.nodes)} nodes" if halted else "no node halted",
         f"GPUs {st.gpus_total}: {st.gpus_lost} lost, {st.gpus_unknown_model} of unknown model",
     ]
     quiet = [n.node_id for n in st.nodes if n.state != status_pb2.NODE_STATE_OK]
@@ -86,9 +88,8 @@ def node_totals(st: status_pb2.ClusterStatus) -> list[str]:
 def header(frame: Frame, width: int) -> list[Text]:
     st = frame.status
     rejected = ", ".join(f"{k}={v}" for k, v in sorted(st.rejected_by_reason.items())) or "0"
-    title = "computewatch demo" + ("  INTERRUPTED" if frame.interrupted else "")
     top = [
-        f"{title}  t={frame.elapsed:5.1f}s / {frame.duration:.0f}s",
+        f"computewatch demo  t={frame.elapsed:5.1f}s / {frame.duration:.0f}s",
         f"log size {st.log_size}",
         f"reports {st.reports_accepted}",
         f"rejected {rejected}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rich.console import Console
 
@@ -97,7 +97,6 @@ class Frame:
     # The latest warning and error log lines, and the file that has them all.
     log_lines: Sequence[str] = ()
     log_path: str = ""
-    interrupted: bool = field(default=False)
 
 
 def render(

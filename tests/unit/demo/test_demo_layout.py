@@ -106,7 +106,7 @@ def test_the_frame_fits_and_starts_with_the_whole_header(width: int, height: int
     # The totals: nodes, halts and GPUs are in the header, before any table.
     before_jobs = text[: text.index("job ")]
     assert "nodes 16: 15 reporting, 1 SILENT" in before_jobs
-    assert "halt in force on 16 of 16 nodes" in before_jobs
+    assert "halt enforced on 16 of 16 nodes" in before_jobs
     assert "GPUs 32: 0 lost, 2 of unknown model" in before_jobs
     assert "not reporting: node-15" in before_jobs
     assert "cluster installed" in before_jobs
@@ -166,7 +166,7 @@ def test_halted_nodes_do_not_read_as_a_contradiction() -> None:
     st = fleet_status()
     totals = node_totals(st)
     assert totals[0] == "nodes 16: 15 reporting, 1 SILENT"
-    assert totals[1] == "halt in force on 16 of 16 nodes"
+    assert totals[1] == "halt enforced on 16 of 16 nodes"
     for node in st.nodes:
         node.halted = False
     assert node_totals(st)[1] == "no node halted"
