@@ -7,6 +7,13 @@ decisions, clears and unknowns are logged and counted
 (``computewatch_rule_decisions_total{rule,kind,action}``); no directive is
 ever lifted by a rule clearing: that takes a quorum.
 
+Unknowns of keys no report has reached yet (``Decision.awaiting_data``:
+start-up, an enrolled node not heard from) are counted the same way but
+logged as one line per tick ("no data yet: N rule checks wait for a first
+report (...)", ``awaiting_summary``), each at debug; the engine turns them
+into ordinary warnings when reports come and the value stays unknown, or
+after its grace.
+
 A firing for which a directive of the same rule, action and targets is
 already in force issues nothing new; neither does one a quorum already
 acknowledged by lifting (see ``collector.directives``).
@@ -79,6 +86,26 @@ def evidence_for(decision: Decision) -> control_pb2.Evidence:
     return evidence
 
 
+def awaiting_summary(decisions: list[Decision]) -> str | None:
+    """One line for the unknowns of keys no report has reached yet, e.g. at
+    start-up: "no data yet: 33 rule checks wait for a first report
+    (op-gpu-lost: 16 nodes; op-node-silent: 16 nodes; ...)"; None if none."""
+    per_rule: Counter[tuple[str, str]] = Counter(
+        (d.rule.id, str(d.scope))
+        for d in decisions
+        if d.kind is DecisionKind.UNKNOWN and d.awaiting_data
+    )
+    if not per_rule:
+        return None
+    total = sum(per_rule.values())
+    parts = "; ".join(
+        f"{rule_id}: {n} {scope}{'s' if n > 1 else ''}"
+        for (rule_id, scope), n in sorted(per_rule.items())
+    )
+    checks = "rule check waits" if total == 1 else "rule checks wait"
+    return f"no data yet: {total} {checks} for a first report ({parts})"
+
+
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector for a short, allocation-heavy block
@@ -118,10 +145,17 @@ class DecisionHook:
             decisions = self.engine.evaluate(self._agg.snapshot(now))
         for decision in decisions:
             self.handle(decision)
+        waiting = awaiting_summary(decisions)
+        if waiting:
+            log.info("%s", waiting)
 
     def handle(self, decision: Decision) -> None:
         rule = decision.rule
         self.stats.decisions[(rule.id, str(decision.kind), str(rule.action))] += 1
+        if decision.kind is DecisionKind.UNKNOWN and decision.awaiting_data:
+            # Start-up: said once per tick for all keys (awaiting_summary).
+            log.debug("rule %s: %s", rule.id, decision.reason)
+            return
         if decision.kind is DecisionKind.UNKNOWN:
             log.warning("rule %s: %s", rule.id, decision.reason)
             return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -35,7 +34,8 @@ DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "deploy" / "scenarios" 
 @click.option(
     "--live/--no-live",
     default=None,
-    help="Redraw a live view (default: when stdout is a terminal).",
+    help="Redraw a live view that fits the terminal; logs go to demo.log in the workdir"
+    " (default: when stdout is a terminal).",
 )
 @click.option(
     "--resume-after",
@@ -108,8 +108,8 @@ def demo(
         rule_packs=rule_packs or DEFAULT_PACKS,
         workdir=workdir,
     )
-    root = logging.getLogger()
-    if opts.live and root.level < logging.WARNING:
-        root.setLevel(logging.WARNING)  # log lines would tear the redrawn screen
+    # Live, the log goes to demo.log in the workdir (computewatch.demo.screen).
     result = asyncio.run(run_demo(opts, sys.stdout))
     print_summary(result, sys.stdout)
+    if result.get("interrupted"):
+        sys.exit(130)  # Ctrl-C: the partial summary above, and the shell's status

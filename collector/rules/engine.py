@@ -8,6 +8,12 @@ said the value is unknown. It emits a decision only on a transition:
 - ``clear`` once when a firing rule stops holding (hysteresis applied);
 - ``unknown`` once when the value becomes unknown (``None``, or the metric
   missing for a key the snapshot lists), and again only after it was known.
+  An unknown for a key no report has reached yet (no evidence: a node
+  enrolled but never heard from, the cluster while an enrolled node has not
+  reported) is marked ``awaiting_data``: start-up, not a fault, and the
+  collector says it in one line per tick. If the key is still waiting
+  ``no_data_grace_seconds`` later, a second, unmarked ``unknown`` says so:
+  a node that never reports is a real problem and is not hidden.
 
 - ``possibly_crossed`` once when the interval of a compute metric
   (estimate .. upper bound) straddles the threshold while the rule's own
@@ -43,6 +49,9 @@ from collector.rules.model import Bound, Decision, DecisionKind, Lineage, Rule, 
 from collector.snapshot import CLUSTER_KEY, UPPER_SUFFIX, Scope, Snapshot
 from protos.errors import RuleError
 
+# Seconds a key may wait for its first report before its unknown is a finding.
+NO_DATA_GRACE_SECONDS = 30.0
+
 _SUBJECT = {Scope.CLUSTER: "cluster", Scope.NODE: "node", Scope.JOB: "job", Scope.GPU: "GPU"}
 
 
@@ -55,6 +64,8 @@ class _KeyState:
     seen: bool = False
     # The interval straddles the threshold (said once).
     possible: bool = False
+    # Unknown since then with no report behind the key yet (start-up).
+    awaiting_since: float | None = None
 
     def idle(self) -> bool:
         return (
@@ -69,13 +80,16 @@ class _KeyState:
 class RuleEngine:
     """Stateful evaluator: ``evaluate(snapshot)`` once per aggregation tick."""
 
-    def __init__(self, packs: Iterable[RulePack]) -> None:
+    def __init__(
+        self, packs: Iterable[RulePack], *, no_data_grace_seconds: float = NO_DATA_GRACE_SECONDS
+    ) -> None:
         rules = [r for p in packs for r in p.rules]
         ids = [r.id for r in rules]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise RuleError(f"rule ids used by more than one rule: {', '.join(dupes)}")
         self._rules = tuple(rules)
+        self._grace = no_data_grace_seconds
         self._state: dict[str, dict[str, _KeyState]] = {r.id: {} for r in rules}
 
     @property
@@ -139,6 +153,19 @@ class RuleEngine:
                 return None
         return st
 
+    def _still_unknown(self, rule: Rule, key: str, st: _KeyState, tick: _Tick) -> None:
+        """A key that was waiting for its first report: once reports came and
+        the value is still unknown, or the grace ran out, that is a finding."""
+        assert st.awaiting_since is not None
+        waited = tick.snapshot.time - st.awaiting_since
+        if not tick.awaiting_data(rule.scope, key):
+            st.awaiting_since = None
+            tick.emit(rule, DecisionKind.UNKNOWN, key, None, note="; reports arrived")
+        elif waited >= self._grace:
+            st.awaiting_since = None
+            note = f"; no report {format_number(waited)} s after it was first listed"
+            tick.emit(rule, DecisionKind.UNKNOWN, key, None, note=note)
+
     def _evaluate_rule(
         self, rule: Rule, entries: list[tuple[str, Mapping[str, float | None]]], tick: _Tick
     ) -> None:
@@ -167,10 +194,15 @@ class RuleEngine:
                 st.pending_since = None
                 if not st.unknown:
                     st.unknown = True
-                    tick.emit(rule, DecisionKind.UNKNOWN, key, None)
+                    awaiting = tick.awaiting_data(rule.scope, key)
+                    st.awaiting_since = now if awaiting else None
+                    tick.emit(rule, DecisionKind.UNKNOWN, key, None, awaiting=awaiting)
+                elif st.awaiting_since is not None:
+                    self._still_unknown(rule, key, st, tick)
                 continue
             if st is not None:
                 st.unknown = False
+                st.awaiting_since = None
                 st.seen = st.seen or capability
                 if st.firing:
                     if rule.cleared(value):
@@ -221,7 +253,25 @@ class _Tick:
     view: LineageView
     out: list[Decision]
 
-    def emit(self, rule: Rule, kind: DecisionKind, key: str, value: float | None) -> None:
+    def awaiting_data(self, scope: Scope, key: str) -> bool:
+        """No report has reached ``key`` yet: it has no evidence (the cluster:
+        no node is listed, or some node the snapshot lists has none)."""
+        evidence = self.snapshot.evidence
+        if scope is Scope.CLUSTER:
+            nodes = list(self.snapshot.keys(Scope.NODE))
+            return not nodes or any(not evidence.get((Scope.NODE, n)) for n in nodes)
+        return not evidence.get((scope, key))
+
+    def emit(
+        self,
+        rule: Rule,
+        kind: DecisionKind,
+        key: str,
+        value: float | None,
+        *,
+        awaiting: bool = False,
+        note: str = "",
+    ) -> None:
         snap = self.snapshot
         estimate = upper = unmeasured = None
         if rule.metric == LINEAGE_CUMULATIVE_FLOP:
@@ -250,13 +300,15 @@ class _Tick:
                 time=self.snapshot.time,
                 reason=_reason(
                     rule, kind, key, value, targets=targets, view=self.view, bounds=bounds
-                ),
+                )
+                + note,
                 targets=targets,
                 log_indices=evidence,
                 estimate=bounds.estimate if rule.bounded else None,
                 upper_bound=bounds.upper if rule.bounded else None,
                 method=bounds.method if rule.bounded else "",
                 unmeasured_gpu_seconds=bounds.unmeasured if rule.bounded else None,
+                awaiting_data=awaiting,
             )
         )
 

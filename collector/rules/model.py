@@ -207,6 +207,8 @@ class Decision:
     upper_bound: float | None = None
     method: str = ""
     unmeasured_gpu_seconds: float | None = None
+    # An unknown for a key no report has reached yet (start-up, not a fault).
+    awaiting_data: bool = False
 
     @property
     def threshold(self) -> float:

@@ -5,13 +5,15 @@ resume, and end with a summary."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import shutil
+import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,10 +22,12 @@ import grpc
 from google.protobuf import json_format
 
 from agent.fakenvml.scenario import load_scenario
+from agent.fakenvml.spec import Scenario
 from collector.rules import load_packs
 from computewatch.demo.auditor import Auditor
 from computewatch.demo.cluster import AUTHORITIES, QUORUM, Cluster, start_cluster
-from computewatch.demo.view import DirectiveView, directive_views, render
+from computewatch.demo.screen import LiveScreen
+from computewatch.demo.view import DirectiveView, Frame, directive_views, render
 from protos import dsse
 from protos.auth import call_metadata
 from protos.computewatch.v1 import (
@@ -40,6 +44,8 @@ _GET_STATUS = "/computewatch.v1.Status/GetStatus"
 _LIST_DIRECTIVES = "/computewatch.v1.Control/ListDirectives"
 _SUBMIT_APPROVAL = "/computewatch.v1.Control/SubmitApproval"
 MAX_DURATION = 60.0
+# With the live view, every log line goes to this file in the workdir.
+LOG_FILE = "demo.log"
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,16 @@ def job_thresholds(packs: tuple[str, ...]) -> list[float]:
 
 
 class _Watcher:
-    def __init__(self, cluster: Cluster, opts: DemoOptions, out: TextIO, duration: float) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        opts: DemoOptions,
+        out: TextIO,
+        duration: float,
+        screen: LiveScreen | None = None,
+    ) -> None:
         self.cluster = cluster
+        self.screen = screen
         self.opts = opts
         self.out = out
         self.duration = duration
@@ -174,6 +188,20 @@ class _Watcher:
                 self.event(f"{name} approves resuming {d.id[:8]}{caused}")
 
     def show(self, st: status_pb2.ClusterStatus, views: Sequence[DirectiveView]) -> None:
+        if self.screen is not None:
+            self.screen.show(
+                Frame(
+                    st,
+                    views,
+                    self.elapsed(),
+                    self.duration,
+                    self.thresholds,
+                    self.events,
+                    log_lines=list(self.screen.tail.lines),
+                    log_path=str(self.screen.log_path),
+                )
+            )
+            return
         text = render(
             st,
             views,
@@ -182,10 +210,7 @@ class _Watcher:
             job_thresholds=self.thresholds,
             events=self.events,
         )
-        if self.opts.live:
-            self.out.write("\x1b[H\x1b[2J" + text + "\n")
-            self.out.flush()
-        elif self.elapsed() - self.last_print >= 10:
+        if self.elapsed() - self.last_print >= 10:
             self.last_print = self.elapsed()
             print(text + "\n", file=self.out, flush=True)
 
@@ -274,33 +299,96 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
     scenario = load_scenario(opts.scenario)
     duration = min(opts.duration or scenario.duration_seconds, MAX_DURATION)
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="computewatch-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_file = workdir / LOG_FILE
+    screen = LiveScreen(out, log_file) if opts.live else None
+    try:
+        with screen or contextlib.nullcontext():
+            result = await _run(scenario, opts, out, duration, workdir=workdir, screen=screen)
+    finally:
+        if opts.workdir is None:
+            _remove_all_but(workdir, log_file if screen is not None else None)
+    if screen is not None:
+        result["log_file"] = str(log_file)
+    if opts.summary_json is not None:
+        opts.summary_json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+async def _run(
+    scenario: Scenario,
+    opts: DemoOptions,
+    out: TextIO,
+    duration: float,
+    *,
+    workdir: Path,
+    screen: LiveScreen | None,
+) -> dict[str, Any]:
     cluster = await start_cluster(scenario, opts.scenario, workdir, rule_packs=opts.rule_packs)
-    watcher = _Watcher(cluster, opts, out, duration)
+    watcher = _Watcher(cluster, opts, out, duration, screen)
     auditor = Auditor(cluster.collector.address, cluster.keys, workdir / "regulator-copy")
     await auditor.start()
     st = status_pb2.ClusterStatus()
     views: list[DirectiveView] = []
     try:
-        tick = 0
-        while watcher.elapsed() < duration:
-            tick += 1
-            await asyncio.sleep(max(0.0, cluster.start + tick - time.time()))
-            st, views = await watcher.step()
-            watcher.show(st, views)
+        with _interruptible() as stop:
+            tick = 0
+            while watcher.elapsed() < duration and not stop.is_set():
+                tick += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), cluster.start + tick - time.time())
+                if not stop.is_set():
+                    st, views = await watcher.step()
+                    watcher.show(st, views)
+        interrupted = stop.is_set()
+        if interrupted:
+            watcher.event("interrupted (Ctrl-C): the summary covers what ran")
         st, views = await watcher.step()
         result = summary(scenario.name, watcher.elapsed(), st, views, watcher)
-        result["regulator"] = await auditor.finish(
-            cluster.collector.config.checkpoint_interval_seconds
-        )
+        result["interrupted"] = interrupted
+        if interrupted:
+            # Ctrl-C reached the follower too: its copy was not completed.
+            result["regulator"] = {"summary": "not checked: the demo was interrupted"}
+        else:
+            result["regulator"] = await auditor.finish(
+                cluster.collector.config.checkpoint_interval_seconds
+            )
     finally:
         await auditor.stop()
         await watcher.channel.close(None)
         await cluster.stop()
-        if opts.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if opts.summary_json is not None:
-        opts.summary_json.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[asyncio.Event]:
+    """An event the first Ctrl-C (SIGINT) sets, so the watch ends and the
+    summary covers what ran; a second Ctrl-C interrupts as usual."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def _remove_all_but(workdir: Path, keep: Path | None) -> None:
+    """Remove a temporary workdir, or all of it but ``keep`` (the log file)."""
+    if keep is None or not keep.exists():
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for entry in workdir.iterdir():
+        if entry == keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def print_summary(result: dict[str, Any], out: TextIO) -> None:
@@ -309,7 +397,9 @@ def print_summary(result: dict[str, Any], out: TextIO) -> None:
     c = result["cluster"]
     lines = [
         "",
-        f"demo summary ({result['scenario']}, {result['duration_seconds']:.0f} s):",
+        f"demo summary ({result['scenario']}, {result['duration_seconds']:.0f} s"
+        + ("; INTERRUPTED: partial" if result.get("interrupted") else "")
+        + "):",
         f"  {result['nodes']} nodes, {result['gpus']} GPUs ({result['gpus_lost']} lost,"
         f" {result['gpus_unknown_model']} of unknown model); silent nodes:"
         f" {', '.join(result['silent_nodes']) or 'none'}",
@@ -353,5 +443,6 @@ def print_summary(result: dict[str, Any], out: TextIO) -> None:
         ),
         "  regulator (followed the log live with only public keys, then verified offline):",
         f"    {result['regulator']['summary']}",
+        *([f"  log: {result['log_file']}"] if result.get("log_file") else []),
     ]
     print("\n".join(lines), file=out, flush=True)

@@ -1,13 +1,17 @@
-"""The demo's live terminal view and its summary, built from what the
-collector's public APIs (Status, Control.ListDirectives) return."""
+"""The demo's view, built from what the collector's public APIs (Status,
+Control.ListDirectives) return: what one frame shows (``Frame``), and the
+plain-text rendering of it for ``--no-live``. The layout that fits a
+terminal is ``computewatch.demo.layout``; the live screen is
+``computewatch.demo.screen``."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from computewatch.cli_status import cluster_achieved, job_cumulative
-from computewatch.render import bar, interval, si, table
+from rich.console import Console
+
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, status_pb2
 
@@ -24,11 +28,13 @@ _SCOPE = {
     control_pb2.SCOPE_KIND_JOB: "job",
     control_pb2.SCOPE_KIND_GPU: "gpu",
 }
-_STATE = {
-    status_pb2.NODE_STATE_OK: "reporting",
+STATE = {
+    status_pb2.NODE_STATE_OK: "ok",
     status_pb2.NODE_STATE_SILENT: "SILENT",
     status_pb2.NODE_STATE_NEVER_SEEN: "never seen",
 }
+# Width of the text that --no-live prints (a log, not a terminal).
+TEXT_WIDTH = 200
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,12 @@ class DirectiveView:
             return None
         return (self.record.effective_unix_nanos - self.directive.issued_unix_nanos) / 1e9
 
+    @property
+    def effective(self) -> str:
+        if self.seconds_to_effective is not None:
+            return f"{self.seconds_to_effective:.2f} s"
+        return "in force" if self.record.in_force else "-"
+
 
 def directive_views(listing: control_pb2.DirectiveList) -> list[DirectiveView]:
     """Parse the envelopes of a directive listing (the collector signed them)."""
@@ -72,6 +84,21 @@ def nearest_threshold(value: float, thresholds: Sequence[float]) -> float | None
     return min(above) if above else (max(thresholds) if thresholds else None)
 
 
+@dataclass(frozen=True)
+class Frame:
+    """Everything one frame of the view shows."""
+
+    status: status_pb2.ClusterStatus
+    directives: Sequence[DirectiveView]
+    elapsed: float
+    duration: float
+    job_thresholds: Sequence[float]
+    events: Sequence[str] = ()
+    # The latest warning and error log lines, and the file that has them all.
+    log_lines: Sequence[str] = ()
+    log_path: str = ""
+
+
 def render(
     st: status_pb2.ClusterStatus,
     directives: Sequence[DirectiveView],
@@ -80,89 +107,15 @@ def render(
     duration: float,
     job_thresholds: Sequence[float],
     events: Sequence[str],
+    width: int = TEXT_WIDTH,
 ) -> str:
-    out = [
-        f"computewatch demo  t={elapsed:5.1f}s / {duration:.0f}s   log size {st.log_size}"
-        f"   reports {st.reports_accepted}   rejected "
-        + (", ".join(f"{k}={v}" for k, v in sorted(st.rejected_by_reason.items())) or "0"),
-        f"cluster  installed {si(st.installed_flops, 'FLOP/s'):>14}   allocated"
-        f" {si(st.allocated_flops, 'FLOP/s'):>14}   achieved"
-        f" {interval(cluster_achieved(st), st.achieved_flops_upper_bound, 'FLOP/s')}",
-        f"         {st.gpus_total} GPUs, {st.gpus_lost} lost,"
-        f" {st.gpus_unknown_model} of unknown model",
-        "",
-    ]
-    rows = []
-    for job in st.jobs:
-        line = nearest_threshold(job.cumulative_flop, job_thresholds)
-        progress = f"{bar(job.cumulative_flop / line)} of {si(line, 'FLOP')}" if line else ""
-        if job.gpus_unknown_model:
-            progress = f"unknown: {job.gpus_unknown_model} GPU(s) of a model not in the table"
-        if job.possibly_crossed_rules:
-            progress = "POSSIBLY CROSSED " + ",".join(job.possibly_crossed_rules)
-        rows.append(
-            [
-                job.job_id[:24],
-                job_cumulative(job) + ("*" if job.upper_bound else ""),
-                interval(
-                    job.achieved_flops_estimate
-                    if job.HasField("achieved_flops_estimate")
-                    else None,
-                    job.achieved_flops_upper_bound,
-                    "FLOP/s",
-                ),
-                str(job.gpus),
-                progress,
-            ]
-        )
-    out.append(table(["job", "cumulative", "achieved", "gpus", "toward threshold"], rows))
-    out.append(
-        "  (estimate (<= upper bound at each GPU's highest dense peak); '>=': some GPU-seconds"
-        " unmeasured; * estimate rests on utilization.gpu: the GPU has no GPM)"
+    """The whole view as plain text ``width`` columns wide, every row shown."""
+    from computewatch.demo.layout import build
+
+    frame = Frame(st, directives, elapsed, duration, job_thresholds, events)
+    buf = io.StringIO()
+    console = Console(
+        file=buf, width=width, color_system=None, force_terminal=False, legacy_windows=False
     )
-    out.append("")
-    counts: dict[str, int] = {}
-    halted = 0
-    for node in st.nodes:
-        state = _STATE.get(node.state, "?")
-        counts[state] = counts.get(state, 0) + 1
-        halted += node.halted
-    out.append(
-        "nodes    "
-        + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-        # Halted nodes still report (that is how a halt is seen to hold).
-        + f"  (halted by a directive: {halted} of {len(st.nodes)})"
-        + "".join(
-            f"\n         {n.node_id}: {_STATE.get(n.state, '?')}"
-            for n in st.nodes
-            if n.state != status_pb2.NODE_STATE_OK
-        )
-    )
-    if directives:
-        out.append("")
-        out.append(
-            table(
-                ["directive", "action", "scope", "rule", "effective", "approvals"],
-                [
-                    [
-                        v.directive.id[:8],
-                        v.action,
-                        v.scope[:40],
-                        v.directive.rule_id[:36],
-                        "in force"
-                        if v.record.in_force and v.seconds_to_effective is None
-                        else (
-                            f"{v.seconds_to_effective:.2f} s"
-                            if v.seconds_to_effective is not None
-                            else "-"
-                        ),
-                        str(len(v.record.approval_keyids)),
-                    ]
-                    for v in directives
-                ],
-            )
-        )
-    if events:
-        out.append("")
-        out.extend(f"  {e}" for e in events[-6:])
-    return "\n".join(out)
+    console.print(build(frame, width=width, height=None))
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines())

@@ -65,6 +65,6 @@ def test_demo_view_does_not_read_halted_nodes_as_a_contradiction() -> None:
         st.nodes.add(node_id=f"n{i}", state=status_pb2.NODE_STATE_OK, halted=True)
     text = render(st, [], elapsed=1.0, duration=2.0, job_thresholds=[], events=[])
     (line,) = [ln for ln in text.splitlines() if ln.startswith("nodes")]
-    assert "reporting: 2" in line
-    assert "halted by a directive: 2 of 2" in line
+    assert "2 reporting" in line
+    assert "halt enforced on 2 of 2 nodes" in line
     assert "ok:" not in line
