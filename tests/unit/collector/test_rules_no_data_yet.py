@@ -174,7 +174,7 @@ def test_the_hook_logs_start_up_as_one_info_line_and_real_unknowns_as_warnings(
 
     hook = asyncio.run(main())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 3, warnings  # n2: silent, GPUs lost, rate
+    assert len(warnings) == 4, warnings  # n2: silent, GPUs lost, GPUs unreadable, rate
     assert all("no report 5 s after it was first listed" in w for w in warnings)
     # Counted as before: each unknown, start-up or not, is a decision.
     assert hook.stats.decisions[("op-node-silent", "unknown", "alert")] == 4
