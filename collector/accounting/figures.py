@@ -11,7 +11,9 @@ with it while the node stays silent).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
+from collector.accounting.actors import ActorBook, actor_values
 from collector.accounting.gpu import METHOD_UNMEASURED
 from collector.accounting.state import JobState, NodeState, worst_method
 from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
@@ -179,4 +181,21 @@ def build_snapshot(
         lineage=lineage,
         job_nodes=job_nodes,
         methods=methods,
+    )
+
+
+def with_actors(snap: Snapshot, book: ActorBook, jobs: Mapping[str, JobState]) -> Snapshot:
+    """``snap`` plus the actor scope (``collector.accounting.actors``)."""
+    job_values = {k: v for (s, k), v in snap.values.items() if s is Scope.JOB}
+    job_evidence = {k: v for (s, k), v in snap.evidence.items() if s is Scope.JOB}
+    job_methods = {k: v for (s, k), v in snap.methods.items() if s is Scope.JOB}
+    values, evidence, methods = actor_values(
+        book, job_values, job_evidence, job_methods, jobs, snap.time
+    )
+    return replace(
+        snap,
+        values={**snap.values, **{(Scope.ACTOR, a): v for a, v in values.items()}},
+        evidence={**snap.evidence, **{(Scope.ACTOR, a): v for a, v in evidence.items()}},
+        methods={**snap.methods, **{(Scope.ACTOR, a): v for a, v in methods.items()}},
+        job_actors={j: book.actor_of(j) for j in job_values},
     )

@@ -43,7 +43,13 @@ from collector.rules.model import Bound, Decision, DecisionKind, Lineage, Rule, 
 from collector.snapshot import CLUSTER_KEY, UPPER_SUFFIX, Scope, Snapshot
 from protos.errors import RuleError
 
-_SUBJECT = {Scope.CLUSTER: "cluster", Scope.NODE: "node", Scope.JOB: "job", Scope.GPU: "GPU"}
+_SUBJECT = {
+    Scope.CLUSTER: "cluster",
+    Scope.NODE: "node",
+    Scope.JOB: "job",
+    Scope.GPU: "GPU",
+    Scope.ACTOR: "actor",
+}
 
 
 @dataclass
