@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from collector.actor_metrics import actor_families
 from collector.aggregate import Aggregator
 from collector.ingest import IngestStats
 from collector.ledger import Ledger
@@ -202,3 +203,4 @@ class CollectorMetrics(Collector):
         yield GaugeMetricFamily(
             "computewatch_jobs", "Jobs the collector has seen.", value=len(self._agg.jobs)
         )
+        yield from actor_families(snap, self._agg.actors)

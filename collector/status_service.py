@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 import grpc
 
+from collector.accounting.actors import WINDOW_DAYS, window_metric
 from collector.aggregate import Aggregator
 from collector.ingest import IngestStats
 from collector.ledger import Ledger
-from collector.snapshot import CLUSTER_KEY, Scope
+from collector.snapshot import CLUSTER_KEY, UPPER_SUFFIX, Scope, Snapshot
+from protos.actors import UNKNOWN_ACTOR
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc
 
 # (rule id, key) of every rule whose interval straddles its threshold now.
@@ -107,7 +109,38 @@ def build_status(
             st.cumulative_flop_estimate = cumulative
         if achieved is not None:
             st.achieved_flops_estimate = achieved
+        st.actor = snap.job_actors.get(job.job_id, UNKNOWN_ACTOR)
+    add_actors(out, snap)
     return out
+
+
+def add_actors(out: status_pb2.ClusterStatus, snap: Snapshot) -> None:
+    """One ``ActorStatus`` per actor in ``snap`` (``collector.accounting.actors``)."""
+    running: dict[str, list[str]] = {}
+    for job_id, nodes in snap.job_nodes.items():
+        if nodes:
+            running.setdefault(snap.job_actors.get(job_id, UNKNOWN_ACTOR), []).append(job_id)
+    for actor in sorted(snap.keys(Scope.ACTOR)):
+        v = snap.values[(Scope.ACTOR, actor)]
+        st = out.actors.add(
+            actor_id=actor,
+            job_ids=sorted(running.get(actor, ())),
+            gpus=int(v.get("gpus") or 0),
+            achieved_flops_upper_bound=v.get("achieved_flops_upper_bound") or 0.0,
+            allocated_flops=v.get("allocated_flops") or 0.0,
+            cumulative_flop_upper_bound=v.get("cumulative_flop_upper_bound") or 0.0,
+            unmeasured_gpu_seconds=v.get("unmeasured_gpu_seconds") or 0.0,
+            method=snap.methods.get((Scope.ACTOR, actor), ""),
+        )
+        if (achieved := v.get("achieved_flops")) is not None:
+            st.achieved_flops_estimate = achieved
+        if (cumulative := v.get("cumulative_flop")) is not None:
+            st.cumulative_flop_estimate = cumulative
+        for days in WINDOW_DAYS:
+            name = window_metric(days)
+            w = st.windows.add(days=days, upper_bound=v.get(name + UPPER_SUFFIX) or 0.0)
+            if (estimate := v.get(name)) is not None:
+                w.estimate = estimate
 
 
 class StatusServicer(status_pb2_grpc.StatusServicer):
