@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.actors import load_policy
 from agent.attribution import JobAttributor
 from agent.config import AgentConfig
 from agent.fakenvml.spec import Scenario
@@ -93,7 +94,12 @@ class Cluster:
 
 
 async def start_cluster(
-    scenario: Scenario, scenario_path: Path, workdir: Path, *, rule_packs: tuple[str, ...]
+    scenario: Scenario,
+    scenario_path: Path,
+    workdir: Path,
+    *,
+    rule_packs: tuple[str, ...],
+    actors_file: Path | None = None,
 ) -> Cluster:
     paths = KeyPaths(workdir / "keys")
     _, collector_key, collector_pub = _keypair(paths.root, "collector")
@@ -125,6 +131,7 @@ async def start_cluster(
         require_auth=True,
         auditor_keys=(regulator_pub,),
     )
+    actors = load_policy(actors_file) if actors_file is not None else None
     service, _ = await create_server(config)
     cluster = Cluster(workdir, scenario, service, authorities, regulator, paths)
     cluster.start = time.time()
@@ -148,11 +155,12 @@ async def start_cluster(
             quorum=QUORUM,
             backoff_min_seconds=0.2,
             backoff_max_seconds=2.0,
+            actors_file=actors_file,
         )
         agent = Agent(
             agent_config,
             fake.backend,
-            JobAttributor(fake.procfs_root, node_id=node.id),
+            JobAttributor(fake.procfs_root, node_id=node.id, actors=actors),
             JobMetadataDir(fake.metadata_dir),
             node_keys[node.id][0],
         )
