@@ -29,6 +29,8 @@ def build_status(
     log_size: int,
     now: float,
     possibly_crossed: PossiblyCrossed = _none,
+    *,
+    firing: PossiblyCrossed = _none,
 ) -> status_pb2.ClusterStatus:
     """The status message. Compute figures come as intervals: plain fields
     read 0 where unknown (for old clients), ``*_estimate`` fields are absent
@@ -110,12 +112,18 @@ def build_status(
         if achieved is not None:
             st.achieved_flops_estimate = achieved
         st.actor = snap.job_actors.get(job.job_id, UNKNOWN_ACTOR)
-    add_actors(out, snap)
+    add_actors(out, snap, firing())
     return out
 
 
-def add_actors(out: status_pb2.ClusterStatus, snap: Snapshot) -> None:
-    """One ``ActorStatus`` per actor in ``snap`` (``collector.accounting.actors``)."""
+def add_actors(
+    out: status_pb2.ClusterStatus, snap: Snapshot, firing: list[tuple[str, str]]
+) -> None:
+    """One ``ActorStatus`` per actor in ``snap`` (``collector.accounting.actors``),
+    with the actor-scope rules firing for it (``firing``: (rule id, actor))."""
+    fired: dict[str, list[str]] = {}
+    for rule, key in firing:
+        fired.setdefault(key, []).append(rule)
     running: dict[str, list[str]] = {}
     for job_id, nodes in snap.job_nodes.items():
         if nodes:
@@ -131,6 +139,7 @@ def add_actors(out: status_pb2.ClusterStatus, snap: Snapshot) -> None:
             cumulative_flop_upper_bound=v.get("cumulative_flop_upper_bound") or 0.0,
             unmeasured_gpu_seconds=v.get("unmeasured_gpu_seconds") or 0.0,
             method=snap.methods.get((Scope.ACTOR, actor), ""),
+            firing_rules=sorted(fired.get(actor, ())),
         )
         if (achieved := v.get("achieved_flops")) is not None:
             st.achieved_flops_estimate = achieved
@@ -157,6 +166,8 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         self._clock = clock
         # Set by the stop protocol's wiring once the rule engine exists.
         self.possibly_crossed: PossiblyCrossed = _none
+        # (rule id, actor) of every actor-scope rule firing now; same wiring.
+        self.actor_firing: PossiblyCrossed = _none
 
     async def GetStatus(
         self,
@@ -164,5 +175,10 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         context: grpc.aio.ServicerContext[status_pb2.StatusRequest, status_pb2.ClusterStatus],
     ) -> status_pb2.ClusterStatus:
         return build_status(
-            self._agg, self._stats, self._ledger.size, self._clock(), self.possibly_crossed
+            self._agg,
+            self._stats,
+            self._ledger.size,
+            self._clock(),
+            self.possibly_crossed,
+            firing=self.actor_firing,
         )

@@ -154,6 +154,8 @@ def test_an_actor_halt_stops_all_its_jobs_and_a_quorum_lifts_it(tmp_path: Path) 
             )
             by_actor = {a.actor_id: a for a in st.actors}
             assert by_actor[beta].cumulative_flop_estimate > 1e16
+            assert list(by_actor[beta].firing_rules) == ["actor-split-run"]
+            assert not by_actor["lei:5493001KJTIIGC8Y1R12"].firing_rules
             assert {j.job_id: j.actor for j in st.jobs}["81"] == "lei:5493001KJTIIGC8Y1R12"
 
             # One authority is not enough; the second makes the quorum.

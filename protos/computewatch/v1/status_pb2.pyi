@@ -99,7 +99,7 @@ class ActorWindow(_message.Message):
     def __init__(self, days: _Optional[int] = ..., estimate: _Optional[float] = ..., upper_bound: _Optional[float] = ...) -> None: ...
 
 class ActorStatus(_message.Message):
-    __slots__ = ("actor_id", "job_ids", "gpus", "achieved_flops_upper_bound", "achieved_flops_estimate", "allocated_flops", "cumulative_flop_upper_bound", "cumulative_flop_estimate", "windows", "unmeasured_gpu_seconds", "method")
+    __slots__ = ("actor_id", "job_ids", "gpus", "achieved_flops_upper_bound", "achieved_flops_estimate", "allocated_flops", "cumulative_flop_upper_bound", "cumulative_flop_estimate", "windows", "unmeasured_gpu_seconds", "method", "firing_rules")
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class ActorStatus(_message.Message):
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
     UNMEASURED_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    FIRING_RULES_FIELD_NUMBER: _ClassVar[int]
     actor_id: str
     job_ids: _containers.RepeatedScalarFieldContainer[str]
     gpus: int
@@ -122,7 +123,8 @@ class ActorStatus(_message.Message):
     windows: _containers.RepeatedCompositeFieldContainer[ActorWindow]
     unmeasured_gpu_seconds: float
     method: str
-    def __init__(self, actor_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ..., gpus: _Optional[int] = ..., achieved_flops_upper_bound: _Optional[float] = ..., achieved_flops_estimate: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., cumulative_flop_upper_bound: _Optional[float] = ..., cumulative_flop_estimate: _Optional[float] = ..., windows: _Optional[_Iterable[_Union[ActorWindow, _Mapping]]] = ..., unmeasured_gpu_seconds: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
+    firing_rules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, actor_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ..., gpus: _Optional[int] = ..., achieved_flops_upper_bound: _Optional[float] = ..., achieved_flops_estimate: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., cumulative_flop_upper_bound: _Optional[float] = ..., cumulative_flop_estimate: _Optional[float] = ..., windows: _Optional[_Iterable[_Union[ActorWindow, _Mapping]]] = ..., unmeasured_gpu_seconds: _Optional[float] = ..., method: _Optional[str] = ..., firing_rules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
     __slots__ = ("generated_unix_nanos", "installed_flops", "allocated_flops", "achieved_flops", "gpus_unknown_model", "gpus_total", "gpus_lost", "nodes", "jobs", "reports_accepted", "rejected_by_reason", "log_size", "achieved_flops_upper_bound", "cumulative_flop", "cumulative_flop_upper_bound", "unmeasured_gpu_seconds", "method", "possibly_crossed", "achieved_flops_estimate", "actors")
