@@ -162,6 +162,8 @@ def logs_file(path: Path, logs: Mapping[str, tuple[Cluster, Path, Path | None]])
             "copy": str(copy),
             "collector_key": str(cluster.keys.collector_pub),
             "node_keys": str(cluster.keys.nodes),
+            # Approvals and manual halts in the log are signed by authorities.
+            "authority_keys": str(cluster.keys.authorities),
         }
         if actors_file is not None:
             doc = yaml.safe_load(actors_file.read_text())

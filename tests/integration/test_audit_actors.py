@@ -20,7 +20,8 @@ from computewatch.audit.actors import open_commitments
 from computewatch.cli import cli
 from protos import devices, dsse
 from protos.actors import commitment
-from protos.computewatch.v1 import telemetry_pb2
+from protos.computewatch.v1 import control_pb2, telemetry_pb2
+from protos.keys import PrivateKey, write_public_key
 from tests.integration.audit_support import AuditServer, Keys, Node, audit_server
 from tests.support import gpu
 
@@ -71,7 +72,9 @@ async def invoke(*args: str) -> Result:
     return await asyncio.to_thread(CliRunner().invoke, cli, list(args))
 
 
-def logs_file(tmp_path: Path, *, open_a: bool, open_b: bool, b_key: str = "b") -> Path:
+def logs_file(
+    tmp_path: Path, *, open_a: bool, open_b: bool, b_key: str = "b", authorities: bool = True
+) -> Path:
     def entry(name: str, key_dir: str, salt: bytes, opened: bool) -> str:
         text = (
             f"  - name: provider-{name}\n"
@@ -79,11 +82,13 @@ def logs_file(tmp_path: Path, *, open_a: bool, open_b: bool, b_key: str = "b") -
             f"    collector_key: {key_dir}/collector.pub\n"
             f"    node_keys: {name}/nodes\n"
         )
+        if authorities:
+            text += f"    authority_keys: [{name}/authority.pub]\n"
         if opened:
             text += f'    open: {{salt: "{salt.hex()}", names: ["org:Beta Labs"]}}\n'
         return text
 
-    path = tmp_path / f"logs-{open_a}-{open_b}-{b_key}.yaml"
+    path = tmp_path / f"logs-{open_a}-{open_b}-{b_key}-{authorities}.yaml"
     path.write_text("logs:\n" + entry("a", "a", SALT_A, open_a) + entry("b", b_key, SALT_B, open_b))
     return path
 
@@ -92,6 +97,14 @@ def test_one_organisation_is_seen_once_across_two_operators(tmp_path: Path) -> N
     keys_a, keys_b = Keys(tmp_path / "a"), Keys(tmp_path / "b")
     a1 = keys_a.add_node("a1")
     b1 = keys_b.add_node("b1")
+    authority = PrivateKey.generate()
+    for d in ("a", "b"):
+        write_public_key(authority.public, tmp_path / d / "authority.pub")
+    # An authority's approval in log A, as a collector logs it.
+    approval = dsse.seal(
+        control_pb2.Approval(directive_id="d1", approved_unix_nanos=1, authority="ministry"),
+        authority,
+    )
 
     async def run() -> None:
         async with (
@@ -101,6 +114,8 @@ def test_one_organisation_is_seen_once_across_two_operators(tmp_path: Path) -> N
             for r in range(ROUNDS):
                 t = 1_000_000.0 + r * INTERVAL
                 srv_a.writer.append([work(a1, {"a-1": ACME, "a-2": BETA_A}, t)])
+                if r == 0:
+                    srv_a.writer.append([approval])
                 srv_b.writer.append([work(b1, {"b-1": ACME, "b-2": BETA_B, "b-3": BETA_B}, t)])
             await settle(srv_a)
             await settle(srv_b)
@@ -109,6 +124,7 @@ def test_one_organisation_is_seen_once_across_two_operators(tmp_path: Path) -> N
                     "audit", "subscribe", "--collector", srv.address,
                     "--key", str(keys.auditor_key), "--out", str(tmp_path / f"copy-{name}"),
                     *keys.cli_trust_args(), "--once",
+                    "--authority-keys", str(tmp_path / name / "authority.pub"),
                 )  # fmt: skip
                 assert res.exit_code == 0, res.output
 
@@ -121,10 +137,10 @@ def test_one_organisation_is_seen_once_across_two_operators(tmp_path: Path) -> N
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert [(log["name"], log["verified"], log["entries"]) for log in doc["logs"]] == [
-        ("provider-a", True, ROUNDS),
+        ("provider-a", True, ROUNDS + 1),
         ("provider-b", True, ROUNDS),
     ]
-    assert all(log["checkpoint"]["size"] == ROUNDS for log in doc["logs"])
+    assert [log["checkpoint"]["size"] for log in doc["logs"]] == [ROUNDS + 1, ROUNDS]
     by = {a["actor"]: a for a in doc["actors"]}
     assert set(by) == {ACME, BETA_A, BETA_B}
     acme = by[ACME]
@@ -152,6 +168,18 @@ def test_one_organisation_is_seen_once_across_two_operators(tmp_path: Path) -> N
     # An opening is recomputed, never taken on trust: the wrong salt opens nothing.
     assert BETA_A not in open_commitments(SALT_B, ["org:Beta Labs"])
 
+    # Without the authority keys, log A's approval is signed by no trusted key.
+    res = CliRunner().invoke(
+        cli,
+        [
+            "audit", "actors",
+            str(logs_file(tmp_path, open_a=True, open_b=True, authorities=False)),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 1
+    assert "log provider-a: FAILED" in res.stdout
+    assert "unknown_key" in res.output
+
     # A log checked against the wrong operator's key is not totalled.
     res = CliRunner().invoke(
         cli,
@@ -166,3 +194,30 @@ def test_one_organisation_is_seen_once_across_two_operators(tmp_path: Path) -> N
 
 def _approx(value: float) -> object:
     return pytest.approx(value)
+
+
+def test_the_demos_logs_file_trusts_every_signer_and_opens_commitments(tmp_path: Path) -> None:
+    """The demo writes the regulator's logs file from each operator's key layout
+    and actors file: node and authority keys (approvals are in the log), and the
+    operator's salt with the names behind its commitments."""
+    from types import SimpleNamespace
+
+    from computewatch.audit.actors import load_logs
+    from computewatch.demo.actors import SCENARIOS, logs_file
+    from computewatch.demo.cluster import KeyPaths
+
+    keys = KeyPaths(tmp_path / "keys")
+    for d in (keys.nodes, keys.authorities):
+        d.mkdir(parents=True)
+    collector, node, authority = (PrivateKey.generate() for _ in range(3))
+    write_public_key(collector.public, keys.collector_pub)
+    write_public_key(node.public, keys.nodes / "n0.pub")
+    write_public_key(authority.public, keys.authorities / "ministry.pub")
+    cluster = SimpleNamespace(keys=keys)
+    actors = SCENARIOS / "demo-actors.yaml"
+    path = logs_file(tmp_path / "logs.yaml", {"op": (cluster, tmp_path / "copy", actors)})  # type: ignore[dict-item]
+    (spec,) = load_logs(path)
+    assert set(spec.trust.authorities) == {authority.public.keyid}
+    assert set(spec.trust.nodes) == {node.public.keyid}
+    salt = bytes.fromhex("6f1c3a520d3e4a4b9a8e3c9b7f0e2d11")
+    assert spec.openings[commitment(salt, "org:Beta Labs")] == "org:Beta Labs"
