@@ -256,3 +256,15 @@ def test_status_lists_every_actor_and_metrics_keep_the_top_n(
     assert 'computewatch_actor_cumulative_flop{actor="others",window="90d"}' in text
     assert "computewatch_actors 2.0" in text
     assert not math.isnan(by_id[ACME].cumulative_flop_upper_bound)
+
+
+def test_the_halt_command_takes_an_actor_scope() -> None:
+    import click
+
+    from computewatch.cli_control import parse_scope
+
+    scope = parse_scope((f"actor:{ACME}", f"actor:{BETA}"))
+    assert scope.kind == control_pb2.SCOPE_KIND_ACTOR
+    assert list(scope.actor_ids) == [ACME, BETA]
+    with pytest.raises(click.BadParameter, match="one kind per halt"):
+        parse_scope((f"actor:{ACME}", "job:4242"))
