@@ -4,7 +4,8 @@ Each process gets a *local key* from its job's source (``agent.attribution``):
 
 - Slurm: ``account:<account>`` from ``scontrol show job`` (``agent.slurm``),
   or ``uid:<uid>`` (the job's user) when the lookup gave no account;
-- Kubernetes: ``label:<value>`` of the configured pod label
+- Kubernetes: ``annotation:<value>`` of the configured pod annotation
+  (``k8s_actor_annotation``) or ``label:<value>`` of the configured pod label
   (``k8s_actor_label``) where the pod carries it, else ``namespace:<ns>``;
 - systemd: ``uid:<uid>``, the unit's owner (the real uid its processes run
   as, ``/proc/<pid>/status``, ``User=`` of the unit);
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 PUBLISH_MODES = ("public_id", "commitment", "name")
 MIN_SALT_BYTES = 16
 MAX_FILE_BYTES = 1024 * 1024
-_KEY_KINDS = ("account", "uid", "namespace", "label")
+_KEY_KINDS = ("account", "uid", "namespace", "label", "annotation")
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,9 @@ def parse_policy(text: str, path: Path) -> ActorPolicy:
             kind, sep, value = str(key).partition(":")
             if not sep or local_key(kind, value) != key:
                 raise _fail(
-                    path, f"{where}.match {key!r}: expected account:, uid:, namespace: or label:"
+                    path,
+                    f"{where}.match {key!r}: expected account:, uid:, namespace:, label:"
+                    " or annotation:",
                 )
             if key in mapping:
                 raise _fail(path, f"{where}.match {key!r}: already mapped to {mapping[key].name}")

@@ -55,6 +55,7 @@ class Attribution:
                 parse_rules(cfg.k8s_workload_labels),
                 refresh_seconds=cfg.k8s_refresh_seconds,
                 actor_label=cfg.k8s_actor_label,
+                actor_annotation=cfg.k8s_actor_annotation,
             )
         self.actors = load_policy(cfg.actors_file) if cfg.actors_file is not None else None
         self.attributor = JobAttributor(

@@ -106,7 +106,7 @@ def test_commitment_mode_hides_even_an_lei_and_name_mode_shows_names() -> None:
         ((f"salt: {SALT}", "salt: zz"), "salt must be hex"),
         ((ACME_LEI, "5493001KJTIIGC8Y1R13"), "not an ISO 17442 LEI"),
         (("label:beta", "account:ml"), "already mapped to Acme AI Ltd"),
-        (("uid:2000", "gid:2000"), "expected account:, uid:, namespace: or label:"),
+        (("uid:2000", "gid:2000"), "expected account:, uid:, namespace:, label: or annotation:"),
         (("actors:", "actor:"), "unknown keys"),
     ],
 )
@@ -185,12 +185,19 @@ def test_without_an_actors_file_no_actor_is_sent(tmp_path: Path) -> None:
     assert actors_of(gpus) == {21: ("batch-infer.service", "")}
 
 
-def test_pods_carry_their_namespace_or_the_actor_label(tmp_path: Path) -> None:
+def test_pods_carry_their_namespace_or_actor_label_or_annotation(tmp_path: Path) -> None:
     pods = json.loads(PODS.read_text())
     items = pods["items"] if isinstance(pods, dict) else pods
     for item in items:
         if item["metadata"]["name"] == "bert-ft-worker-3":
             item["metadata"]["labels"]["example.org/actor"] = "beta"
+        if item["metadata"]["name"] == "llama-sft-node-0-0-abcde":
+            # An annotation outranks the label and the namespace; a long JSON blob
+            # (as controllers store) is never an actor.
+            item["metadata"]["labels"]["example.org/actor"] = "beta"
+            item["metadata"].setdefault("annotations", {}).update(
+                {"example.org/org": "Gamma", "kubectl.kubernetes.io/last-applied": "{" * 500}
+            )
     pods_dir = tmp_path / "pods"
     pods_dir.mkdir(mode=0o755)
     pods_dir.chmod(0o755)
@@ -220,6 +227,7 @@ def test_pods_carry_their_namespace_or_the_actor_label(tmp_path: Path) -> None:
             PodJsonDir(pods_dir),
             parse_rules(DEFAULT_LABEL_RULES),
             actor_label="example.org/actor",
+            actor_annotation="example.org/org",
         )
         attributor = JobAttributor(proc, node_id="n0", kubernetes=workloads, actors=policy())
         gpus = [gpu(GPU0, 31), gpu(GPU1, 32), gpu(GPU2, 33)]
@@ -229,7 +237,7 @@ def test_pods_carry_their_namespace_or_the_actor_label(tmp_path: Path) -> None:
         32: ("k8s:team-b/PyTorchJob/bert-ft", beta()),
         33: (
             "k8s:team-c/TrainJob/llama-sft",
-            commitment(bytes.fromhex(SALT), "namespace:team-c"),
+            commitment(bytes.fromhex(SALT), "annotation:Gamma"),
         ),
     }
 
