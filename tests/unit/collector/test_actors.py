@@ -268,3 +268,14 @@ def test_the_halt_command_takes_an_actor_scope() -> None:
     assert list(scope.actor_ids) == [ACME, BETA]
     with pytest.raises(click.BadParameter, match="one kind per halt"):
         parse_scope((f"actor:{ACME}", "job:4242"))
+
+
+def test_the_status_command_shows_every_actor() -> None:
+    from computewatch.cli_status import render_status
+
+    agg = Aggregator()
+    split_run(agg, 2)
+    text = render_status(build_status(agg, IngestStats(), 0, 1021.0))
+    rows = [line for line in text.splitlines() if line.startswith((ACME, BETA))]
+    assert [r.split()[0] for r in rows] == [BETA, ACME]  # ids sorted
+    assert rows[0].split()[-2:] == ["4", "4"]  # Beta: four GPUs, four running jobs
