@@ -67,6 +67,7 @@ class ActorState:
     # hour index -> [estimate, upper, measured seconds]
     buckets: dict[int, list[float]] = field(default_factory=dict)
     methods: set[str] = field(default_factory=set)
+    pruned_hour: int = -1
 
     def charge(self, delta: Totals, hour: int) -> None:
         for i, d in enumerate(delta):
@@ -76,16 +77,24 @@ class ActorState:
         bucket[1] += delta[1]
         bucket[2] += delta[3]
 
-    def window(self, hour: int, days: int) -> tuple[float, float, float]:
-        """(estimate, upper, measured seconds) of the buckets in the last ``days``."""
-        first = hour - days * 24
-        est = upper = measured = 0.0
-        for h, (e, u, m) in list(self.buckets.items()):
-            if h >= first:
-                est, upper, measured = est + e, upper + u, measured + m
-        return est, upper, measured
+    def windows(self, hour: int) -> dict[int, tuple[float, float]]:
+        """days -> (estimate, upper) of the buckets in the last ``days``, for
+        every window of ``WINDOW_DAYS`` in one pass over the buckets."""
+        firsts = [(days, hour - days * 24) for days in WINDOW_DAYS]
+        sums = {days: [0.0, 0.0] for days in WINDOW_DAYS}
+        for h, (e, u, _) in list(self.buckets.items()):
+            for days, first in firsts:
+                if h >= first:
+                    acc = sums[days]
+                    acc[0] += e
+                    acc[1] += u
+        return {days: (acc[0], acc[1]) for days, acc in sums.items()}
 
     def prune(self, hour: int) -> None:
+        """Drop buckets older than the longest window (once per hour)."""
+        if hour == self.pruned_hour:
+            return
+        self.pruned_hour = hour
         first = hour - max(WINDOW_DAYS) * 24
         for h in [h for h in self.buckets if h < first]:
             del self.buckets[h]
@@ -108,6 +117,8 @@ class ActorBook:
             if is_unattributed(info.job_id):
                 continue
             actor = actor_key(info.actor)
+            if self.job_actor.get(info.job_id) == actor:
+                continue  # unchanged (and checked when first seen)
             if not valid_actor_id(actor):
                 self.invalid += 1
                 log.warning(
@@ -218,8 +229,7 @@ def actor_values(  # noqa: PLR0917 - one snapshot's job maps, passed as they are
             "jobs": float(len(running)),
             "unmeasured_gpu_seconds": unmeasured + pending_unmeasured,
         }
-        for days in WINDOW_DAYS:
-            w_est, w_upper, _ = state.window(hour, days)
+        for days, (w_est, w_upper) in state.windows(hour).items():
             name = window_metric(days)
             row[name] = None if unknown_estimate else w_est
             row[name + "_upper_bound"] = w_upper + pending_upper

@@ -186,9 +186,10 @@ def build_snapshot(
 
 def with_actors(snap: Snapshot, book: ActorBook, jobs: Mapping[str, JobState]) -> Snapshot:
     """``snap`` plus the actor scope (``collector.accounting.actors``)."""
-    job_values = {k: v for (s, k), v in snap.values.items() if s is Scope.JOB}
-    job_evidence = {k: v for (s, k), v in snap.evidence.items() if s is Scope.JOB}
-    job_methods = {k: v for (s, k), v in snap.methods.items() if s is Scope.JOB}
+    keys = [(Scope.JOB, j) for j in list(jobs)]
+    job_values = {k[1]: snap.values[k] for k in keys if k in snap.values}
+    job_evidence = {k[1]: snap.evidence[k] for k in keys if k in snap.evidence}
+    job_methods = {k[1]: snap.methods[k] for k in keys if k in snap.methods}
     values, evidence, methods = actor_values(
         book, job_values, job_evidence, job_methods, jobs, snap.time
     )
