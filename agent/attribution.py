@@ -213,7 +213,7 @@ class JobAttributor:
                 return self._cache[key]
             result = parse_cgroup(self._read(pid, "cgroup"))
             if self._actors is not None and result.source != "unattributed":
-                result = replace(result, uid=status_uid(self._read(pid, "status")))
+                result = replace(result, uid=self._owner(pid))
         except FileNotFoundError:
             return UNATTRIBUTED
         except _Untrusted as exc:
@@ -229,6 +229,18 @@ class JobAttributor:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return result
+
+    def _owner(self, pid: int) -> int | None:
+        """The real uid of ``pid``; None when its status cannot be read (the job
+        keeps its attribution, its owner is unknown). World-writable: refused."""
+        try:
+            return status_uid(self._read(pid, "status"))
+        except _Untrusted:
+            raise
+        except OSError as exc:
+            self.read_errors += 1
+            self._warn_once(pid, "cannot read the owner of pid %s: %s", pid, exc)
+            return None
 
     def _warn_once(self, pid: int, message: str, *args: object) -> None:
         if pid in self._warned:

@@ -91,6 +91,12 @@ def actor_families(snap: Snapshot, book: ActorBook, top_n: int = TOP_N) -> Itera
         value=book.invalid,
     )
     yield CounterMetricFamily(
+        "computewatch_collector_actor_conflicts",
+        "Reports that named another actor for a job than the one it had (nodes disagree,"
+        " or the job's actor changed); later charges follow the newest report.",
+        value=book.conflicts,
+    )
+    yield CounterMetricFamily(
         "computewatch_collector_actors_overflow",
         "Charges of actors beyond the tracked maximum (counted under 'unknown').",
         value=book.overflow,

@@ -110,6 +110,8 @@ class ActorBook:
         self.invalid = 0
         # Charges of actors beyond MAX_ACTORS (counted under unknown).
         self.overflow = 0
+        # Reports that named another actor for a job than the one it had.
+        self.conflicts = 0
 
     def assign(self, report: telemetry_pb2.NodeReport) -> None:
         """Note the actor of every job ``report`` declares."""
@@ -117,7 +119,8 @@ class ActorBook:
             if is_unattributed(info.job_id):
                 continue
             actor = actor_key(info.actor)
-            if self.job_actor.get(info.job_id) == actor:
+            before = self.job_actor.get(info.job_id)
+            if before == actor:
                 continue  # unchanged (and checked when first seen)
             if not valid_actor_id(actor):
                 self.invalid += 1
@@ -128,7 +131,14 @@ class ActorBook:
                     info.actor[:64],
                 )
                 actor = UNKNOWN_ACTOR
-            if info.job_id not in self.job_actor and len(self.job_actor) >= MAX_JOBS:
+            if before is not None and UNKNOWN_ACTOR not in (before, actor):
+                # Nodes disagree on who a job runs for (or its actor changed):
+                # later charges follow the newest report; said, and counted.
+                self.conflicts += 1
+                log.warning(
+                    "node %s job %s: actor %s, was %s", report.node_id, info.job_id, actor, before
+                )
+            if before is None and len(self.job_actor) >= MAX_JOBS:
                 self.job_actor.pop(next(iter(self.job_actor)))
             self.job_actor[info.job_id] = actor
 

@@ -265,3 +265,14 @@ def test_a_simulated_node_reports_each_jobs_owner(tmp_path: Path) -> None:
     pods = [j.attributed_id for j in scenario.jobs if j.scheduler == "kubernetes"]
     assert {jobs[j] for j in slurm_and_systemd} == {f"lei:{ACME_LEI}"}
     assert {jobs[j] for j in pods} == {""}
+
+
+def test_an_unreadable_status_keeps_the_job_and_leaves_the_owner_unknown(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    write_proc(proc, 21, "0::/system.slice/batch-infer.service\n", uid=2000)
+    (proc / "21" / "status").unlink()
+    attributor = JobAttributor(proc, node_id="n0", actors=policy())
+    gpus = [gpu(GPU0, 21)]
+    attributor.fill(gpus)
+    assert actors_of(gpus) == {21: ("batch-infer.service", "")}
+    assert attributor.read_errors == 1

@@ -279,3 +279,14 @@ def test_the_status_command_shows_every_actor() -> None:
     rows = [line for line in text.splitlines() if line.startswith((ACME, BETA))]
     assert [r.split()[0] for r in rows] == [BETA, ACME]  # ids sorted
     assert rows[0].split()[-2:] == ["4", "4"]  # Beta: four GPUs, four running jobs
+
+
+def test_a_node_naming_another_actor_for_a_job_is_counted_and_charges_follow() -> None:
+    agg = Aggregator()
+    agg.ingest(report("n1", {"j": BETA}, seq=1, sample=1000.0), 1, 1000.0)
+    agg.ingest(report("n2", {"j": ACME}, seq=1, sample=1000.0), 2, 1000.0)
+    assert agg.actors.conflicts == 1
+    assert agg.actors.actor_of("j") == ACME
+    # Charged where each report said: Beta keeps what it was charged.
+    snap = agg.snapshot(1000.5)
+    assert snap.get(Scope.ACTOR, BETA, "cumulative_flop") == pytest.approx(10 * H100.peak_flops)
