@@ -16,7 +16,7 @@ from computewatch.demo.run import DemoOptions, print_summary, run_demo
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(180)  # + a second operator and the cross-log total
 def test_demo_halts_resumes_and_summarises(tmp_path: Path) -> None:
     out = io.StringIO()
     summary_path = tmp_path / "summary.json"
