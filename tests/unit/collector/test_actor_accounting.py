@@ -290,3 +290,50 @@ def test_a_node_naming_another_actor_for_a_job_is_counted_and_charges_follow() -
     # Charged where each report said: Beta keeps what it was charged.
     snap = agg.snapshot(1000.5)
     assert snap.get(Scope.ACTOR, BETA, "cumulative_flop") == pytest.approx(10 * H100.peak_flops)
+
+
+def test_a_dry_run_over_a_recorded_ledger_shows_the_split_run(tmp_path: Path) -> None:
+    """``rules replay``: the actor rule fires on a real ledger file where each of
+    Beta's jobs on two nodes stays under the job line."""
+    import asyncio
+
+    from collector.ledger import Entry, Ledger
+    from collector.rules.replay import replay_ledger
+    from protos import dsse
+    from protos.keys import PrivateKey
+    from tests.support import Node
+
+    line = 15.0 * H100.peak_flops  # each job: 10 s at peak; Beta's two: 20 s
+    path = tmp_path / "ledger.db"
+    nodes = [Node("n1", PrivateKey.generate()), Node("n2", PrivateKey.generate())]
+    now = [0]
+
+    async def record() -> None:
+        ledger = Ledger(path, clock_ns=lambda: now[0])
+        for t in range(10):
+            now[0] = int((1_750_000_000 + t) * 1e9)
+            for node, job in zip(nodes, ("b1", "b2"), strict=True):
+                g = gpu(0, util=100.0, job=job, pid=7)
+                g.processes[0].actor = BETA
+                r = node.report([g])
+                r.jobs.add(job_id=job, actor=BETA)
+                data = node.seal(r)
+                await ledger.append(
+                    Entry(
+                        data,
+                        dsse.REPORT_TYPE,
+                        node_id=node.node_id,
+                        keyid=node.key.keyid,
+                        sequence=node.sequence,
+                        digest=dsse.digest(data),
+                    )
+                )
+        await ledger.close()
+
+    asyncio.run(record())
+    pack = tmp_path / "actors-test.yaml"
+    pack.write_text(SPLIT_RUN_PACK.format(line=line, density=10 * H100.peak_flops))
+    result = replay_ledger(path, load_packs([pack]))
+    fired = {(d.rule.id, d.key) for d in result.decisions if d.kind is DecisionKind.FIRE}
+    assert ("split-run", BETA) in fired
+    assert not any(rule == "job-line" for rule, _ in fired)
