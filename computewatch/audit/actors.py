@@ -36,7 +36,7 @@ from computewatch.audit.store import LocalStore
 from computewatch.audit.trust import Trust, load_trust
 from computewatch.audit.verify import VerifyReport, verify_store
 from protos import dsse
-from protos.actors import COMMITMENT_PREFIX, commitment
+from protos.actors import commitment
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import ConfigError
 
@@ -197,9 +197,12 @@ def load_logs(path: Path) -> list[LogSpec]:
     Relative paths are read from the file's directory.
     """
     try:
-        data = path.read_bytes()[: MAX_FILE_BYTES + 1]
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise _fail(path, f"cannot read: {exc}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise _fail(path, f"larger than {MAX_FILE_BYTES} bytes")
     try:
         doc = yaml.safe_load(data)
     except yaml.YAMLError as exc:
@@ -245,7 +248,3 @@ def load_logs(path: Path) -> list[LogSpec]:
         (copy,) = _paths(entry["copy"], base, path, f"{where}.copy")
         specs.append(LogSpec(name, copy, trust, openings))
     return specs
-
-
-def is_commitment(actor: str) -> bool:
-    return actor.startswith(COMMITMENT_PREFIX)
