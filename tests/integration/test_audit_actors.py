@@ -221,3 +221,34 @@ def test_the_demos_logs_file_trusts_every_signer_and_opens_commitments(tmp_path:
     assert set(spec.trust.nodes) == {node.public.keyid}
     salt = bytes.fromhex("6f1c3a520d3e4a4b9a8e3c9b7f0e2d11")
     assert spec.openings[commitment(salt, "org:Beta Labs")] == "org:Beta Labs"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("logs: []\n", "non-empty 'logs' list"),
+        ("logs:\n  - {name: a, copy: c, node_keys: n}\n", r"logs\[0\]: missing collector_key"),
+        (
+            "logs:\n  - {name: a, copy: c, collector_key: k.pub, node_keys: n,"
+            " open: {salt: zz, names: []}}\n",
+            r"logs\[0\].open: expected salt",
+        ),
+    ],
+)
+def test_a_bad_logs_file_is_refused_naming_the_entry(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    from computewatch.audit.actors import load_logs
+    from protos.errors import ConfigError
+
+    keys = Keys(tmp_path / "keys")
+    keys.add_node("n")
+    (tmp_path / "k.pub").write_bytes(keys.collector_pub.read_bytes())
+    (tmp_path / "n").symlink_to(keys.node_dir)
+    path = tmp_path / "logs.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_logs(path)
+    res = CliRunner().invoke(cli, ["audit", "actors", str(path)])
+    assert res.exit_code == 1
+    assert "logs file" in res.output
