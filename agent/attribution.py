@@ -18,6 +18,9 @@ resolver an array task or het component counts under its array or het job
 workload that owns it (``k8s:<namespace>/<Kind>/<name>``, ``agent.k8s``), and
 a process no cgroup attributes counts under the one pod its GPU is assigned
 to. The piece (pod, array task, het component) is the process's ``member``.
+With an ``ActorPolicy`` every process also gets its ``actor`` (``agent.actors``):
+the Slurm account, the pod's namespace or actor label, or the owner (real uid)
+of a Slurm or systemd process; unattributed processes get none (``unknown``).
 
 Anchoring the patterns to the hierarchies that root-owned daemons manage means
 a user cannot claim a job by naming a cgroup in their own delegated subtree
@@ -37,10 +40,11 @@ import re
 import stat
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from agent.actors import ActorPolicy, local_key, status_uid
 from protos.computewatch.v1 import telemetry_pb2
 from protos.jobs import unattributed_id
 
@@ -75,6 +79,10 @@ class Attribution:
     source: str
     # The pod, array task or het component within the job; "" when none.
     member: str = ""
+    # The process's real uid (``/proc/<pid>/status``), read when actors are on.
+    uid: int | None = None
+    # The actor's local key (``agent.actors``); "" when none was found.
+    actor_key: str = ""
 
 
 class _Piece(Protocol):
@@ -82,6 +90,8 @@ class _Piece(Protocol):
     def job_id(self) -> str: ...
     @property
     def member(self) -> str: ...
+    @property
+    def actor_key(self) -> str: ...
 
 
 class SlurmResolver(Protocol):
@@ -155,8 +165,10 @@ class JobAttributor:
         node_id: str = "",
         slurm: SlurmResolver | None = None,
         kubernetes: PodResolver | None = None,
+        actors: ActorPolicy | None = None,
     ) -> None:
         self.root = procfs_root
+        self._actors = actors
         self.node_id = node_id
         self._slurm = slurm
         self._kubernetes = kubernetes
@@ -200,6 +212,8 @@ class JobAttributor:
                 self._cache.move_to_end(key)
                 return self._cache[key]
             result = parse_cgroup(self._read(pid, "cgroup"))
+            if self._actors is not None and result.source != "unattributed":
+                result = replace(result, uid=self._owner(pid))
         except FileNotFoundError:
             return UNATTRIBUTED
         except _Untrusted as exc:
@@ -216,6 +230,18 @@ class JobAttributor:
                 self._cache.popitem(last=False)
         return result
 
+    def _owner(self, pid: int) -> int | None:
+        """The real uid of ``pid``; None when its status cannot be read (the job
+        keeps its attribution, its owner is unknown). World-writable: refused."""
+        try:
+            return status_uid(self._read(pid, "status"))
+        except _Untrusted:
+            raise
+        except OSError as exc:
+            self.read_errors += 1
+            self._warn_once(pid, "cannot read the owner of pid %s: %s", pid, exc)
+            return None
+
     def _warn_once(self, pid: int, message: str, *args: object) -> None:
         if pid in self._warned:
             return
@@ -227,9 +253,10 @@ class JobAttributor:
     def job_of(self, found: Attribution, gpu: telemetry_pb2.GpuSample) -> Attribution:
         """The job (the training run) a process with cgroup attribution ``found`` on
         ``gpu`` counts under; the node's ``unattributed@<node>`` when none."""
+        owner = local_key("uid", found.uid) if found.uid is not None else ""
         if found.source == "slurm" and self._slurm is not None:
             job = self._slurm.resolve(found.job_id)
-            return Attribution(job.job_id, "slurm", job.member)
+            return Attribution(job.job_id, "slurm", job.member, actor_key=job.actor_key or owner)
         if self._kubernetes is not None:
             if found.source == "kubernetes":
                 pod = self._kubernetes.by_pod_uid(found.job_id)
@@ -238,9 +265,11 @@ class JobAttributor:
             else:
                 pod = None
             if pod is not None:
-                return Attribution(pod.job_id, "kubernetes", pod.member)
+                return Attribution(pod.job_id, "kubernetes", pod.member, actor_key=pod.actor_key)
         if found.source == "unattributed":
             return Attribution(unattributed_id(self.node_id), "unattributed")
+        if found.source in ("slurm", "systemd"):
+            return replace(found, actor_key=owner)
         return found
 
     def fill(self, gpus: list[telemetry_pb2.GpuSample]) -> None:
@@ -262,3 +291,5 @@ class JobAttributor:
                     proc.job_id = job.job_id
                     proc.attribution = job.source
                     proc.member = job.member
+                    if self._actors is not None:
+                        proc.actor = self._actors.published(job.actor_key)

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.actors import load_policy
 from agent.attribution import JobAttributor
 from agent.config import AgentConfig
 from agent.k8s.kubelet import PodResourcesClient
@@ -53,9 +54,16 @@ class Attribution:
                 pods,
                 parse_rules(cfg.k8s_workload_labels),
                 refresh_seconds=cfg.k8s_refresh_seconds,
+                actor_label=cfg.k8s_actor_label,
+                actor_annotation=cfg.k8s_actor_annotation,
             )
+        self.actors = load_policy(cfg.actors_file) if cfg.actors_file is not None else None
         self.attributor = JobAttributor(
-            cfg.procfs_root, node_id=cfg.node_id, slurm=self.slurm, kubernetes=self.kubernetes
+            cfg.procfs_root,
+            node_id=cfg.node_id,
+            slurm=self.slurm,
+            kubernetes=self.kubernetes,
+            actors=self.actors,
         )
 
     def errors(self) -> dict[str, int]:

@@ -81,6 +81,13 @@ class AgentConfig:
     k8s_workload_labels: tuple[str, ...] = DEFAULT_LABEL_RULES
     # Seconds between reads of the kubelet's GPU assignments.
     k8s_refresh_seconds: float = 10.0
+    # Pod label naming the actor (agent.actors); "" (default): the namespace.
+    k8s_actor_label: str = ""
+    # Pod annotation naming the actor; takes precedence over the label.
+    k8s_actor_annotation: str = ""
+    # Actors file (agent.actors): local keys -> organisations, and what reports
+    # publish about them; none: reports carry no actor (read as unknown).
+    actors_file: Path | None = None
     # "open": keep GPUs running without a lease; "closed": halt locally.
     fail_mode: str = "open"
     # Seconds after start before a missing lease counts (fail_mode "closed").

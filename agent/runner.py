@@ -20,6 +20,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
+from agent.actors import add_actors
 from agent.config import AgentConfig
 from agent.correct import correct, seal_bounded
 from agent.enforce.wiring import AgentEnforcement
@@ -260,7 +261,7 @@ class Agent:
             except Error as exc:
                 log.warning("%s: job attribution failed: %s", self.config.node_id, exc)
         ids = job_ids(gpus)
-        jobs = add_members(self._jobs(ids), gpus)
+        jobs = add_actors(add_members(self._jobs(ids), gpus), gpus)
         end = self._monotonic()
         return _Sample(snapshot, jobs, time_ns, start, end - start)
 

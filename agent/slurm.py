@@ -12,10 +12,13 @@ asks ``scontrol show job <id>`` once per id and maps:
 
 Only the record's head (the ``JobId=`` line up to ``JobName=``) is read, where
 Slurm prints these keys before any user-chosen text, so a job name such as
-``x ArrayJobId=7`` cannot claim another job. Answers are cached (a job id's
-array or het membership never changes); a failed lookup (no scontrol, a
-timeout, an unknown id) leaves the job under its own id, is logged once per
-id and counted, and is retried after ``retry_seconds``.
+``x ArrayJobId=7`` cannot claim another job. The job's ``Account=`` (its actor,
+``agent.actors``) is read from the multi-line record's own lines after the
+first (``   Priority=... Nice=0 Account=acme QOS=normal``), never from the
+first line, which holds the job name; a one-line (``-o``) record gives none.
+Answers are cached (a job id's array or het membership never changes); a
+failed lookup (no scontrol, a timeout, an unknown id) leaves the job under its
+own id, is logged once per id and counted, and is retried after ``retry_seconds``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ DEFAULT_COMMAND = "scontrol show job {job}"
 _MAX_OUTPUT = 256 * 1024
 _ID = re.compile(r"[0-9]{1,20}")
 _HEAD_KEYS = ("JobId", "ArrayJobId", "ArrayTaskId", "HetJobId", "HetJobOffset")
+_ACCOUNT = re.compile(r"(?:^|\s)Account=([A-Za-z0-9_.@-]{1,64})(?:\s|$)")
 _TOKEN = re.compile(r"(?:^|\s)(" + "|".join(_HEAD_KEYS) + r")=(\S*)")
 
 
@@ -49,6 +53,13 @@ class SlurmJob:
     job_id: str
     # The task or component within it ("4242_1", "100+1"); "" for a plain job.
     member: str = ""
+    # The Slurm account the job is charged to; "" when not found.
+    account: str = ""
+
+    @property
+    def actor_key(self) -> str:
+        """``account:<account>`` (``agent.actors``), "" when no account was found."""
+        return f"account:{self.account}" if self.account else ""
 
 
 def _head(record: str) -> str:
@@ -56,6 +67,17 @@ def _head(record: str) -> str:
     first = record.strip().split("\n", 1)[0]
     cut = re.search(r"\sJobName=", first)
     return first[: cut.start()] if cut else first
+
+
+def _account(record: str) -> str:
+    """``Account=`` from the record's lines after the first (module docstring)."""
+    for line in record.strip().split("\n")[1:]:
+        if not line[:1].isspace():
+            return ""  # not scontrol's indented layout: trust nothing
+        m = _ACCOUNT.search(line)
+        if m:
+            return m.group(1)
+    return ""
 
 
 def parse_show_job(text: str, job_id: str) -> SlurmJob:
@@ -66,17 +88,18 @@ def parse_show_job(text: str, job_id: str) -> SlurmJob:
         fields = dict(_TOKEN.findall(_head(record)))
         if fields.get("JobId") != job_id:
             continue
+        account = _account(record)
         array, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
         het, offset = fields.get("HetJobId"), fields.get("HetJobOffset")
         if array is not None or task is not None:
             if not (array and task and _ID.fullmatch(array) and _ID.fullmatch(task)):
                 raise ValueError(f"job {job_id}: ArrayJobId={array} ArrayTaskId={task}")
-            return SlurmJob(array, f"{array}_{task}")
+            return SlurmJob(array, f"{array}_{task}", account)
         if het is not None or offset is not None:
             if not (het and offset and _ID.fullmatch(het) and _ID.fullmatch(offset)):
                 raise ValueError(f"job {job_id}: HetJobId={het} HetJobOffset={offset}")
-            return SlurmJob(het, f"{het}+{offset}")
-        return SlurmJob(job_id)
+            return SlurmJob(het, f"{het}+{offset}", account)
+        return SlurmJob(job_id, "", account)
     raise ValueError(f"no record of job {job_id} in the output")
 
 

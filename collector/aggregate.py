@@ -12,7 +12,8 @@ for each (a bound must hold for every job). Cumulative FLOP integrates each
 report over its own window (``collector.accounting.window``), without a
 clamp; time between reports that no report covers is unmeasured, charged at
 the GPU's highest peak in the upper bound of each job that held the GPU on
-both sides of the gap.
+both sides of the gap. What each job gains is charged to its actor
+(``collector.accounting.actors``): per-actor figures at scope ``actor``.
 
 Only committed reports are ingested. Rates of a silent node are unknown; its
 GPUs' time since its last report is unmeasured, and a job on it carries that
@@ -34,7 +35,8 @@ from collector.accounting import (
     gpu_figures,
     window_flop,
 )
-from collector.accounting.figures import build_snapshot
+from collector.accounting.actors import ActorBook, job_totals
+from collector.accounting.figures import build_snapshot, with_actors
 from collector.accounting.state import JobState, NodeShare, NodeState
 from collector.jobbounds import JobBounds, JobLimits
 from collector.snapshot import Snapshot
@@ -79,6 +81,7 @@ class Aggregator:
         # ``age_out``/``admit_jobs``: the cluster's totals keep it.
         self.forgotten_flop = 0.0
         self.forgotten_flop_upper = 0.0
+        self.actors = ActorBook()
 
     def enroll(self, node_id: str) -> None:
         """Track an enrolled node before it reports (it shows as never seen)."""
@@ -92,6 +95,8 @@ class Aggregator:
         interval = max(report.interval_seconds, 0.0)
         sample = report.sample_unix_nanos / 1e9 if report.sample_unix_nanos else received_at
         previous_gpus = {g.uuid: g for g in node.gpus}
+        before = {j: job_totals(self.jobs[j]) for j in node.jobs if j in self.jobs}
+        self.actors.assign(report)
         gap = 0.0
         if node.reports and node.last_sample:
             gap = gap_seconds(node.last_sample, sample, interval)
@@ -146,6 +151,7 @@ class Aggregator:
                 ended.per_node.pop(node.node_id, None)
                 ended.upper_nodes.discard(node.node_id)
         node.jobs = set(per_job)
+        self.actors.charge(before, self.jobs, before.keys() | per_job.keys(), received_at)
         for info in report.jobs:
             if is_unattributed(info.job_id):
                 continue  # a pseudo-job declares no lineage, and never another node's
@@ -263,10 +269,11 @@ class Aggregator:
         """Every figure at ``now``. Safe to call from the metrics thread while
         the event loop ingests: it iterates over copies of the live dicts
         (``list()`` of a dict view is taken without a thread switch)."""
-        return build_snapshot(
+        snap = build_snapshot(
             self.nodes,
             self.jobs,
             now,
             self.is_silent,
             forgotten=(self.forgotten_flop, self.forgotten_flop_upper),
         )
+        return with_actors(snap, self.actors, self.jobs)

@@ -19,9 +19,11 @@ enforced; one that cannot be read (health UNREADABLE, or ERROR from older
 agents) is unknown and does not. A reading that failed (a ``field_errors``
 entry) leaves that field absent: a HALT needs the compute mode and an
 activity figure, so a GPU missing either is not shown effective.
-Targeted GPUs: every GPU of the node (CLUSTER, NODE), the listed uuids (GPU),
-or for JOB scope the GPUs that ran the jobs when the directive was issued
-plus any that show their processes now.
+Targeted GPUs: every GPU of the node (CLUSTER, NODE), the listed uuids (GPU);
+for JOB scope the GPUs that ran the jobs when the directive was issued
+plus any that show their processes now, and for ACTOR scope the same for the
+actor's jobs and processes (``GpuProcess.actor``); a node where the actor
+runs nothing only has to show the receipt.
 
 Reports are read back from the ledger (only while something is pending, and
 only for nodes in scope). Past ``timeout_seconds`` without becoming
@@ -40,6 +42,7 @@ from collector.directives import DirectiveRecord, action_name
 from collector.ledger import Ledger, LedgerEntry
 from collector.scoping import describe
 from protos import dsse
+from protos.actors import actor_key
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 from protos.errors import VerificationError
 from protos.jobs import job_key
@@ -77,6 +80,8 @@ class _Tracking:
     nodes: dict[str, _NodeProgress]
     job_ids: frozenset[str] = frozenset()
     alerted: bool = False
+    # ACTOR scope: the actors whose processes it holds.
+    actor_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,11 @@ class EffectTracker:
         if d.action not in TRACKED:
             return
         jobs = frozenset(d.scope.job_ids) if d.scope.kind == control_pb2.SCOPE_KIND_JOB else None
+        actors = frozenset(d.scope.actor_ids)
+        if d.scope.kind == control_pb2.SCOPE_KIND_ACTOR:
+            # The actor's jobs at issue: their GPUs must show the hold.
+            of = self._agg.actors.actor_of
+            jobs = frozenset(j for j in list(self._agg.jobs) if of(j) in actors)
         nodes: dict[str, _NodeProgress] = {}
         for node_id in d.scope.node_ids:
             at_issue: frozenset[str] = frozenset()
@@ -160,7 +170,12 @@ class EffectTracker:
             nodes[node_id] = _NodeProgress(gpus_at_issue=at_issue)
         start = record.log_index + 1 if from_index is None else max(from_index, 0)
         self._pending[d.id] = _Tracking(
-            d, start - 1, now + self._timeout, nodes, jobs or frozenset()
+            d,
+            start - 1,
+            now + self._timeout,
+            nodes,
+            (jobs or frozenset()) if d.scope.kind == control_pb2.SCOPE_KIND_JOB else frozenset(),
+            actor_ids=actors if d.scope.kind == control_pb2.SCOPE_KIND_ACTOR else frozenset(),
         )
         self._receipts.setdefault(d.id, set())
         self._cursor = min(self._cursor, start)
@@ -289,6 +304,13 @@ class EffectTracker:
                 if any(job_key(pr.job_id, report.node_id) in t.job_ids for pr in g.processes)
             }
             return set(p.gpus_at_issue) | now_running
+        if kind == control_pb2.SCOPE_KIND_ACTOR:
+            held = {
+                g.uuid
+                for g in report.gpus
+                if any(actor_key(pr.actor) in t.actor_ids for pr in g.processes)
+            }
+            return set(p.gpus_at_issue) | held
         return {g.uuid for g in report.gpus}
 
     def _terminated(
@@ -297,6 +319,9 @@ class EffectTracker:
         targets = self._targets(t, p, report)
         left = 0
         for g in report.gpus:
+            if t.actor_ids:
+                left += sum(actor_key(pr.actor) in t.actor_ids for pr in g.processes)
+                continue
             if t.job_ids:
                 left += sum(job_key(pr.job_id, report.node_id) in t.job_ids for pr in g.processes)
                 continue

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from collector.actor_metrics import actor_families
 from collector.aggregate import Aggregator
 from collector.ingest import IngestStats
 from collector.ledger import Ledger
@@ -228,3 +229,4 @@ class CollectorMetrics(Collector):
         forgotten.add_metric(["aged"], self._agg.bounds.aged_out)
         forgotten.add_metric(["room"], self._agg.bounds.evicted)
         yield forgotten
+        yield from actor_families(snap, self._agg.actors)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 from collector.aggregate import Aggregator
 from collector.snapshot import CLUSTER_KEY, Scope
+from protos.actors import valid_actor_id
 from protos.computewatch.v1 import control_pb2
 from protos.errors import ScopeError
 from protos.jobs import UNATTRIBUTED, unattributed_node
@@ -23,6 +24,7 @@ _KINDS = {
     Scope.NODE: control_pb2.SCOPE_KIND_NODE,
     Scope.JOB: control_pb2.SCOPE_KIND_JOB,
     Scope.GPU: control_pb2.SCOPE_KIND_GPU,
+    Scope.ACTOR: control_pb2.SCOPE_KIND_ACTOR,
 }
 
 
@@ -40,11 +42,14 @@ def target_key(scope: control_pb2.Scope) -> tuple[int, tuple[str, ...]]:
         return kind, tuple(sorted(scope.job_ids))
     if kind == control_pb2.SCOPE_KIND_GPU:
         return kind, tuple(sorted(scope.gpu_uuids))
+    if kind == control_pb2.SCOPE_KIND_ACTOR:
+        return kind, tuple(sorted(scope.actor_ids))
     return kind, tuple(sorted(scope.node_ids))
 
 
 def describe(scope: control_pb2.Scope) -> str:
-    """``cluster``, ``node:a,b``, ``job:4242``, ``gpu:GPU-...`` (for logs and the CLI)."""
+    """``cluster``, ``node:a,b``, ``job:4242``, ``gpu:GPU-...``, ``actor:lei:...``
+    (for logs and the CLI)."""
     kind, items = target_key(scope)
     if kind == control_pb2.SCOPE_KIND_CLUSTER:
         return "cluster"
@@ -71,6 +76,8 @@ class ScopeResolver:
             return control_pb2.Scope(kind=_KINDS[scope], node_ids=items)
         if scope is Scope.JOB:
             return self.jobs(items)
+        if scope is Scope.ACTOR:
+            return self.actors(items)
         return self.gpus(items)
 
     def cluster(self) -> control_pb2.Scope:
@@ -94,6 +101,25 @@ class ScopeResolver:
             kind=control_pb2.SCOPE_KIND_JOB, job_ids=jobs, node_ids=sorted(nodes)
         )
 
+    def actors(self, actor_ids: Iterable[str]) -> control_pb2.Scope:
+        """The actors, and every known node: an actor's jobs may run, or start, on
+        any node, and each agent holds the processes its reports name as the
+        actor's (``agent.enforce.holds``). ``job_ids``: the actors' jobs running
+        now, for the record."""
+        actors = sorted(set(actor_ids))
+        wanted = set(actors)
+        jobs = sorted(
+            j
+            for j, state in list(self._agg.jobs.items())
+            if state.per_node and self._agg.actors.actor_of(j) in wanted
+        )
+        return control_pb2.Scope(
+            kind=control_pb2.SCOPE_KIND_ACTOR,
+            actor_ids=actors,
+            job_ids=jobs[:MAX_SCOPE_ITEMS],
+            node_ids=self.known_nodes(),
+        )
+
     def gpus(self, uuids: Iterable[str]) -> control_pb2.Scope:
         """The GPUs and the nodes that hold them (per their latest report)."""
         wanted = set(uuids)
@@ -111,7 +137,7 @@ class ScopeResolver:
         an unknown node, or targets no node holds.
         """
         kind = scope.kind
-        lists = (scope.node_ids, scope.job_ids, scope.gpu_uuids)
+        lists = (scope.node_ids, scope.job_ids, scope.gpu_uuids, scope.actor_ids)
         if any(len(items) > MAX_SCOPE_ITEMS for items in lists):
             raise ScopeError(f"scope names more than {MAX_SCOPE_ITEMS} items")
         if any(not item or len(item) > MAX_NAME for items in lists for item in items):
@@ -152,4 +178,17 @@ class ScopeResolver:
                     f"gpu scope: no node reports GPUs {', '.join(resolved.gpu_uuids[:10])}"
                 )
             return resolved
-        raise ScopeError("scope kind is unset: expected cluster, node, job or gpu")
+        if kind == control_pb2.SCOPE_KIND_ACTOR:
+            if not scope.actor_ids:
+                raise ScopeError("actor scope names no actor")
+            bad = sorted(a for a in scope.actor_ids if not valid_actor_id(a))
+            if bad:
+                raise ScopeError(
+                    f"actor scope: malformed actor ids {', '.join(bad[:10])} "
+                    "(expected lei:<LEI>, c:<32 hex>, org:<name> or unknown)"
+                )
+            resolved = self.actors(scope.actor_ids)
+            if not resolved.node_ids:
+                raise ScopeError("actor scope: no node is enrolled")
+            return resolved
+        raise ScopeError("scope kind is unset: expected cluster, node, job, gpu or actor")

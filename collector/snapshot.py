@@ -17,6 +17,8 @@ class Scope(StrEnum):
     NODE = "node"
     JOB = "job"
     GPU = "gpu"
+    # Who the jobs run for (collector.accounting.actors).
+    ACTOR = "actor"
 
 
 # Metrics the aggregator publishes, by scope. Units in the name's suffix:
@@ -67,12 +69,36 @@ METRICS: Mapping[Scope, tuple[str, ...]] = {
         "utilization_percent",
         "power_watts",
     ),
+    Scope.ACTOR: (
+        "cumulative_flop",
+        "cumulative_flop_upper_bound",
+        "cumulative_7d_flop",
+        "cumulative_7d_flop_upper_bound",
+        "cumulative_30d_flop",
+        "cumulative_30d_flop_upper_bound",
+        "cumulative_90d_flop",
+        "cumulative_90d_flop_upper_bound",
+        "achieved_flops",
+        "achieved_flops_upper_bound",
+        "allocated_flops",
+        "gpus",
+        "jobs",
+        "unmeasured_gpu_seconds",
+    ),
 }
 
 # Compute metrics published as an interval: the estimate under the metric's
 # own name, the upper bound under ``<metric>_upper_bound``.
 BOUNDED_METRICS: frozenset[str] = frozenset(
-    {"installed_flops", "achieved_flops", "cumulative_flop", "lineage_cumulative_flop"}
+    {
+        "installed_flops",
+        "achieved_flops",
+        "cumulative_flop",
+        "lineage_cumulative_flop",
+        "cumulative_7d_flop",
+        "cumulative_30d_flop",
+        "cumulative_90d_flop",
+    }
 )
 UPPER_SUFFIX = "_upper_bound"
 
@@ -95,6 +121,8 @@ class Snapshot:
     job_nodes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # (scope, key) -> the estimate's method (collector.accounting.gpu METHOD_*)
     methods: Mapping[tuple[Scope, str], str] = field(default_factory=dict)
+    # job id -> the actor it counts under (collector.accounting.actors)
+    job_actors: Mapping[str, str] = field(default_factory=dict)
 
     def get(self, scope: Scope, key: str, metric: str) -> float | None:
         return self.values.get((scope, key), {}).get(metric)

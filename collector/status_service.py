@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import grpc
 
+from collector.accounting.actors import WINDOW_DAYS, window_metric
 from collector.aggregate import Aggregator
 from collector.ingest import IngestStats
 from collector.ledger import Ledger
-from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
+from collector.snapshot import CLUSTER_KEY, UPPER_SUFFIX, Scope, Snapshot
+from protos.actors import UNKNOWN_ACTOR
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc
 
 # (rule id, key) of every rule whose interval straddles its threshold now.
@@ -80,6 +82,7 @@ def build_status(
     *,
     view: StatusView | None = None,
     possibly_crossed: PossiblyCrossed = _none,
+    firing: PossiblyCrossed = _none,
 ) -> status_pb2.ClusterStatus:
     """One page of the cluster's status (at ``view.time`` when a view is
     given); raise PageTokenError for a bad token. Compute figures come as
@@ -116,6 +119,9 @@ def build_status(
         out.achieved_flops_estimate = cluster_achieved
     out.nodes_total, out.jobs_total = len(view.node_ids), len(view.job_ids)
     out.gpus_total = sum(len(n.gpus) for n in list(aggregator.nodes.values()))
+    if not request.page_token:
+        # Actors are few (the accounting holds at most MAX_ACTORS): first page only.
+        add_actors(out, snap, firing())
     page = _Page(out, limit)
     first = len(view.node_ids) if part == 1 else bisect.bisect_right(view.node_ids, last)
     for node_id in view.node_ids[first:]:
@@ -188,6 +194,7 @@ def build_status(
             item.cumulative_flop_estimate = cumulative
         if achieved is not None:
             item.achieved_flops_estimate = achieved
+        item.actor = snap.job_actors.get(job.job_id, UNKNOWN_ACTOR)
         page.added(job.job_id, item.ByteSize())
     return out
 
@@ -211,6 +218,42 @@ class _Page:
         self.last = key
 
 
+def add_actors(
+    out: status_pb2.ClusterStatus, snap: Snapshot, firing: list[tuple[str, str]]
+) -> None:
+    """One ``ActorStatus`` per actor in ``snap`` (``collector.accounting.actors``),
+    with the actor-scope rules firing for it (``firing``: (rule id, actor))."""
+    fired: dict[str, list[str]] = {}
+    for rule, key in firing:
+        fired.setdefault(key, []).append(rule)
+    running: dict[str, list[str]] = {}
+    for job_id, nodes in snap.job_nodes.items():
+        if nodes:
+            running.setdefault(snap.job_actors.get(job_id, UNKNOWN_ACTOR), []).append(job_id)
+    for actor in sorted(snap.keys(Scope.ACTOR)):
+        v = snap.values[(Scope.ACTOR, actor)]
+        st = out.actors.add(
+            actor_id=actor,
+            job_ids=sorted(running.get(actor, ()))[:MAX_NODE_IDS_PER_JOB],
+            gpus=int(v.get("gpus") or 0),
+            achieved_flops_upper_bound=v.get("achieved_flops_upper_bound") or 0.0,
+            allocated_flops=v.get("allocated_flops") or 0.0,
+            cumulative_flop_upper_bound=v.get("cumulative_flop_upper_bound") or 0.0,
+            unmeasured_gpu_seconds=v.get("unmeasured_gpu_seconds") or 0.0,
+            method=snap.methods.get((Scope.ACTOR, actor), ""),
+            firing_rules=sorted(fired.get(actor, ())),
+        )
+        if (achieved := v.get("achieved_flops")) is not None:
+            st.achieved_flops_estimate = achieved
+        if (cumulative := v.get("cumulative_flop")) is not None:
+            st.cumulative_flop_estimate = cumulative
+        for days in WINDOW_DAYS:
+            name = window_metric(days)
+            w = st.windows.add(days=days, upper_bound=v.get(name + UPPER_SUFFIX) or 0.0)
+            if (estimate := v.get(name)) is not None:
+                w.estimate = estimate
+
+
 class StatusServicer(status_pb2_grpc.StatusServicer):
     def __init__(
         self,
@@ -226,6 +269,8 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         # Set by the stop protocol's wiring once the rule engine exists.
         self.possibly_crossed: PossiblyCrossed = _none
         self._view: StatusView | None = None
+        # (rule id, actor) of every actor-scope rule firing now; same wiring.
+        self.actor_firing: PossiblyCrossed = _none
 
     async def GetStatus(
         self,
@@ -246,6 +291,7 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
                 request,
                 view=self._view,
                 possibly_crossed=self.possibly_crossed,
+                firing=self.actor_firing,
             )
         except PageTokenError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -30,6 +30,7 @@ from collector.ledger import LedgerEntry, connect
 from collector.quorum import check_quorum, load_authorities
 from collector.rules import RuleEngine, RulePack, load_packs
 from collector.scoping import ScopeResolver
+from collector.snapshot import Scope
 from collector.stop_metrics import StopMetrics
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, control_pb2_grpc
@@ -153,6 +154,11 @@ async def install_stop_protocol(
         return [(rule.id, key) for rule, key in engine.possibly_crossed()]
 
     collector.status_servicer.possibly_crossed = possibly_crossed
+
+    def actor_firing() -> list[tuple[str, str]]:
+        return [(rule.id, key) for rule, key in engine.firing() if rule.scope is Scope.ACTOR]
+
+    collector.status_servicer.actor_firing = actor_firing
     collector.bind_hooks.append(book.on_bind)
     handle = StopHandle(engine, book, tracker, leases, decisions, control, resolver, authorities)
     collector.metrics_registry.register(StopMetrics(decisions, book, tracker, leases, control))

@@ -44,8 +44,9 @@ def _register() -> None:
     from computewatch import cli_agent
 
     cli.add_command(cli_agent.agent)
-    from computewatch import cli_audit
+    from computewatch import cli_audit, cli_audit_actors
 
+    cli_audit.audit.add_command(cli_audit_actors.actors)
     cli.add_command(cli_audit.audit)
     from computewatch import cli_demo
 

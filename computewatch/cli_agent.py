@@ -63,6 +63,9 @@ _SETTINGS: list[tuple[str, str, Any, str]] = [
     ),
     ("--k8s-pod-metadata-dir", "k8s_pod_metadata_dir", _PATH, "Pod JSON files (else the API)."),
     ("--k8s-kubeconfig", "k8s_kubeconfig", _PATH, "Kubeconfig (else in-cluster credentials)."),
+    ("--k8s-actor-label", "k8s_actor_label", str, "Pod label naming the actor (else namespace)."),
+    ("--k8s-actor-annotation", "k8s_actor_annotation", str, "Pod annotation naming the actor."),
+    ("--actors-file", "actors_file", _PATH, "Actors file: who jobs run for, what is published."),
     ("--fail-mode", "fail_mode", click.Choice(FAIL_MODES), "Without a valid lease: run or halt."),
     (
         "--lease-grace",

@@ -34,6 +34,7 @@ _KINDS = {
     "node": control_pb2.SCOPE_KIND_NODE,
     "job": control_pb2.SCOPE_KIND_JOB,
     "gpu": control_pb2.SCOPE_KIND_GPU,
+    "actor": control_pb2.SCOPE_KIND_ACTOR,
 }
 
 collector_option = click.option(
@@ -58,7 +59,8 @@ timeout_option = click.option(
 
 
 def parse_scope(values: tuple[str, ...]) -> control_pb2.Scope:
-    """``cluster`` or any number of ``node:NAME`` / ``job:ID`` / ``gpu:UUID`` of one kind."""
+    """``cluster`` or any number of ``node:NAME`` / ``job:ID`` / ``gpu:UUID`` /
+    ``actor:ID`` (``actor:lei:...``, ``actor:c:...``) of one kind."""
     if not values:
         raise click.BadParameter("give at least one --scope", param_hint="--scope")
     if "cluster" in values:
@@ -71,10 +73,17 @@ def parse_scope(values: tuple[str, ...]) -> control_pb2.Scope:
         kind, sep, name = value.partition(":")
         if not sep or kind not in _KINDS or not name:
             raise click.BadParameter(
-                f"{value!r}: expected cluster, node:NAME, job:ID or gpu:UUID", param_hint="--scope"
+                f"{value!r}: expected cluster, node:NAME, job:ID, gpu:UUID or actor:ID",
+                param_hint="--scope",
             )
         kinds.add(kind)
-        {"node": scope.node_ids, "job": scope.job_ids, "gpu": scope.gpu_uuids}[kind].append(name)
+        targets = {
+            "node": scope.node_ids,
+            "job": scope.job_ids,
+            "gpu": scope.gpu_uuids,
+            "actor": scope.actor_ids,
+        }
+        targets[kind].append(name)
     if len(kinds) > 1:
         raise click.BadParameter(
             f"one kind per halt, got {', '.join(sorted(kinds))}", param_hint="--scope"
@@ -127,7 +136,7 @@ def _submit(address: str, method: str, envelope: bytes, key: PrivateKey, timeout
     "--scope",
     "scopes",
     multiple=True,
-    help="cluster, node:NAME, job:ID or gpu:UUID (repeat for several of one kind).",
+    help="cluster, node:NAME, job:ID, gpu:UUID or actor:ID (repeat for several of one kind).",
 )
 @click.option("--reason", required=True, help="Why, in plain language (goes into the log).")
 @key_option

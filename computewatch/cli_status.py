@@ -145,7 +145,45 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
             ],
         ),
     ]
+    if st.actors:
+        lines += ["", actor_table(st)]
     return "\n".join(lines)
+
+
+def actor_table(st: status_pb2.ClusterStatus) -> str:
+    """Every actor (docs/actors.md): its jobs together, as intervals."""
+
+    def window(a: status_pb2.ActorStatus, days: int) -> str:
+        for w in a.windows:
+            if w.days == days:
+                return interval(
+                    w.estimate if w.HasField("estimate") else None, w.upper_bound, "FLOP"
+                )
+        return "-"
+
+    return table(
+        ["actor", "cumulative", "last 90 d", "achieved", "gpus", "jobs", "firing"],
+        [
+            [
+                a.actor_id,
+                interval(
+                    a.cumulative_flop_estimate if a.HasField("cumulative_flop_estimate") else None,
+                    a.cumulative_flop_upper_bound,
+                    "FLOP",
+                ),
+                window(a, 90),
+                interval(
+                    a.achieved_flops_estimate if a.HasField("achieved_flops_estimate") else None,
+                    a.achieved_flops_upper_bound,
+                    "FLOP/s",
+                ),
+                str(a.gpus),
+                str(len(a.job_ids)),
+                ",".join(a.firing_rules),
+            ]
+            for a in st.actors
+        ],
+    )
 
 
 @click.command()
@@ -173,7 +211,7 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
 )
 @translate_errors
 def status(address: str, key_path: Path | None, as_json: bool, page_size: int) -> None:
-    """Show cluster compute, nodes and jobs from a running collector."""
+    """Show cluster compute, nodes, jobs and actors from a running collector."""
     st = fetch_status(
         address, load_private_key(key_path) if key_path else None, page_size=page_size
     )

@@ -177,6 +177,7 @@ class Enforcer:
             scope_kind=int(d.scope.kind),
             job_ids=list(d.scope.job_ids),
             gpu_uuids=list(d.scope.gpu_uuids),
+            actor_ids=list(d.scope.actor_ids),
             power_cap_watts=d.power_cap_watts,
             applied_unix_nanos=self._clock_ns(),
         )
@@ -193,7 +194,13 @@ class Enforcer:
         if snapshot is None:
             self._save()
             return [failure]
-        found = resolve(d.scope.kind, list(d.scope.job_ids), list(d.scope.gpu_uuids), snapshot)
+        found = resolve(
+            d.scope.kind,
+            list(d.scope.job_ids),
+            list(d.scope.gpu_uuids),
+            snapshot,
+            actor_ids=list(d.scope.actor_ids),
+        )
         grace = d.grace_seconds or self._terminate_grace
         now_ns, mono = self._clock_ns(), self._monotonic()
         pids = sorted({int(p.pid) for p in found.processes})

@@ -7,8 +7,9 @@ that the restarted agent re-applies, never a change it cannot undo.
 
 Targets come from a GPU snapshot whose processes carry their attributed jobs:
 CLUSTER/NODE scope: every GPU on the node and every process on them; JOB
-scope: the processes of the named jobs and the GPUs they run on; GPU scope:
-the named GPUs and every process on them.
+scope: the processes of the named jobs and the GPUs they run on; ACTOR scope:
+the processes whose ``actor`` is named, and their GPUs; GPU scope: the named
+GPUs and every process on them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from agent.enforce.actions import GpuActions, ProcessController, Target, step
 from agent.enforce.state import ActiveDirective, EnforcementRecord, GpuHold, Stopped
 from agent.nvml.backend import PowerLimits, Snapshot
+from protos.actors import UNKNOWN_ACTOR, actor_key
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,22 @@ class Resolved:
 
 
 def resolve(
-    scope_kind: int, job_ids: list[str], gpu_uuids: list[str], snapshot: Snapshot
+    scope_kind: int,
+    job_ids: list[str],
+    gpu_uuids: list[str],
+    snapshot: Snapshot,
+    *,
+    actor_ids: list[str] | None = None,
 ) -> Resolved:
     """The GPUs and processes a scope covers on this node."""
     present = [g for g in snapshot.gpus if g.health != telemetry_pb2.GPU_HEALTH_LOST]
+    if scope_kind == control_pb2.SCOPE_KIND_ACTOR:
+        # An empty actor is "unknown" (protos.actors): an unknown-actor halt holds
+        # the processes no source names, and a named actor's never holds them.
+        actors = {a or UNKNOWN_ACTOR for a in actor_ids or ()}
+        gpus = [g for g in present if any(actor_key(p.actor) in actors for p in g.processes)]
+        procs = [p for g in gpus for p in g.processes if actor_key(p.actor) in actors]
+        return Resolved(gpus, procs)
     if scope_kind == control_pb2.SCOPE_KIND_JOB:
         jobs = set(job_ids)
         gpus = [g for g in present if any(p.job_id in jobs for p in g.processes)]
@@ -98,7 +112,7 @@ class Holds:
         to the GPU's [min, max]. Returns the steps taken (empty: nothing new).
         """
         rec = self.record
-        found = resolve(a.scope_kind, a.job_ids, a.gpu_uuids, snapshot)
+        found = resolve(a.scope_kind, a.job_ids, a.gpu_uuids, snapshot, actor_ids=a.actor_ids)
         notes: list[Step] = []
         prohibit: list[str] = []
         capped: list[tuple[str, str]] = []

@@ -58,6 +58,8 @@ class ActiveDirective:
     job_ids: list[str] = field(default_factory=list)
     gpu_uuids: list[str] = field(default_factory=list)
     power_cap_watts: float = 0.0
+    # ACTOR scope: the actors whose processes it holds (GpuProcess.actor).
+    actor_ids: list[str] = field(default_factory=list)
     applied_unix_nanos: int = 0
 
     @property
@@ -233,6 +235,8 @@ def _active(d: Any) -> ActiveDirective:
         gpu_uuids=_strs(d, "gpu_uuids"),
         power_cap_watts=_get(d, "power_cap_watts", float),
         applied_unix_nanos=_get(d, "applied_unix_nanos", int),
+        # Records written before actor scopes have no actor_ids.
+        actor_ids=_strs(d, "actor_ids") if "actor_ids" in d else [],
     )
 
 

@@ -68,6 +68,7 @@ _SCOPES = frozenset(
         control_pb2.SCOPE_KIND_NODE,
         control_pb2.SCOPE_KIND_JOB,
         control_pb2.SCOPE_KIND_GPU,
+        control_pb2.SCOPE_KIND_ACTOR,
     }
 )
 
@@ -234,6 +235,8 @@ def _check_fields(d: control_pb2.Directive) -> None:
         raise bad("JOB scope names no job")
     if d.scope.kind == control_pb2.SCOPE_KIND_GPU and not d.scope.gpu_uuids:
         raise bad("GPU scope names no GPU")
+    if d.scope.kind == control_pb2.SCOPE_KIND_ACTOR and not d.scope.actor_ids:
+        raise bad("ACTOR scope names no actor")
     if d.not_after_unix_nanos <= d.issued_unix_nanos:
         raise bad("not_after is not later than issued")
     if d.action == control_pb2.ACTION_THROTTLE and not (

@@ -1,6 +1,6 @@
 """A fake ``/proc`` tree and job metadata files for a simulated node.
 
-``materialize`` writes ``<root>/<pid>/cgroup`` and ``<root>/<pid>/stat`` for
+``materialize`` writes ``<root>/<pid>/cgroup``, ``stat`` and ``status`` for
 each job's process on the node, with the cgroup lines each scheduler really
 produces, so ``agent.attribution.JobAttributor(root)`` attributes the fake's
 processes exactly as it would on a real node. ``write_job_metadata`` writes the
@@ -84,6 +84,16 @@ def stat_text(pid: int, comm: str, start_ticks: int) -> str:
     return " ".join(head + middle + tail) + "\n"
 
 
+def status_text(pid: int, comm: str, uid: int) -> str:
+    """The head of a ``/proc/<pid>/status`` (proc(5): ``Uid:`` real, effective,
+    saved set, filesystem uids, tab-separated)."""
+    ids = "\t".join([str(uid)] * 4)
+    return (
+        f"Name:\t{comm}\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t{pid}\n"
+        f"Ngid:\t0\nPid:\t{pid}\nPPid:\t1\nTracerPid:\t0\nUid:\t{ids}\nGid:\t{ids}\n"
+    )
+
+
 def materialize(
     scenario: Scenario,
     node_id: str,
@@ -107,6 +117,7 @@ def materialize(
         _write(proc / "cgroup", cgroup_text(job))
         ticks = _START_TICKS + round(job.start * 100) + scenario.jobs.index(job)
         _write(proc / "stat", stat_text(pid, job.comm, ticks))
+        _write(proc / "status", status_text(pid, job.comm, job.uid))
         written[job.id] = pid
     if metadata_dir is not None:
         write_job_metadata(scenario, metadata_dir, node_id=node_id)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_LABELS = 256
+MAX_ANNOTATION = 200
 MAX_OWNERS = 16
 # RFC 1123 label (namespaces) and subdomain (most object names), per
 # k8s.io/apimachinery pkg/util/validation.
@@ -60,6 +61,8 @@ class Pod:
     uid: str
     labels: Mapping[str, str] = field(default_factory=dict)
     owners: tuple[OwnerRef, ...] = ()
+    # Annotations with short printable values (the actor annotation, agent.actors).
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def controller(self) -> OwnerRef | None:
@@ -102,6 +105,16 @@ def parse_pod(obj: object) -> Pod:
     if not isinstance(raw_labels, dict) or len(raw_labels) > MAX_LABELS:
         raise BadPodError(f"metadata.labels must be a map of at most {MAX_LABELS} entries")
     labels = {str(k): v for k, v in raw_labels.items() if isinstance(v, str)}
+    raw_annotations = meta.get("annotations") or {}
+    if not isinstance(raw_annotations, dict):
+        raise BadPodError("metadata.annotations must be a map")
+    # Only short, printable values are kept (names, not the large JSON blobs
+    # controllers store in annotations).
+    annotations = {
+        str(k): v
+        for k, v in list(raw_annotations.items())[:MAX_LABELS]
+        if isinstance(v, str) and 0 < len(v) <= MAX_ANNOTATION and v.isprintable()
+    }
     raw_owners = meta.get("ownerReferences") or []
     if not isinstance(raw_owners, list):
         raise BadPodError("metadata.ownerReferences must be a list")
@@ -112,7 +125,7 @@ def parse_pod(obj: object) -> Pod:
         kind, owner = ref.get("kind"), ref.get("name")
         if valid_kind(kind) and valid_name(owner):
             owners.append(OwnerRef(str(kind), str(owner), ref.get("controller") is True))
-    return Pod(str(namespace), str(name), uid.lower(), labels, tuple(owners))
+    return Pod(str(namespace), str(name), uid.lower(), labels, tuple(owners), annotations)
 
 
 class PodJsonDir:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.k8s.kubelet import PodRef
-from agent.k8s.pods import Pod, PodSource
+from agent.k8s.pods import Pod, PodSource, valid_label_value
 from agent.k8s.workload import LabelRule, Workload, workload_of
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import Error
@@ -53,6 +53,23 @@ class PodJob:
     job_id: str
     member: str
     workload: Workload
+    # The pod's actor key (``agent.actors``): ``label:<value>`` of the actor
+    # label where the pod has it, else ``namespace:<namespace>``.
+    actor_key: str = ""
+
+
+def pod_actor_key(pod: Pod, actor_label: str, actor_annotation: str = "") -> str:
+    """``annotation:<value>`` of ``actor_annotation``, else ``label:<value>`` of
+    ``actor_label`` on ``pod`` (a valid label value), else ``namespace:<namespace>``.
+    Labels and annotations are set by whoever creates the pod: use one only
+    where an admission policy controls it."""
+    note = pod.annotations.get(actor_annotation, "") if actor_annotation else ""
+    if note:
+        return f"annotation:{note}"
+    value = pod.labels.get(actor_label, "") if actor_label else ""
+    if value and valid_label_value(value):
+        return f"label:{value}"
+    return f"namespace:{pod.namespace}"
 
 
 class PodWorkloads:
@@ -65,7 +82,11 @@ class PodWorkloads:
         refresh_seconds: float = 10.0,
         pod_ttl_seconds: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,
+        actor_label: str = "",
+        actor_annotation: str = "",
     ) -> None:
+        self._actor_label = actor_label
+        self._actor_annotation = actor_annotation
         self._kubelet = kubelet
         self._pods = pods
         self._rules = rules
@@ -112,7 +133,8 @@ class PodWorkloads:
                 pod = cached[1] if cached is not None else None
             if pod is not None:
                 w = workload_of(pod, self._rules)
-                by_ref[ref] = PodJob(w.job_id, str(ref), w)
+                key = pod_actor_key(pod, self._actor_label, self._actor_annotation)
+                by_ref[ref] = PodJob(w.job_id, str(ref), w, key)
         if failed is not None:
             self._fail(failed)
         else:

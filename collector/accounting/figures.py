@@ -11,7 +11,9 @@ with it while the node stays silent).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
+from collector.accounting.actors import ActorBook, actor_values
 from collector.accounting.gpu import METHOD_UNMEASURED
 from collector.accounting.state import JobState, NodeState, worst_method
 from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
@@ -189,4 +191,22 @@ def build_snapshot(
         lineage=lineage,
         job_nodes=job_nodes,
         methods=methods,
+    )
+
+
+def with_actors(snap: Snapshot, book: ActorBook, jobs: Mapping[str, JobState]) -> Snapshot:
+    """``snap`` plus the actor scope (``collector.accounting.actors``)."""
+    keys = [(Scope.JOB, j) for j in list(jobs)]
+    job_values = {k[1]: snap.values[k] for k in keys if k in snap.values}
+    job_evidence = {k[1]: snap.evidence[k] for k in keys if k in snap.evidence}
+    job_methods = {k[1]: snap.methods[k] for k in keys if k in snap.methods}
+    values, evidence, methods = actor_values(
+        book, job_values, job_evidence, job_methods, jobs, snap.time
+    )
+    return replace(
+        snap,
+        values={**snap.values, **{(Scope.ACTOR, a): v for a, v in values.items()}},
+        evidence={**snap.evidence, **{(Scope.ACTOR, a): v for a, v in evidence.items()}},
+        methods={**snap.methods, **{(Scope.ACTOR, a): v for a, v in methods.items()}},
+        job_actors={j: book.actor_of(j) for j in job_values},
     )

@@ -52,7 +52,13 @@ from protos.errors import RuleError
 # Seconds a key may wait for its first report before its unknown is a finding.
 NO_DATA_GRACE_SECONDS = 30.0
 
-_SUBJECT = {Scope.CLUSTER: "cluster", Scope.NODE: "node", Scope.JOB: "job", Scope.GPU: "GPU"}
+_SUBJECT = {
+    Scope.CLUSTER: "cluster",
+    Scope.NODE: "node",
+    Scope.JOB: "job",
+    Scope.GPU: "GPU",
+    Scope.ACTOR: "actor",
+}
 
 
 @dataclass

@@ -14,6 +14,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry
 
+from agent.actors import load_policy
 from agent.attribution import JobAttributor
 from agent.config import AgentConfig
 from agent.fakenvml.spec import Scenario
@@ -118,6 +119,7 @@ async def start_cluster(
     *,
     rule_packs: tuple[str, ...],
     metrics_address: str | None = None,
+    actors_file: Path | None = None,
 ) -> Cluster:
     """Start the cluster; with ``metrics_address`` the collector and every agent
     serve /metrics on their own port of that (loopback) address."""
@@ -153,6 +155,7 @@ async def start_cluster(
         metrics_address=metrics_address or "127.0.0.1",
         metrics_port=_free_port(metrics_address) if metrics_address else 0,
     )
+    actors = load_policy(actors_file) if actors_file is not None else None
     service, _ = await create_server(config)
     cluster = Cluster(workdir, scenario, service, authorities, regulator, paths)
     if metrics_address:
@@ -178,12 +181,13 @@ async def start_cluster(
             quorum=QUORUM,
             backoff_min_seconds=0.2,
             backoff_max_seconds=2.0,
+            actors_file=actors_file,
         )
         registry = CollectorRegistry()
         agent = Agent(
             agent_config,
             fake.backend,
-            JobAttributor(fake.procfs_root, node_id=node.id),
+            JobAttributor(fake.procfs_root, node_id=node.id, actors=actors),
             JobMetadataDir(fake.metadata_dir),
             node_keys[node.id][0],
             registry=registry,

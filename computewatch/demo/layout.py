@@ -261,6 +261,12 @@ def build(frame: Frame, *, width: int, height: int | None) -> RenderableType:
             weight=2,
         ),
         _Section(
+            "actors",
+            1,
+            len(frame.actor_lines),
+            lambda rows: [_line(""), *(_line(a) for a in frame.actor_lines[:rows])],
+        ),
+        _Section(
             "directives",
             2,
             len(frame.directives),

@@ -24,6 +24,18 @@ from google.protobuf import json_format
 from agent.fakenvml.scenario import load_scenario
 from agent.fakenvml.spec import Scenario
 from collector.rules import load_packs
+from computewatch.demo.actors import (
+    PROVIDER_B,
+    SecondOperator,
+    actor_lines,
+    actor_names,
+    actor_summary,
+    actors_file_for,
+    cross_log_total,
+    label,
+    logs_file,
+    summary_lines,
+)
 from computewatch.demo.auditor import Auditor
 from computewatch.demo.cluster import AUTHORITIES, QUORUM, Cluster, start_cluster
 from computewatch.demo.screen import LiveScreen
@@ -58,6 +70,10 @@ class DemoOptions:
     resume_after: float = 5.0
     rule_packs: tuple[str, ...] = DEFAULT_PACKS
     workdir: Path | None = None
+    # Actors file of the operator; None: ``<scenario>-actors.yaml`` if it exists.
+    actors_file: Path | None = None
+    # Run a second, small operator and total actors across both logs at the end.
+    second_operator: bool = True
 
 
 def job_thresholds(packs: tuple[str, ...]) -> list[float]:
@@ -95,6 +111,8 @@ class _Watcher:
         self.control = control_pb2_grpc.ControlStub(self.channel)
         self.thresholds = job_thresholds(opts.rule_packs)
         self.last_print = -1e9
+        self.actor_names: dict[str, str] = {}
+        self.actor_rules: dict[str, set[str]] = {}
 
     def elapsed(self) -> float:
         return time.time() - self.cluster.start
@@ -121,6 +139,14 @@ class _Watcher:
             self.event("status poll timed out; showing the last answer")
             return self._last
         views = directive_views(listing)
+        for a in st.actors:
+            new = set(a.firing_rules) - self.actor_rules.setdefault(a.actor_id, set())
+            if new:
+                self.actor_rules[a.actor_id] |= new
+                self.event(
+                    f"actor {label(a.actor_id, self.actor_names)} crosses"
+                    f" {', '.join(sorted(new))}: {len(a.job_ids)} jobs, {a.gpus} GPUs together"
+                )
         for v in views:
             d = v.directive
             if d.id not in self.seen:
@@ -199,6 +225,7 @@ class _Watcher:
                     self.events,
                     log_lines=list(self.screen.tail.lines),
                     log_path=str(self.screen.log_path),
+                    actor_lines=actor_lines(st, self.actor_names),
                 )
             )
             return
@@ -210,6 +237,7 @@ class _Watcher:
             job_thresholds=self.thresholds,
             events=self.events,
         )
+        text += "\n" + "\n".join(actor_lines(st, self.actor_names))
         if self.elapsed() - self.last_print >= 10:
             self.last_print = self.elapsed()
             print(text + "\n", file=self.out, flush=True)
@@ -324,10 +352,17 @@ async def _run(
     workdir: Path,
     screen: LiveScreen | None,
 ) -> dict[str, Any]:
-    cluster = await start_cluster(scenario, opts.scenario, workdir, rule_packs=opts.rule_packs)
+    actors_file = opts.actors_file or actors_file_for(opts.scenario)
+    cluster = await start_cluster(
+        scenario, opts.scenario, workdir, rule_packs=opts.rule_packs, actors_file=actors_file
+    )
     watcher = _Watcher(cluster, opts, out, duration, screen)
+    watcher.actor_names = actor_names(actors_file)
     auditor = Auditor(cluster.collector.address, cluster.keys, workdir / "regulator-copy")
     await auditor.start()
+    second = SecondOperator(workdir / "provider-b") if opts.second_operator else None
+    if second is not None:
+        await second.start()
     st = status_pb2.ClusterStatus()
     views: list[DirectiveView] = []
     try:
@@ -346,6 +381,7 @@ async def _run(
         st, views = await watcher.step()
         result = summary(scenario.name, watcher.elapsed(), st, views, watcher)
         result["interrupted"] = interrupted
+        result["actors"] = actor_summary(st, watcher.actor_names)
         if interrupted:
             # Ctrl-C reached the follower too: its copy was not completed.
             result["regulator"] = {"summary": "not checked: the demo was interrupted"}
@@ -353,7 +389,19 @@ async def _run(
             result["regulator"] = await auditor.finish(
                 cluster.collector.config.checkpoint_interval_seconds
             )
+            if second is not None and second.cluster is not None:
+                result["regulator"]["provider_b"] = await second.finish()
+                logs = {
+                    "operator-a": (cluster, auditor.out, actors_file),
+                    "provider-b": (second.cluster, workdir / "provider-b" / "regulator-copy",
+                                   actors_file_for(PROVIDER_B)),
+                }  # fmt: skip
+                result["regulator"]["across_operators"] = await cross_log_total(
+                    logs_file(workdir / "regulator-logs.yaml", logs)
+                )
     finally:
+        if second is not None:
+            await second.stop()
         await auditor.stop()
         await watcher.channel.close(None)
         await cluster.stop()
@@ -441,6 +489,7 @@ def print_summary(result: dict[str, Any], out: TextIO) -> None:
             + (f"; approved by {', '.join(d['approved_by'])}" if d["approved_by"] else "")
             for d in result["directives"]
         ),
+        *summary_lines(result),
         "  regulator (followed the log live with only public keys, then verified offline):",
         f"    {result['regulator']['summary']}",
         *([f"  log: {result['log_file']}"] if result.get("log_file") else []),

@@ -97,6 +97,8 @@ class Frame:
     # The latest warning and error log lines, and the file that has them all.
     log_lines: Sequence[str] = ()
     log_path: str = ""
+    # One line per actor (``computewatch.demo.actors.actor_lines``).
+    actor_lines: Sequence[str] = ()
 
 
 def render(

@@ -16,7 +16,7 @@ from computewatch.demo.run import DemoOptions, print_summary, run_demo
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(180)  # + a second operator and the cross-log total
 def test_demo_halts_resumes_and_summarises(tmp_path: Path) -> None:
     out = io.StringIO()
     summary_path = tmp_path / "summary.json"
@@ -69,7 +69,29 @@ def test_demo_halts_resumes_and_summarises(tmp_path: Path) -> None:
     assert density, directives
     assert density[0]["seconds_to_effective"] is not None
 
+    # Actors: Beta Labs split its sweep into four jobs, each under the job line;
+    # the actor rule catches their sum.
+    actors = {a["organisation"]: a for a in result["actors"] if a["organisation"]}
+    beta = actors["Beta Labs"]
+    assert beta["jobs"] == ["4260", "4261", "4262", "4263"]
+    assert "demo-actor-split-run" in beta["firing_rules"]
+    assert beta["actor"].startswith("c:")  # no public id: a salted commitment
+    assert actors["Acme AI Ltd"]["actor"] == "lei:5493001KJTIIGC8Y1R12"
+    sweep = [j for j in result["jobs"] if j["job_id"] in beta["jobs"]]
+    assert all(j["cumulative_flop"]["estimate"] < 2.5e17 for j in sweep), sweep
+    assert any("Beta Labs" in e and "crosses demo-actor-split-run" in e for e in result["events"])
+    # The regulator's total across both operators' logs: Beta seen once.
+    cross = result["regulator"]["across_operators"]
+    assert cross["exit"] == 0, cross
+    assert [log["verified"] for log in cross["logs"]] == [True, True]
+    by = {a["actor"]: a for a in cross["actors"]}
+    assert set(by["org:Beta Labs"]["logs"]) == {"operator-a", "provider-b"}
+    assert set(by["lei:5493001KJTIIGC8Y1R12"]["logs"]) == {"operator-a", "provider-b"}
+    assert by["org:Beta Labs"]["logs"]["operator-a"]["published_as"] == beta["actor"]
+
     text = io.StringIO()
     print_summary(result, text)
     assert "demo summary" in text.getvalue()
     assert "approved by" in text.getvalue()
+    assert "actors (all their jobs together)" in text.getvalue()
+    assert "across both operators' logs" in text.getvalue()

@@ -55,7 +55,7 @@ class NodeStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_sequence: _Optional[int] = ..., last_seen_unix_nanos: _Optional[int] = ..., gpus: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., active_directive_ids: _Optional[_Iterable[str]] = ..., halted: _Optional[bool] = ..., achieved_flops_upper_bound: _Optional[float] = ..., unmeasured_gpu_seconds: _Optional[float] = ..., achieved_flops_estimate: _Optional[float] = ..., method: _Optional[str] = ..., gpus_unreadable: _Optional[int] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "cumulative_flop", "achieved_flops", "gpus", "upper_bound", "node_ids", "parent_job_ids", "gpus_unknown_model", "cumulative_flop_upper_bound", "achieved_flops_upper_bound", "unmeasured_gpu_seconds", "method", "cumulative_flop_estimate", "achieved_flops_estimate", "possibly_crossed_rules", "nodes_total")
+    __slots__ = ("job_id", "cumulative_flop", "achieved_flops", "gpus", "upper_bound", "node_ids", "parent_job_ids", "gpus_unknown_model", "cumulative_flop_upper_bound", "achieved_flops_upper_bound", "unmeasured_gpu_seconds", "method", "cumulative_flop_estimate", "achieved_flops_estimate", "possibly_crossed_rules", "nodes_total", "actor")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CUMULATIVE_FLOP_FIELD_NUMBER: _ClassVar[int]
     ACHIEVED_FLOPS_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class JobStatus(_message.Message):
     ACHIEVED_FLOPS_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     POSSIBLY_CROSSED_RULES_FIELD_NUMBER: _ClassVar[int]
     NODES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     cumulative_flop: float
     achieved_flops: float
@@ -88,10 +89,49 @@ class JobStatus(_message.Message):
     achieved_flops_estimate: float
     possibly_crossed_rules: _containers.RepeatedScalarFieldContainer[str]
     nodes_total: int
-    def __init__(self, job_id: _Optional[str] = ..., cumulative_flop: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus: _Optional[int] = ..., upper_bound: _Optional[bool] = ..., node_ids: _Optional[_Iterable[str]] = ..., parent_job_ids: _Optional[_Iterable[str]] = ..., gpus_unknown_model: _Optional[int] = ..., cumulative_flop_upper_bound: _Optional[float] = ..., achieved_flops_upper_bound: _Optional[float] = ..., unmeasured_gpu_seconds: _Optional[float] = ..., method: _Optional[str] = ..., cumulative_flop_estimate: _Optional[float] = ..., achieved_flops_estimate: _Optional[float] = ..., possibly_crossed_rules: _Optional[_Iterable[str]] = ..., nodes_total: _Optional[int] = ...) -> None: ...
+    actor: str
+    def __init__(self, job_id: _Optional[str] = ..., cumulative_flop: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus: _Optional[int] = ..., upper_bound: _Optional[bool] = ..., node_ids: _Optional[_Iterable[str]] = ..., parent_job_ids: _Optional[_Iterable[str]] = ..., gpus_unknown_model: _Optional[int] = ..., cumulative_flop_upper_bound: _Optional[float] = ..., achieved_flops_upper_bound: _Optional[float] = ..., unmeasured_gpu_seconds: _Optional[float] = ..., method: _Optional[str] = ..., cumulative_flop_estimate: _Optional[float] = ..., achieved_flops_estimate: _Optional[float] = ..., possibly_crossed_rules: _Optional[_Iterable[str]] = ..., nodes_total: _Optional[int] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class ActorWindow(_message.Message):
+    __slots__ = ("days", "estimate", "upper_bound")
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    UPPER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    days: int
+    estimate: float
+    upper_bound: float
+    def __init__(self, days: _Optional[int] = ..., estimate: _Optional[float] = ..., upper_bound: _Optional[float] = ...) -> None: ...
+
+class ActorStatus(_message.Message):
+    __slots__ = ("actor_id", "job_ids", "gpus", "achieved_flops_upper_bound", "achieved_flops_estimate", "allocated_flops", "cumulative_flop_upper_bound", "cumulative_flop_estimate", "windows", "unmeasured_gpu_seconds", "method", "firing_rules")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    ACHIEVED_FLOPS_UPPER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    ACHIEVED_FLOPS_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    CUMULATIVE_FLOP_UPPER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    CUMULATIVE_FLOP_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    UNMEASURED_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    FIRING_RULES_FIELD_NUMBER: _ClassVar[int]
+    actor_id: str
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    gpus: int
+    achieved_flops_upper_bound: float
+    achieved_flops_estimate: float
+    allocated_flops: float
+    cumulative_flop_upper_bound: float
+    cumulative_flop_estimate: float
+    windows: _containers.RepeatedCompositeFieldContainer[ActorWindow]
+    unmeasured_gpu_seconds: float
+    method: str
+    firing_rules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, actor_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ..., gpus: _Optional[int] = ..., achieved_flops_upper_bound: _Optional[float] = ..., achieved_flops_estimate: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., cumulative_flop_upper_bound: _Optional[float] = ..., cumulative_flop_estimate: _Optional[float] = ..., windows: _Optional[_Iterable[_Union[ActorWindow, _Mapping]]] = ..., unmeasured_gpu_seconds: _Optional[float] = ..., method: _Optional[str] = ..., firing_rules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("generated_unix_nanos", "installed_flops", "allocated_flops", "achieved_flops", "gpus_unknown_model", "gpus_total", "gpus_lost", "nodes", "jobs", "reports_accepted", "rejected_by_reason", "log_size", "achieved_flops_upper_bound", "cumulative_flop", "cumulative_flop_upper_bound", "unmeasured_gpu_seconds", "method", "possibly_crossed", "achieved_flops_estimate", "next_page_token", "nodes_total", "jobs_total", "gpus_unreadable")
+    __slots__ = ("generated_unix_nanos", "installed_flops", "allocated_flops", "achieved_flops", "gpus_unknown_model", "gpus_total", "gpus_lost", "nodes", "jobs", "reports_accepted", "rejected_by_reason", "log_size", "achieved_flops_upper_bound", "cumulative_flop", "cumulative_flop_upper_bound", "unmeasured_gpu_seconds", "method", "possibly_crossed", "achieved_flops_estimate", "next_page_token", "nodes_total", "jobs_total", "gpus_unreadable", "actors")
     class RejectedByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +162,7 @@ class ClusterStatus(_message.Message):
     NODES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     JOBS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     GPUS_UNREADABLE_FIELD_NUMBER: _ClassVar[int]
+    ACTORS_FIELD_NUMBER: _ClassVar[int]
     generated_unix_nanos: int
     installed_flops: float
     allocated_flops: float
@@ -145,7 +186,8 @@ class ClusterStatus(_message.Message):
     nodes_total: int
     jobs_total: int
     gpus_unreadable: int
-    def __init__(self, generated_unix_nanos: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus_unknown_model: _Optional[int] = ..., gpus_total: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., reports_accepted: _Optional[int] = ..., rejected_by_reason: _Optional[_Mapping[str, int]] = ..., log_size: _Optional[int] = ..., achieved_flops_upper_bound: _Optional[float] = ..., cumulative_flop: _Optional[float] = ..., cumulative_flop_upper_bound: _Optional[float] = ..., unmeasured_gpu_seconds: _Optional[float] = ..., method: _Optional[str] = ..., possibly_crossed: _Optional[_Iterable[str]] = ..., achieved_flops_estimate: _Optional[float] = ..., next_page_token: _Optional[str] = ..., nodes_total: _Optional[int] = ..., jobs_total: _Optional[int] = ..., gpus_unreadable: _Optional[int] = ...) -> None: ...
+    actors: _containers.RepeatedCompositeFieldContainer[ActorStatus]
+    def __init__(self, generated_unix_nanos: _Optional[int] = ..., installed_flops: _Optional[float] = ..., allocated_flops: _Optional[float] = ..., achieved_flops: _Optional[float] = ..., gpus_unknown_model: _Optional[int] = ..., gpus_total: _Optional[int] = ..., gpus_lost: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., reports_accepted: _Optional[int] = ..., rejected_by_reason: _Optional[_Mapping[str, int]] = ..., log_size: _Optional[int] = ..., achieved_flops_upper_bound: _Optional[float] = ..., cumulative_flop: _Optional[float] = ..., cumulative_flop_upper_bound: _Optional[float] = ..., unmeasured_gpu_seconds: _Optional[float] = ..., method: _Optional[str] = ..., possibly_crossed: _Optional[_Iterable[str]] = ..., achieved_flops_estimate: _Optional[float] = ..., next_page_token: _Optional[str] = ..., nodes_total: _Optional[int] = ..., jobs_total: _Optional[int] = ..., gpus_unreadable: _Optional[int] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

@@ -47,18 +47,20 @@ NVML_STATUS_NO_PERMISSION: NvmlStatus
 NVML_STATUS_ERROR: NvmlStatus
 
 class GpuProcess(_message.Message):
-    __slots__ = ("pid", "used_memory_bytes", "job_id", "attribution", "member")
+    __slots__ = ("pid", "used_memory_bytes", "job_id", "attribution", "member", "actor")
     PID_FIELD_NUMBER: _ClassVar[int]
     USED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     MEMBER_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     pid: int
     used_memory_bytes: int
     job_id: str
     attribution: str
     member: str
-    def __init__(self, pid: _Optional[int] = ..., used_memory_bytes: _Optional[int] = ..., job_id: _Optional[str] = ..., attribution: _Optional[str] = ..., member: _Optional[str] = ...) -> None: ...
+    actor: str
+    def __init__(self, pid: _Optional[int] = ..., used_memory_bytes: _Optional[int] = ..., job_id: _Optional[str] = ..., attribution: _Optional[str] = ..., member: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class FieldError(_message.Message):
     __slots__ = ("function", "code", "message")
@@ -135,16 +137,18 @@ class GpuSample(_message.Message):
     def __init__(self, uuid: _Optional[str] = ..., index: _Optional[int] = ..., product_name: _Optional[str] = ..., mig_enabled: _Optional[bool] = ..., mig_instance: _Optional[str] = ..., utilization_gpu_percent: _Optional[float] = ..., sm_activity_percent: _Optional[float] = ..., tensor_activity_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., power_watts: _Optional[float] = ..., power_limit_watts: _Optional[float] = ..., sm_clock_mhz: _Optional[int] = ..., energy_millijoules: _Optional[int] = ..., compute_mode: _Optional[_Union[ComputeMode, str]] = ..., processes: _Optional[_Iterable[_Union[GpuProcess, _Mapping]]] = ..., processes_known: _Optional[bool] = ..., health: _Optional[_Union[GpuHealth, str]] = ..., error: _Optional[str] = ..., dfma_tensor_activity_percent: _Optional[float] = ..., hmma_tensor_activity_percent: _Optional[float] = ..., imma_tensor_activity_percent: _Optional[float] = ..., fp64_activity_percent: _Optional[float] = ..., fp32_activity_percent: _Optional[float] = ..., fp16_activity_percent: _Optional[float] = ..., sm_share: _Optional[float] = ..., pci_device_id: _Optional[int] = ..., activity_window_seconds: _Optional[float] = ..., field_errors: _Optional[_Iterable[_Union[FieldError, _Mapping]]] = ..., pci_bus_id: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "parent_job_ids", "model_id", "members")
+    __slots__ = ("job_id", "parent_job_ids", "model_id", "members", "actor")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     parent_job_ids: _containers.RepeatedScalarFieldContainer[str]
     model_id: str
     members: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., parent_job_ids: _Optional[_Iterable[str]] = ..., model_id: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
+    actor: str
+    def __init__(self, job_id: _Optional[str] = ..., parent_job_ids: _Optional[_Iterable[str]] = ..., model_id: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class EnforcementStep(_message.Message):
     __slots__ = ("step", "target", "ok", "detail")

@@ -26,11 +26,11 @@ def text(name: str) -> str:
 
 
 def test_array_task_counts_under_its_array_job() -> None:
-    assert parse_show_job(text("array_task"), "4243") == SlurmJob("4242", "4242_1")
+    assert parse_show_job(text("array_task"), "4243") == SlurmJob("4242", "4242_1", "ml")
 
 
 def test_het_component_counts_under_its_het_job() -> None:
-    assert parse_show_job(text("het_component"), "101") == SlurmJob("100", "100+1")
+    assert parse_show_job(text("het_component"), "101") == SlurmJob("100", "100+1", "ml")
     # The leader's query prints every component; the record of the asked id is used.
     assert parse_show_job(text("het_leader"), "100") == SlurmJob("100", "100+0")
     assert parse_show_job(text("het_leader"), "101") == SlurmJob("100", "100+1")
@@ -39,7 +39,16 @@ def test_het_component_counts_under_its_het_job() -> None:
 def test_plain_job_is_itself_and_one_line_output_parses() -> None:
     assert parse_show_job(text("plain_job"), "5000") == SlurmJob("5000")
     one_line = " ".join(text("array_task").split())
+    # A one-line record's Account= cannot be told from a job name: none is trusted.
     assert parse_show_job(one_line, "4243") == SlurmJob("4242", "4242_1")
+
+
+def test_account_is_read_from_scontrols_own_lines_never_the_job_name() -> None:
+    job = parse_show_job(text("forged_account"), "7001")
+    assert job == SlurmJob("7001", "", "mallory-lab")
+    assert job.actor_key == "account:mallory-lab"
+    # No account line (an older Slurm, or accounting off): no account actor key.
+    assert parse_show_job(text("plain_job"), "5000").actor_key == ""
 
 
 def test_a_job_name_cannot_claim_another_jobs_array() -> None:
@@ -84,8 +93,8 @@ def test_resolver_runs_the_command_once_per_job_and_caches(tmp_path: Path) -> No
     cmd = recorded(tmp_path)
     jobs = SlurmJobs(cmd, timeout_seconds=10)
     for _ in range(3):
-        assert jobs.resolve("4243") == SlurmJob("4242", "4242_1")
-        assert jobs.resolve("101") == SlurmJob("100", "100+1")
+        assert jobs.resolve("4243") == SlurmJob("4242", "4242_1", "ml")
+        assert jobs.resolve("101") == SlurmJob("100", "100+1", "ml")
     assert (tmp_path / "calls").read_text().split() == ["4243", "101"]
     assert jobs.lookup_errors == 0
 
@@ -101,7 +110,7 @@ def test_a_failed_lookup_counts_as_itself_and_is_retried_after_the_delay(
     assert jobs.lookup_errors == 1
     os.symlink(DATA / "array_task.txt", tmp_path / "4243.txt")
     now[0] = 61.0
-    assert jobs.resolve("4243") == SlurmJob("4242", "4242_1")
+    assert jobs.resolve("4243") == SlurmJob("4242", "4242_1", "ml")
     assert (tmp_path / "calls").read_text().split() == ["4243", "4243"]
 
 

@@ -14,7 +14,7 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "rules"
 def test_check_with_no_argument_checks_every_shipped_pack() -> None:
     res = CliRunner().invoke(cli, ["rules", "check"])
     assert res.exit_code == 0, res.output
-    assert res.stdout.strip() == "ok: 6 packs, 19 rules"
+    assert res.stdout.strip() == "ok: 6 packs, 22 rules"
 
 
 def test_check_prints_every_finding_and_exits_non_zero() -> None:
