@@ -45,11 +45,10 @@ class FullDisk:
             (pages,) = conn.execute("PRAGMA page_count").fetchone()
             conn.execute(f"PRAGMA max_page_count = {int(pages)}")
             return
-        with self._filler.open("ab") as f:
+        with self._filler.open("ab", buffering=0) as f:  # a failed write raises here
             for _ in range(_TMPFS_BYTES // _CHUNK + 2):  # bounded: the tmpfs is this big
                 try:
                     f.write(b"\0" * _CHUNK)
-                    f.flush()
                 except OSError:
                     break
 

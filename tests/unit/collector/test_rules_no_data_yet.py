@@ -161,7 +161,7 @@ def test_the_hook_logs_start_up_as_one_info_line_and_real_unknowns_as_warnings(
             hook = DecisionHook(engine(grace=5.0), agg, book, resolver)
             with caplog.at_level(logging.INFO, logger="collector.decisions"):
                 hook(100.0)
-                start = list(caplog.records)
+                start = [r for r in caplog.records if r.name == "collector.decisions"]
                 caplog.clear()
                 for i, n in enumerate(NODES[:2]):
                     report(agg, nodes[n], i, 104.0)
