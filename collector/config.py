@@ -51,6 +51,11 @@ class CollectorConfig:
     # After a failed ledger write: the recovery probe's first and longest wait.
     ledger_retry_min_seconds: float = 0.05
     ledger_retry_max_seconds: float = 5.0
+    # The collector's previous private key, to rotate from: at start the new
+    # key (``key``) is announced in the log under it (docs/regulators.md).
+    previous_key: Path | None = None
+    # How often the collector looks for enrolments, handovers and revocations.
+    key_poll_seconds: float = 0.2
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -65,6 +70,7 @@ class CollectorConfig:
             "max_envelope_bytes": self.max_envelope_bytes,
             "max_in_flight_per_stream": self.max_in_flight_per_stream,
             "ledger_retry_min_seconds": self.ledger_retry_min_seconds,
+            "key_poll_seconds": self.key_poll_seconds,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -26,6 +26,7 @@ from collector.audit_wiring import AuditHandle, start_audit
 from collector.auth import AuthInterceptor, AuthPolicy
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
+from collector.keylog import KeyLog
 from collector.ledger import Ledger, iter_entries
 from collector.merkle_log import MerkleLog
 from collector.metrics import CollectorMetrics
@@ -90,6 +91,8 @@ class Collector:
     # The Merkle log's checkpoints and the Audit service (``collector.audit_wiring``).
     audit: AuditHandle | None = None
     merkle: MerkleLog | None = None
+    # Enrolments, handovers, revocations (``collector.keylog``).
+    keys: KeyLog | None = None
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def _ledger_state(self, writable: bool) -> None:
@@ -208,6 +211,14 @@ async def _build(
     cleanup.callback(merkle.close)
     ledger.attach_tree(merkle)
     registry = Registry(config.ledger)
+    keys = KeyLog(config.ledger, ledger, registry, key, poll_seconds=config.key_poll_seconds)
+    cleanup.callback(keys.close)
+    previous_keys = []
+    if config.previous_key is not None:
+        previous = load_private_key(config.previous_key)
+        await keys.rotate_from(previous)
+        previous_keys.append(previous.public)
+    keys.poll()  # enrolments and revocations made while the collector was down
     aggregator = Aggregator(
         silent_after_intervals=config.silent_after_intervals,
         expected_interval_seconds=config.interval_seconds,
@@ -225,6 +236,7 @@ async def _build(
         aggregator,
         max_envelope_bytes=config.max_envelope_bytes,
         verify_pool=pool,
+        before_admit=keys.before_admit,
     )
     sessions = Sessions()
     server = _grpc_server(config, metrics_registry)
@@ -269,8 +281,10 @@ async def _build(
         _pool=pool,
         bind_hooks=bind_hooks,
         merkle=merkle,
+        keys=keys,
     )
     collector.stop_protocol = await install_stop_protocol(collector, server)
+    keys.on_authority_revoked(collector.stop_protocol.control.revoke_authority)
     collector.audit = await start_audit(
         server,
         config.ledger,
@@ -279,6 +293,7 @@ async def _build(
         config.log_origin,
         checkpoint_interval_seconds=config.checkpoint_interval_seconds,
         registry=metrics_registry,
+        previous_keys=previous_keys,
     )
     cleanup.push_async_callback(collector.audit.close)
     await server.start()
@@ -292,6 +307,7 @@ async def _build(
             config.metrics_port, addr=config.metrics_address, registry=metrics_registry
         )
     collector._tasks.append(asyncio.create_task(collector._tick_loop()))
+    collector._tasks.append(asyncio.create_task(keys.run()))
     log.info(
         "collector listening on %s (ledger %s: %d entries, %d reports replayed)",
         collector.address,

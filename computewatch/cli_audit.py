@@ -45,10 +45,10 @@ def _trust_options(fn: Callable[P, R]) -> Callable[P, R]:
         ),
         click.option(
             "--node-keys",
-            required=True,
             multiple=True,
             type=click.Path(exists=True, path_type=Path),
-            help="Node public keys: files, or directories of *.pub/*.pem (repeatable).",
+            help="Node public keys: files, or directories of *.pub/*.pem (repeatable);"
+            " optional: enrolments in the log introduce node keys.",
         ),
         click.option(
             "--authority-keys",

@@ -1,0 +1,183 @@
+"""Logs key events and honours them at once (docs/regulators.md, "Key events").
+
+``nodes enroll``/``revoke``/``handover`` and ``authorities revoke`` queue rows
+in ``key_event`` and bump ``key_state.version``. The collector polls that
+version (every ``poll_seconds``); on a change it rereads the registry (a
+revoked or handed-over key stops verifying there and then) and appends each
+pending event to the log, signed by the collector key unless it carries its
+own envelope (a handover, signed by the node's old and new key). Ingest calls
+``before_admit`` on the event loop before it appends a report: when the
+registry changed since the last sweep the events go first, so in the log a
+key's enrolment always precedes its reports and no report follows its
+revocation. An event is pending while the log holds no key event with the
+same payload (found at start from a partial index), so a crash between the
+append and anything else never logs it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from collector import keystore
+from collector.ledger import Entry, Ledger, connect
+from collector.registry import Registry
+from protos import dsse, keylog
+from protos.computewatch.v1 import keylog_pb2
+from protos.errors import ConfigError, Error
+from protos.keys import PrivateKey
+
+log = logging.getLogger(__name__)
+
+
+class KeyLog:
+    def __init__(
+        self,
+        path: Path,
+        ledger: Ledger,
+        registry: Registry,
+        key: PrivateKey,
+        *,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        self._ledger = ledger
+        self._registry = registry
+        self._key = key
+        self._poll = poll_seconds
+        self._read = connect(path, readonly=True)
+        ledger.connection.execute(keystore.INDEX)
+        self._logged: set[bytes] = set()
+        self._cursor = 0
+        self._version = -1
+        self._generation = -1
+        self.logged_events = 0
+        self.revoked_authorities: set[str] = set()
+        self._authority_listeners: list[Callable[[str], None]] = []
+        self._rescan()
+        ledger.add_state_listener(self._ledger_state)
+
+    def on_authority_revoked(self, callback: Callable[[str], None]) -> None:
+        """``callback(keyid)`` for every revoked authority key, now and from now on."""
+        self._authority_listeners.append(callback)
+        for keyid in sorted(self.revoked_authorities):
+            callback(keyid)
+
+    def _rescan(self) -> None:
+        rows = self._ledger.connection.execute(
+            f"SELECT data FROM log WHERE {keystore.KEY_EVENT_FILTER} ORDER BY idx"  # noqa: S608 - constants
+        ).fetchall()
+        logged = set()
+        for (data,) in rows:
+            try:
+                logged.add(hashlib.sha256(dsse.open_envelope(bytes(data)).payload).digest())
+            except Error as exc:
+                log.error("a key event in the log does not open: %s", exc)  # noqa: TRY400
+        self._logged = logged
+        self._cursor = 0
+        self.revoked_authorities |= keystore.retired_authorities(self._read)
+
+    def _ledger_state(self, writable: bool) -> None:
+        if writable:  # events appended on top of a failed write are pending again
+            self._rescan()
+            self._version = -1
+
+    def before_admit(self) -> None:
+        """Log pending events if the registry changed since the last sweep."""
+        if self._registry.generation != self._generation:
+            self.sweep()
+
+    def poll(self) -> None:
+        """Reread the registry and log pending events if any key changed."""
+        try:
+            version = keystore.version(self._read)
+        except sqlite3.Error as exc:
+            log.warning("cannot read key_state: %s", exc)
+            return
+        if version != self._version:
+            self._registry.reload()
+            self.sweep()
+            self._version = version
+
+    def sweep(self) -> None:
+        """Append every pending key event, in the order it was queued."""
+        self._generation = self._registry.generation
+        if not self._ledger.writable:
+            return
+        rows = self._read.execute(
+            "SELECT id, payload_type, payload, envelope FROM key_event WHERE id > ? ORDER BY id",
+            (self._cursor,),
+        ).fetchall()
+        for row_id, payload_type, raw, envelope in rows:
+            payload = bytes(raw)
+            self._cursor = row_id
+            digest = hashlib.sha256(payload).digest()
+            if digest in self._logged:
+                continue
+            if envelope is None:
+                data = dsse.seal_payload(payload_type, payload, self._key)
+            else:
+                data = bytes(envelope)
+            self._ledger.append(Entry(data, payload_type)).add_done_callback(self._appended)
+            self._logged.add(digest)
+            self.logged_events += 1
+            if payload_type == keylog.REVOCATION_TYPE:
+                self._revoked(payload)
+            log.info("key event %s queued for the log", payload_type.rsplit(".", 1)[-1])
+
+    def _appended(self, fut: asyncio.Future[int]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("a key event was not logged: %s", fut.exception())
+
+    def _revoked(self, payload: bytes) -> None:
+        msg = dsse.parse_message(keylog_pb2.KeyRevocation, payload)
+        if msg.role != keylog_pb2.KEY_ROLE_AUTHORITY:
+            return
+        keyid = hashlib.sha256(msg.public_key).hexdigest()
+        self.revoked_authorities.add(keyid)
+        for cb in self._authority_listeners:
+            cb(keyid)
+
+    async def rotate_from(self, old: PrivateKey) -> int | None:
+        """Announce this collector's key under ``old`` (a ``CollectorKeyRotation``
+        signed by both), unless the log already rotated to it. Returns the
+        entry's index, or None when nothing was needed."""
+        current: str | None = None
+        rows = self._ledger.connection.execute(
+            "SELECT data FROM log WHERE payload_type = ? ORDER BY idx", (keylog.ROTATION_TYPE,)
+        ).fetchall()
+        for (data,) in rows:
+            msg = dsse.parse_message(
+                keylog_pb2.CollectorKeyRotation, dsse.open_envelope(bytes(data)).payload
+            )
+            current = hashlib.sha256(msg.new_public_key).hexdigest()
+        if current == self._key.keyid:
+            log.info("the log already announced collector key %s", current[:16])
+            return None
+        if current is not None and current != old.keyid:
+            raise ConfigError(
+                f"previous_key {old.keyid[:16]} is not the log's current collector key"
+                f" {current[:16]}"
+            )
+        data = keylog.rotation(old, self._key, time.time_ns())
+        index = await self._ledger.append(Entry(data, keylog.ROTATION_TYPE))
+        log.warning(
+            "collector key rotated: %s -> %s (entry %d)",
+            old.keyid[:16],
+            self._key.keyid[:16],
+            index,
+        )
+        return index
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        while True:
+            self.poll()
+            await asyncio.sleep(self._poll)
+
+    def close(self) -> None:
+        self._read.close()
