@@ -6,6 +6,7 @@ from the first collector key alone."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -18,6 +19,7 @@ from computewatch.cli import cli
 from protos import dsse, keylog
 from protos.computewatch.v1 import keylog_pb2
 from tests.integration.keylog_support import DemoLog, build_demo_log
+from tests.thirdparty import cwverify
 
 
 def _run(tmp: Path) -> tuple[DemoLog, Path]:
@@ -77,3 +79,53 @@ def test_key_events_are_logged_honoured_and_verified(tmp_path: Path) -> None:
     args += ["--authority-keys", str(tmp_path / "authority-1.pub")]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
+
+
+def test_third_party_verifier_checks_the_demo_log(tmp_path: Path) -> None:
+    """A verifier written only from docs/regulators.md checks the regulator's
+    copy of a real run (read straight from ``copy/audit.db``)."""
+    demo, copy = _run(tmp_path)
+    conn = sqlite3.connect(copy / "audit.db")
+    try:
+        entries = [bytes(r[0]) for r in conn.execute("SELECT data FROM entry ORDER BY idx")]
+        notes = [bytes(r[0]).decode() for r in conn.execute("SELECT note FROM checkpoint")]
+    finally:
+        conn.close()
+    authority_pems = [(tmp_path / f"authority-{i}.pub").read_text() for i in range(2)]
+    result = cwverify.verify_log(
+        entries,
+        notes,
+        origin=demo.origin,
+        collector_pem=(tmp_path / "collector.pub").read_text(),
+        authority_pems=authority_pems,
+    )
+    assert result.findings == []
+    assert result.checkpoint is not None
+    assert result.checkpoint.size == len(entries)
+    state = result.state
+    assert state.collector == demo.new_collector_key.public.raw()
+    assert state.nodes == {demo.node_a_new.public.raw(): "node-a"}
+    assert demo.node_b.key.public.raw() in state.retired
+    assert demo.revoked_authority.public.raw() in state.retired
+    assert state.reports == {"node-a": 5, "node-b": 2}
+
+    # Moving a stolen key's report after its revocation is caught.
+    forged = entries[:]
+    stolen = next(
+        i
+        for i, d in enumerate(entries)
+        if cwverify.envelope(d).message == "NodeReport"
+        and cwverify.envelope(d).signed_by(demo.node_b.key.public.raw())
+    )
+    moved = forged.pop(stolen)
+    forged.insert(demo.node_revocation_index, moved)
+    result = cwverify.verify_log(
+        forged,
+        notes,
+        origin=demo.origin,
+        collector_pem=(tmp_path / "collector.pub").read_text(),
+        authority_pems=authority_pems,
+    )
+    reasons = {f.split(":", 1)[0] for f in result.findings}
+    assert "revoked_key" in reasons
+    assert "rewritten_entry" in reasons
