@@ -21,8 +21,12 @@ import hashlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from collector import keystore
 from collector.ledger import Entry, Ledger, connect
@@ -33,6 +37,34 @@ from protos.errors import ConfigError, Error
 from protos.keys import PrivateKey
 
 log = logging.getLogger(__name__)
+
+
+def _name(payload_type: str) -> str:
+    """``application/vnd.computewatch.NodeEnrolment+protobuf`` -> ``NodeEnrolment``."""
+    return payload_type.rsplit(".", 1)[-1].split("+", maxsplit=1)[0]
+
+
+class KeyLogMetrics(Collector):
+    """``computewatch_collector_key_events_total{type}`` and the revoked
+    authority keys, computed at scrape time."""
+
+    def __init__(self, keys: KeyLog) -> None:
+        self._keys = keys
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "computewatch_collector_key_events",
+            "Key events (enrolment, handover, revocation, rotation) appended to the log",
+            labels=["type"],
+        )
+        for name, count in sorted(self._keys.logged_by_type.items()):
+            events.add_metric([name], count)
+        yield events
+        yield GaugeMetricFamily(
+            "computewatch_collector_revoked_authority_keys",
+            "Authority keys revoked in the log (their approvals no longer count)",
+            value=len(self._keys.revoked_authorities),
+        )
 
 
 class KeyLog:
@@ -56,6 +88,10 @@ class KeyLog:
         self._version = -1
         self._generation = -1
         self.logged_events = 0
+        # payload message name -> key events appended by this process
+        self.logged_by_type: Counter[str] = Counter(
+            dict.fromkeys((_name(t) for t in keylog.KEY_EVENT_TYPES), 0)
+        )
         self.revoked_authorities: set[str] = set()
         self._authority_listeners: list[Callable[[str], None]] = []
         self._rescan()
@@ -125,9 +161,10 @@ class KeyLog:
             self._ledger.append(Entry(data, payload_type)).add_done_callback(self._appended)
             self._logged.add(digest)
             self.logged_events += 1
+            self.logged_by_type[_name(payload_type)] += 1
             if payload_type == keylog.REVOCATION_TYPE:
                 self._revoked(payload)
-            log.info("key event %s queued for the log", payload_type.rsplit(".", 1)[-1])
+            log.info("key event %s queued for the log", _name(payload_type))
 
     def _appended(self, fut: asyncio.Future[int]) -> None:
         if not fut.cancelled() and fut.exception() is not None:

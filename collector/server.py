@@ -26,7 +26,7 @@ from collector.audit_wiring import AuditHandle, start_audit
 from collector.auth import AuthInterceptor, AuthPolicy
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
-from collector.keylog import KeyLog
+from collector.keylog import KeyLog, KeyLogMetrics
 from collector.ledger import Ledger, iter_entries
 from collector.merkle_log import MerkleLog
 from collector.metrics import CollectorMetrics
@@ -265,6 +265,7 @@ async def _build(
     if port == 0:
         raise ConfigError(f"cannot listen on {config.listen}: address in use or not local")
     metrics_registry.register(CollectorMetrics(ingestor.stats, ledger, aggregator, sessions))
+    metrics_registry.register(KeyLogMetrics(keys))
     collector = Collector(
         config=config,
         server=server,

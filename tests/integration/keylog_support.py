@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from click.testing import CliRunner
+from prometheus_client import generate_latest
 
 from collector.keyadmin import handover, revoke_authority, revoke_node
 from collector.ledger import iter_entries
@@ -63,6 +64,7 @@ class DemoLog:
     old_key_reject: str = ""
     revoked_node_reject: str = ""
     second_approval: str = ""
+    metrics: str = ""
 
 
 async def subscribe(address: str, auditor: Path, collector_pub: Path, copy: Path) -> str:
@@ -130,6 +132,7 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
         second = await control.approve(approval(auth2, directive_id))
         await control.close()
         await client.close()
+        metrics = generate_latest(service.metrics_registry).decode()
 
     # The collector key is rotated: restart under a new key, announced under the old.
     rotated = PrivateKey.generate()
@@ -166,4 +169,5 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
         old_key_reject=old_reject,
         revoked_node_reject=b_reject,
         second_approval=second.message,
+        metrics=metrics,
     )

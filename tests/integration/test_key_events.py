@@ -56,6 +56,10 @@ def test_key_events_are_logged_honoured_and_verified(tmp_path: Path) -> None:
 
     # The revoked authority's approval no longer counts toward the quorum.
     assert demo.second_approval == "approval 1 of 2 recorded"
+    assert 'computewatch_collector_key_events_total{type="NodeEnrolment"} 2.0' in demo.metrics
+    assert 'computewatch_collector_key_events_total{type="KeyHandover"} 1.0' in demo.metrics
+    assert 'computewatch_collector_key_events_total{type="KeyRevocation"} 2.0' in demo.metrics
+    assert "computewatch_collector_revoked_authority_keys 1.0" in demo.metrics
 
     # The rotation is signed by the old and the new collector key, and later
     # directives and the checkpoint by the new one.
