@@ -51,9 +51,10 @@ class CollectorConfig:
     # After a failed ledger write: the recovery probe's first and longest wait.
     ledger_retry_min_seconds: float = 0.05
     ledger_retry_max_seconds: float = 5.0
-    # The collector's previous private key, to rotate from: at start the new
-    # key (``key``) is announced in the log under it (docs/regulators.md).
-    previous_key: Path | None = None
+    # The collector's previous private keys, oldest first, to rotate from: at
+    # start the new key (``key``) is announced in the log under the last one
+    # (docs/regulators.md); the stored checkpoint may be signed by any of them.
+    previous_keys: tuple[Path, ...] = ()
     # How often the collector looks for enrolments, handovers and revocations.
     key_poll_seconds: float = 0.2
 

@@ -197,7 +197,7 @@ class KeyLog:
             return None
         if current is not None and current != old.keyid:
             raise ConfigError(
-                f"previous_key {old.keyid[:16]} is not the log's current collector key"
+                f"previous key {old.keyid[:16]} is not the log's current collector key"
                 f" {current[:16]}"
             )
         data = keylog.rotation(old, self._key, time.time_ns())

@@ -213,11 +213,10 @@ async def _build(
     registry = Registry(config.ledger)
     keys = KeyLog(config.ledger, ledger, registry, key, poll_seconds=config.key_poll_seconds)
     cleanup.callback(keys.close)
-    previous_keys = []
-    if config.previous_key is not None:
-        previous = load_private_key(config.previous_key)
-        await keys.rotate_from(previous)
-        previous_keys.append(previous.public)
+    previous = [load_private_key(p) for p in config.previous_keys]
+    if previous:
+        await keys.rotate_from(previous[-1])
+    previous_keys = [k.public for k in previous]
     keys.poll()  # enrolments and revocations made while the collector was down
     aggregator = Aggregator(
         silent_after_intervals=config.silent_after_intervals,

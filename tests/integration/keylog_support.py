@@ -1,6 +1,6 @@
 """The demo log for the key-event tests: a real collector over loopback with
 two nodes, a node key handover, a node revocation, an authority revocation
-and a collector key rotation (restart with ``previous_key``)."""
+and a collector key rotation (restart with ``previous_keys``)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
     rotated = PrivateKey.generate()
     (tmp / "collector-new.key").unlink(missing_ok=True)
     write_private_key(rotated, tmp / "collector-new.key")
-    config2 = replace(config, key=tmp / "collector-new.key", previous_key=config.key)
+    config2 = replace(config, key=tmp / "collector-new.key", previous_keys=(config.key,))
     async with running_collector(config2) as service:
         rotation_index = await wait_for_entry(config.ledger, keylog.ROTATION_TYPE)
         client = StreamClient(service.address)
