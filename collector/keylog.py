@@ -39,6 +39,15 @@ from protos.keys import PrivateKey
 log = logging.getLogger(__name__)
 
 
+def _introduced_key(payload_type: str, payload: bytes) -> str:
+    """Key id of the node key an enrolment or handover payload introduces."""
+    if payload_type == keylog.ENROLMENT_TYPE:
+        raw = dsse.parse_message(keylog_pb2.NodeEnrolment, payload).public_key
+    else:
+        raw = dsse.parse_message(keylog_pb2.KeyHandover, payload).new_public_key
+    return hashlib.sha256(raw).hexdigest()
+
+
 def _name(payload_type: str) -> str:
     """``application/vnd.computewatch.NodeEnrolment+protobuf`` -> ``NodeEnrolment``."""
     return payload_type.rsplit(".", 1)[-1].split("+", maxsplit=1)[0]
@@ -162,22 +171,70 @@ class KeyLog:
             self._logged.add(digest)
             self.logged_events += 1
             self.logged_by_type[_name(payload_type)] += 1
-            if payload_type == keylog.REVOCATION_TYPE:
-                self._revoked(payload)
+            self._retire(payload_type, payload)
             log.info("key event %s queued for the log", _name(payload_type))
 
     def _appended(self, fut: asyncio.Future[int]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             log.error("a key event was not logged: %s", fut.exception())
 
-    def _revoked(self, payload: bytes) -> None:
-        msg = dsse.parse_message(keylog_pb2.KeyRevocation, payload)
-        if msg.role != keylog_pb2.KEY_ROLE_AUTHORITY:
+    def _retire(self, payload_type: str, payload: bytes) -> None:
+        """The key this event retires signs nothing from here on: in log order,
+        no report by it may follow the event just appended."""
+        if payload_type == keylog.HANDOVER_TYPE:
+            old = dsse.parse_message(keylog_pb2.KeyHandover, payload).old_public_key
+            self._registry.retire(hashlib.sha256(old).hexdigest())
             return
+        if payload_type == keylog.ENROLMENT_TYPE:
+            old = dsse.parse_message(keylog_pb2.NodeEnrolment, payload).replaces_public_key
+            if old:
+                self._registry.retire(hashlib.sha256(old).hexdigest())
+            return
+        if payload_type != keylog.REVOCATION_TYPE:
+            return
+        msg = dsse.parse_message(keylog_pb2.KeyRevocation, payload)
         keyid = hashlib.sha256(msg.public_key).hexdigest()
+        if msg.role != keylog_pb2.KEY_ROLE_AUTHORITY:
+            self._registry.retire(keyid)
+            return
         self.revoked_authorities.add(keyid)
         for cb in self._authority_listeners:
             cb(keyid)
+
+    def backfill(self) -> int:
+        """Log an enrolment for every enrolled node whose key no key event in
+        the log introduced (a ledger enrolled before key events existed), so
+        the record names every key. Returns how many were queued."""
+        types = (keylog.ENROLMENT_TYPE, keylog.HANDOVER_TYPE)
+        logged = self._ledger.connection.execute(
+            "SELECT payload_type, data FROM log WHERE payload_type IN (?, ?)", types
+        ).fetchall()
+        queued_rows = self._read.execute(
+            "SELECT payload_type, payload FROM key_event WHERE payload_type IN (?, ?)", types
+        ).fetchall()
+        introduced = {
+            _introduced_key(t, dsse.open_envelope(bytes(d)).payload) for t, d in logged
+        } | {_introduced_key(t, bytes(p)) for t, p in queued_rows}
+        queued = 0
+        for node_id in self._registry.node_ids():
+            node = self._registry.by_node(node_id)
+            if node is None or node.key.keyid in introduced:
+                continue
+            event = keylog_pb2.NodeEnrolment(
+                node_id=node_id,
+                public_key=node.key.raw(),
+                enrolled_unix_nanos=node.enrolled_unix_nanos,
+            )
+            data = dsse.seal(event, self._key)
+            self._ledger.append(Entry(data, keylog.ENROLMENT_TYPE)).add_done_callback(
+                self._appended
+            )
+            self._logged.add(hashlib.sha256(event.SerializeToString()).digest())
+            self.logged_by_type["NodeEnrolment"] += 1
+            queued += 1
+        if queued:
+            log.warning("logged %d enrolments made before key events existed", queued)
+        return queued
 
     async def rotate_from(self, old: PrivateKey) -> int | None:
         """Announce this collector's key under ``old`` (a ``CollectorKeyRotation``

@@ -115,6 +115,16 @@ def _node_rows(path: Path) -> list[tuple[str, bytes, int]]:
     return [(r[0], bytes(r[1]), r[2]) for r in rows]
 
 
+def _retired_keyids(path: Path) -> set[str]:
+    conn = connect(path, readonly=True)
+    try:
+        return {r[0] for r in conn.execute("SELECT keyid FROM retired_key").fetchall()}
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{path}: not a computewatch ledger ({exc})") from exc
+    finally:
+        conn.close()
+
+
 def list_nodes(path: Path) -> list[EnrolledNode]:
     return [EnrolledNode(n, PublicKey.from_raw(raw), t) for n, raw, t in _node_rows(path)]
 
@@ -144,11 +154,23 @@ class Registry:
         self._last_reload = float("-inf")
         # +1 whenever the set of (node, key) changes: the key log checks it.
         self.generation = 0
+        # Revoked, replaced and handed-over keys: only ever grows, so a reload
+        # that read the table before a revocation cannot bring the key back.
+        self._retired: set[str] = set()
         self.reload()
+
+    def retire(self, keyid: str) -> None:
+        """Never trust ``keyid`` again (the key log, when it logs the event)."""
+        with self._lock:
+            self._retired.add(keyid)
+            if self._by_keyid.pop(keyid, None) is not None:
+                self.generation += 1
+            self._by_node = {n.node_id: n for n in self._by_keyid.values()}
 
     def reload(self) -> None:
         known = self._by_node
         nodes = []
+        retired = _retired_keyids(self._path)
         for node_id, raw, enrolled in _node_rows(self._path):
             prev = known.get(node_id)
             if prev is not None and prev.enrolled_unix_nanos == enrolled and prev.key.raw() == raw:
@@ -156,6 +178,8 @@ class Registry:
             else:
                 nodes.append(EnrolledNode(node_id, PublicKey.from_raw(raw), enrolled))
         with self._lock:
+            self._retired |= retired
+            nodes = [n for n in nodes if n.key.keyid not in self._retired]
             if {n.key.keyid: n.node_id for n in nodes} != {
                 k: n.node_id for k, n in self._by_keyid.items()
             }:

@@ -218,6 +218,7 @@ async def _build(
         await keys.rotate_from(previous[-1])
     previous_keys = [k.public for k in previous]
     keys.poll()  # enrolments and revocations made while the collector was down
+    keys.backfill()
     aggregator = Aggregator(
         silent_after_intervals=config.silent_after_intervals,
         expected_interval_seconds=config.interval_seconds,

@@ -11,14 +11,16 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from collector.ledger import iter_entries
+from collector.ledger import init_db, iter_entries
 from computewatch.audit.store import LocalStore
 from computewatch.audit.trust import Trust
 from computewatch.audit.verify import verify_store
 from computewatch.cli import cli
 from protos import dsse, keylog
 from protos.computewatch.v1 import keylog_pb2
+from protos.keys import PrivateKey, load_private_key
 from tests.integration.keylog_support import DemoLog, build_demo_log
+from tests.support import Node, StreamClient, collector_config, gpu, running_collector
 from tests.thirdparty import cwverify
 
 
@@ -83,6 +85,12 @@ def test_key_events_are_logged_honoured_and_verified(tmp_path: Path) -> None:
     args += ["--authority-keys", str(tmp_path / "authority-1.pub")]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
+    # An entry signed by a key the regulator was never given, proved from the copy.
+    prove = ["audit", "prove", "--index", str(demo.handover_index), "--dir", str(copy)]
+    prove += ["--collector-key", str(tmp_path / "collector.pub")]
+    res = CliRunner().invoke(cli, prove)
+    assert res.exit_code == 0, res.output
+    assert "KeyHandover" in res.output
 
 
 def test_third_party_verifier_checks_the_demo_log(tmp_path: Path) -> None:
@@ -133,3 +141,44 @@ def test_third_party_verifier_checks_the_demo_log(tmp_path: Path) -> None:
     reasons = {f.split(":", 1)[0] for f in result.findings}
     assert "revoked_key" in reasons
     assert "rewritten_entry" in reasons
+
+
+def test_enrolments_made_before_key_events_are_logged_once(tmp_path: Path) -> None:
+    """A ledger whose nodes were enrolled before key events existed (a row in
+    ``nodes`` and nothing queued) gets one enrolment entry per node, once."""
+    config = collector_config(tmp_path)
+    init_db(config.ledger)
+    key = PrivateKey.generate()
+    conn = sqlite3.connect(config.ledger)
+    with conn:
+        conn.execute(
+            "INSERT INTO nodes(node_id, keyid, public_key, enrolled_unix_nanos)"
+            " VALUES (?, ?, ?, 7)",
+            ("node-old", key.keyid, key.public.raw()),
+        )
+    conn.close()
+
+    async def scenario() -> None:
+        for _ in range(2):  # the second start finds it logged
+            async with running_collector(config) as service:
+                client = StreamClient(service.address)
+                await client.send(node.next([gpu(0)]))
+                await client.ack_for(node.sequence)
+                await client.close()
+
+    node = Node("node-old", key)
+    asyncio.run(scenario())
+    entries = list(iter_entries(config.ledger))
+    assert [e.payload_type for e in entries] == [
+        keylog.ENROLMENT_TYPE,
+        dsse.REPORT_TYPE,
+        dsse.REPORT_TYPE,
+    ]
+    collector = load_private_key(config.key)
+    enrolment = dsse.verify(entries[0].data, {collector.keyid: collector.public})
+    msg = enrolment.parse(keylog_pb2.NodeEnrolment)
+    assert (msg.node_id, msg.public_key, msg.enrolled_unix_nanos) == (
+        "node-old",
+        key.public.raw(),
+        7,
+    )

@@ -77,3 +77,19 @@ def test_refusals(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="node key"):
         revoke_authority(path, a.public, "")
     assert _events(path) == [keylog.ENROLMENT_TYPE] * 2 + [keylog.REVOCATION_TYPE]
+
+
+def test_a_retired_key_never_comes_back_on_reload(tmp_path: Path) -> None:
+    """The key log retires a key when it logs the event; a reload that reads
+    the enrolment table as it was before (a verify thread's) cannot undo it."""
+    path = tmp_path / "ledger.db"
+    a = PrivateKey.generate()
+    enroll(path, "node-a", a.public)
+    registry = Registry(path)
+    generation = registry.generation
+    registry.retire(a.keyid)
+    assert registry.by_keyid(a.keyid) is None
+    assert registry.generation == generation + 1
+    registry.reload()  # the table still lists node-a with key a
+    assert registry.by_keyid(a.keyid) is None
+    assert registry.node_ids() == []
