@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 
 from collector.keyadmin import handover, revoke_authority, revoke_node
 from collector.ledger import iter_entries
+from collector.server import Collector
 from computewatch.cli import cli
 from protos import keylog
 from protos.computewatch.v1 import telemetry_pb2
@@ -65,6 +66,17 @@ class DemoLog:
     revoked_node_reject: str = ""
     second_approval: str = ""
     metrics: str = ""
+
+
+async def covered(service: Collector) -> None:
+    """Wait (bounded) until a signed checkpoint covers the whole log."""
+    assert service.audit is not None
+    for _ in range(500):
+        latest = service.audit.checkpointer.latest()
+        if latest is not None and latest.size == service.ledger.size:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("no checkpoint covers the log")
 
 
 async def subscribe(address: str, auditor: Path, collector_pub: Path, copy: Path) -> str:
@@ -133,6 +145,9 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
         await control.close()
         await client.close()
         metrics = generate_latest(service.metrics_registry).decode()
+        # The regulator's copy, before the rotation: resumed after it below.
+        await covered(service)
+        await subscribe(service.address, tmp / "auditor.key", tmp / "collector.pub", copy)
 
     # The collector key is rotated: restart under a new key, announced under the old.
     rotated = PrivateKey.generate()
@@ -145,12 +160,7 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
         await client.send(moved.next([gpu(0)]))
         await client.ack_for(2)
         await client.close()
-        assert service.audit is not None
-        for _ in range(500):  # bounded: until a checkpoint covers the whole log
-            latest = service.audit.checkpointer.latest()
-            if latest is not None and latest.size == service.ledger.size:
-                break
-            await asyncio.sleep(0.02)
+        await covered(service)
         await subscribe(service.address, tmp / "auditor.key", tmp / "collector.pub", copy)
 
     return DemoLog(
