@@ -89,6 +89,32 @@ def build_examples() -> dict[str, Any]:
         authority,
     )
     add("approval", approval)
+    add(
+        "manual halt",
+        dsse.seal(
+            control_pb2.ManualHalt(
+                scope=halt.scope,
+                reason="suspected runaway training",
+                requested_unix_nanos=T0 + 4,
+                nonce="0123456789abcdef",
+            ),
+            authority,
+        ),
+    )
+    add(
+        "evaluation",
+        dsse.seal(
+            control_pb2.Evaluation(
+                model_id="model-x",
+                job_id="job-1",
+                evaluation="demo.capability",
+                score=0.5,
+                evaluated_unix_nanos=T0 + 4,
+                evaluator="lab",
+            ),
+            authority,
+        ),
+    )
     resume = control_pb2.Directive(
         id="resume-1",
         counter=2,

@@ -65,7 +65,8 @@ def test_third_party_verifier_rejects_an_edited_example() -> None:
     keys = doc["keys"]
     # Drop the handover: the new key's report has no enrolment, and the
     # checkpoint covers an entry that is missing.
-    del entries[7]
+    (handover,) = [i for i, e in enumerate(doc["entries"]) if e["what"] == "key handover"]
+    del entries[handover]
     result = cwverify.verify_log(
         entries,
         [doc["checkpoint"]["note"]],
