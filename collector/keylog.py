@@ -91,7 +91,7 @@ class KeyLog:
         self._key = key
         self._poll = poll_seconds
         self._read = connect(path, readonly=True)
-        ledger.connection.execute(keystore.INDEX)
+        ledger.connection.execute(keystore.INDEX)  # before any append: the writer is idle
         self._logged: set[bytes] = set()
         self._cursor = 0
         self._version = -1
@@ -113,7 +113,7 @@ class KeyLog:
             callback(keyid)
 
     def _rescan(self) -> None:
-        rows = self._ledger.connection.execute(
+        rows = self._read.execute(
             f"SELECT data FROM log WHERE {keystore.KEY_EVENT_FILTER} ORDER BY idx"  # noqa: S608 - constants
         ).fetchall()
         logged = set()
@@ -206,7 +206,7 @@ class KeyLog:
         the log introduced (a ledger enrolled before key events existed), so
         the record names every key. Returns how many were queued."""
         types = (keylog.ENROLMENT_TYPE, keylog.HANDOVER_TYPE)
-        logged = self._ledger.connection.execute(
+        logged = self._read.execute(
             "SELECT payload_type, data FROM log WHERE payload_type IN (?, ?)", types
         ).fetchall()
         queued_rows = self._read.execute(
@@ -241,7 +241,7 @@ class KeyLog:
         signed by both), unless the log already rotated to it. Returns the
         entry's index, or None when nothing was needed."""
         current: str | None = None
-        rows = self._ledger.connection.execute(
+        rows = self._read.execute(
             "SELECT data FROM log WHERE payload_type = ? ORDER BY idx", (keylog.ROTATION_TYPE,)
         ).fetchall()
         for (data,) in rows:
