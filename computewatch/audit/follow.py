@@ -332,9 +332,9 @@ class Follower:
                 except Error as exc:
                     finding = finding or exc
                 index += 1
-        if checker.keys.collector.keyid != self._keys.collector.keyid:
-            # A rotation among these entries: the checkpoint must be the new key's.
-            cpmod.open_note(signed.note, [checker.keys.collector], origin=self._origin)
+        # The checkpoint must be signed by the collector key current after these
+        # entries (the new key if they rotate it), not merely by a key they name.
+        cpmod.open_note(signed.note, [checker.keys.collector], origin=self._origin)
         state = FollowState(
             frontier,
             checker.heads,

@@ -8,17 +8,23 @@ one authority key; the case names the entry and the reason of the first finding.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from computewatch.audit.entries import EntryChecker
+from computewatch.audit.store import LocalStore
 from computewatch.audit.trust import Trust
+from computewatch.cli import cli
 from protos import dsse, keylog
 from protos.computewatch.v1 import control_pb2, keylog_pb2, telemetry_pb2
 from protos.errors import Error
-from protos.keys import PrivateKey
+from protos.keys import PrivateKey, write_public_key
+from tests.integration.audit_support import Keys, audit_server
 
 ZERO = bytes(32)
 
@@ -178,3 +184,44 @@ def test_key_event_attack(
     log = Log()
     build(log)
     assert log.first_finding() == expected, name
+
+
+def test_subscriber_refuses_a_checkpoint_signed_by_a_key_a_forged_rotation_names(
+    tmp_path: Path,
+) -> None:
+    """A collector with another key logs a 'rotation' to it that the regulator's
+    key never signed, and signs checkpoints with it: ``audit subscribe`` keeps
+    nothing (the checkpoint must be the key current after the entries)."""
+    trusted = PrivateKey.generate()  # what the regulator was given
+    keys = Keys(tmp_path / "keys")  # the server's collector key: someone else's
+    write_public_key(trusted.public, tmp_path / "trusted.pub")
+    forged = keylog.seal_all(
+        keylog.ROTATION_TYPE,
+        keylog_pb2.CollectorKeyRotation(
+            old_public_key=trusted.public.raw(), new_public_key=keys.collector.public.raw()
+        ).SerializeToString(),
+        [keys.collector],
+    )
+    copy = tmp_path / "copy"
+
+    async def run() -> None:
+        async with audit_server(tmp_path, keys) as srv:
+            srv.writer.append([forged])
+            for _ in range(500):
+                latest = srv.handle.checkpointer.latest()
+                if latest is not None and latest.size == 1:
+                    break
+                await asyncio.sleep(0.01)
+            args = ["audit", "subscribe", "--collector", srv.address, "--key"]
+            args += [str(keys.auditor_key), "--out", str(copy), "--once"]
+            args += ["--collector-key", str(tmp_path / "trusted.pub")]
+            res = await asyncio.to_thread(CliRunner().invoke, cli, args)
+            assert res.exit_code == 1, res.output
+            assert "checkpoint:" in res.output
+
+    asyncio.run(run())
+    store = LocalStore(copy, create=False)
+    try:
+        assert store.size == 0
+    finally:
+        store.close()
