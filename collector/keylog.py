@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from collector import keystore
 from collector.ledger import Entry, Ledger, connect
 from collector.registry import Registry
+from collector.sessions import Session
 from protos import dsse, keylog
 from protos.computewatch.v1 import keylog_pb2
 from protos.errors import ConfigError, Error
@@ -105,6 +106,20 @@ class KeyLog:
         self._authority_listeners: list[Callable[[str], None]] = []
         self._rescan()
         ledger.add_state_listener(self._ledger_state)
+        # Every CollectorKeyRotation in the log, oldest first: sent to each
+        # agent when its stream binds, so one configured with an older
+        # collector key follows the chain to the current one.
+        self.rotations: list[bytes] = [
+            bytes(r[0])
+            for r in self._read.execute(
+                "SELECT data FROM log WHERE payload_type = ? ORDER BY idx", (keylog.ROTATION_TYPE,)
+            ).fetchall()
+        ]
+
+    def send_rotations(self, session: Session) -> None:
+        """Bind hook: the collector key's rotations, before any directive."""
+        for data in self.rotations:
+            session.send_directive(data)
 
     def on_authority_revoked(self, callback: Callable[[str], None]) -> None:
         """``callback(keyid)`` for every revoked authority key, now and from now on."""
@@ -259,6 +274,7 @@ class KeyLog:
             )
         data = keylog.rotation(old, self._key, time.time_ns())
         index = await self._ledger.append(Entry(data, keylog.ROTATION_TYPE))
+        self.rotations.append(data)
         log.warning(
             "collector key rotated: %s -> %s (entry %d)",
             old.keyid[:16],

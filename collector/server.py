@@ -286,6 +286,7 @@ async def _build(
     )
     collector.stop_protocol = await install_stop_protocol(collector, server)
     keys.on_authority_revoked(collector.stop_protocol.control.revoke_authority)
+    bind_hooks.insert(0, keys.send_rotations)  # before the directives in force
     collector.audit = await start_audit(
         server,
         config.ledger,

@@ -15,7 +15,7 @@ from collector.keyadmin import handover, revoke_authority, revoke_node
 from collector.ledger import iter_entries
 from collector.server import Collector
 from computewatch.cli import cli
-from protos import keylog
+from protos import dsse, keylog
 from protos.computewatch.v1 import telemetry_pb2
 from protos.keys import PrivateKey, PublicKey, write_private_key, write_public_key
 from tests.stop_support import Control, approval, authorities, manual_halt, node_scope
@@ -66,6 +66,7 @@ class DemoLog:
     revoked_node_reject: str = ""
     second_approval: str = ""
     metrics: str = ""
+    rotation_pushed: bool = False
 
 
 async def covered(service: Collector) -> None:
@@ -158,7 +159,15 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
         rotation_index = await wait_for_entry(config.ledger, keylog.ROTATION_TYPE)
         client = StreamClient(service.address)
         await client.send(moved.next([gpu(0)]))
-        await client.ack_for(2)
+        acked = pushed = False
+        for _ in range(50):  # the ack, and the rotation pushed when the stream binds
+            msg = await client.receive()
+            acked = acked or (msg.HasField("ack") and msg.ack.sequence >= 2)
+            if msg.HasField("directive"):
+                env = dsse.open_envelope(msg.directive)
+                pushed = pushed or env.payload_type == keylog.ROTATION_TYPE
+            if acked and pushed:
+                break
         await client.close()
         await covered(service)
         await subscribe(service.address, tmp / "auditor.key", tmp / "collector.pub", copy)
@@ -180,4 +189,5 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
         revoked_node_reject=b_reject,
         second_approval=second.message,
         metrics=metrics,
+        rotation_pushed=pushed,
     )

@@ -71,6 +71,9 @@ def test_key_events_are_logged_honoured_and_verified(tmp_path: Path) -> None:
         demo.new_collector_key.keyid,
     ]
 
+    # Agents configured with the first collector key are sent the rotation.
+    assert demo.rotation_pushed
+
     # A regulator given only the first collector key checks it all.
     store = LocalStore(copy, create=False)
     try:
