@@ -16,7 +16,8 @@ from computewatch.audit.store import LocalStore
 from computewatch.audit.trust import Trust
 from computewatch.audit.verify import verify_store
 from computewatch.cli import cli
-from protos import dsse, keylog
+from protos import checkpoint as cpmod
+from protos import dsse, keylog, merkle
 from protos.computewatch.v1 import keylog_pb2
 from protos.keys import PrivateKey, load_private_key
 from tests.integration.keylog_support import DemoLog, build_demo_log
@@ -94,6 +95,20 @@ def test_key_events_are_logged_honoured_and_verified(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, prove)
     assert res.exit_code == 0, res.output
     assert "KeyHandover" in res.output
+
+    # A checkpoint of the tree before the rotation, signed by the new key: that
+    # key was not the log's key then.
+    store = LocalStore(copy, create=False)
+    try:
+        size = demo.rotation_index
+        leaves = [merkle.leaf_hash(d) for i, d in store.iter_entries() if i < size]
+        early = cpmod.Checkpoint(demo.origin, size, merkle.MemoryTree(leaves).root(), 1)
+        note = cpmod.sign_note(early.body(), demo.new_collector_key, demo.origin)
+        store.add_checkpoint_note(cpmod.SignedCheckpoint(early, note))
+        report = verify_store(store, trust, now_ns=0)
+        assert [f.reason for f in report.findings] == ["checkpoint"]
+    finally:
+        store.close()
 
 
 def test_third_party_verifier_checks_the_demo_log(tmp_path: Path) -> None:
