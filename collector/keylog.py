@@ -110,16 +110,22 @@ class KeyLog:
         # agent when its stream binds, so one configured with an older
         # collector key follows the chain to the current one.
         self.rotations: list[bytes] = [
-            bytes(r[0])
-            for r in self._read.execute(
-                "SELECT data FROM log WHERE payload_type = ? ORDER BY idx", (keylog.ROTATION_TYPE,)
-            ).fetchall()
+            d for t, d in self._logged_events() if t == keylog.ROTATION_TYPE
         ]
 
     def send_rotations(self, session: Session) -> None:
         """Bind hook: the collector key's rotations, before any directive."""
         for data in self.rotations:
             session.send_directive(data)
+
+    def _logged_events(self) -> list[tuple[str, bytes]]:
+        """(payload type, envelope) of every committed key event, in log order:
+        read through the partial index, never a scan of the log."""
+        rows = self._read.execute(
+            f"SELECT payload_type, data FROM log WHERE {keystore.KEY_EVENT_FILTER}"  # noqa: S608
+            " ORDER BY idx"
+        ).fetchall()
+        return [(str(t), bytes(d)) for t, d in rows]
 
     def on_authority_revoked(self, callback: Callable[[str], None]) -> None:
         """``callback(keyid)`` for every revoked authority key, now and from now on."""
@@ -128,13 +134,10 @@ class KeyLog:
             callback(keyid)
 
     def _rescan(self) -> None:
-        rows = self._read.execute(
-            f"SELECT data FROM log WHERE {keystore.KEY_EVENT_FILTER} ORDER BY idx"  # noqa: S608 - constants
-        ).fetchall()
         logged = set()
-        for (data,) in rows:
+        for _, data in self._logged_events():
             try:
-                logged.add(hashlib.sha256(dsse.open_envelope(bytes(data)).payload).digest())
+                logged.add(hashlib.sha256(dsse.open_envelope(data).payload).digest())
             except Error as exc:
                 log.error("a key event in the log does not open: %s", exc)  # noqa: TRY400
         self._logged = logged
@@ -221,9 +224,7 @@ class KeyLog:
         the log introduced (a ledger enrolled before key events existed), so
         the record names every key. Returns how many were queued."""
         types = (keylog.ENROLMENT_TYPE, keylog.HANDOVER_TYPE)
-        logged = self._read.execute(
-            "SELECT payload_type, data FROM log WHERE payload_type IN (?, ?)", types
-        ).fetchall()
+        logged = [(t, d) for t, d in self._logged_events() if t in types]
         queued_rows = self._read.execute(
             "SELECT payload_type, payload FROM key_event WHERE payload_type IN (?, ?)", types
         ).fetchall()
@@ -256,10 +257,7 @@ class KeyLog:
         signed by both), unless the log already rotated to it. Returns the
         entry's index, or None when nothing was needed."""
         current: str | None = None
-        rows = self._read.execute(
-            "SELECT data FROM log WHERE payload_type = ? ORDER BY idx", (keylog.ROTATION_TYPE,)
-        ).fetchall()
-        for (data,) in rows:
+        for data in self.rotations:
             msg = dsse.parse_message(
                 keylog_pb2.CollectorKeyRotation, dsse.open_envelope(bytes(data)).payload
             )
