@@ -128,6 +128,8 @@ class Collector:
         await self.ledger.close()
         if self.merkle is not None:
             self.merkle.close()
+        if self.keys is not None:
+            self.keys.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         shutdown = getattr(self._metrics_server, "shutdown", None)
