@@ -40,6 +40,10 @@ from protos.keys import PrivateKey
 log = logging.getLogger(__name__)
 
 
+# The ``type`` label values of computewatch_collector_key_events_total.
+EVENT_NAMES = ("NodeEnrolment", "KeyHandover", "KeyRevocation", "CollectorKeyRotation")
+
+
 def _introduced_key(payload_type: str, payload: bytes) -> str:
     """Key id of the node key an enrolment or handover payload introduces."""
     if payload_type == keylog.ENROLMENT_TYPE:
@@ -99,9 +103,7 @@ class KeyLog:
         self._generation = -1
         self.logged_events = 0
         # payload message name -> key events appended by this process
-        self.logged_by_type: Counter[str] = Counter(
-            dict.fromkeys((_name(t) for t in keylog.KEY_EVENT_TYPES), 0)
-        )
+        self.logged_by_type: Counter[str] = Counter(dict.fromkeys(EVENT_NAMES, 0))
         self.revoked_authorities: set[str] = set()
         self._authority_listeners: list[Callable[[str], None]] = []
         self._rescan()

@@ -93,3 +93,11 @@ def test_a_retired_key_never_comes_back_on_reload(tmp_path: Path) -> None:
     registry.reload()  # the table still lists node-a with key a
     assert registry.by_keyid(a.keyid) is None
     assert registry.node_ids() == []
+
+
+def test_metric_label_values_name_every_key_event_type() -> None:
+    from collector.keylog import EVENT_NAMES
+
+    assert sorted(f"application/vnd.computewatch.{n}+protobuf" for n in EVENT_NAMES) == sorted(
+        keylog.KEY_EVENT_TYPES
+    )
