@@ -27,7 +27,7 @@ from collector.checkpoints import Checkpointer
 from collector.merkle_log import MerkleLog
 from protos.computewatch.v1 import audit_pb2_grpc
 from protos.errors import Error
-from protos.keys import PrivateKey
+from protos.keys import PrivateKey, PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ async def start_audit(
     limits: AuditLimits | None = None,
     clock: Callable[[], int] = time.time_ns,
     registry: CollectorRegistry | None = None,
+    previous_keys: Sequence[PublicKey] = (),
 ) -> AuditHandle:
     """Register the Audit service on ``server`` and start checkpointing.
 
@@ -125,6 +126,7 @@ async def start_audit(
             interval_seconds=checkpoint_interval_seconds,
             min_interval_seconds=min_checkpoint_interval_seconds,
             history_stride=limits.round_entries,
+            previous_keys=previous_keys,
         )
         await asyncio.to_thread(checkpointer.maybe_checkpoint)
         reader = LogReader(ledger_path)

@@ -25,13 +25,13 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from collector.sqlite_faults import rollback_after
 from protos import checkpoint as cpmod
 from protos.errors import CheckpointError, LogError
-from protos.keys import PrivateKey
+from protos.keys import PrivateKey, PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,10 @@ class Checkpointer:
         min_interval_seconds: float = 1.0,
         key_name: str | None = None,
         history_stride: int = 4096,
+        previous_keys: Sequence[PublicKey] = (),
     ) -> None:
+        """``previous_keys``: collector keys rotated out (announced in the log),
+        under which the stored latest checkpoint may be signed."""
         if interval_seconds <= 0 or min_interval_seconds < 0 or history_stride < 1:
             raise CheckpointError(
                 "checkpoint intervals must be positive and history_stride at least 1"
@@ -83,6 +86,7 @@ class Checkpointer:
         self._origin = origin
         self._name = origin if key_name is None else key_name
         self.verifier = cpmod.NoteVerifier(self._name, key.public)
+        self._previous = [cpmod.NoteVerifier(self._name, k) for k in previous_keys]
         cpmod.Checkpoint(origin, 0, bytes(32), 0)  # validates the origin early
         self._conn = store_conn
         self._clock = clock
@@ -204,7 +208,9 @@ class Checkpointer:
         if row is None:
             return None
         try:
-            latest = cpmod.open_note(bytes(row[0]), [self.verifier], origin=self._origin)
+            latest = cpmod.open_note(
+                bytes(row[0]), [self.verifier, *self._previous], origin=self._origin
+            )
         except CheckpointError as exc:
             raise LogError(
                 f"the stored checkpoint does not verify under this key and origin ({exc});"

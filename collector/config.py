@@ -30,6 +30,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "max_evidence_per_key": (1, 1000, False),
     "ledger_retry_min_seconds": (0.0, 60.0, True),
     "ledger_retry_max_seconds": (0.0, 3600.0, True),
+    "key_poll_seconds": (0.0, 3600.0, True),
 }
 
 
@@ -83,6 +84,12 @@ class CollectorConfig:
     # Conflicting envelopes kept as evidence per (signing key, kind); later
     # ones are only counted.
     max_evidence_per_key: int = 1
+    # The collector's previous private keys, oldest first, to rotate from: at
+    # start the new key (``key``) is announced in the log under the last one
+    # (docs/regulators.md); the stored checkpoint may be signed by any of them.
+    previous_keys: tuple[Path, ...] = ()
+    # How often the collector looks for enrolments, handovers and revocations.
+    key_poll_seconds: float = 0.2
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")

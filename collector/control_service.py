@@ -110,6 +110,23 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         # (method, "accepted" | refusal reason) -> count
         self.stats: Counter[tuple[str, str]] = Counter()
 
+    def revoke_authority(self, keyid: str) -> None:
+        """A revoked authority key counts for nothing from now on: not for new
+        submissions, nor in the approvals already collected for a pending resume."""
+        self._authorities.pop(keyid, None)
+        self._evaluators.pop(keyid, None)
+        for record in self._book.records():
+            if record.approvals is not None and keyid in record.approvals.by_key:
+                del record.approvals.by_key[keyid]
+                log.warning("approval of %s by revoked key %s withdrawn", record.id, keyid[:16])
+        if len(self._authorities) < self._quorum:
+            log.error(
+                "authority key %s revoked: %d keys remain, fewer than the quorum %d",
+                keyid[:16],
+                len(self._authorities),
+                self._quorum,
+            )
+
     # -- the RPCs ----------------------------------------------------------------
     async def SubmitManualHalt(
         self, request: control_pb2.SubmitRequest, context: grpc.aio.ServicerContext[object, object]

@@ -95,8 +95,11 @@ class Ingestor:
         verify_jobs: int | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
         evidence_per_key: int = 1,
+        before_admit: Callable[[], None] | None = None,
     ) -> None:
-        """``verify_pool``: threads that check signatures in batches
+        """``before_admit``: called on the event loop before a report is
+        appended (``collector.keylog.KeyLog.before_admit``: key events first).
+        ``verify_pool``: threads that check signatures in batches
         (``collector.batchverify``), at most ``verify_jobs`` batches at once
         (default: the pool's thread count); None checks on the event loop."""
         self._registry = registry
@@ -112,6 +115,7 @@ class Ingestor:
             )
         self._clock_ns = clock_ns
         self._evidence_per_key = evidence_per_key
+        self._before_admit = before_admit
         heads = ledger.chain_heads()
         self.chains = ChainBook(
             {k: (h.last_sequence, h.last_digest) for k, h in heads.items()}, self._stored_digest
@@ -217,8 +221,10 @@ class Ingestor:
                 f"the ledger cannot write ({self._ledger.unavailable_reason}); resend later"
             )
         keyid = verified.signer.keyid
+        if self._before_admit is not None:
+            self._before_admit()
         node = self._registry.by_keyid(keyid)
-        if node is None:  # un-enrolled between verify and here
+        if node is None:  # revoked, handed over or un-enrolled between verify and here
             raise UnknownNodeError(f"key {keyid[:16]} is no longer enrolled")
         if report.node_id != node.node_id:
             raise KeyMismatchError(

@@ -61,6 +61,29 @@ CREATE TABLE IF NOT EXISTS nodes (
     public_key BLOB NOT NULL,
     enrolled_unix_nanos INTEGER NOT NULL
 );
+-- Key events waiting for the collector to log them (collector.keylog);
+-- envelope NULL: the collector signs the payload with its own key.
+CREATE TABLE IF NOT EXISTS key_event (
+    id INTEGER PRIMARY KEY,
+    payload_type TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    envelope BLOB,
+    created_unix_nanos INTEGER NOT NULL
+);
+-- Keys that sign nothing any more: revoked, replaced or handed over.
+CREATE TABLE IF NOT EXISTS retired_key (
+    keyid TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    public_key BLOB NOT NULL,
+    node_id TEXT,
+    why TEXT NOT NULL,
+    retired_unix_nanos INTEGER NOT NULL
+);
+-- Bumped by every enrolment, handover and revocation: the collector polls it.
+CREATE TABLE IF NOT EXISTS key_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
 """
 
 

@@ -1,9 +1,12 @@
 """Enrolment: which node owns which public key.
 
 Stored in the ledger file's ``nodes`` table, written by ``computewatch nodes
-enroll`` (the collector may be running: it rereads on a cache miss). A key
-belongs to exactly one node; re-enrolling a node with a new key starts a new
-chain for it (chains are kept per key).
+enroll`` (the collector may be running: it rereads on a cache miss, and when
+``key_state.version`` changes). A key belongs to exactly one node;
+re-enrolling a node with a new key starts a new chain for it (chains are kept
+per key) and retires the old key for good. Every enrolment is also queued as
+a ``NodeEnrolment`` key event, which the collector signs and logs
+(``collector.keylog``) before any report signed by the new key.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from collector import keystore
 from collector.ledger import connect, init_db
+from protos import keylog
+from protos.computewatch.v1 import keylog_pb2
 from protos.errors import ConfigError
 from protos.keys import PublicKey
 
@@ -60,6 +66,24 @@ def enroll(path: Path, node_id: str, key: PublicKey, *, replace: bool = False) -
                 raise ConfigError(
                     f"node {node_id} is enrolled with another key; pass --replace to re-key it"
                 )
+            keystore.refuse_retired(conn, key.keyid)
+            replaced = b""
+            if existing is not None and existing[0] != key.keyid:
+                old = conn.execute(
+                    "SELECT public_key FROM nodes WHERE node_id = ?", (node_id,)
+                ).fetchone()
+                replaced = bytes(old[0])
+                keystore.retire(
+                    conn, existing[0], "node", replaced, node_id, "replaced by re-enrolment", now
+                )
+            if existing is None or existing[0] != key.keyid:
+                event = keylog_pb2.NodeEnrolment(
+                    node_id=node_id,
+                    public_key=key.raw(),
+                    enrolled_unix_nanos=now,
+                    replaces_public_key=replaced,
+                )
+                keystore.add_event(conn, keylog.ENROLMENT_TYPE, event.SerializeToString(), now)
             conn.execute(
                 "INSERT INTO nodes(node_id, keyid, public_key, enrolled_unix_nanos)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE SET"
@@ -91,6 +115,16 @@ def _node_rows(path: Path) -> list[tuple[str, bytes, int]]:
     return [(r[0], bytes(r[1]), r[2]) for r in rows]
 
 
+def _retired_keyids(path: Path) -> set[str]:
+    conn = connect(path, readonly=True)
+    try:
+        return {r[0] for r in conn.execute("SELECT keyid FROM retired_key").fetchall()}
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{path}: not a computewatch ledger ({exc})") from exc
+    finally:
+        conn.close()
+
+
 def list_nodes(path: Path) -> list[EnrolledNode]:
     return [EnrolledNode(n, PublicKey.from_raw(raw), t) for n, raw, t in _node_rows(path)]
 
@@ -118,11 +152,25 @@ class Registry:
         self._max_age = max(max_age, reload_interval)
         self._monotonic = monotonic
         self._last_reload = float("-inf")
+        # +1 whenever the set of (node, key) changes: the key log checks it.
+        self.generation = 0
+        # Revoked, replaced and handed-over keys: only ever grows, so a reload
+        # that read the table before a revocation cannot bring the key back.
+        self._retired: set[str] = set()
         self.reload()
+
+    def retire(self, keyid: str) -> None:
+        """Never trust ``keyid`` again (the key log, when it logs the event)."""
+        with self._lock:
+            self._retired.add(keyid)
+            if self._by_keyid.pop(keyid, None) is not None:
+                self.generation += 1
+            self._by_node = {n.node_id: n for n in self._by_keyid.values()}
 
     def reload(self) -> None:
         known = self._by_node
         nodes = []
+        retired = _retired_keyids(self._path)
         for node_id, raw, enrolled in _node_rows(self._path):
             prev = known.get(node_id)
             if prev is not None and prev.enrolled_unix_nanos == enrolled and prev.key.raw() == raw:
@@ -130,6 +178,12 @@ class Registry:
             else:
                 nodes.append(EnrolledNode(node_id, PublicKey.from_raw(raw), enrolled))
         with self._lock:
+            self._retired |= retired
+            nodes = [n for n in nodes if n.key.keyid not in self._retired]
+            if {n.key.keyid: n.node_id for n in nodes} != {
+                k: n.node_id for k, n in self._by_keyid.items()
+            }:
+                self.generation += 1
             self._by_keyid = {n.key.keyid: n for n in nodes}
             self._by_node = {n.node_id: n for n in nodes}
             self._last_reload = self._monotonic()

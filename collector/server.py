@@ -27,6 +27,7 @@ from collector.auth import AuthInterceptor, AuthPolicy
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
 from collector.jobbounds import JobLimits
+from collector.keylog import KeyLog, KeyLogMetrics
 from collector.ledger import Ledger, iter_entries
 from collector.merkle_log import MerkleLog
 from collector.metrics import CollectorMetrics
@@ -91,6 +92,8 @@ class Collector:
     # The Merkle log's checkpoints and the Audit service (``collector.audit_wiring``).
     audit: AuditHandle | None = None
     merkle: MerkleLog | None = None
+    # Enrolments, handovers, revocations (``collector.keylog``).
+    keys: KeyLog | None = None
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def _ledger_state(self, writable: bool) -> None:
@@ -126,6 +129,8 @@ class Collector:
         await self.ledger.close()
         if self.merkle is not None:
             self.merkle.close()
+        if self.keys is not None:
+            self.keys.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         shutdown = getattr(self._metrics_server, "shutdown", None)
@@ -213,6 +218,14 @@ async def _build(
     cleanup.callback(merkle.close)
     ledger.attach_tree(merkle)
     registry = Registry(config.ledger)
+    keys = KeyLog(config.ledger, ledger, registry, key, poll_seconds=config.key_poll_seconds)
+    cleanup.callback(keys.close)
+    previous = [load_private_key(p) for p in config.previous_keys]
+    if previous:
+        await keys.rotate_from(previous[-1])
+    previous_keys = [k.public for k in previous]
+    keys.poll()  # enrolments and revocations made while the collector was down
+    keys.backfill()
     aggregator = Aggregator(
         silent_after_intervals=config.silent_after_intervals,
         expected_interval_seconds=config.interval_seconds,
@@ -236,6 +249,7 @@ async def _build(
         max_envelope_bytes=config.max_envelope_bytes,
         verify_pool=pool,
         evidence_per_key=config.max_evidence_per_key,
+        before_admit=keys.before_admit,
     )
     sessions = Sessions()
     server = _grpc_server(config, metrics_registry)
@@ -264,6 +278,7 @@ async def _build(
     if port == 0:
         raise ConfigError(f"cannot listen on {config.listen}: address in use or not local")
     metrics_registry.register(CollectorMetrics(ingestor.stats, ledger, aggregator, sessions))
+    metrics_registry.register(KeyLogMetrics(keys))
     collector = Collector(
         config=config,
         server=server,
@@ -280,8 +295,11 @@ async def _build(
         _pool=pool,
         bind_hooks=bind_hooks,
         merkle=merkle,
+        keys=keys,
     )
     collector.stop_protocol = await install_stop_protocol(collector, server)
+    keys.on_authority_revoked(collector.stop_protocol.control.revoke_authority)
+    bind_hooks.insert(0, keys.send_rotations)  # before the directives in force
     collector.audit = await start_audit(
         server,
         config.ledger,
@@ -290,6 +308,7 @@ async def _build(
         config.log_origin,
         checkpoint_interval_seconds=config.checkpoint_interval_seconds,
         registry=metrics_registry,
+        previous_keys=previous_keys,
     )
     cleanup.push_async_callback(collector.audit.close)
     await server.start()
@@ -303,6 +322,7 @@ async def _build(
             config.metrics_port, addr=config.metrics_address, registry=metrics_registry
         )
     collector._tasks.append(asyncio.create_task(collector._tick_loop()))
+    collector._tasks.append(asyncio.create_task(keys.run()))
     log.info(
         "collector listening on %s (ledger %s: %d entries, %d reports replayed)",
         collector.address,

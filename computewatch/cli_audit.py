@@ -45,10 +45,10 @@ def _trust_options(fn: Callable[P, R]) -> Callable[P, R]:
         ),
         click.option(
             "--node-keys",
-            required=True,
             multiple=True,
             type=click.Path(exists=True, path_type=Path),
-            help="Node public keys: files, or directories of *.pub/*.pem (repeatable).",
+            help="Node public keys: files, or directories of *.pub/*.pem (repeatable);"
+            " optional: enrolments in the log introduce node keys.",
         ),
         click.option(
             "--authority-keys",
@@ -253,6 +253,12 @@ def prove(
     prove from the copy; with --bundle, check a saved proof offline.
     """
     trust = _load_trust(collector_key, node_keys, authority_keys, origin)
+    if directory is not None:  # keys the verified copy learned from the log
+        copy = LocalStore(directory, create=False)
+        try:
+            trust = provemod.trust_from_copy(copy, trust)
+        finally:
+            copy.close()
     held = entry.read_bytes() if entry else None
     if bundle is not None:
         got = provemod.InclusionBundle.from_json(bundle.read_text())

@@ -139,6 +139,60 @@ def enroll(ledger: Path, node_id: str, public_key: Path, replace: bool) -> None:
     click.echo(f"enrolled {node.node_id} key {node.key.keyid}")
 
 
+_LEDGER = click.option(
+    "--ledger",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=_env("ledger"),
+)
+
+
+@nodes.command()
+@_LEDGER
+@click.option("--node-id", required=True)
+@click.option("--reason", default="", help="Why (logged in the revocation entry).")
+@translate_errors
+def revoke(ledger: Path, node_id: str, reason: str) -> None:
+    """Revoke NODE_ID's key (lost or stolen): refused by ingest from the next
+    poll on, and logged; re-enrol the node with a new key afterwards."""
+    from collector.keyadmin import revoke_node
+
+    key = revoke_node(ledger, node_id, reason)
+    click.echo(f"revoked {node_id} key {key.keyid}")
+
+
+@nodes.command("revoke-authority")
+@_LEDGER
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The authority's public key file.",
+)
+@click.option("--reason", default="", help="Why (logged in the revocation entry).")
+@translate_errors
+def revoke_authority(ledger: Path, key_path: Path, reason: str) -> None:
+    """Revoke an authority key: its approvals stop counting at once, and it is logged."""
+    from collector.keyadmin import revoke_authority as do_revoke
+
+    key = keymod.load_public_key(key_path)
+    do_revoke(ledger, key, reason)
+    click.echo(f"revoked authority key {key.keyid}")
+
+
+@nodes.command()
+@_LEDGER
+@click.argument("envelope", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@translate_errors
+def handover(ledger: Path, envelope: Path) -> None:
+    """Re-key a node with ENVELOPE from `keys handover` (signed by its old and new key)."""
+    from collector.keyadmin import handover as do_handover
+
+    node_id, key = do_handover(ledger, envelope.read_bytes())
+    click.echo(f"{node_id} handed over to key {key.keyid}")
+
+
 @nodes.command("list")
 @click.option(
     "--ledger",

@@ -286,6 +286,18 @@ class InconsistentLogError(ProofError):
     reason = "inconsistent_log"
 
 
+class KeyEventError(VerificationError):
+    """A key event (enrolment, handover, revocation, rotation) is malformed or not allowed."""
+
+    reason = "key_event"
+
+
+class RevokedKeyError(VerificationError):
+    """The key was revoked or handed over: it signs nothing valid any more."""
+
+    reason = "revoked_key"
+
+
 class RewrittenEntryError(VerificationError):
     """A log entry's bytes differ from what was signed or checkpointed."""
 

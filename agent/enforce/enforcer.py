@@ -125,6 +125,13 @@ class Enforcer:
     # --- directives ----------------------------------------------------------------------
     def handle(self, envelope: bytes) -> list[Receipt]:
         """Verify and act on one directive envelope; return receipts to report."""
+        if self.verifier.is_rotation(envelope):
+            try:
+                self.verifier.rotate(envelope)
+            except Error as exc:
+                self.verifier.stats.refused[exc.reason] += 1
+                log.warning("%s: collector key rotation refused: %s", self.node_id, exc)
+            return []
         try:
             acc = self.verifier.check(envelope, now_ns=self._clock_ns(), seen=self.record)
         except Error as exc:

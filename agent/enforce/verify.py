@@ -28,13 +28,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from protos import dsse
-from protos.computewatch.v1 import control_pb2
+from protos import dsse, keylog
+from protos.computewatch.v1 import control_pb2, keylog_pb2
 from protos.errors import (
     CounterError,
     Error,
     ExpiredError,
     InvalidDirectiveError,
+    KeyEventError,
     QuorumError,
     ScopeError,
 )
@@ -147,6 +148,43 @@ class DirectiveVerifier:
     @property
     def authority_keyids(self) -> frozenset[str]:
         return frozenset(self._authorities)
+
+    @property
+    def collector_keyid(self) -> str:
+        return next(iter(self._collector))
+
+    @staticmethod
+    def is_rotation(envelope_bytes: bytes) -> bool:
+        """Whether ``envelope_bytes`` claims to be a ``CollectorKeyRotation``."""
+        try:
+            return dsse.open_envelope(envelope_bytes).payload_type == keylog.ROTATION_TYPE
+        except Error:
+            return False
+
+    def rotate(self, envelope_bytes: bytes) -> bool:
+        """Follow a collector key rotation (docs/regulators.md, section 5): the
+        collector resends every rotation, oldest first, when a stream binds.
+        It must name the current key as old and be signed by the old and the
+        new key; then directives and leases verify under the new key only.
+        False for a rotation already followed; KeyEventError (or a
+        verification error) for one that is not allowed."""
+        env = dsse.open_envelope(envelope_bytes, max_bytes=self._max_bytes)
+        msg = dsse.parse_message(keylog_pb2.CollectorKeyRotation, env.payload)
+        old = keylog.public_key(msg.old_public_key, "old_public_key")
+        new = keylog.public_key(msg.new_public_key, "new_public_key")
+        if new.keyid in self._collector:
+            return False
+        if old.keyid not in self._collector:
+            raise KeyEventError(
+                f"rotation from key {old.keyid[:16]}, which is not the collector key"
+                f" {self.collector_keyid[:16]} this agent trusts"
+            )
+        keylog.verify_both(envelope_bytes, old, new)
+        self._collector = {new.keyid: new}
+        log.warning(
+            "%s: collector key rotated %s -> %s", self.node_id, old.keyid[:16], new.keyid[:16]
+        )
+        return True
 
     def check(self, envelope_bytes: bytes, *, now_ns: int, seen: SeenCounters) -> Accepted:
         """``verify``, counting and logging a refusal before re-raising it."""

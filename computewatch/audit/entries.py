@@ -1,8 +1,10 @@
 """Checks each log entry: who signed it, and whether each signer's chain holds.
 
 ``authenticate`` (pure, safe to run in threads) verifies the DSSE signature
-over the exact bytes with the keys allowed for the payload type.
-``advance`` (in log order) checks each node key's chain: the first report of
+over the exact bytes with every key seen so far; ``advance`` (in log order)
+checks that the signer may sign that type at that index (``KeyState``: key
+events move keys between nodes, revoke them and rotate the collector key),
+applies key events, and checks each node key's chain: the first report of
 a key is sequence 1 with a zero previous digest, then +1 each with
 previous_digest = SHA-256 of the previous envelope; and that directive
 counters only go up. On a chain finding the state still moves forward, so one
@@ -14,14 +16,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from computewatch.audit.keystate import KeyState
 from computewatch.audit.trust import Trust
-from protos import dsse
+from protos import dsse, keylog
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 from protos.errors import (
     BrokenChainError,
     DecodeError,
     DroppedEntryError,
     EquivocationError,
+    Error,
     InvalidReportError,
     KeyMismatchError,
     OversizeError,
@@ -59,23 +63,42 @@ class EntryChecker:
         heads: dict[str, ChainHead] | None = None,
         directive_counter: int = 0,
         lease_counter: int = 0,
+        keys: KeyState | None = None,
     ) -> None:
         self.trust = trust
         self.heads: dict[str, ChainHead] = dict(heads or {})
         self.directive_counter = directive_counter
         self.lease_counter = lease_counter
+        self.keys = keys or KeyState.initial(
+            trust.collector, dict(trust.nodes), dict(trust.authorities)
+        )
 
     def copy(self) -> EntryChecker:
-        return EntryChecker(self.trust, self.heads, self.directive_counter, self.lease_counter)
+        return EntryChecker(
+            self.trust,
+            self.heads,
+            self.directive_counter,
+            self.lease_counter,
+            KeyState.from_json(self.keys.to_json()),
+        )
+
+    def settle(self, index: int, data: bytes, result: dsse.Verified | Error) -> dsse.Verified:
+        """``result`` of an ``authenticate`` run ahead in a thread, or raise it;
+        an unknown key is looked up again, since an earlier entry (applied
+        since) may have introduced it."""
+        if isinstance(result, UnknownKeyError):
+            return self.authenticate(index, data)
+        if isinstance(result, Error):
+            raise result
+        return result
 
     def authenticate(self, index: int, data: bytes) -> dsse.Verified:
         """Verify entry ``index``'s signature; raise a typed error naming the entry."""
         try:
             env = dsse.open_envelope(data, max_bytes=MAX_ENTRY_BYTES)
-            allowed = self.trust.signers_for(env.payload_type)
-            if allowed is None:
+            if self.trust.signers_for(env.payload_type) is None:
                 raise PayloadTypeError(f"entry {index}: unknown payload type {env.payload_type!r}")
-            return dsse.verify(data, allowed, max_bytes=MAX_ENTRY_BYTES)
+            return dsse.verify(data, self.keys.known, max_bytes=MAX_ENTRY_BYTES)
         except (DecodeError, OversizeError) as exc:
             raise RewrittenEntryError(f"entry {index}: not a valid envelope ({exc})") from exc
         except SignatureError as exc:
@@ -88,10 +111,16 @@ class EntryChecker:
 
     def advance(self, index: int, verified: dsse.Verified) -> None:
         """Apply one authenticated entry, in log order."""
-        if verified.payload_type == dsse.REPORT_TYPE:
+        t, signer = verified.payload_type, verified.signer.keyid
+        if t == dsse.REPORT_TYPE:
             self._report(index, verified)
-        elif verified.payload_type == dsse.DIRECTIVE_TYPE:
+        elif t == dsse.DIRECTIVE_TYPE:
+            self.keys.require_collector(index, signer)
             self._directive(index, verified)
+        elif t in (dsse.APPROVAL_TYPE, dsse.MANUAL_HALT_TYPE, dsse.EVALUATION_TYPE):
+            self.keys.require_authority(index, signer)
+        elif t in keylog.KEY_EVENT_TYPES:
+            self.keys.apply(index, verified)
 
     def check(self, index: int, data: bytes) -> None:
         self.advance(index, self.authenticate(index, data))
@@ -102,6 +131,12 @@ class EntryChecker:
         except DecodeError as exc:
             raise InvalidReportError(f"entry {index}: signed payload is not a report") from exc
         keyid = verified.signer.keyid
+        bound = self.keys.node_key(index, keyid).node_id
+        if bound and report.node_id != bound:
+            raise KeyMismatchError(
+                f"entry {index}: key {keyid[:16]} is enrolled for node {bound!r},"
+                f" not {report.node_id!r}"
+            )
         seq, prev = report.sequence, report.previous_digest
         digest = hashlib.sha256(verified.envelope_bytes).digest()
         head = self.heads.get(keyid)

@@ -23,7 +23,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -31,6 +31,8 @@ import grpc
 from grpc.aio import EOF  # type: ignore[attr-defined]
 
 from computewatch.audit.entries import EntryChecker
+from computewatch.audit.keystate import KeyState
+from computewatch.audit.rotations import rotation_candidates
 from computewatch.audit.store import FollowState, LocalStore
 from computewatch.audit.trust import Trust
 from protos import checkpoint as cpmod
@@ -123,13 +125,34 @@ class Follower:
         self._newest_ts: int | None = None
         stored = store.latest_checkpoint()
         self._latest: cpmod.SignedCheckpoint | None = None
+        self._keys = (
+            KeyState.from_json(state.keys)
+            if state.keys
+            else KeyState.initial(trust.collector, dict(trust.nodes), dict(trust.authorities))
+        )
         if stored is not None:
-            self._latest = cpmod.open_note(stored.note, [trust.collector], origin=self._origin)
+            self._latest = cpmod.open_note(stored.note, [self._keys.collector], origin=self._origin)
 
-    def _open(self, note: bytes) -> cpmod.SignedCheckpoint:
-        signed = cpmod.open_note(note, [self._trust.collector], origin=self._origin)
+    def _open(self, note: bytes, pending: Sequence[bytes] = ()) -> cpmod.SignedCheckpoint:
+        """Open ``note`` under the current collector key or, when ``pending``
+        entries rotate it, the new key (checked again once they are applied)."""
+        keys = [self._keys.collector, *rotation_candidates(pending)]
+        signed = cpmod.open_note(note, keys, origin=self._origin)
         self._origin = self._origin or signed.checkpoint.origin
         return signed
+
+    def _open_head(self, note: bytes) -> cpmod.SignedCheckpoint | None:
+        """The head from GetCheckpoint; None when it is signed by a collector
+        key the copy has not reached yet (a rotation in entries still to come:
+        the streamed checkpoints are checked once those entries are applied)."""
+        try:
+            return self._open(note)
+        except CheckpointError:
+            head = cpmod.parse_unverified(note)
+            if self._latest is not None and head.size <= self._latest.size:
+                raise
+            log.warning("the head is not signed by the current collector key; checking later")
+            return None
 
     def _evidence(self, exc: VerificationError, notes: list[bytes]) -> VerificationError:
         folder = self._store.write_evidence(exc.reason, notes, str(exc))
@@ -185,10 +208,14 @@ class Follower:
         self._bound = options.max_age_seconds
         result = FollowResult(latest=self._latest)
         reply = await self._call(self._stub.GetCheckpoint(audit_pb2.GetCheckpointRequest()))
-        head = self._open(reply.note)
-        self.compare(head)
-        self._seen(head)
-        self.check_fresh()
+        opened = self._open_head(reply.note)
+        if opened is not None:
+            head = opened
+            self.compare(head)
+            self._seen(head)
+            self.check_fresh()
+        else:
+            head = cpmod.SignedCheckpoint(cpmod.parse_unverified(reply.note), reply.note)
         retries = 0
         with concurrent.futures.ThreadPoolExecutor(
             max(1, options.verify_threads), thread_name_prefix="audit-verify"
@@ -258,7 +285,7 @@ class Follower:
                             " a checkpoint covering them"
                         )
                 elif kind == "checkpoint":
-                    signed = self._open(resp.checkpoint.note)
+                    signed = self._open(resp.checkpoint.note, pending)
                     await self._round(base, pending, signed, pool)
                     self._seen(signed)
                     result.entries_added += len(pending)
@@ -310,6 +337,7 @@ class Follower:
             self._state.heads,
             self._state.directive_counter,
             self._state.lease_counter,
+            KeyState.from_json(self._keys.to_json()),
         )
         loop = asyncio.get_running_loop()
         chunks = [pending[i : i + 512] for i in range(0, len(pending), 512)]
@@ -322,17 +350,24 @@ class Follower:
         for fut in futures:
             for result in await fut:
                 try:
-                    if isinstance(result, Error):
-                        raise result
-                    checker.advance(index, result)
+                    checker.advance(index, checker.settle(index, pending[index - base], result))
                 except Error as exc:
                     finding = finding or exc
                 index += 1
+        # The checkpoint must be signed by the collector key current after these
+        # entries (the new key if they rotate it), not merely by a key they name.
+        cpmod.open_note(signed.note, [checker.keys.collector], origin=self._origin)
         state = FollowState(
-            frontier, checker.heads, checker.directive_counter, self._origin, checker.lease_counter
+            frontier,
+            checker.heads,
+            checker.directive_counter,
+            self._origin,
+            checker.lease_counter,
+            checker.keys.to_json(),
         )
         await asyncio.to_thread(self._store.commit, base, pending, signed, state)
         self._state = state
+        self._keys = checker.keys
         self._latest = signed
         log.info("stored entries up to %d (checkpoint %d)", covered, signed.size)
         if finding is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from computewatch.audit.keystate import KeyState
 from computewatch.audit.store import LocalStore
 from computewatch.audit.trust import Trust
 from protos import checkpoint as cpmod
@@ -158,3 +159,21 @@ def local_bundle(store: LocalStore, index: int, trust: Trust) -> InclusionBundle
     bundle = InclusionBundle(index, signed.size, entry, tuple(proof), signed.note)
     check_bundle(bundle, trust)
     return bundle
+
+
+def trust_from_copy(store: LocalStore, trust: Trust) -> Trust:
+    """``trust`` extended with what the verified copy learned from key events:
+    every node and authority key it has seen, and the current collector key
+    (after rotations). Unchanged for a copy saved before key events existed."""
+    keys = store.follow_state().keys
+    if not keys:
+        return trust
+    state = KeyState.from_json(keys)
+    # Every key seen, current or retired (directives before a rotation,
+    # reports before a revocation): they only check the entry's own signature.
+    nodes = dict(trust.nodes)
+    for keyid in [*state.nodes, *state.retired]:
+        key = state.known.get(keyid)
+        if key is not None and keyid not in state.authorities:
+            nodes.setdefault(keyid, key)
+    return Trust(state.collector, nodes, {**trust.authorities, **state.authorities}, trust.origin)

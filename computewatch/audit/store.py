@@ -69,6 +69,8 @@ class FollowState:
     directive_counter: int
     origin: str | None
     lease_counter: int = 0
+    # ``KeyState.to_json()``: keys introduced, moved and revoked by the log.
+    keys: str = ""
 
 
 class LocalStore:
@@ -162,7 +164,8 @@ class LocalStore:
         }
         counter = int(self._meta("directive_counter") or 0)
         lease = int(self._meta("lease_counter") or 0)
-        return FollowState(frontier, heads, counter, self._meta("origin"), lease)
+        keys = self._meta("key_state") or ""
+        return FollowState(frontier, heads, counter, self._meta("origin"), lease, keys)
 
     # -- writing -------------------------------------------------------------------
     def commit(
@@ -192,6 +195,8 @@ class LocalStore:
             self._set_meta("frontier", json.dumps(doc))
             self._set_meta("directive_counter", str(state.directive_counter))
             self._set_meta("lease_counter", str(state.lease_counter))
+            if state.keys:
+                self._set_meta("key_state", state.keys)
             if state.origin is not None:
                 self._set_meta("origin", state.origin)
             conn.execute("COMMIT")

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protos import dsse
+from protos import dsse, keylog
 from protos.errors import KeyFileError
 from protos.keys import PublicKey, load_public_key
 
@@ -32,6 +32,9 @@ class Trust:
             return {self.collector.keyid: self.collector}
         if payload_type in (dsse.APPROVAL_TYPE, dsse.MANUAL_HALT_TYPE, dsse.EVALUATION_TYPE):
             return self.authorities
+        if payload_type in keylog.KEY_EVENT_TYPES:
+            # Who may sign a key event depends on the log so far (``KeyState``).
+            return {self.collector.keyid: self.collector}
         return None
 
 
@@ -60,7 +63,6 @@ def load_trust(
     authority_keys: Iterable[Path] = (),
     origin: str | None = None,
 ) -> Trust:
+    # Node keys may all come from enrolments in the log itself.
     nodes = load_keys(node_keys)
-    if not nodes:
-        raise KeyFileError("no node keys given: reports could not be verified")
     return Trust(load_public_key(collector_key), nodes, load_keys(authority_keys), origin)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from computewatch.audit.entries import EntryChecker
+from computewatch.audit.rotations import collector_rotations, key_for_size
 from computewatch.audit.store import LocalStore
 from computewatch.audit.trust import Trust
 from protos import checkpoint as cpmod
@@ -116,10 +117,13 @@ def _checkpoints(
     origin = trust.origin or store.origin
     out: tuple[list[cpmod.SignedCheckpoint], list[cpmod.SignedCheckpoint]] = ([], [])
     stored = [c.note for c in store.checkpoints()]
+    rotations = collector_rotations(store, trust)
     for which, notes in enumerate((stored, extra)):
         for note in notes:
             try:
-                signed = cpmod.open_note(note, [trust.collector], origin=origin)
+                size = cpmod.parse_unverified(note).size
+                key = key_for_size(trust.collector, rotations, size)
+                signed = cpmod.open_note(note, [key], origin=origin)
             except CheckpointError as exc:
                 report.add(exc, limit)
                 continue
@@ -209,14 +213,12 @@ def verify_store(
                 max_findings,
             )
         report.entries += 1
-        if isinstance(result, Error):
-            report.add(result, max_findings)
-        else:
-            signers.add(result.signer.keyid)
-            try:
-                checker.advance(idx, result)
-            except Error as exc:
-                report.add(exc, max_findings)
+        try:
+            verified = checker.settle(idx, data, result)
+            signers.add(verified.signer.keyid)
+            checker.advance(idx, verified)
+        except Error as exc:
+            report.add(exc, max_findings)
         if broken_at is not None:
             continue
         frontier.append(merkle.leaf_hash(data))
