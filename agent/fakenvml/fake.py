@@ -22,6 +22,8 @@ from typing import Any, NoReturn
 import pynvml as _pynvml
 
 from agent.fakenvml.activity import GpuState, NodeModel
+from agent.fakenvml.fake_mig import MIG_HANDLE_CALLS, MigCalls
+from agent.fakenvml.fake_samples import SampleCalls
 from agent.fakenvml.spec import Scenario
 
 _EXPORTED = ("NVML_", "NVMLError", "c_nvml", "struct_c_nvml")
@@ -41,10 +43,26 @@ _SETTABLE_MODES = frozenset(
         _pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS,
     }
 )
-# GPM metrics the fake computes; any other id answers NotSupported per metric.
-_GPM_UTIL = _pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL
-_GPM_SM = _pynvml.NVML_GPM_METRIC_SM_UTIL
-_GPM_TENSOR = (_pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL, _pynvml.NVML_GPM_METRIC_HMMA_TENSOR_UTIL)
+# GPM metrics the fake computes (index into a sample's integrals); any other
+# id answers NotSupported per metric. Ids as in nvml.h nvmlGpmMetricId_t.
+_GPM_METRICS = {
+    _pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: 0,
+    _pynvml.NVML_GPM_METRIC_SM_UTIL: 1,
+    _pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: 2,
+    _pynvml.NVML_GPM_METRIC_DFMA_TENSOR_UTIL: 3,
+    _pynvml.NVML_GPM_METRIC_HMMA_TENSOR_UTIL: 4,
+    _pynvml.NVML_GPM_METRIC_IMMA_TENSOR_UTIL: 5,
+    _pynvml.NVML_GPM_METRIC_FP64_UTIL: 6,
+    _pynvml.NVML_GPM_METRIC_FP32_UTIL: 7,
+    _pynvml.NVML_GPM_METRIC_FP16_UTIL: 8,
+}
+# nvml.h (nvmlGpmSampleGet, nvmlGpmMigSampleGet, nvmlGpmMetricsGet): "The interval
+# between two nvmlGpmSampleGet() calls should be greater than 100ms due to the
+# internal sample refresh rate." No error is documented for a shorter pair: the
+# counters have not been refreshed, so the fake answers NVML_SUCCESS with 0 %
+# for every metric of a pair taken less than this apart (a wrong figure that a
+# caller must avoid, as on a GPU).
+GPM_MIN_INTERVAL = 0.1
 
 
 _CALL_FAULTS = {
@@ -60,21 +78,24 @@ def _raise(code: int) -> NoReturn:
 
 @dataclass(frozen=True)
 class _Handle:
-    """A device handle; only meaningful to the FakeNvml that made it."""
+    """A device handle (``mig`` >= 0: a MIG device handle); only meaningful
+    to the FakeNvml that made it."""
 
     owner: int
     index: int
+    mig: int = -1
 
 
 @dataclass
 class _GpmSample:
     buffer: ctypes.Array[ctypes.c_char]
-    gpu: int | None = None
+    # (GPU index, MIG device index or -1) the sample was taken on.
+    gpu: tuple[int, int] | None = None
     t: float = 0.0
-    integrals: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    integrals: tuple[float, ...] = ()
 
 
-class FakeNvml:
+class FakeNvml(MigCalls, SampleCalls):
     """The pynvml module's surface for one simulated node (see module docstring)."""
 
     NVMLError = _pynvml.NVMLError
@@ -151,13 +172,25 @@ class FakeNvml:
         )
 
     def _device(self, function: str, handle: object) -> tuple[GpuState, float]:
+        """The GPU (or MIG device) of ``handle``, after the checks every call makes."""
         t = self._begin(function)
         if not isinstance(handle, _Handle) or handle.owner != id(self):
             _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
         if self._lost(handle.index, t):
             _raise(_pynvml.NVML_ERROR_GPU_IS_LOST)
         self._faulted(function, handle.index, t)
-        return self._model.gpus[handle.index], t
+        g = self._model.gpus[handle.index]
+        if handle.mig < 0:
+            return g, t
+        if handle.mig >= len(g.slices):
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if function not in MIG_HANDLE_CALLS:
+            # Only the calls whose nvml.h entry says they take a MIG device handle.
+            _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return g.slices[handle.mig], t
+
+    def _handle(self, index: int, mig: int = -1) -> _Handle:
+        return _Handle(id(self), index, mig)
 
     # --- library -----------------------------------------------------------------
     def nvmlInitWithFlags(self, flags: int) -> None:
@@ -205,12 +238,18 @@ class FakeNvml:
             uuid = uuid.decode(errors="replace")
         if not isinstance(uuid, str):
             _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        # nvml.h: "@param uuid The UUID of the target GPU or MIG instance".
         for g in self._model.gpus:
-            if g.uuid == uuid:
+            mig = (
+                -1
+                if g.uuid == uuid
+                else next((s.mig.index for s in g.slices if s.uuid == uuid and s.mig), None)
+            )
+            if mig is not None:
                 if self._lost(g.index, t):
                     _raise(_pynvml.NVML_ERROR_GPU_IS_LOST)
                 self._faulted("nvmlDeviceGetHandleByUUID", g.index, t)
-                return _Handle(id(self), g.index)
+                return _Handle(id(self), g.index, mig)
         _raise(_pynvml.NVML_ERROR_NOT_FOUND)
 
     def nvmlDeviceGetIndex(self, handle: object) -> int:
@@ -223,6 +262,8 @@ class FakeNvml:
 
     def nvmlDeviceGetName(self, handle: object) -> str:
         g, _ = self._device("nvmlDeviceGetName", handle)
+        if g.mig is not None:
+            return f"{g.spec.model.name} MIG {g.mig.profile}"
         return g.spec.model.name
 
     # --- readings --------------------------------------------------------------------
@@ -235,7 +276,7 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, handle: object, version: int | None = None) -> Any:
         g, t = self._device("nvmlDeviceGetMemoryInfo", handle)
-        total = g.spec.model.memory_bytes
+        total = g.memory_bytes
         used = self._model.activity(g, t).memory_used_bytes
         if not version:
             return _pynvml.c_nvmlMemory_t(total=total, free=total - used, used=used)
@@ -292,7 +333,16 @@ class FakeNvml:
 
     def nvmlDeviceGetComputeMode(self, handle: object) -> int:
         g, t = self._device("nvmlDeviceGetComputeMode", handle)
+        self._refuse_mig_parent(g)
         return g.mode_at(t)
+
+    @staticmethod
+    def _refuse_mig_parent(g: GpuState) -> None:
+        # nvml.h nvmlDeviceGet/SetComputeMode: "If MIG is enabled on a GPU, device
+        # must be MIG device handle"; a parent handle is a device that "does not
+        # support this feature": NVML_ERROR_NOT_SUPPORTED.
+        if g.spec.mig and g.mig is None:
+            _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
 
     def nvmlDeviceGetMigMode(self, device: object) -> list[int]:
         g, _ = self._device("nvmlDeviceGetMigMode", device)
@@ -306,11 +356,14 @@ class FakeNvml:
         out = []
         for job, pid, _ in self._model.processes(g, t):
             used = _NOT_AVAILABLE if g.spec.mig else int(job.memory_gib * 1024**3)
+            # nvmlProcessInfo_t: gpuInstanceId/computeInstanceId are 0xFFFFFFFF
+            # "if MIG is not enabled"; under MIG, those of the process's MIG device.
+            mig = g.mig or (g.spec.mig_slices[job.mig_slice] if g.spec.mig else None)
             info = _pynvml.c_nvmlProcessInfo_v3_t(
                 pid=pid,
                 usedGpuMemory=min(used, _NOT_AVAILABLE),
-                gpuInstanceId=0 if g.spec.mig else 0xFFFFFFFF,
-                computeInstanceId=0 if g.spec.mig else 0xFFFFFFFF,
+                gpuInstanceId=mig.gpu_instance_id if mig else 0xFFFFFFFF,
+                computeInstanceId=mig.compute_instance_id if mig else 0xFFFFFFFF,
             )
             obj = _pynvml.nvmlStructToFriendlyObject(info)
             if obj.usedGpuMemory == _NOT_AVAILABLE:
@@ -323,6 +376,7 @@ class FakeNvml:
     # --- enforcement -------------------------------------------------------------------
     def nvmlDeviceSetComputeMode(self, handle: object, mode: int) -> None:
         g, t = self._device("nvmlDeviceSetComputeMode", handle)
+        self._refuse_mig_parent(g)
         if mode == _pynvml.NVML_COMPUTEMODE_EXCLUSIVE_THREAD:
             _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
         if mode not in _SETTABLE_MODES:
@@ -370,14 +424,24 @@ class FakeNvml:
         del self._samples[ctypes.addressof(sample.buffer)]
 
     def nvmlGpmSampleGet(self, device: object, gpmSample: object) -> object:
+        # nvml.h: "This API supports the device handle and MIG device handle."
         g, t = self._device("nvmlGpmSampleGet", device)
+        return self._gpm_read(g, t, gpmSample)
+
+    def _gpm_read(self, g: GpuState, t: float, gpmSample: object) -> object:
         if not g.spec.model.gpm:
             _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
         sample = self._sample(gpmSample)
         with self._lock:
             self._model.advance(g, t)
-            sample.gpu, sample.t = g.index, max(t, g.last_t)
-            sample.integrals = (g.util_integral, g.sm_integral, g.tensor_integral)
+            sample.gpu = (g.index, g.mig.index if g.mig else -1)
+            sample.t = max(t, g.last_t)
+            sample.integrals = (
+                g.util_integral,
+                g.sm_integral,
+                g.tensor_integral,
+                *g.pipe_integrals,
+            )
         return gpmSample
 
     def nvmlGpmMetricsGet(self, metricsGet: Any) -> Any:
@@ -392,18 +456,13 @@ class FakeNvml:
         dt = second.t - first.t
         for i in range(metricsGet.numMetrics):
             metric = metricsGet.metrics[i]
-            if metric.metricId == _GPM_UTIL:
-                which = 0
-            elif metric.metricId == _GPM_SM:
-                which = 1
-            elif metric.metricId in _GPM_TENSOR:
-                which = 2
-            else:
+            which = _GPM_METRICS.get(metric.metricId)
+            if which is None:
                 metric.nvmlReturn = _pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
-            if dt <= 0:
-                metric.nvmlReturn = _pynvml.NVML_ERROR_NO_DATA
-                continue
-            metric.value = (second.integrals[which] - first.integrals[which]) / dt
+            if abs(dt) < GPM_MIN_INTERVAL:
+                metric.value = 0.0  # see GPM_MIN_INTERVAL
+            else:
+                metric.value = (second.integrals[which] - first.integrals[which]) / dt
             metric.nvmlReturn = _pynvml.NVML_SUCCESS
         return metricsGet
