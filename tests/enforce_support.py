@@ -236,7 +236,7 @@ class Rig:
         # Jobs start at scenario time 0; begin a second later so a mode change
         # never coincides with a job's start.
         self.clock.advance(1.0)
-        self.backend = NvmlBackend(self.fake)
+        self.backend = NvmlBackend(self.fake, clock=self.clock.fake_time)
         self.spool: Spool | None = None
         self.enforcer = self.open()
 
@@ -244,9 +244,10 @@ class Rig:
     def job_of(self) -> dict[int, str]:
         return {pid: job for job, pid in self.pids.items()}
 
-    def sample(self) -> Snapshot:
-        """The backend's sample with processes attributed to their slurm jobs."""
-        snap = self.backend.sample()
+    def sample(self, *, activity: bool = True) -> Snapshot:
+        """The backend's sample with processes attributed to their slurm jobs
+        (the enforcer's reads, like the agent's, take no activity)."""
+        snap = self.backend.sample(activity=activity)
         jobs = self.job_of
         for g in snap.gpus:
             for p in g.processes:
@@ -273,7 +274,7 @@ class Rig:
                 suspend_command=self.suspend_command,
                 resume_command=self.resume_command,
             ),
-            sample=self.sample,
+            sample=lambda: self.sample(activity=False),
             store=self.spool,
             fail_mode=self.fail_mode,
             lease_grace_seconds=5.0,

@@ -5,12 +5,22 @@ Tests and the demo pass ``agent.fakenvml.FakeNvml``, which has the same
 surface, so this exact code runs in both.
 
 Per GPU it reads identity, utilization, memory, power and its limit, SM clock,
-energy, compute mode, MIG mode, the compute processes, and GPM SM and tensor
-activity (Hopper and later: computed between this sample and the previous
-one, so the first sample has none). NotSupported and NoPermission leave a
-field absent (unknown, never zero). A GPU that fell off the bus is reported
-LOST, any other failure ERROR with the error text; the other GPUs are still
-read. Handles and identities are cached; ``nvmlInit`` is lazy and retried.
+energy, compute mode, MIG mode, the compute processes, and GPM SM, tensor and
+per-pipe activity (Hopper and later: computed between this sample and the
+previous one, so the first sample has none; ``agent.nvml.gpm``). Utilization
+is the driver's sample buffer averaged since the previous read, with each
+process's SM share (``agent.nvml.windows``); ``activity_window_seconds`` says
+what the activity figures cover. A MIG-enabled GPU is followed by one sample
+per MIG device (``agent.nvml.mig``): its own UUID, instance, profile, SM share,
+compute mode, processes and per-instance GPM; the parent keeps power, energy
+and the aggregate process list and has no activity of its own.
+``sample(activity=False)`` (enforcement's reads) leaves the activity windows
+and GPM bases alone, so the next report still covers its whole interval.
+
+NotSupported and NoPermission leave a field absent (unknown, never zero). A
+GPU that fell off the bus is reported LOST, any other failure ERROR with the
+error text; the other GPUs are still read. Handles and identities are cached;
+``nvmlInit`` is lazy and retried.
 """
 
 from __future__ import annotations
@@ -18,10 +28,15 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.nvml.backend import PowerLimits, Snapshot
+from agent.nvml.gpm import Gpm, GpmReadError, GpmState
+from agent.nvml.mig import MigDevice, MigEnumerator
+from agent.nvml.windows import Windows, WindowState
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import BackendError
 
@@ -36,9 +51,11 @@ class _Gpu:
     uuid: str
     name: str
     gpm: bool
-    gpm_prev: Any = None
-    gpm_spare: Any = None
-    gpm_request: Any = None
+    gpm_state: GpmState = field(default_factory=GpmState)
+    window: WindowState = field(default_factory=WindowState)
+    # MIG devices by UUID, and the SMs of the full-GPU instance profile (0: not read yet).
+    mig: dict[str, MigDevice] = field(default_factory=dict)
+    full_sms: int | None = 0
 
 
 class _GpuReadError(Exception):
@@ -53,7 +70,9 @@ class _GpuReadError(Exception):
 class NvmlBackend:
     """``agent.nvml.backend.GpuBackend`` over pynvml (or an object with its surface)."""
 
-    def __init__(self, nvml: object | None = None) -> None:
+    def __init__(
+        self, nvml: object | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if nvml is None:
             import pynvml
 
@@ -82,7 +101,9 @@ class NvmlBackend:
             n.NVML_COMPUTEMODE_PROHIBITED: telemetry_pb2.COMPUTE_MODE_PROHIBITED,
             n.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS: telemetry_pb2.COMPUTE_MODE_EXCLUSIVE_PROCESS,
         }
-        self._metric_ids = (n.NVML_GPM_METRIC_SM_UTIL, n.NVML_GPM_METRIC_ANY_TENSOR_UTIL)
+        self._gpm_reader = Gpm(n, clock)
+        self._windows = Windows(n, self._absent)
+        self._migs = MigEnumerator(n, self._opt)
         self._lock = threading.Lock()
         self._initialized = False
         self._last_init_error = ""
@@ -126,7 +147,7 @@ class NvmlBackend:
         self._gpus.clear()
 
     # --- sampling ----------------------------------------------------------------------
-    def sample(self) -> Snapshot:
+    def sample(self, *, activity: bool = True) -> Snapshot:
         with self._lock:
             failed = self._init()
             if failed is not None:
@@ -151,7 +172,9 @@ class NvmlBackend:
                         status=telemetry_pb2.NVML_STATUS_ERROR,
                         error=f"nvmlDeviceGetCount: {again}",
                     )
-            gpus = [self._read(i) for i in range(count)]
+            gpus: list[telemetry_pb2.GpuSample] = []
+            for i in range(count):
+                gpus.extend(self._read(i, activity))
             return Snapshot(status=telemetry_pb2.NVML_STATUS_OK, gpus=gpus)
 
     def _call(self, call: str, *args: object) -> Any:
@@ -183,12 +206,13 @@ class NvmlBackend:
         self._seen[index] = (uuid, name)
         return gpu
 
-    def _read(self, index: int) -> telemetry_pb2.GpuSample:
+    def _read(self, index: int, activity: bool) -> list[telemetry_pb2.GpuSample]:
+        """The GPU at ``index`` and, when MIG is enabled, its MIG devices."""
         sample = telemetry_pb2.GpuSample(index=index)
         try:
             gpu = self._gpu(index)
             sample.uuid, sample.product_name = gpu.uuid, gpu.name
-            self._fill(gpu, sample)
+            self._fill(gpu, sample, activity)
         except _GpuReadError as failed:
             error = str(failed)[:_ERROR_TEXT_MAX]
             if self._code(failed.error) == self._lost:
@@ -201,20 +225,78 @@ class NvmlBackend:
                 sample.error = error
             if not sample.uuid and index in self._seen:
                 sample.uuid, sample.product_name = self._seen[index]
-            return sample
+            return [sample]
         sample.health = telemetry_pb2.GPU_HEALTH_OK
-        return sample
+        if not sample.mig_enabled:
+            return [sample]
+        return [sample, *self._read_mig(gpu, sample, activity)]
+
+    def _read_mig(
+        self, gpu: _Gpu, parent: telemetry_pb2.GpuSample, activity: bool
+    ) -> list[telemetry_pb2.GpuSample]:
+        """One sample per MIG device of ``gpu`` (a failure marks that device only)."""
+        try:
+            if gpu.full_sms == 0:
+                gpu.full_sms = self._migs.full_sms(gpu.handle)
+            devices = self._migs.devices(gpu.handle, gpu.mig)
+        except (self._error, _GpuReadError) as exc:
+            parent.error = f"MIG devices unreadable: {exc}"[:_ERROR_TEXT_MAX]
+            return []
+        present = {d.uuid for d in devices}
+        for uuid in [u for u in gpu.mig if u not in present]:
+            self._gpm_reader.free(gpu.mig.pop(uuid).gpm)
+        out = []
+        for dev in devices:
+            s = telemetry_pb2.GpuSample(
+                uuid=dev.uuid,
+                index=parent.index,
+                product_name=parent.product_name,
+                mig_enabled=True,
+                mig_instance=dev.instance,
+                mig_profile=dev.profile,
+                parent_uuid=gpu.uuid,
+            )
+            if parent.HasField("pci_device_id"):
+                s.pci_device_id = parent.pci_device_id
+            if dev.sms and gpu.full_sms:
+                s.sm_share = min(1.0, dev.sms / gpu.full_sms)
+            try:
+                self._fill_mig(gpu, dev, s, activity)
+                s.health = telemetry_pb2.GPU_HEALTH_OK
+            except _GpuReadError as failed:
+                s.health = telemetry_pb2.GPU_HEALTH_ERROR
+                s.error = str(failed)[:_ERROR_TEXT_MAX]
+            out.append(s)
+        return out
+
+    def _fill_mig(
+        self, gpu: _Gpu, dev: MigDevice, s: telemetry_pb2.GpuSample, activity: bool
+    ) -> None:
+        h = dev.handle
+        memory = self._opt("nvmlDeviceGetMemoryInfo", h)
+        if memory is not None:
+            s.memory_used_bytes = int(memory.used)
+            s.memory_total_bytes = int(memory.total)
+        # nvml.h: "If MIG is enabled on a GPU, device must be MIG device handle."
+        mode = self._opt("nvmlDeviceGetComputeMode", h)
+        s.compute_mode = self._modes.get(mode, telemetry_pb2.COMPUTE_MODE_UNSPECIFIED)
+        self._processes(h, s)
+        if activity and gpu.gpm:
+            gi = dev.gpu_instance_id
+            self._gpm(
+                gpu,
+                dev.gpm,
+                lambda buf: self._n.nvmlGpmMigSampleGet(gpu.handle, gi, buf),
+                s,
+            )
 
     def _forget(self, index: int) -> None:
         gpu = self._gpus.pop(index, None)
         if gpu is not None:
             self._free_gpm(gpu)
 
-    def _fill(self, gpu: _Gpu, s: telemetry_pb2.GpuSample) -> None:
+    def _fill(self, gpu: _Gpu, s: telemetry_pb2.GpuSample, activity: bool = True) -> None:
         h = gpu.handle
-        util = self._opt("nvmlDeviceGetUtilizationRates", h)
-        if util is not None:
-            s.utilization_gpu_percent = float(util.gpu)
         memory = self._opt("nvmlDeviceGetMemoryInfo", h)
         if memory is not None:
             s.memory_used_bytes = int(memory.used)
@@ -237,8 +319,29 @@ class NvmlBackend:
         if mig is not None:
             s.mig_enabled = mig[0] == self._n.NVML_DEVICE_MIG_ENABLE
         self._processes(h, s)
+        if not activity or s.mig_enabled:
+            # Under MIG activity is per MIG device (nvml.h: utilization rates and
+            # samples are not supported on MIG-enabled GPUs).
+            return
+        self._activity(gpu, s)
+
+    def _activity(self, gpu: _Gpu, s: telemetry_pb2.GpuSample) -> None:
+        """Utilization over the window since the last read, per-process SM shares, GPM."""
+        h = gpu.handle
+        try:
+            self._windows.utilization(h, gpu.window, s)
+        except self._error as exc:
+            raise _GpuReadError("nvmlDeviceGetSamples", exc) from exc
+        window = s.activity_window_seconds if s.HasField("activity_window_seconds") else None
+        try:
+            self._windows.processes(h, gpu.window, s)
+        except self._error as exc:
+            raise _GpuReadError("nvmlDeviceGetProcessUtilization", exc) from exc
         if gpu.gpm:
-            self._gpm(gpu, s)
+            s.ClearField("activity_window_seconds")
+            self._gpm(gpu, gpu.gpm_state, lambda buf: self._n.nvmlGpmSampleGet(h, buf), s)
+            if not s.HasField("activity_window_seconds") and window is not None:
+                s.activity_window_seconds = window
 
     def _processes(self, handle: Any, s: telemetry_pb2.GpuSample) -> None:
         try:
@@ -253,61 +356,28 @@ class NvmlBackend:
             if used is not None and used != self._not_available:
                 entry.used_memory_bytes = int(used)
 
-    def _gpm(self, gpu: _Gpu, s: telemetry_pb2.GpuSample) -> None:
-        """SM and tensor activity between the previous GPM sample and a new one."""
-        n = self._n
-        call = "nvmlGpmSampleAlloc"
+    def _gpm(
+        self,
+        gpu: _Gpu,
+        state: GpmState,
+        take: Callable[[Any], object],
+        s: telemetry_pb2.GpuSample,
+    ) -> None:
+        """GPM activity between ``state``'s previous sample and a new one (``take``)."""
         try:
-            if gpu.gpm_spare is None:
-                gpu.gpm_spare = n.nvmlGpmSampleAlloc()
-            call = "nvmlGpmSampleGet"
-            n.nvmlGpmSampleGet(gpu.handle, gpu.gpm_spare)
-            if gpu.gpm_prev is not None:
-                call = "nvmlGpmMetricsGet"
-                request = self._gpm_request(gpu)
-                request.sample1 = gpu.gpm_prev
-                request.sample2 = gpu.gpm_spare
-                n.nvmlGpmMetricsGet(request)
-                sm, tensor = request.metrics[0], request.metrics[1]
-                if sm.nvmlReturn == n.NVML_SUCCESS and math.isfinite(sm.value):
-                    s.sm_activity_percent = float(sm.value)
-                if tensor.nvmlReturn == n.NVML_SUCCESS and math.isfinite(tensor.value):
-                    s.tensor_activity_percent = float(tensor.value)
-        except self._error as exc:
-            if self._code(exc) in self._absent:
-                log.info("GPU %s: GPM not available (%s: %s)", gpu.uuid, call, exc)
+            self._gpm_reader.read(state, take, s)
+        except GpmReadError as failed:
+            if self._code(failed.error) in self._absent:
+                log.info("GPU %s: GPM not available (%s)", gpu.uuid, failed)
                 self._free_gpm(gpu)
                 gpu.gpm = False
                 return
-            # The previous sample is no base for the next interval: free it
-            # (dropping the reference alone leaks NVML's allocation).
-            self._free_sample(gpu.gpm_prev)
-            gpu.gpm_prev = None
-            raise _GpuReadError(call, exc) from exc
-        gpu.gpm_prev, gpu.gpm_spare = gpu.gpm_spare, gpu.gpm_prev
-
-    def _gpm_request(self, gpu: _Gpu) -> Any:
-        """The GPU's reusable c_nvmlGpmMetricsGet_t asking for SM and tensor activity."""
-        if gpu.gpm_request is None:
-            request = self._n.c_nvmlGpmMetricsGet_t()
-            request.version = self._n.NVML_GPM_METRICS_GET_VERSION
-            request.numMetrics = len(self._metric_ids)
-            for i, metric_id in enumerate(self._metric_ids):
-                request.metrics[i].metricId = metric_id
-            gpu.gpm_request = request
-        return gpu.gpm_request
+            raise _GpuReadError(failed.call, failed.error) from failed
 
     def _free_gpm(self, gpu: _Gpu) -> None:
-        for sample in (gpu.gpm_prev, gpu.gpm_spare):
-            self._free_sample(sample)
-        gpu.gpm_prev = gpu.gpm_spare = None
-
-    def _free_sample(self, sample: Any) -> None:
-        if sample is not None:
-            try:
-                self._n.nvmlGpmSampleFree(sample)
-            except self._error as exc:
-                log.debug("nvmlGpmSampleFree: %s", exc)
+        self._gpm_reader.free(gpu.gpm_state)
+        for dev in gpu.mig.values():
+            self._gpm_reader.free(dev.gpm)
 
     # --- control --------------------------------------------------------------------------
     def _handle(self, uuid: str) -> Any:
@@ -318,6 +388,8 @@ class NvmlBackend:
         for gpu in self._gpus.values():
             if gpu.uuid == uuid:
                 return gpu.handle
+            if uuid in gpu.mig:
+                return gpu.mig[uuid].handle
         try:
             return self._n.nvmlDeviceGetHandleByUUID(uuid)
         except self._error as exc:
