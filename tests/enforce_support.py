@@ -175,15 +175,23 @@ def scenario_doc(
     gpus: int = 2,
     starts: Mapping[str, float] | None = None,
     faults: list[dict[str, object]] | None = None,
+    mig: list[str] | None = None,
+    slices: Mapping[str, int] | None = None,
 ) -> dict[str, object]:
-    """One node (plus an idle other node) with ``gpus`` H100s and slurm jobs on given GPUs."""
+    """One node (plus an idle other node) with ``gpus`` H100s and slurm jobs on given GPUs.
+
+    ``mig``: GPU 0 has MIG enabled with these profiles; ``slices``: job -> MIG device."""
     starts = starts or {}
+    slices = slices or {}
+    specs: list[dict[str, object]] = [{"model": H100, "count": gpus}]
+    if mig:
+        specs = [{"model": H100, "mig": mig}, {"model": H100, "count": gpus - 1}]
     return {
         "name": "enforce",
         "duration_seconds": 3600,
         "interval_seconds": 1,
         "nodes": [
-            {"id": NODE, "gpus": [{"model": H100, "count": gpus}], "faults": faults or []},
+            {"id": NODE, "gpus": specs, "faults": faults or []},
             {"id": OTHER, "gpus": [{"model": H100, "count": 1}]},
         ],
         "jobs": [
@@ -196,6 +204,7 @@ def scenario_doc(
                 "utilization": [[0, 90], [3600, 90]],
                 "tensor_fraction": 0.5,
                 "memory_gib": 10,
+                **({"mig_slice": slices[job]} if job in slices else {}),
             }
             for job, indices in jobs.items()
         ],
@@ -221,13 +230,23 @@ class Rig:
     starts: dict[str, float] = field(default_factory=dict)
     codes: dict[str, str] = field(default_factory=dict)
     faults: list[dict[str, object]] = field(default_factory=list)
+    mig: list[str] | None = None
+    slices: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for job in self.jobs:
             if job not in self.pids:
                 self.pids[job] = self.children.spawn(self.codes.get(job, SLEEPER)).pid
         self.fake = FakeNvml(
-            parse_scenario(scenario_doc(self.jobs, starts=self.starts, faults=self.faults)),
+            parse_scenario(
+                scenario_doc(
+                    self.jobs,
+                    starts=self.starts,
+                    faults=self.faults,
+                    mig=self.mig,
+                    slices=self.slices,
+                )
+            ),
             NODE,
             clock=self.clock.fake_time,
             process_state=fake_process_state,
