@@ -10,6 +10,8 @@ among the jobs on it; cumulative FLOP integrates achieved over each report's
 interval (the EU guidelines' hardware method, C = N x L x H x U).
 
 Only committed reports are ingested. Figures of a silent node are unknown.
+MIG devices count at the parent's peak x their SM share and their parent's
+jobs and activity are not counted again (``collector.mig``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from collector import mig
 from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
@@ -42,6 +45,8 @@ class GpuFigures:
     lost: bool
     compute_mode: int
     jobs: tuple[str, ...]
+    # A MIG device: its parent GPU's uuid (its figures are in the parent's too).
+    parent_uuid: str = ""
 
 
 @dataclass
@@ -93,7 +98,7 @@ def gpu_figures(
     gpu: telemetry_pb2.GpuSample, lookup: Callable[[str], devices.DeviceSpec | None]
 ) -> GpuFigures:
     spec = lookup(gpu.product_name)
-    peak = spec.peak_flops if spec else None
+    peak = spec.peak_flops * mig.sample_share(gpu) if spec else None
     lost = gpu.health == telemetry_pb2.GPU_HEALTH_LOST
     readable = gpu.health == telemetry_pb2.GPU_HEALTH_OK
     jobs = tuple(sorted({p.job_id or "unattributed" for p in gpu.processes}))
@@ -125,6 +130,7 @@ def gpu_figures(
         lost=lost,
         compute_mode=gpu.compute_mode,
         jobs=jobs,
+        parent_uuid=gpu.parent_uuid,
     )
 
 
@@ -170,7 +176,9 @@ class Aggregator:
         node.enforcement = report.enforcement
         node.nvml_status = report.nvml_status
         node.reports += 1
-        node.gpus = [gpu_figures(g, self._lookup) for g in report.gpus]
+        node.gpus = mig.fold(
+            [gpu_figures(g, self._lookup) for g in report.gpus], METHOD_TENSOR, METHOD_UTILIZATION
+        )
 
         per_job: dict[str, list[float]] = {}
         upper: set[str] = set()
@@ -250,12 +258,13 @@ class Aggregator:
                 continue
             is_silent = self.is_silent(node, now)
             silent += is_silent
-            node_lost = sum(g.lost for g in node.gpus)
+            whole = [g for g in node.gpus if mig.counts_in_totals(g)]
+            node_lost = sum(g.lost for g in whole)
             lost += node_lost
-            unknown_model += sum(g.model is None for g in node.gpus)
-            installed = _sum([g.installed for g in node.gpus])
-            allocated = None if is_silent else _sum([g.allocated for g in node.gpus])
-            achieved = None if is_silent else _sum([g.achieved for g in node.gpus])
+            unknown_model += sum(g.model is None for g in whole)
+            installed = _sum([g.installed for g in whole])
+            allocated = None if is_silent else _sum([g.allocated for g in whole])
+            achieved = None if is_silent else _sum([g.achieved for g in whole])
             values[(Scope.NODE, node.node_id)] = {
                 "installed_flops": installed,
                 "allocated_flops": allocated,

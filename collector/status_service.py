@@ -38,14 +38,15 @@ def build_status(
             state = status_pb2.NODE_STATE_SILENT
         else:
             state = status_pb2.NODE_STATE_OK
-        out.gpus_total += len(node.gpus)
+        whole = [g for g in node.gpus if not g.parent_uuid]  # MIG devices are in their GPU
+        out.gpus_total += len(whole)
         out.nodes.add(
             node_id=node.node_id,
             state=state,
             last_sequence=node.last_sequence,
             last_seen_unix_nanos=int(node.last_received * 1e9),
-            gpus=len(node.gpus),
-            gpus_lost=sum(g.lost for g in node.gpus),
+            gpus=len(whole),
+            gpus_lost=sum(g.lost for g in whole),
             installed_flops=values.get("installed_flops") or 0.0,
             allocated_flops=values.get("allocated_flops") or 0.0,
             achieved_flops=values.get("achieved_flops") or 0.0,
