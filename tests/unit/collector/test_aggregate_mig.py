@@ -65,7 +65,7 @@ def mig_report() -> telemetry_pb2.NodeReport:
 
 def test_a_job_on_a_slice_is_charged_the_slice_not_the_gpu() -> None:
     report = mig_report()
-    parent, small, large, whole = report.gpus
+    parent, small, large, _ = report.gpus
     agg = Aggregator()
     agg.ingest(report, log_index=0, received_at=100.0)
     snap = agg.snapshot(100.0)
