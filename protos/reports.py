@@ -68,3 +68,63 @@ def validate_report(
                 f"gpu {gpu.index}: {len(gpu.processes)} processes,"
                 f" expected at most {MAX_PROCESSES_PER_GPU}"
             )
+    _check_activity_and_mig(report)
+
+
+_PIPE_FIELDS = (
+    "dfma_tensor_activity_percent",
+    "hmma_tensor_activity_percent",
+    "imma_tensor_activity_percent",
+    "fp64_activity_percent",
+    "fp32_activity_percent",
+    "fp16_activity_percent",
+)
+# Shares are SM counts over the full-GPU profile's: allow rounding, not a second GPU.
+_SHARE_SLACK = 1e-6
+
+
+def _check_activity_and_mig(report: telemetry_pb2.NodeReport) -> None:
+    """Per-pipe activity, activity windows, per-process SM shares, and MIG devices:
+    a device names a MIG-enabled GPU of the same report as its parent, its share
+    is in (0, 1], and one GPU's devices together hold at most all of its SMs
+    (accounting counts a device at the parent's peak x its share)."""
+    parents = {g.uuid: g for g in report.gpus if not g.parent_uuid}
+    shares: dict[str, float] = {}
+    for gpu in report.gpus:
+        for name in _PIPE_FIELDS:
+            _percent(name, gpu)
+        if gpu.HasField("activity_window_seconds"):
+            w = gpu.activity_window_seconds
+            if not (math.isfinite(w) and 0.0 <= w <= MAX_INTERVAL_SECONDS):
+                raise InvalidReportError(
+                    f"gpu {gpu.index}: activity_window_seconds = {w!r},"
+                    f" expected 0..{MAX_INTERVAL_SECONDS}"
+                )
+        for proc in gpu.processes:
+            if proc.HasField("sm_utilization_percent"):
+                v = proc.sm_utilization_percent
+                if not (math.isfinite(v) and 0.0 <= v <= 100.0):
+                    raise InvalidReportError(
+                        f"gpu {gpu.index}: pid {proc.pid} sm_utilization_percent = {v!r},"
+                        " expected 0..100"
+                    )
+        if gpu.HasField("sm_share"):
+            v = gpu.sm_share
+            if not (math.isfinite(v) and 0.0 < v <= 1.0):
+                raise InvalidReportError(f"gpu {gpu.uuid}: sm_share = {v!r}, expected (0, 1]")
+        if not gpu.parent_uuid:
+            continue
+        parent = parents.get(gpu.parent_uuid)
+        if parent is None or not parent.mig_enabled:
+            raise InvalidReportError(
+                f"MIG device {gpu.uuid}: parent {gpu.parent_uuid!r} is not a MIG-enabled GPU"
+                " of this report"
+            )
+        shares[parent.uuid] = shares.get(parent.uuid, 0.0) + (
+            gpu.sm_share if gpu.HasField("sm_share") else 0.0
+        )
+        if shares[parent.uuid] > 1.0 + _SHARE_SLACK:
+            raise InvalidReportError(
+                f"MIG devices of {parent.uuid} hold {shares[parent.uuid]:.3f} of its SMs,"
+                " expected at most 1"
+            )

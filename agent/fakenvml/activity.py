@@ -311,29 +311,56 @@ class NodeModel:
         breaks = g.breakpoints
         if g.slices:
             breaks = tuple(sorted({b for s in g.slices for b in s.breakpoints}))
-        grid = _grid_points(g.last_t, t)
-        edges = sorted({g.last_t, t, *(b for b in breaks if g.last_t < b < t), *grid})
+        # Driver sample times in (last_t, t]: recorded on the way by interpolating
+        # within a substep (levels are linear there), not as extra integration edges.
+        grid = sorted(_grid_points(g.last_t, t))
+        edges = [g.last_t, *(b for b in breaks if g.last_t < b < t), t]
         for a, b in itertools.pairwise(edges):
             step = (b - a) / _SUBSTEPS
             # The last point is just inside the segment, so a job ending at b counts up to b.
             xs = [a + step * k for k in range(1, _SUBSTEPS)] + [math.nextafter(b, a)]
             prev = self._levels(g, a, procs)
-            for x in xs:
+            x0 = a
+            for k, x in enumerate(xs):
                 cur = self._levels(g, x, procs)
-                g.util_integral += (prev.utilization + cur.utilization) / 2 * step
-                g.sm_integral += (prev.sm + cur.sm) / 2 * step
-                g.tensor_integral += (prev.tensor + cur.tensor) / 2 * step
-                g.energy_mj += (prev.power + cur.power) / 2 * step * 1000.0
-                for i in range(len(PIPES)):
-                    g.pipe_integrals[i] += (prev.pipes[i] + cur.pipes[i]) / 2 * step
-                before, now = dict(prev.per_pid), dict(cur.per_pid)
-                for pid in before.keys() | now.keys():
-                    area = (before.get(pid, 0.0) + now.get(pid, 0.0)) / 2 * step
-                    g.pid_integrals[pid] = g.pid_integrals.get(pid, 0.0) + area
-                prev = cur
-            if b in grid:
-                g.grid.append((b, g.util_integral, dict(g.pid_integrals)))
+                upto = b if k == len(xs) - 1 else x
+                while grid and grid[0] <= upto:
+                    self._record(g, grid.pop(0), x0=x0, step=step, prev=prev, cur=cur)
+                self._integrate(g, step, prev, cur)
+                prev, x0 = cur, x0 + step
         g.last_t = t
+
+    @staticmethod
+    def _integrate(g: GpuState, step: float, prev: Levels, cur: Levels) -> None:
+        g.util_integral += (prev.utilization + cur.utilization) / 2 * step
+        g.sm_integral += (prev.sm + cur.sm) / 2 * step
+        g.tensor_integral += (prev.tensor + cur.tensor) / 2 * step
+        g.energy_mj += (prev.power + cur.power) / 2 * step * 1000.0
+        for i in range(len(PIPES)):
+            g.pipe_integrals[i] += (prev.pipes[i] + cur.pipes[i]) / 2 * step
+        if prev.per_pid or cur.per_pid:
+            before, now = dict(prev.per_pid), dict(cur.per_pid)
+            for pid in before.keys() | now.keys():
+                area = (before.get(pid, 0.0) + now.get(pid, 0.0)) / 2 * step
+                g.pid_integrals[pid] = g.pid_integrals.get(pid, 0.0) + area
+
+    @staticmethod
+    def _record(
+        g: GpuState, at: float, *, x0: float, step: float, prev: Levels, cur: Levels
+    ) -> None:
+        """Append the driver's sample at ``at`` (in the substep from ``x0``) to the buffer."""
+        width = max(0.0, min(at - x0, step))
+        frac = width / step if step > 0 else 0.0
+
+        def area(p: float, c: float) -> float:
+            return (p + (p + (c - p) * frac)) / 2 * width
+
+        util = g.util_integral + area(prev.utilization, cur.utilization)
+        before, now = dict(prev.per_pid), dict(cur.per_pid)
+        pids = dict(g.pid_integrals)
+        for pid in before.keys() | now.keys():
+            pids[pid] = pids.get(pid, 0.0) + area(before.get(pid, 0.0), now.get(pid, 0.0))
+        g.grid.append((at, util, pids))
 
 
 def _breaks(jobs: list[tuple[Job, int]]) -> tuple[float, ...]:

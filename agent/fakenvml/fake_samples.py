@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -41,12 +40,16 @@ class SampleCalls:
         """(timestamp us, entry, previous entry) of buffered samples newer than ``last_seen``."""
         with self._lock:
             self._model.advance(g, t)
-            grid = list(g.grid)
-        out = []
-        for prev, cur in itertools.pairwise(grid):
-            stamp = self._micros(cur[0])
-            if stamp > last_seen:
-                out.append((stamp, cur, prev))
+            grid = g.grid
+            out = []
+            # Newest first, back to the last one seen (each with its predecessor).
+            for i in range(len(grid) - 1, 0, -1):
+                cur = grid[i]
+                stamp = self._micros(cur[0])
+                if stamp <= last_seen:
+                    break
+                out.append((stamp, cur, grid[i - 1]))
+        out.reverse()
         return out
 
     def nvmlDeviceGetSamples(self, device: object, sampling_type: int, timeStamp: int) -> Any:

@@ -79,7 +79,7 @@ def test_utilization_is_averaged_over_the_interval_not_the_last_driver_period() 
     # 20 % until 9.5 s, then 100 %: an instantaneous reading at 10 s says 100 %.
     b, _, clock = backend(
         one_gpu(
-            "NVIDIA A100-SXM4-80GB", {"id": "1", "utilization": [[0, 20], [9.5, 20], [9.5, 100]]}
+            "NVIDIA A100-SXM4-80GB", {"id": "1", "utilization": [[0, 20], [9.5, 20], [9.501, 100]]}
         )
     )
     clock.at(5)
