@@ -333,10 +333,7 @@ class NvmlBackend:
         except self._error as exc:
             raise _GpuReadError("nvmlDeviceGetSamples", exc) from exc
         window = s.activity_window_seconds if s.HasField("activity_window_seconds") else None
-        try:
-            self._windows.processes(h, gpu.window, s)
-        except self._error as exc:
-            raise _GpuReadError("nvmlDeviceGetProcessUtilization", exc) from exc
+        self._windows.processes(h, gpu.window, s)
         if gpu.gpm:
             s.ClearField("activity_window_seconds")
             self._gpm(gpu, gpu.gpm_state, lambda buf: self._n.nvmlGpmSampleGet(h, buf), s)

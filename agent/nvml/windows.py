@@ -110,7 +110,7 @@ class Windows:
         state.last_seen = points[-1][0]
 
     def processes(self, handle: Any, state: WindowState, s: telemetry_pb2.GpuSample) -> None:
-        """Fill each listed process's ``sm_utilization_percent`` (raises like ``utilization``)."""
+        """Fill each listed process's ``sm_utilization_percent`` (never raises NVMLError)."""
         if not state.processes or not s.processes:
             return
         n = self._n
@@ -118,12 +118,16 @@ class Windows:
             samples = n.nvmlDeviceGetProcessUtilization(handle, state.proc_last_seen)
         except self._error as exc:
             code = self._code(exc)
-            if code == n.NVML_ERROR_NOT_FOUND:
+            # NOT_FOUND: no sample since lastSeen. pynvml raises NVMLError(NVML_SUCCESS)
+            # when NVML has no entry to size a buffer for. Either way: unknown now.
+            if code in (n.NVML_ERROR_NOT_FOUND, n.NVML_SUCCESS):
                 return
-            if code not in self._absent:
-                raise
-            log.info("process utilization not available: %s", exc)
-            state.processes = False
+            if code in self._absent:
+                log.info("process utilization not available: %s", exc)
+                state.processes = False
+                return
+            # A secondary figure: its failure leaves the shares unknown, not the GPU.
+            log.warning("nvmlDeviceGetProcessUtilization: %s", exc)
             return
         per_pid: dict[int, list[float]] = defaultdict(list)
         for x in samples:

@@ -7,6 +7,7 @@ import pytest
 from agent.fakenvml import SM_FRACTION, FakeNvml, parse_scenario
 from agent.fakenvml.scenario import Scenario
 from agent.nvml.real import NvmlBackend
+from protos.computewatch.v1 import telemetry_pb2 as pb
 
 T0 = 1_700_000_000.0
 
@@ -138,3 +139,32 @@ def test_without_a_sample_buffer_the_rate_covers_one_driver_period() -> None:
     assert g.utilization_gpu_percent == 70.0
     # nvml.h nvmlUtilization_t: the period "may be between 1 second and 1/6 second".
     assert g.activity_window_seconds == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize("kind", ["nvml_error", "not_supported"])
+def test_a_process_utilization_failure_leaves_only_the_shares_unknown(kind: str) -> None:
+    s = parse_scenario(
+        {
+            "name": "w",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA L4"}],
+                    "faults": [{"kind": kind, "functions": ["nvmlDeviceGetProcessUtilization"]}],
+                }
+            ],
+            "jobs": [{"id": "1", "nodes": ["n"], "utilization": [[0, 70]]}],
+        }
+    )
+    b, fake, clock = backend(s)
+    for t in (2, 3, 4):
+        clock.at(t)
+        g = b.sample().gpus[0]
+    assert g.health == pb.GPU_HEALTH_OK
+    assert g.utilization_gpu_percent == pytest.approx(70.0)
+    (proc,) = g.processes
+    assert not proc.HasField("sm_utilization_percent")
+    # NotSupported is asked once; another error is asked again next time.
+    expected = 1 if kind == "not_supported" else 3
+    assert fake.calls["nvmlDeviceGetProcessUtilization"] == expected
