@@ -80,7 +80,7 @@ _PIPE_FIELDS = (
     "fp16_activity_percent",
 )
 # Shares are SM counts over the full-GPU profile's: allow rounding, not a second GPU.
-_SHARE_SLACK = 1e-6
+_SHARE_SLACK = 0.01
 
 
 def _check_activity_and_mig(report: telemetry_pb2.NodeReport) -> None:

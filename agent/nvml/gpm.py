@@ -20,10 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from protos.computewatch.v1 import telemetry_pb2
+from protos.reports import MAX_INTERVAL_SECONDS
 
 log = logging.getLogger(__name__)
 
 MIN_INTERVAL = 0.1
+# A value this little outside 0..100 is rounding and is clamped; further out it is
+# not a percentage NVML can mean, and the field stays absent (unknown).
+_PERCENT_SLACK = 0.5
 
 # (nvml.h metric id name, GpuSample field)
 _METRICS = (
@@ -92,12 +96,15 @@ class Gpm:
                 request = self._request(state)
                 request.sample1 = state.prev
                 request.sample2 = state.spare
-                n.nvmlGpmMetricsGet(request)
-                for i, (_, field) in enumerate(_METRICS):
-                    metric = request.metrics[i]
-                    if metric.nvmlReturn == n.NVML_SUCCESS and math.isfinite(metric.value):
-                        setattr(s, field, float(metric.value))
-                s.activity_window_seconds = now - state.prev_t
+                window = now - state.prev_t
+                if window <= MAX_INTERVAL_SECONDS:
+                    n.nvmlGpmMetricsGet(request)
+                    self._fill(request, s)
+                    s.activity_window_seconds = window
+                else:
+                    # A base this old (NVML was away for hours) stands for no interval
+                    # a report can carry: start over from the new sample.
+                    log.info("GPM base %.0f s old: not used", window)
         except self._error as exc:
             # The previous sample is no base for the next interval: free it
             # (dropping the reference alone leaks NVML's allocation).
@@ -106,6 +113,17 @@ class Gpm:
             raise GpmReadError(call, exc) from exc
         state.prev, state.spare = state.spare, state.prev
         state.prev_t = now
+
+    def _fill(self, request: Any, s: telemetry_pb2.GpuSample) -> None:
+        for i, (_, field) in enumerate(_METRICS):
+            metric = request.metrics[i]
+            if metric.nvmlReturn != self._n.NVML_SUCCESS:
+                continue
+            value = float(metric.value)
+            if not (math.isfinite(value) and -_PERCENT_SLACK <= value <= 100 + _PERCENT_SLACK):
+                log.warning("GPM %s = %r is not a percentage: left unknown", field, value)
+                continue
+            setattr(s, field, min(max(value, 0.0), 100.0))
 
     def _request(self, state: GpmState) -> Any:
         """The state's reusable c_nvmlGpmMetricsGet_t asking for every metric above."""

@@ -135,4 +135,5 @@ class Windows:
             state.proc_last_seen = max(state.proc_last_seen, int(x.timeStamp))
         for proc in s.processes:
             values = per_pid.get(proc.pid)
-            proc.sm_utilization_percent = sum(values) / len(values) if values else 0.0
+            share = sum(values) / len(values) if values else 0.0
+            proc.sm_utilization_percent = min(max(share, 0.0), 100.0)

@@ -8,6 +8,7 @@ from agent.fakenvml import SM_FRACTION, FakeNvml, parse_scenario
 from agent.fakenvml.scenario import Scenario
 from agent.nvml.real import NvmlBackend
 from protos.computewatch.v1 import telemetry_pb2 as pb
+from protos.reports import MAX_INTERVAL_SECONDS
 
 T0 = 1_700_000_000.0
 
@@ -168,3 +169,27 @@ def test_a_process_utilization_failure_leaves_only_the_shares_unknown(kind: str)
     # NotSupported is asked once; another error is asked again next time.
     expected = 1 if kind == "not_supported" else 3
     assert fake.calls["nvmlDeviceGetProcessUtilization"] == expected
+
+
+def test_a_gpm_base_older_than_any_report_interval_is_not_used() -> None:
+    b, _, clock = backend(
+        parse_scenario(
+            {
+                "name": "w",
+                "duration_seconds": 10_000,
+                "nodes": [{"id": "n", "gpus": [{"model": "NVIDIA H100 80GB HBM3"}]}],
+                "jobs": [{"id": "1", "nodes": ["n"], "utilization": [[0, 100]]}],
+            }
+        )
+    )
+    clock.at(1)
+    b.sample()
+    clock.at(1 + MAX_INTERVAL_SECONDS + 1)  # the agent was away for over an hour
+    late = b.sample().gpus[0]
+    assert not late.HasField("sm_activity_percent")
+    if late.HasField("activity_window_seconds"):
+        assert late.activity_window_seconds <= MAX_INTERVAL_SECONDS
+    clock.at(2 + MAX_INTERVAL_SECONDS + 1)
+    g = b.sample().gpus[0]
+    assert g.sm_activity_percent == pytest.approx(100 * SM_FRACTION)
+    assert g.activity_window_seconds == pytest.approx(1.0)
