@@ -5,8 +5,9 @@ a model not in the table; allocated = installed while any compute process
 holds the GPU; achieved = peak x activity, where activity is GPM tensor
 activity when the GPU has it (method ``gpm_tensor``) and ``utilization.gpu``
 otherwise (method ``utilization_upper_bound``: a kernel ran, not that the
-tensor cores were busy). Per job: achieved is the GPU's achieved split evenly
-among the jobs on it; cumulative FLOP integrates achieved over each report's
+tensor cores were busy). Per job: achieved is the GPU's achieved split by the
+processes' SM shares where every process has one (``collector.shares``), evenly
+among the jobs on it otherwise; cumulative FLOP integrates achieved over each report's
 interval (the EU guidelines' hardware method, C = N x L x H x U).
 
 Only committed reports are ingested. Figures of a silent node are unknown.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from collector import mig
+from collector.shares import activity_shares
 from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
@@ -47,6 +49,8 @@ class GpuFigures:
     jobs: tuple[str, ...]
     # A MIG device: its parent GPU's uuid (its figures are in the parent's too).
     parent_uuid: str = ""
+    # Each job's fraction of the achieved figure (per-process SM shares); (): even.
+    job_shares: tuple[float, ...] = ()
 
 
 @dataclass
@@ -131,6 +135,7 @@ def gpu_figures(
         compute_mode=gpu.compute_mode,
         jobs=jobs,
         parent_uuid=gpu.parent_uuid,
+        job_shares=activity_shares(gpu, jobs),
     )
 
 
@@ -186,9 +191,9 @@ class Aggregator:
             if not fig.jobs:
                 continue
             share = 1.0 / len(fig.jobs)
-            for name in fig.jobs:
+            for i, name in enumerate(fig.jobs):
                 acc = per_job.setdefault(name, [0.0, 0.0, 0.0, 0.0])
-                acc[0] += (fig.achieved or 0.0) * share
+                acc[0] += (fig.achieved or 0.0) * (fig.job_shares[i] if fig.job_shares else share)
                 acc[1] += (fig.allocated or 0.0) * share
                 acc[2] += 1
                 acc[3] += fig.model is None
