@@ -331,7 +331,8 @@ class NvmlBackend:
         try:
             self._windows.utilization(h, gpu.window, s)
         except self._error as exc:
-            raise _GpuReadError("nvmlDeviceGetSamples", exc) from exc
+            call = "nvmlDeviceGetSamples" if gpu.window.samples else "nvmlDeviceGetUtilizationRates"
+            raise _GpuReadError(call, exc) from exc
         window = s.activity_window_seconds if s.HasField("activity_window_seconds") else None
         self._windows.processes(h, gpu.window, s)
         if gpu.gpm:

@@ -83,7 +83,12 @@ class Windows:
             else:
                 self._average(samples, state, s)
                 return
-        util = n.nvmlDeviceGetUtilizationRates(handle)
+        try:
+            util = n.nvmlDeviceGetUtilizationRates(handle)
+        except self._error as exc:
+            if self._code(exc) in self._absent:
+                return  # not available here either: unknown
+            raise
         s.utilization_gpu_percent = float(util.gpu)
         s.activity_window_seconds = RATE_WINDOW
 

@@ -193,3 +193,32 @@ def test_a_gpm_base_older_than_any_report_interval_is_not_used() -> None:
     g = b.sample().gpus[0]
     assert g.sm_activity_percent == pytest.approx(100 * SM_FRACTION)
     assert g.activity_window_seconds == pytest.approx(1.0)
+
+
+def test_no_utilization_source_leaves_utilization_unknown_not_the_gpu_broken() -> None:
+    s = parse_scenario(
+        {
+            "name": "w",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA L4"}],
+                    "faults": [
+                        {
+                            "kind": "not_supported",
+                            "functions": ["nvmlDeviceGetSamples", "nvmlDeviceGetUtilizationRates"],
+                        }
+                    ],
+                }
+            ],
+            "jobs": [{"id": "1", "nodes": ["n"], "utilization": [[0, 70]]}],
+        }
+    )
+    b, _, clock = backend(s)
+    clock.at(3)
+    g = b.sample().gpus[0]
+    assert g.health == pb.GPU_HEALTH_OK
+    assert not g.HasField("utilization_gpu_percent")
+    assert not g.HasField("activity_window_seconds")
+    assert g.HasField("power_watts")
