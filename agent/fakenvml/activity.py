@@ -81,8 +81,9 @@ class Levels(NamedTuple):
     tensor: float
     power: float
     pipes: tuple[float, ...]
-    # pid -> the process's contribution to utilization, percent.
-    per_pid: tuple[tuple[int, float], ...] = ()
+    # Each given process's contribution to utilization, percent (same order as
+    # the processes; empty when not asked for).
+    per_proc: tuple[float, ...] = ()
 
 
 _IDLE_PIPES = (0.0,) * len(PIPES)
@@ -239,13 +240,20 @@ class NodeModel:
             return 1.0
         return max(0.0, min(1.0, (board.power_limit_watts - model.idle_watts) / span))
 
-    def _levels(self, g: GpuState, t: float, procs: list[tuple[Job, int, str]]) -> Levels:
-        """The levels of ``g`` at ``t`` for the given processes (a MIG parent: its devices')."""
+    def _levels(
+        self, g: GpuState, t: float, procs: list[tuple[Job, int, str]], *, detail: bool = False
+    ) -> Levels:
+        """The levels of ``g`` at ``t`` for the given processes (a MIG parent: its
+        devices'). ``detail``: also the pipes and, off MIG, each process's share."""
         model = g.spec.model
         if g.slices:
-            parts = [(s.sm_share, self._levels(s, t, self._current(s))) for s in g.slices]
+            parts = [
+                (s.sm_share, self._levels(s, t, self._current(s), detail=detail)) for s in g.slices
+            ]
             util = sum(w * lv.utilization for w, lv in parts)
-            pipes = tuple(sum(w * lv.pipes[i] for w, lv in parts) for i in range(len(PIPES)))
+            pipes = _IDLE_PIPES
+            if detail:
+                pipes = tuple(sum(w * lv.pipes[i] for w, lv in parts) for i in range(len(PIPES)))
             power = model.idle_watts + (model.tdp_watts - model.idle_watts) * util / 100.0
             return Levels(
                 util,
@@ -253,32 +261,34 @@ class NodeModel:
                 sum(w * lv.tensor for w, lv in parts),
                 min(power, g.power_limit_watts),
                 pipes,
-                tuple(p for _, lv in parts for p in lv.per_pid),
             )
         raw = tensor = 0.0
-        pipes_raw = [0.0] * len(PIPES)
-        per_pid: list[tuple[int, float]] = []
-        for job, pid, state in procs:
+        per_proc = [0.0] * len(procs)
+        pipes_raw = [0.0] * len(PIPES) if detail else []
+        for k, (job, _, state) in enumerate(procs):
             if state == "stopped" or not job.running_at(t):
                 continue
             u = job.utilization_at(t - job.start)
             raw += u
             tensor += u * job.tensor_fraction
-            for i, f in enumerate(job.precision):
-                pipes_raw[i] += u * f
-            per_pid.append((pid, u))
+            per_proc[k] = u
+            if detail:
+                for i, f in enumerate(job.precision):
+                    pipes_raw[i] += u * f
         scale = self._scale(g)
         util = min(raw, 100.0)
         factor = scale * (util / raw if raw > 0 else 0.0)
         util *= scale
         power = model.idle_watts + (model.tdp_watts - model.idle_watts) * util / 100.0
+        # nvml.h: process utilization is not supported under MIG: no per-process detail there.
+        shares = detail and not g.spec.mig and raw > 0
         return Levels(
             util,
             util * SM_FRACTION,
             tensor * factor,
             min(power, g.power_limit_watts),
-            tuple(p * factor for p in pipes_raw) if raw > 0 else _IDLE_PIPES,
-            tuple((pid, u * factor) for pid, u in per_pid),
+            tuple(p * factor for p in pipes_raw) if detail and raw > 0 else _IDLE_PIPES,
+            tuple(u * factor for u in per_proc) if shares else (),
         )
 
     def _current(self, g: GpuState) -> list[tuple[Job, int, str]]:
@@ -314,39 +324,48 @@ class NodeModel:
         # Driver sample times in (last_t, t]: recorded on the way by interpolating
         # within a substep (levels are linear there), not as extra integration edges.
         grid = sorted(_grid_points(g.last_t, t))
+        pids = [pid for _, pid, _ in procs]
         edges = [g.last_t, *(b for b in breaks if g.last_t < b < t), t]
         for a, b in itertools.pairwise(edges):
             step = (b - a) / _SUBSTEPS
             # The last point is just inside the segment, so a job ending at b counts up to b.
             xs = [a + step * k for k in range(1, _SUBSTEPS)] + [math.nextafter(b, a)]
-            prev = self._levels(g, a, procs)
+            prev = self._levels(g, a, procs, detail=True)
             x0 = a
             for k, x in enumerate(xs):
-                cur = self._levels(g, x, procs)
+                cur = self._levels(g, x, procs, detail=True)
                 upto = b if k == len(xs) - 1 else x
                 while grid and grid[0] <= upto:
-                    self._record(g, grid.pop(0), x0=x0, step=step, prev=prev, cur=cur)
-                self._integrate(g, step, prev, cur)
+                    self._record(g, grid.pop(0), pids, x0=x0, step=step, prev=prev, cur=cur)
+                self._integrate(g, step, pids, prev, cur)
                 prev, x0 = cur, x0 + step
         g.last_t = t
 
     @staticmethod
-    def _integrate(g: GpuState, step: float, prev: Levels, cur: Levels) -> None:
+    def _integrate(g: GpuState, step: float, pids: list[int], prev: Levels, cur: Levels) -> None:
         g.util_integral += (prev.utilization + cur.utilization) / 2 * step
         g.sm_integral += (prev.sm + cur.sm) / 2 * step
         g.tensor_integral += (prev.tensor + cur.tensor) / 2 * step
         g.energy_mj += (prev.power + cur.power) / 2 * step * 1000.0
         for i in range(len(PIPES)):
             g.pipe_integrals[i] += (prev.pipes[i] + cur.pipes[i]) / 2 * step
-        if prev.per_pid or cur.per_pid:
-            before, now = dict(prev.per_pid), dict(cur.per_pid)
-            for pid in before.keys() | now.keys():
-                area = (before.get(pid, 0.0) + now.get(pid, 0.0)) / 2 * step
-                g.pid_integrals[pid] = g.pid_integrals.get(pid, 0.0) + area
+        if prev.per_proc or cur.per_proc:
+            before = prev.per_proc or (0.0,) * len(pids)
+            now = cur.per_proc or (0.0,) * len(pids)
+            ints = g.pid_integrals
+            for pid, p, c in zip(pids, before, now, strict=True):
+                ints[pid] = ints.get(pid, 0.0) + (p + c) / 2 * step
 
     @staticmethod
     def _record(
-        g: GpuState, at: float, *, x0: float, step: float, prev: Levels, cur: Levels
+        g: GpuState,
+        at: float,
+        pids: list[int],
+        *,
+        x0: float,
+        step: float,
+        prev: Levels,
+        cur: Levels,
     ) -> None:
         """Append the driver's sample at ``at`` (in the substep from ``x0``) to the buffer."""
         width = max(0.0, min(at - x0, step))
@@ -356,11 +375,13 @@ class NodeModel:
             return (p + (p + (c - p) * frac)) / 2 * width
 
         util = g.util_integral + area(prev.utilization, cur.utilization)
-        before, now = dict(prev.per_pid), dict(cur.per_pid)
-        pids = dict(g.pid_integrals)
-        for pid in before.keys() | now.keys():
-            pids[pid] = pids.get(pid, 0.0) + area(before.get(pid, 0.0), now.get(pid, 0.0))
-        g.grid.append((at, util, pids))
+        ints = dict(g.pid_integrals)
+        if prev.per_proc or cur.per_proc:
+            before = prev.per_proc or (0.0,) * len(pids)
+            now = cur.per_proc or (0.0,) * len(pids)
+            for pid, p, c in zip(pids, before, now, strict=True):
+                ints[pid] = ints.get(pid, 0.0) + area(p, c)
+        g.grid.append((at, util, ints))
 
 
 def _breaks(jobs: list[tuple[Job, int]]) -> tuple[float, ...]:

@@ -123,8 +123,9 @@ class GpmCalls:
         if not 0 <= metricsGet.numMetrics <= _pynvml.NVML_GPM_METRIC_MAX:
             _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
         dt = second.t - first.t
+        metrics = metricsGet.metrics
         for i in range(metricsGet.numMetrics):
-            metric = metricsGet.metrics[i]
+            metric = metrics[i]
             which = _GPM_METRICS.get(metric.metricId)
             if which is None:
                 metric.nvmlReturn = _pynvml.NVML_ERROR_NOT_SUPPORTED

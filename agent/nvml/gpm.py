@@ -115,9 +115,11 @@ class Gpm:
         state.prev_t = now
 
     def _fill(self, request: Any, s: telemetry_pb2.GpuSample) -> None:
+        metrics = request.metrics  # one lookup: pynvml's struct attribute access is slow
+        success = self._n.NVML_SUCCESS
         for i, (_, field) in enumerate(_METRICS):
-            metric = request.metrics[i]
-            if metric.nvmlReturn != self._n.NVML_SUCCESS:
+            metric = metrics[i]
+            if metric.nvmlReturn != success:
                 continue
             value = float(metric.value)
             if not (math.isfinite(value) and -_PERCENT_SLACK <= value <= 100 + _PERCENT_SLACK):
