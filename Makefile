@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck protos check-protos bench clean
+.PHONY: demo test lint typecheck promtool protos check-protos bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,11 +15,24 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/computewatch demo
 
-test: $(STAMP)
+test: $(STAMP) promtool
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The alert rules and their unit tests, with Debian's real promtool (the pytest
+# suite also runs promtool check metrics on live endpoints and a real Prometheus).
+promtool:
+	@if command -v promtool >/dev/null 2>&1; then \
+	  promtool check rules deploy/prometheus/alerts.yml && \
+	  promtool test rules deploy/prometheus/alerts_test.yml; \
+	else \
+	  echo '********************************************************************' >&2; \
+	  echo '* promtool NOT INSTALLED: SKIPPED promtool check/test rules and the *' >&2; \
+	  echo '* Prometheus tests. Install it: apt-get install prometheus          *' >&2; \
+	  echo '********************************************************************' >&2; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,7 +9,15 @@ Rules, first match over every line of the cgroup file:
   (``kubepods-burstable-pod<uid with _>.slice``) or cgroupfs
   (``/kubepods/burstable/pod<uid>/...``) -> the pod UID (dashes restored);
 - systemd: a unit under ``/system.slice`` -> the unit name (``train.service``);
-- anything else -> ``unattributed``.
+- anything else -> ``unattributed``, sent as the node's own pseudo-job
+  ``unattributed@<node_id>`` (``protos.jobs``), never one pooled across nodes.
+
+A job is the training run, not its pieces (``fill``): with a ``SlurmJobs``
+resolver an array task or het component counts under its array or het job
+(``agent.slurm``); with a ``PodWorkloads`` resolver a pod counts under the
+workload that owns it (``k8s:<namespace>/<Kind>/<name>``, ``agent.k8s``), and
+a process no cgroup attributes counts under the one pod its GPU is assigned
+to. The piece (pod, array task, het component) is the process's ``member``.
 
 Anchoring the patterns to the hierarchies that root-owned daemons manage means
 a user cannot claim a job by naming a cgroup in their own delegated subtree
@@ -27,11 +35,14 @@ import logging
 import os
 import re
 import stat
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from protos.computewatch.v1 import telemetry_pb2
+from protos.jobs import unattributed_id
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +73,29 @@ class Attribution:
     job_id: str
     # "slurm", "kubernetes", "systemd" or "unattributed".
     source: str
+    # The pod, array task or het component within the job; "" when none.
+    member: str = ""
+
+
+class _Piece(Protocol):
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def member(self) -> str: ...
+
+
+class SlurmResolver(Protocol):
+    """``agent.slurm.SlurmJobs``: a Slurm job id -> its array or het job."""
+
+    def resolve(self, job_id: str) -> _Piece: ...
+
+
+class PodResolver(Protocol):
+    """``agent.k8s.resolver.PodWorkloads``: pods -> their workload's job."""
+
+    def refresh(self) -> None: ...
+    def by_pod_uid(self, uid: str) -> _Piece | None: ...
+    def by_device(self, gpu: telemetry_pb2.GpuSample) -> _Piece | None: ...
 
 
 UNATTRIBUTED = Attribution(UNATTRIBUTED_ID, "unattributed")
@@ -113,8 +147,20 @@ class _Untrusted(Exception):  # noqa: N818 - internal signal, not an error for c
 class JobAttributor:
     """Attribute GPU processes to jobs by reading a procfs tree (``/proc`` by default)."""
 
-    def __init__(self, procfs_root: Path = Path("/proc"), *, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        procfs_root: Path = Path("/proc"),
+        *,
+        cache_size: int = 4096,
+        node_id: str = "",
+        slurm: SlurmResolver | None = None,
+        kubernetes: PodResolver | None = None,
+    ) -> None:
         self.root = procfs_root
+        self.node_id = node_id
+        self._slurm = slurm
+        self._kubernetes = kubernetes
+        self._lock = threading.Lock()
         self._cache_size = max(1, cache_size)
         self._cache: OrderedDict[tuple[int, int], Attribution] = OrderedDict()
         self._warned: OrderedDict[int, None] = OrderedDict()
@@ -178,13 +224,41 @@ class JobAttributor:
             self._warned.popitem(last=False)
         log.warning(message, *args)
 
+    def job_of(self, found: Attribution, gpu: telemetry_pb2.GpuSample) -> Attribution:
+        """The job (the training run) a process with cgroup attribution ``found`` on
+        ``gpu`` counts under; the node's ``unattributed@<node>`` when none."""
+        if found.source == "slurm" and self._slurm is not None:
+            job = self._slurm.resolve(found.job_id)
+            return Attribution(job.job_id, "slurm", job.member)
+        if self._kubernetes is not None:
+            if found.source == "kubernetes":
+                pod = self._kubernetes.by_pod_uid(found.job_id)
+            elif found.source == "unattributed":
+                pod = self._kubernetes.by_device(gpu)
+            else:
+                pod = None
+            if pod is not None:
+                return Attribution(pod.job_id, "kubernetes", pod.member)
+        if found.source == "unattributed":
+            return Attribution(unattributed_id(self.node_id), "unattributed")
+        return found
+
     def fill(self, gpus: list[telemetry_pb2.GpuSample]) -> None:
-        """Set ``job_id`` and ``attribution`` on every process of ``gpus``, in place."""
-        seen: dict[int, Attribution] = {}
-        for gpu in gpus:
-            for proc in gpu.processes:
-                found = seen.get(proc.pid)
-                if found is None:
-                    found = seen[proc.pid] = self.attribute(proc.pid)
-                proc.job_id = found.job_id
-                proc.attribution = found.source
+        """Set ``job_id``, ``attribution`` and ``member`` on every process of ``gpus``.
+
+        Serialised: the sampler and enforcement may call it from two threads,
+        and the caches and resolvers behind it are not thread-safe.
+        """
+        with self._lock:
+            if self._kubernetes is not None:
+                self._kubernetes.refresh()
+            seen: dict[int, Attribution] = {}
+            for gpu in gpus:
+                for proc in gpu.processes:
+                    found = seen.get(proc.pid)
+                    if found is None:
+                        found = seen[proc.pid] = self.attribute(proc.pid)
+                    job = self.job_of(found, gpu)
+                    proc.job_id = job.job_id
+                    proc.attribution = job.source
+                    proc.member = job.member

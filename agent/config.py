@@ -12,7 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from protos.config import load_section
+from agent.k8s.kubelet import DEFAULT_RESOURCES, DEFAULT_SOCKET
+from agent.k8s.workload import DEFAULT_LABEL_RULES, parse_rules
+from agent.slurm import DEFAULT_COMMAND as DEFAULT_SLURM_COMMAND
+from agent.slurm import command_template
+from protos.config import SettingError, check_range, load_section
 from protos.errors import ConfigError
 from protos.reports import MAX_INTERVAL_SECONDS
 
@@ -23,13 +27,7 @@ SCHEDULERS = ("signal", "slurm", "command")
 _NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
-class _ValueError(ConfigError):
-    """A value of the right type that is not allowed; carries the key so the
-    loader can say whether it came from the file or from a flag."""
-
-    def __init__(self, key: str, value: object, expected: str) -> None:
-        super().__init__(f"key {key!r}: expected {expected}, got {value!r}")
-        self.key = key
+_ValueError = SettingError
 
 
 def _host_port(value: str) -> bool:
@@ -65,6 +63,24 @@ class AgentConfig:
     procfs_root: Path = Path("/proc")
     # Directory of per-job metadata files (lineage, model id); none when unset.
     job_metadata_dir: Path | None = None
+    # Slurm array tasks and het components count under their array/het job,
+    # found with this command ({job}: the task's own job id); "" turns it off.
+    slurm_show_job_command: str = DEFAULT_SLURM_COMMAND
+    slurm_command_timeout_seconds: float = 5.0
+    # Kubernetes: pods count under the workload that owns them (agent.k8s).
+    k8s_attribution: bool = False
+    # The kubelet's PodResources socket.
+    k8s_pod_resources_socket: Path = DEFAULT_SOCKET
+    # Resources whose device ids are GPUs ("*" at the end: a prefix).
+    k8s_gpu_resources: tuple[str, ...] = DEFAULT_RESOURCES
+    # Pod metadata: from *.json pod files in this directory when set, else
+    # from the API server (in-cluster credentials, or k8s_kubeconfig).
+    k8s_pod_metadata_dir: Path | None = None
+    k8s_kubeconfig: Path | None = None
+    # "<label key>=<Kind>" rules, first match wins (agent.k8s.workload).
+    k8s_workload_labels: tuple[str, ...] = DEFAULT_LABEL_RULES
+    # Seconds between reads of the kubelet's GPU assignments.
+    k8s_refresh_seconds: float = 10.0
     # "open": keep GPUs running without a lease; "closed": halt locally.
     fail_mode: str = "open"
     # Seconds after start before a missing lease counts (fail_mode "closed").
@@ -102,10 +118,8 @@ class AgentConfig:
                 self.interval_seconds,
                 f"a number of seconds above 0 and at most {MAX_INTERVAL_SECONDS:g}",
             )
-        if self.max_unacked < 1:
-            raise _ValueError("max_unacked", self.max_unacked, "an integer >= 1")
-        if self.max_in_flight < 1:
-            raise _ValueError("max_in_flight", self.max_in_flight, "an integer >= 1")
+        check_range("max_unacked", self.max_unacked, 1, 10_000_000)
+        check_range("max_in_flight", self.max_in_flight, 1, 65_536)
         if not 0 <= self.metrics_port <= 65535:
             raise _ValueError("metrics_port", self.metrics_port, "a port 0..65535 (0: off)")
         if not self.metrics_address:
@@ -123,10 +137,9 @@ class AgentConfig:
                 "the collector's public key when fail_mode is 'closed' (it verifies leases)",
             )
         self._check_enforcement()
-        if not self.backoff_min_seconds > 0:
-            raise _ValueError(
-                "backoff_min_seconds", self.backoff_min_seconds, "a positive number of seconds"
-            )
+        self._check_attribution()
+        check_range("backoff_min_seconds", self.backoff_min_seconds, 0.0, 3600.0, above_low=True)
+        check_range("backoff_max_seconds", self.backoff_max_seconds, 0.0, 3600.0, above_low=True)
         if not self.backoff_max_seconds >= self.backoff_min_seconds:
             raise _ValueError(
                 "backoff_max_seconds",
@@ -135,12 +148,8 @@ class AgentConfig:
             )
 
     def _check_enforcement(self) -> None:
-        if not self.lease_grace_seconds >= 0:
-            raise _ValueError(
-                "lease_grace_seconds", self.lease_grace_seconds, "a number of seconds >= 0"
-            )
-        if self.quorum < 1:
-            raise _ValueError("quorum", self.quorum, "an integer >= 1")
+        check_range("lease_grace_seconds", self.lease_grace_seconds, 0.0, 86_400.0)
+        check_range("quorum", self.quorum, 1, 1000)
         if self.authority_keys and self.quorum > len(self.authority_keys):
             raise _ValueError(
                 "quorum",
@@ -160,6 +169,31 @@ class AgentConfig:
                 "terminate_grace_seconds", self.terminate_grace_seconds, "0..86400 seconds"
             )
 
+    def _check_attribution(self) -> None:
+        if self.slurm_show_job_command:
+            try:
+                command_template(self.slurm_show_job_command)
+            except ConfigError as exc:
+                raise _ValueError(
+                    "slurm_show_job_command", self.slurm_show_job_command, "a command with {job}"
+                ) from exc
+        check_range(
+            "slurm_command_timeout_seconds",
+            self.slurm_command_timeout_seconds,
+            0.0,
+            300.0,
+            above_low=True,
+        )
+        try:
+            parse_rules(self.k8s_workload_labels)
+        except ConfigError as exc:
+            raise _ValueError(
+                "k8s_workload_labels", self.k8s_workload_labels, "'<label key>=<Kind>' entries"
+            ) from exc
+        if not self.k8s_gpu_resources or not all(self.k8s_gpu_resources):
+            raise _ValueError("k8s_gpu_resources", self.k8s_gpu_resources, "resource names")
+        check_range("k8s_refresh_seconds", self.k8s_refresh_seconds, 0.0, 3600.0, above_low=True)
+
     @property
     def spool_path(self) -> Path:
         return self.state_dir / "spool.sqlite3"
@@ -174,14 +208,4 @@ def load_agent_config(
     Raises ConfigError naming the file (or the flag/environment setting),
     the key and the expected value.
     """
-    overrides = dict(overrides or {})
-    try:
-        return load_section(AgentConfig, path, SECTION, overrides)
-    except _ValueError as exc:
-        if overrides.get(exc.key) is not None:
-            where = f"setting {SECTION}.{exc.key} (flag or environment)"
-        elif path is not None:
-            where = f"{path} [{SECTION}]"
-        else:
-            where = "default configuration"
-        raise ConfigError(f"{where}: {exc}") from exc
+    return load_section(AgentConfig, path, SECTION, overrides)

@@ -5,7 +5,9 @@ A prolog (Slurm ``Prolog``, a Kubernetes admission hook, a systemd
 
     {"job_id": "4243", "parent_job_ids": ["4242"], "model_id": "acme-7b-chat"}
 
-``job_id`` must equal the file's name; ``parent_job_ids`` (jobs whose
+``job_id`` must equal the file's name (a Kubernetes workload's
+``k8s:<namespace>/<Kind>/<name>`` is written ``k8s:<namespace>:<Kind>:<name>.json``);
+``parent_job_ids`` (jobs whose
 checkpoints this job starts from) and ``model_id`` are optional. A file that
 is world-writable (or in a world-writable directory), too large, not JSON, or
 not of this shape is ignored with one warning per version of the file; a job
@@ -26,15 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protos.computewatch.v1 import telemetry_pb2
+from protos.jobs import is_unattributed
 
 log = logging.getLogger(__name__)
 
-UNATTRIBUTED = "unattributed"
 MAX_FILE_BYTES = 64 * 1024
 MAX_PARENTS = 256
 _MAX_ID = 255
 # Job ids that are safe as file names: Slurm ids, pod UIDs, systemd unit names.
 _SAFE_ID = re.compile(r"[A-Za-z0-9_@:\\-][A-Za-z0-9_.@:\\-]{0,254}")
+
+
+def file_stem(job_id: str) -> str:
+    """The metadata file name (without ``.json``) of ``job_id``: the id itself, with
+    a Kubernetes workload's ``/`` written ``:`` (``k8s:ns/JobSet/x`` ->
+    ``k8s:ns:JobSet:x``; namespaces, kinds and names never hold ``:``)."""
+    return job_id.replace("/", ":") if job_id.startswith("k8s:") else job_id
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,7 @@ class JobMetadataDir:
         seen: set[str] = set()
         trusted_dir = self._dir_trusted()
         for job_id in job_ids:
-            if not job_id or job_id == UNATTRIBUTED or job_id in seen:
+            if is_unattributed(job_id) or job_id in seen:
                 continue
             seen.add(job_id)
             info = telemetry_pb2.JobInfo(job_id=job_id)
@@ -120,9 +129,10 @@ class JobMetadataDir:
         return True
 
     def _load(self, job_id: str) -> _Meta | None:
-        if not _SAFE_ID.fullmatch(job_id):
+        stem = file_stem(job_id)
+        if not _SAFE_ID.fullmatch(stem):
             return None
-        path = self.path / f"{job_id}.json"
+        path = self.path / f"{stem}.json"
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:

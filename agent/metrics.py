@@ -19,12 +19,14 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    InfoMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import ConfigError
+from protos.reasons import REPORT_REJECT_REASONS, UNSPECIFIED_REASON
 
 # Upper bounds of the sample duration histogram, seconds.
 SAMPLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -34,6 +36,10 @@ SAMPLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 class AgentStats:
     """Plain counters and the latest readings; read by the metrics collector."""
 
+    # Exported as computewatch_agent_info{node_id, version}: the agent names its
+    # node itself, so nothing depends on scrape addresses.
+    node_id: str = ""
+    version: str = ""
     samples: int = 0
     sample_seconds_sum: float = 0.0
     # Cumulative-by-construction counts per SAMPLE_BUCKETS bound, plus +Inf last.
@@ -41,6 +47,14 @@ class AgentStats:
     sample_errors: int = 0
     reports_sealed: int = 0
     reports_dropped: int = 0
+    # Sealed but not stored by the spool (disk full, I/O error): never sent.
+    reports_unspooled: int = 0
+    spool_failing: bool = False
+    # Corrected before sealing so the shared validation passes; or unfixable.
+    reports_corrected: int = 0
+    reports_unsealable: int = 0
+    # Refused by the collector for content and replaced at the same sequence.
+    refusals_replaced: int = 0
     last_sequence: int = 0
     unacked: int = 0
     acked_sequence: int = 0
@@ -68,6 +82,12 @@ class AgentMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self._stats
         p = "computewatch_agent_"
+        if s.node_id:
+            yield InfoMetricFamily(
+                "computewatch_agent",
+                "The node this agent reports for (its enrolled node_id) and its version.",
+                value={"node_id": s.node_id, "version": s.version},
+            )
         yield _counter(f"{p}samples", "GPU samples taken.", s.samples)
         yield _counter(
             f"{p}sample_errors", "Samples that failed before a report was built.", s.sample_errors
@@ -86,9 +106,34 @@ class AgentMetrics(Collector):
         yield _counter(f"{p}reports_sealed", "Reports signed and spooled.", s.reports_sealed)
         yield _counter(
             f"{p}reports_dropped",
-            "Samples not sealed because the spool was full or failed;"
+            "Samples not sealed because max_unacked reports await acknowledgement;"
             " folded into the next report's interval.",
             s.reports_dropped,
+        )
+        yield _counter(
+            f"{p}reports_unspooled",
+            "Reports sealed but not stored by the spool (disk full, I/O error), so never"
+            " sent; the next stored report counts them in unspooled_reports.",
+            s.reports_unspooled,
+        )
+        yield _gauge(
+            f"{p}spool_failing", "1 while the last report could not be stored.", s.spool_failing
+        )
+        yield _counter(
+            f"{p}reports_corrected",
+            "Reports corrected before sealing so they pass the collector's validation.",
+            s.reports_corrected,
+        )
+        yield _counter(
+            f"{p}reports_unsealable",
+            "Samples for which no valid report could be built (not sealed).",
+            s.reports_unsealable,
+        )
+        yield _counter(
+            f"{p}refusals_replaced",
+            "Reports the collector refused for their content, kept as local evidence"
+            " and replaced by a corrected report at the same sequence.",
+            s.refusals_replaced,
         )
         yield _gauge(f"{p}sequence", "Sequence number of the last sealed report.", s.last_sequence)
         yield _gauge(f"{p}unacked_reports", "Reports not yet acknowledged.", s.unacked)
@@ -105,7 +150,9 @@ class AgentMetrics(Collector):
         rejected = CounterMetricFamily(
             f"{p}rejected", "Reports the collector rejected, by reason.", labels=["reason"]
         )
-        for reason, n in sorted(s.rejected.items()):
+        # Every reason from 0, so increase() sees the first rejection.
+        known = (*REPORT_REJECT_REASONS, UNSPECIFIED_REASON)
+        for reason, n in sorted((dict.fromkeys(known, 0) | dict(s.rejected)).items()):
             rejected.add_metric([reason], n)
         yield rejected
         yield _counter(
@@ -148,6 +195,39 @@ def _gpu_metrics(gpus: Sequence[telemetry_pb2.GpuSample]) -> Iterator[Metric]:
     yield util
     yield power
     yield memory
+    yield from _health_metrics(gpus)
+
+
+_HEALTH_LABELS = {
+    telemetry_pb2.GPU_HEALTH_OK: "ok",
+    telemetry_pb2.GPU_HEALTH_LOST: "lost",
+    telemetry_pb2.GPU_HEALTH_ERROR: "error",
+    telemetry_pb2.GPU_HEALTH_UNREADABLE: "unreadable",
+}
+
+
+def _health_metrics(gpus: Sequence[telemetry_pb2.GpuSample]) -> Iterator[Metric]:
+    """GPUs by health and failed NVML calls by function, in the last sample."""
+    by_health = GaugeMetricFamily(
+        "computewatch_agent_gpus",
+        "GPUs in the last sample, by health (unreadable: handle or UUID unreadable,"
+        " reported under a placeholder uuid).",
+        labels=["health"],
+    )
+    counts = Counter(_HEALTH_LABELS.get(g.health, "unspecified") for g in gpus)
+    for health in (*_HEALTH_LABELS.values(), "unspecified"):
+        by_health.add_metric([health], float(counts.get(health, 0)))
+    errors = GaugeMetricFamily(
+        "computewatch_agent_nvml_field_errors",
+        "NVML calls that failed in the last sample (summed over GPUs), by function;"
+        " the fields they feed are absent (unknown).",
+        labels=["function"],
+    )
+    failed = Counter(e.function for g in gpus for e in g.field_errors)
+    for function, n in sorted(failed.items()):
+        errors.add_metric([function], float(n))
+    yield by_health
+    yield errors
 
 
 def register_metrics(registry: CollectorRegistry, stats: AgentStats) -> AgentMetrics:

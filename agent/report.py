@@ -8,9 +8,9 @@ from pathlib import Path
 from agent.nvml.backend import Snapshot
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import ConfigError
+from protos.jobs import is_unattributed
 
 DIGEST_BYTES = 32
-UNATTRIBUTED = "unattributed"
 
 
 def build_report(
@@ -55,10 +55,29 @@ def build_report(
 
 
 def job_ids(gpus: Iterable[telemetry_pb2.GpuSample]) -> list[str]:
-    """Distinct attributed job ids of the processes on ``gpus``, sorted."""
+    """Distinct attributed job ids of the processes on ``gpus``, sorted (no pseudo-jobs)."""
     return sorted(
-        {p.job_id for gpu in gpus for p in gpu.processes if p.job_id and p.job_id != UNATTRIBUTED}
+        {p.job_id for gpu in gpus for p in gpu.processes if not is_unattributed(p.job_id)}
     )
+
+
+MAX_MEMBERS = 256
+
+
+def add_members(
+    jobs: list[telemetry_pb2.JobInfo], gpus: Iterable[telemetry_pb2.GpuSample]
+) -> list[telemetry_pb2.JobInfo]:
+    """Set each job's ``members``: its pods, array tasks or het components with a
+    GPU process on this node (``GpuProcess.member``), sorted, at most ``MAX_MEMBERS``."""
+    members: dict[str, set[str]] = {}
+    for gpu in gpus:
+        for p in gpu.processes:
+            if p.member:
+                members.setdefault(p.job_id, set()).add(p.member)
+    for job in jobs:
+        del job.members[:]
+        job.members.extend(sorted(members.get(job.job_id, ()))[:MAX_MEMBERS])
+    return jobs
 
 
 def read_boot_id(path: Path) -> str:

@@ -21,15 +21,16 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig
+from agent.correct import correct, seal_bounded
 from agent.enforce.wiring import AgentEnforcement
 from agent.metrics import AgentStats, register_metrics
 from agent.nvml.backend import GpuBackend, Snapshot
-from agent.report import build_report, job_ids, read_boot_id
+from agent.refusal import RefusalHandler
+from agent.report import add_members, build_report, job_ids, read_boot_id
 from agent.spool import Spool
 from agent.stream import DirectiveHandler, StreamClient, log_directive
-from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2
-from protos.errors import BackendError, Error, SpoolError
+from protos.errors import BackendError, Error, InvalidReportError, SpoolError
 from protos.keys import PrivateKey
 from protos.reports import MAX_INTERVAL_SECONDS
 
@@ -95,7 +96,7 @@ class Agent:
         self._sample_in_thread = sample_in_thread
         self._version = version or agent_version()
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.stats = AgentStats()
+        self.stats = AgentStats(node_id=config.node_id, version=self._version)
         register_metrics(self.registry, self.stats)
         self._receipts: list[telemetry_pb2.EnforcementReceipt] = []
         self._enforcement: Callable[[], telemetry_pb2.EnforcementState] = self._default_enforcement
@@ -103,6 +104,10 @@ class Agent:
         self._report_now = asyncio.Event()
         self._last_sealed_mono: float | None = None
         self._boot_id = ""
+        # Since the last report that reached the spool: reports sealed but not
+        # stored, and samples not sealed at all. The next stored report says so.
+        self._unspooled = 0
+        self._skipped = 0
         self.spool: Spool | None = None
         self.stream: StreamClient | None = None
         # Directive enforcement, when a collector key is configured to verify them.
@@ -188,6 +193,9 @@ class Agent:
             spool,
             self.stats,
             on_directive=self._on_directive,
+            on_refused=RefusalHandler(
+                spool, self._key, self.stats, node_id=cfg.node_id, clock_ns=self._clock_ns
+            ),
             backoff_min_seconds=cfg.backoff_min_seconds,
             backoff_max_seconds=cfg.backoff_max_seconds,
             max_in_flight=cfg.max_in_flight,
@@ -227,6 +235,7 @@ class Agent:
                 sample = self._sample()
         except Exception:
             self.stats.sample_errors += 1
+            self._skipped += 1
             log.exception("%s: sampling failed", self.config.node_id)
             return
         self.stats.observe_sample(sample.seconds)
@@ -251,7 +260,7 @@ class Agent:
             except Error as exc:
                 log.warning("%s: job attribution failed: %s", self.config.node_id, exc)
         ids = job_ids(gpus)
-        jobs = self._jobs(ids)
+        jobs = add_members(self._jobs(ids), gpus)
         end = self._monotonic()
         return _Sample(snapshot, jobs, time_ns, start, end - start)
 
@@ -280,6 +289,7 @@ class Agent:
         if spool.room() <= 0:
             # The chain stays intact: this sample folds into the next report.
             self.stats.reports_dropped += 1
+            self._skipped += 1
             return
         if self._last_sealed_mono is None:
             interval = self.config.interval_seconds
@@ -299,13 +309,40 @@ class Agent:
             receipts=receipts,
             version=self._version,
         )
-        envelope = dsse.seal(report, self._key)
+        report.unspooled_reports = self._unspooled
+        report.skipped_samples = self._skipped
+        try:
+            report, notes = correct(report, now_ns=self._clock_ns())
+            envelope, trimmed = seal_bounded(report, self._key)
+        except InvalidReportError as exc:
+            self.stats.reports_unsealable += 1
+            self._skipped += 1
+            log.error("%s: no valid report could be built: %s", self.config.node_id, exc)  # noqa: TRY400
+            return
+        notes += trimmed
+        if notes:
+            self.stats.reports_corrected += 1
+            log.warning(
+                "%s: report %d corrected before sealing: %s",
+                self.config.node_id,
+                link[0],
+                "; ".join(notes),
+            )
         try:
             spool.append(link[0], envelope)
         except SpoolError as exc:
-            self.stats.reports_dropped += 1
-            log.error("%s: report not spooled: %s", self.config.node_id, exc)  # noqa: TRY400
+            self._not_spooled(link[0], exc)
             return
+        if self._unspooled:
+            log.warning(
+                "%s: spool writable again; report %d says %d reports could not be stored",
+                self.config.node_id,
+                link[0],
+                self._unspooled,
+            )
+        self._unspooled = 0
+        self._skipped = 0
+        self.stats.spool_failing = False
         del self._receipts[: len(receipts)]
         self._last_sealed_mono = sample.mono
         self.stats.reports_sealed += 1
@@ -313,6 +350,24 @@ class Agent:
         self.stats.unacked = spool.unacked
         if self.stream is not None:
             self.stream.notify()
+
+    def _not_spooled(self, sequence: int, exc: SpoolError) -> None:
+        """A sealed report could not be stored. It was never sent (the stream
+        sends only what the spool holds), so nothing chains onto it: the next
+        report reuses its sequence and says how many were lost this way.
+        One log line when the fault starts; the recovery logs another."""
+        self._unspooled += 1
+        self.stats.reports_unspooled += 1
+        self.stats.spool_failing = True
+        if self._unspooled == 1:
+            log.error(
+                "%s: report %d not stored, so not sent (%s): %s; counting until the spool"
+                " recovers (computewatch_agent_reports_unspooled_total)",
+                self.config.node_id,
+                sequence,
+                exc.reason,
+                exc,
+            )
 
 
 async def _first(a: asyncio.Event, b: asyncio.Event, timeout: float) -> asyncio.Event | None:

@@ -10,14 +10,30 @@ key or node id is refused rather than continued, because the collector keeps
 chains per key. A lock file keeps two agents from sharing a state directory
 (two writers would fork the chain, which the collector records as
 equivocation).
+
+Storage faults. SQLite rolls a transaction back by itself on SQLITE_FULL,
+SQLITE_IOERR and friends, so a rollback is only issued while
+``conn.in_transaction`` (an unconditional ROLLBACK would raise "no transaction
+is active" and hide the real error). After a failed write the chain head is
+re-read from disk before the next report is sealed: a report whose append
+failed was never stored and never sent (the stream only sends what the spool
+holds), so its sequence is reused by the next report, and nothing is ever
+chained onto bytes that exist nowhere. If the COMMIT did reach the disk after
+all (an I/O error reported after the WAL write), the re-read finds it and the
+chain continues from it.
+
+Envelopes the collector refused for their content are kept in ``refused``
+(the newest ``MAX_REFUSED``) as local evidence when the agent replaces them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -29,6 +45,8 @@ log = logging.getLogger(__name__)
 ZERO_DIGEST = bytes(32)
 SPOOL_FILE = "spool.sqlite3"
 LOCK_FILE = "spool.lock"
+# Refused envelopes kept as local evidence; older ones are pruned.
+MAX_REFUSED = 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chain (
@@ -47,7 +65,33 @@ CREATE TABLE IF NOT EXISTS state (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS refused (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sequence INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    refused_unix_nanos INTEGER NOT NULL,
+    envelope BLOB NOT NULL
+);
 """
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An envelope the collector refused for its content, kept as evidence."""
+
+    sequence: int
+    reason: str
+    message: str
+    refused_unix_nanos: int
+    envelope: bytes
+
+
+def _spool_error(path: Path, what: str, exc: sqlite3.Error) -> SpoolError:
+    """SpoolFullError for SQLITE_FULL (disk or quota full), SpoolError otherwise."""
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return SpoolFullError(f"{path}: {what}: the disk is full ({exc})")
+    return SpoolError(f"{path}: {what} ({exc})")
 
 
 class Spool:
@@ -127,6 +171,60 @@ class Spool:
         self.acked_sequence: int = int(acked)
         (count,) = self._conn.execute("SELECT COUNT(*) FROM pending").fetchone()
         self.unacked: int = int(count)
+        # Set after a failed write: the head is re-read from disk before the next one.
+        self._suspect = False
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction, if SQLite has not already done so."""
+        if not self._conn.in_transaction:
+            return
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("%s: ROLLBACK failed", self.path)
+
+    def _reload_head(self) -> None:
+        """Adopt the chain head and pending count that are on disk."""
+        try:
+            row = self._conn.execute(
+                "SELECT last_sequence, last_digest, acked_sequence FROM chain WHERE id = 1"
+            ).fetchone()
+            (count,) = self._conn.execute("SELECT COUNT(*) FROM pending").fetchone()
+        except sqlite3.Error as exc:
+            raise _spool_error(self.path, "cannot re-read the chain head", exc) from exc
+        if int(row[0]) != self.last_sequence:
+            log.warning(
+                "%s: after a failed write the spool holds report %d (memory said %d);"
+                " continuing from the disk",
+                self.path,
+                row[0],
+                self.last_sequence,
+            )
+        self.last_sequence = int(row[0])
+        self._last_digest = bytes(row[1])
+        self.acked_sequence = int(row[2])
+        self.unacked = int(count)
+        self._suspect = False
+
+    def _write(self, what: str, statements: list[tuple[str, tuple[object, ...]]]) -> list[int]:
+        """Run ``statements`` in one transaction; return each one's rowcount."""
+        if self._suspect:
+            self._reload_head()
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                counts = [self._conn.execute(sql, args).rowcount for sql, args in statements]
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except sqlite3.Error as exc:
+            self._suspect = True
+            err = _spool_error(self.path, what, exc)
+            with contextlib.suppress(SpoolError):
+                self._reload_head()
+            raise err from exc
+        return counts
 
     # --- the chain -----------------------------------------------------------
     def next_link(self) -> tuple[int, bytes]:
@@ -147,20 +245,16 @@ class Spool:
                 f"{self.unacked} reports are unacknowledged (max_unacked = {self.max_unacked})"
             )
         link = digest(envelope)
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute("INSERT INTO pending VALUES (?, ?)", (sequence, envelope))
-                self._conn.execute(
+        self._write(
+            f"cannot store report {sequence}",
+            [
+                ("INSERT INTO pending VALUES (?, ?)", (sequence, envelope)),
+                (
                     "UPDATE chain SET last_sequence = ?, last_digest = ? WHERE id = 1",
                     (sequence, link),
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise SpoolError(f"{self.path}: cannot store report {sequence} ({exc})") from exc
+                ),
+            ],
+        )
         self.last_sequence = sequence
         self._last_digest = link
         self.unacked += 1
@@ -171,20 +265,16 @@ class Spool:
         if up_to <= 0:
             return 0
         acked = max(self.acked_sequence, min(up_to, self.last_sequence))
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._conn.execute("DELETE FROM pending WHERE sequence <= ?", (up_to,))
-                self._conn.execute("UPDATE chain SET acked_sequence = ? WHERE id = 1", (acked,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise SpoolError(f"{self.path}: cannot record ack {up_to} ({exc})") from exc
+        deleted, _ = self._write(
+            f"cannot record ack {up_to}",
+            [
+                ("DELETE FROM pending WHERE sequence <= ?", (up_to,)),
+                ("UPDATE chain SET acked_sequence = ? WHERE id = 1", (acked,)),
+            ],
+        )
         self.acked_sequence = acked
-        self.unacked -= cur.rowcount
-        return cur.rowcount
+        self.unacked -= deleted
+        return deleted
 
     def discard(self, sequence: int) -> bool:
         """Drop one envelope (the collector rejected it for good)."""
@@ -194,6 +284,63 @@ class Spool:
             raise SpoolError(f"{self.path}: cannot discard report {sequence} ({exc})") from exc
         self.unacked -= cur.rowcount
         return cur.rowcount > 0
+
+    # --- content refusals ---------------------------------------------------------
+    def replace_refused(self, refused: Refused, envelopes: list[bytes]) -> None:
+        """Keep ``refused`` as evidence and replace every pending envelope from
+        its sequence on by ``envelopes`` (the corrected report, then the later
+        ones re-chained onto it), atomically. The collector stored none of
+        them (it cannot store a link after one it refused), so this is a
+        correction, not equivocation."""
+        first = refused.sequence
+        last = first + len(envelopes) - 1
+        if not envelopes or last != self.last_sequence:
+            raise SpoolError(
+                f"replacing reports {first}..{last} must end at the chain head {self.last_sequence}"
+            )
+        statements: list[tuple[str, tuple[object, ...]]] = [
+            (
+                "INSERT INTO refused (sequence, reason, message, refused_unix_nanos, envelope)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    first,
+                    refused.reason,
+                    refused.message,
+                    refused.refused_unix_nanos,
+                    refused.envelope,
+                ),
+            ),
+            (
+                "DELETE FROM refused WHERE id NOT IN"
+                " (SELECT id FROM refused ORDER BY id DESC LIMIT ?)",
+                (MAX_REFUSED,),
+            ),
+            ("DELETE FROM pending WHERE sequence >= ?", (first,)),
+        ]
+        statements += [
+            ("INSERT INTO pending VALUES (?, ?)", (first + i, env))
+            for i, env in enumerate(envelopes)
+        ]
+        link = digest(envelopes[-1])
+        statements.append(
+            ("UPDATE chain SET last_digest = ? WHERE id = 1 AND last_sequence = ?", (link, last))
+        )
+        counts = self._write(f"cannot replace refused report {first}", statements)
+        if counts[-1] != 1:  # pragma: no cover - the head was checked above
+            raise SpoolError(f"{self.path}: the chain head moved while replacing {first}")
+        self._last_digest = link
+
+    def refusals(self, sequence: int | None = None) -> list[Refused]:
+        """Refused envelopes kept as evidence (for ``sequence`` only, if given), oldest first."""
+        try:
+            rows = self._conn.execute(
+                "SELECT sequence, reason, message, refused_unix_nanos, envelope FROM refused"
+                " WHERE ? IS NULL OR sequence = ? ORDER BY id",
+                (sequence, sequence),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _spool_error(self.path, "cannot read refused reports", exc) from exc
+        return [Refused(int(r[0]), r[1], r[2], int(r[3]), bytes(r[4])) for r in rows]
 
     def pending(self, after: int = 0, limit: int | None = None) -> list[tuple[int, bytes]]:
         """Unacknowledged (sequence, envelope) pairs with sequence > ``after``, in order."""

@@ -23,6 +23,7 @@ import grpc
 import grpc.aio
 
 from agent.metrics import AgentStats
+from agent.refusal import CONTENT_REASONS
 from agent.spool import Spool
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
 from protos.dsse import DEFAULT_MAX_ENVELOPE_BYTES
@@ -31,11 +32,21 @@ from protos.errors import Error
 log = logging.getLogger(__name__)
 
 DirectiveHandler = Callable[[bytes], Awaitable[None]]
+# (sequence, reason, message) of a content refusal -> True when the spool now
+# holds a replacement for that report (``agent.refusal.RefusalHandler``).
+RefusalHook = Callable[[int, str, str], bool]
 
-# Rejections that a later resend can cure: the report is kept. A node that is
-# not enrolled yet must not drop its first reports, or its chain (which the
-# collector starts at sequence 1) could never be accepted.
-RETRY_REASONS = frozenset({"unknown_node"})
+# Rejections of the bytes themselves (``agent.refusal.CONTENT_REASONS``): the
+# collector will never take this envelope; the refusal hook re-seals a corrected
+# report at the same sequence (without a hook, the report is dropped).
+#
+# Rejections that a later resend cures: the sealed report is kept and the
+# stream reconnects. A node not enrolled yet must not drop its first reports;
+# a `gap` means "resend from stored_sequence + 1"; `ledger_unavailable` (a full
+# disk at the collector) passes once the collector can write again. Every
+# reason not in CONTENT_REASONS is treated so: an unknown reason never costs a
+# sealed report.
+RETRY_REASONS = frozenset({"unknown_node", "gap", "ledger_unavailable", "stream_binding"})
 MAX_DIRECTIVE_BYTES = 4 << 20
 _WIRE_OVERHEAD = 64 << 10
 
@@ -104,6 +115,7 @@ class StreamClient:
         stats: AgentStats,
         *,
         on_directive: DirectiveHandler = log_directive,
+        on_refused: RefusalHook | None = None,
         backoff_min_seconds: float = 0.5,
         backoff_max_seconds: float = 30.0,
         max_in_flight: int = 256,
@@ -120,6 +132,7 @@ class StreamClient:
         self._spool = spool
         self._stats = stats
         self._on_directive = on_directive
+        self._on_refused = on_refused
         self._backoff_min = backoff_min_seconds
         self._backoff_max = backoff_max_seconds
         self._max_in_flight = max_in_flight
@@ -297,7 +310,7 @@ class StreamClient:
     def _on_reject(self, reject: telemetry_pb2.Reject, session: _Session) -> None:
         reason = reject.reason or "unspecified"
         self._stats.rejected[reason] += 1
-        keep = reason in RETRY_REASONS or reject.sequence == 0
+        content = reason in CONTENT_REASONS and reject.sequence != 0
         if self._reject_log.allow():
             log.warning(
                 "%s: collector rejected report %s: %s: %s (%s)",
@@ -305,18 +318,64 @@ class StreamClient:
                 reject.sequence or "?",
                 reason,
                 reject.message,
-                "kept for a later resend" if keep else "dropped: a resend cannot fix it",
+                "refused for its content" if content else "kept for a later resend",
             )
-        if reason in RETRY_REASONS:
-            raise _RetryLaterError(f"collector answered {reason}: reconnecting later, reports kept")
-        if reject.sequence == 0:
+        if content:
+            if self._on_refused is not None:
+                # Raises _RetryLaterError: the next stream resends from the spool.
+                self._replace_refused(self._on_refused, reject)
+            self._on_content_reject(reject, session)
+            return
+        if reason in CONTENT_REASONS:
             # The collector could not say which report: nothing safe to drop.
             return
+        self._on_curable_reject(reject, reason)
+
+    def _on_curable_reject(self, reject: telemetry_pb2.Reject, reason: str) -> None:
+        """Keep every sealed report after what the collector stored; resend from
+        there on a new stream. Reports up to ``stored_sequence`` are durably
+        stored at the collector: that is an acknowledgement."""
+        if reject.HasField("stored_sequence") and reject.stored_sequence > 0:
+            self._spool.ack(reject.stored_sequence)
+            self._stats.acked_sequence = self._spool.acked_sequence
+            self._stats.unacked = self._spool.unacked
+        raise _RetryLaterError(
+            f"collector answered {reason}: reconnecting later, resending from"
+            f" {self._spool.acked_sequence + 1}"
+        )
+
+    def _on_content_reject(self, reject: telemetry_pb2.Reject, session: _Session) -> None:
+        """The collector will never take these bytes. Today: drop the report.
+        (Hook for the spool's owner: re-seal a corrected report at
+        ``reject.sequence`` instead, so the chain stays contiguous.)"""
         self._spool.discard(reject.sequence)
         with contextlib.suppress(ValueError):
             session.inflight.remove(reject.sequence)
         self._stats.unacked = self._spool.unacked
         self._wake.set()
+
+    @staticmethod
+    def _replace_refused(hook: RefusalHook, reject: telemetry_pb2.Reject) -> None:
+        """A content refusal: the hook keeps the bytes as evidence and puts a
+        corrected report at the same sequence (``agent.refusal``). Later
+        reports on this stream chain onto the refused one, so the stream
+        ends here and the next one resends the spool from its start."""
+        if reject.HasField("stored_sequence") and reject.stored_sequence >= reject.sequence:
+            # The collector says it holds this sequence: replacing it would be
+            # equivocation. Keep everything and let the resend sort it out.
+            raise _RetryLaterError(
+                f"report {reject.sequence} refused ({reject.reason}) but the collector stores"
+                f" up to {reject.stored_sequence}: kept, not replaced"
+            )
+        if hook(reject.sequence, reject.reason, reject.message):
+            raise _RetryLaterError(
+                f"report {reject.sequence} refused ({reject.reason}) and replaced;"
+                " reconnecting to resend from the spool"
+            )
+        raise _RetryLaterError(
+            f"report {reject.sequence} refused ({reject.reason}) and not replaced;"
+            " kept for a later resend"
+        )
 
     async def _dispatch(self, envelope: bytes) -> None:
         try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import bench_agent, bench_fleet, bench_halt, bench_ingest
+from bench import bench_agent, bench_fleet, bench_halt, bench_ingest, crash_loop
 from bench.common import BenchError, machine
 from computewatch.render import table
 
@@ -37,6 +37,7 @@ class Sizes:
     halt_ticks: tuple[float, ...] = bench_halt.TICKS
     halt_runs: int = 3
     halt_steady: float = 10.0
+    crash_iterations: int = 50
 
 
 FULL = Sizes()
@@ -51,6 +52,7 @@ QUICK = Sizes(
     halt_ticks=(0.25,),
     halt_runs=1,
     halt_steady=2.0,
+    crash_iterations=5,
 )
 
 
@@ -72,12 +74,19 @@ def _halt(s: Sizes) -> dict[str, object]:
     ).to_dict()
 
 
+def _crash(s: Sizes) -> dict[str, object]:
+    result = crash_loop.run(s.crash_iterations)
+    crash_loop.check(result)
+    return result.to_dict()
+
+
 # name -> runner; run in this order.
 BENCHMARKS: dict[str, Callable[[Sizes], dict[str, object]]] = {
     "ingest": _ingest,
     "fleet": _fleet,
     "agent": _agent,
     "halt": _halt,
+    "crash": _crash,
 }
 # Benchmarks an issue still has to add (shown as not measured).
 PLANNED: tuple[str, ...] = ()
@@ -147,6 +156,16 @@ def rows(results: dict[str, dict[str, object]]) -> list[list[str]]:
         )
     if (r := results.get("halt")) is not None:
         out += _halt_rows(r)
+    if (r := results.get("crash")) is not None:
+        out.append(
+            [
+                "crash: kill -9 loop, reports lost",
+                _f(r["reports_lost"]),
+                f"{_f(r['survived'])}/{_f(r['iterations'])} iterations survived;"
+                f" {_f(r['reports_acked'])} reports acknowledged, {_f(r['evidence_rows'])}"
+                f" evidence rows, audit verify {'ok' if r['audit_ok'] else 'FAILED'}",
+            ]
+        )
     out += [[f"{name}: (issue 3)", "not measured yet", ""] for name in PLANNED]
     return out
 

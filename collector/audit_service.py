@@ -8,7 +8,11 @@ transactions, at the pace the subscriber reads: ingestion never waits for a
 subscriber. New checkpoints reach each live stream through a bounded queue;
 a subscriber stuck for ``subscriber_queue`` checkpoints, or (once caught up)
 more than ``max_lag_entries`` behind the log, is closed with
-RESOURCE_EXHAUSTED and told the index to resume from.
+RESOURCE_EXHAUSTED and told the index to resume from (in the details and the
+``computewatch-resume-from`` trailing metadata). Its handler ends at once,
+whether or not it reads: a status that cannot reach it within
+``close_grace_seconds`` leaves it queued behind the unread messages (grpc
+holds that one write, nothing more) and the handler returns.
 
 Bad requests get INVALID_ARGUMENT (malformed: empty range, old > new, size
 0) or OUT_OF_RANGE (beyond the log), a counter and a log line; never a crash.
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import grpc
 
 from protos import checkpoint as cpmod
+from protos.checkpoint import RESUME_FROM_KEY
 from protos.computewatch.v1 import audit_pb2, audit_pb2_grpc
 from protos.errors import LogError
 
@@ -51,6 +56,9 @@ class AuditLimits:
     subscriber_queue: int = 16
     # A caught-up stream that falls further behind than this is closed.
     max_lag_entries: int = 100_000
+    # Seconds a closed stream's status may wait behind unread messages; a
+    # subscriber that does not read even then is cut off (the call is cancelled).
+    close_grace_seconds: float = 5.0
 
 
 class MerkleReader(Protocol):
@@ -113,7 +121,9 @@ class SubscriptionHub:
     def __init__(self, queue_size: int) -> None:
         self._queue_size = queue_size
         self._subs: set[_Subscriber] = set()
+        # Streams closed for falling behind; of those, cut off for not reading.
         self.dropped_total = 0
+        self.cut_off_total = 0
 
     @property
     def active(self) -> int:
@@ -146,6 +156,13 @@ class _BehindError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class _Progress:
+    """Where a stream stands: the size covered by the last checkpoint sent."""
+
+    def __init__(self, start: int) -> None:
+        self.covered = start
 
 
 class AuditServicer(audit_pb2_grpc.AuditServicer):
@@ -263,7 +280,8 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
                 f"from_index {start} is beyond the log's {have} entries",
             )
         sub = self._hub.register()
-        sender = asyncio.ensure_future(self._stream(start, sub, context))
+        progress = _Progress(start)
+        sender = asyncio.ensure_future(self._stream(start, sub, context, progress))
         stuck = asyncio.ensure_future(sub.overflowed.wait())
         try:
             done, _ = await asyncio.wait({sender, stuck}, return_when=asyncio.FIRST_COMPLETED)
@@ -273,14 +291,12 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             sender.cancel()
             raise _BehindError(
                 f"subscriber fell behind: {self._limits.subscriber_queue} checkpoints"
-                " arrived while one write was pending; reconnect with from_index = your"
-                " local size"
+                f" arrived while one write was pending; reconnect with from_index ="
+                f" {progress.covered} (your local size)"
             )
         except _BehindError as exc:
-            self._hub.dropped_total += 1
-            await self._reject(
-                context, "Subscribe", grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message
-            )
+            self._hub.unregister(sub)
+            await self._close_behind(context, exc.message, progress.covered)
         except LogError as exc:
             log.exception("audit stream failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"log read failed: {exc}")
@@ -289,7 +305,34 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             stuck.cancel()
             self._hub.unregister(sub)
 
-    async def _stream(self, pos: int, sub: _Subscriber, context: _Ctx) -> None:
+    async def _close_behind(self, context: _Ctx, message: str, resume_from: int) -> NoReturn:
+        """End a stream that fell behind: RESOURCE_EXHAUSTED with the index to
+        resume from (details and ``RESUME_FROM_KEY`` trailing metadata). The
+        status waits behind messages already written; a subscriber that reads
+        none of them within ``close_grace_seconds`` is cut off: the call is
+        cancelled, which frees it at once (the subscriber sees CANCELLED and
+        resumes from its local size all the same)."""
+        self._hub.dropped_total += 1
+        self.rejected[("Subscribe", grpc.StatusCode.RESOURCE_EXHAUSTED.name)] += 1
+        log.info("audit Subscribe closed (RESOURCE_EXHAUSTED): %s", message)
+        metadata = ((RESUME_FROM_KEY, str(resume_from)),)
+        try:
+            await asyncio.wait_for(
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message, metadata),
+                self._limits.close_grace_seconds,
+            )
+        except grpc.aio.AbortError:
+            raise  # the status went out: how grpc ends an aborted handler
+        except TimeoutError:
+            self._hub.cut_off_total += 1
+            log.info("audit subscriber did not read its closing status; ending its handler")
+            raise asyncio.CancelledError from None
+        except Exception as exc:  # noqa: BLE001 - the subscriber left first (grpc's batch error)
+            log.info("audit subscriber left before its closing status: %s", type(exc).__name__)
+            raise asyncio.CancelledError from None
+        raise AssertionError("abort returned")  # pragma: no cover - abort always raises
+
+    async def _stream(self, pos: int, sub: _Subscriber, context: _Ctx, progress: _Progress) -> None:
         lim = self._limits
         caught_up = False
         async for target in self._targets(sub, self._latest()):
@@ -310,9 +353,10 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
                     if caught_up and self._merkle.size - pos > lim.max_lag_entries:
                         raise _BehindError(
                             f"subscriber is more than {lim.max_lag_entries} entries behind"
-                            f" the log; reconnect with from_index = {pos}"
+                            f" the log; reconnect with from_index = {progress.covered}"
                         )
                 await context.write(_checkpoint_response(goal))
+                progress.covered = goal.size
                 sent = goal.note
             if sent != target.note:
                 # A fresh signature over an unchanged size still goes out: it is

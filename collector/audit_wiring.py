@@ -182,6 +182,11 @@ class _AuditMetrics(Collector):
             "Subscribers closed for falling behind.",
             value=h.hub.dropped_total,
         )
+        yield CounterMetricFamily(
+            "computewatch_audit_subscribers_cut_off",
+            "Subscribers closed for falling behind that did not read their closing status.",
+            value=h.hub.cut_off_total,
+        )
         rejected = CounterMetricFamily(
             "computewatch_audit_requests_rejected",
             "Audit requests refused, by method and status code.",

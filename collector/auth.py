@@ -45,6 +45,18 @@ PUBLIC_PREFIXES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 NANOS = 1_000_000_000
+# Every label a refused token is counted under (``_RejectedError``); the
+# metric starts each at 0 so that increase() sees the first refusal.
+REJECT_LABELS = (
+    "missing",
+    "malformed",
+    "unknown_key",
+    "bad_signature",
+    "skew",
+    "forbidden",
+    "replay",
+    "nonce_cache_full",
+)
 
 
 @dataclass(frozen=True)
@@ -238,7 +250,8 @@ class _AuthMetrics(Collector):
             "Calls refused by the token check, by reason.",
             labels=["reason"],
         )
-        for reason, n in sorted(self._checker.rejected.items()):
+        counts = dict.fromkeys(REJECT_LABELS, 0) | dict(self._checker.rejected)
+        for reason, n in sorted(counts.items()):
             rejected.add_metric([reason], n)
         yield rejected
         yield CounterMetricFamily(

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from collector.sqlite_faults import rollback_after
 from protos import checkpoint as cpmod
 from protos.errors import CheckpointError, LogError
 from protos.keys import PrivateKey
@@ -192,8 +193,8 @@ class Checkpointer:
             ):
                 conn.execute("DELETE FROM checkpoint WHERE size = ?", (last.size,))
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            rollback_after(conn, exc)  # SQLite may have rolled back already (SQLITE_FULL)
             raise
 
     def _load_latest(self) -> cpmod.SignedCheckpoint | None:

@@ -6,8 +6,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from protos.config import load_section
-from protos.errors import ConfigError
+from protos.config import SettingError, check_ranges, load_section
+from protos.reports import MAX_INTERVAL_SECONDS
+
+_DAY = 86_400.0
+# name: (low, high, low excluded). Every numeric setting is finite and in range.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "interval_seconds": (0.0, MAX_INTERVAL_SECONDS, True),
+    "silent_after_intervals": (0.0, 1000.0, True),
+    "max_envelope_bytes": (1024, 64 << 20, False),
+    "verify_threads": (0, 256, False),
+    "max_in_flight_per_stream": (1, 1_000_000, False),
+    "metrics_port": (0, 65535, False),
+    "tick_seconds": (0.001, 3600.0, False),
+    "checkpoint_interval_seconds": (0.01, _DAY, False),
+    "quorum": (1, 1000, False),
+    "lease_seconds": (0.0, _DAY, True),
+    "effective_timeout_seconds": (0.0, _DAY, True),
+    "grace_seconds": (0.0, 3600.0, False),
+    "max_jobs_per_node": (1, 10_000_000, False),
+    "max_job_states": (1, 100_000_000, False),
+    "ended_job_ttl_seconds": (1.0, 365 * _DAY, False),
+    "max_evidence_per_key": (1, 1000, False),
+    "ledger_retry_min_seconds": (0.0, 60.0, True),
+    "ledger_retry_max_seconds": (0.0, 3600.0, True),
+}
 
 
 @dataclass(frozen=True)
@@ -48,33 +71,36 @@ class CollectorConfig:
     # Require signed tokens on Audit/Status/Control calls.
     require_auth: bool = False
     grace_seconds: float = 2.0
+    # After a failed ledger write: the recovery probe's first and longest wait.
+    ledger_retry_min_seconds: float = 0.05
+    ledger_retry_max_seconds: float = 5.0
+    # Job states one node may make the collector hold (ended jobs are
+    # forgotten first to make room), job states held in all, and how long an
+    # ended job's figures stay in memory (its reports stay in the ledger).
+    max_jobs_per_node: int = 1024
+    max_job_states: int = 20_000
+    ended_job_ttl_seconds: float = 86_400.0
+    # Conflicting envelopes kept as evidence per (signing key, kind); later
+    # ones are only counted.
+    max_evidence_per_key: int = 1
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"listen = {self.listen!r}: expected HOST:PORT (port 0..65535)")
-        positive = {
-            "interval_seconds": self.interval_seconds,
-            "silent_after_intervals": self.silent_after_intervals,
-            "tick_seconds": self.tick_seconds,
-            "checkpoint_interval_seconds": self.checkpoint_interval_seconds,
-            "lease_seconds": self.lease_seconds,
-            "max_envelope_bytes": self.max_envelope_bytes,
-            "max_in_flight_per_stream": self.max_in_flight_per_stream,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} = {value!r}: expected a positive number")
-        if self.verify_threads < 0:
-            raise ConfigError(f"verify_threads = {self.verify_threads}: expected >= 0")
-        if not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"metrics_port = {self.metrics_port}: expected 0..65535")
-        if self.quorum < 1:
-            raise ConfigError(f"quorum = {self.quorum}: expected at least 1")
+            raise SettingError("listen", self.listen, "HOST:PORT (port 0..65535)")
+        check_ranges(self, RANGES)
+        if self.ledger_retry_max_seconds < self.ledger_retry_min_seconds:
+            raise SettingError(
+                "ledger_retry_max_seconds",
+                self.ledger_retry_max_seconds,
+                f"at least ledger_retry_min_seconds ({self.ledger_retry_min_seconds!r})",
+            )
         if self.authority_keys and self.quorum > len(self.authority_keys):
-            raise ConfigError(
-                f"quorum = {self.quorum} but only {len(self.authority_keys)} authority keys"
-                " are configured: a halt could never be lifted"
+            raise SettingError(
+                "quorum",
+                self.quorum,
+                f"at most the {len(self.authority_keys)} authority keys configured"
+                " (else a halt could never be lifted)",
             )
 
 

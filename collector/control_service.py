@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 MAX_SKEW_SECONDS = 300.0
 MAX_TEXT = 1024
 MAX_NAME = 256
+# ListDirectives pages: directives per page (default, most) and about how many bytes.
+LIST_PAGE_SIZE = 500
+LIST_MAX_PAGE_SIZE = 1000
+LIST_PAGE_BYTES = 1 << 20
 
 
 class RefusedError(Error):
@@ -129,12 +133,24 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.DirectiveList:
         now = self._clock_ns()
         out = control_pb2.DirectiveList()
+        token = request.page_token
+        if token and not token.isdigit():
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"page_token {token[:40]!r} was not issued by this collector",
+            )
+        after = int(token) if token else -1
+        limit = min(request.page_size or LIST_PAGE_SIZE, LIST_MAX_PAGE_SIZE)
+        size = 0
         for record in self._book.records():
             in_force = record.in_force(now)
-            if request.in_force_only and not in_force:
+            if record.log_index <= after or (request.in_force_only and not in_force):
                 continue
+            if len(out.directives) >= limit or size >= LIST_PAGE_BYTES:
+                out.next_page_token = str(out.directives[-1].log_index)
+                break
             progress = self._progress(record.id)
-            out.directives.add(
+            item = out.directives.add(
                 envelope=record.envelope,
                 log_index=record.log_index,
                 in_force=in_force,
@@ -142,6 +158,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 approval_keyids=self._approvers(record),
                 receipt_node_ids=list(progress.receipt_node_ids),
             )
+            size += item.ByteSize()
         return out
 
     async def _guard(

@@ -66,6 +66,16 @@ def evidence_for(decision: Decision) -> control_pb2.Evidence:
     )
     if decision.value is not None and math.isfinite(decision.value):
         evidence.measured_value = decision.value
+    if decision.rule.bounded:
+        evidence.bound = str(decision.rule.bound)
+        evidence.method = decision.method
+        if decision.estimate is not None and math.isfinite(decision.estimate):
+            evidence.estimate = decision.estimate
+        if decision.upper_bound is not None and math.isfinite(decision.upper_bound):
+            evidence.upper_bound = decision.upper_bound
+        unmeasured = decision.unmeasured_gpu_seconds
+        if unmeasured is not None and math.isfinite(unmeasured):
+            evidence.unmeasured_gpu_seconds = unmeasured
     return evidence
 
 
@@ -114,6 +124,11 @@ class DecisionHook:
         self.stats.decisions[(rule.id, str(decision.kind), str(rule.action))] += 1
         if decision.kind is DecisionKind.UNKNOWN:
             log.warning("rule %s: %s", rule.id, decision.reason)
+            return
+        if decision.kind is DecisionKind.POSSIBLE:
+            # The interval straddles the line: shown (status, metrics, alert),
+            # never acted on; the rule acts when its own bound crosses.
+            log.warning("rule %s possibly crossed: %s", rule.id, decision.reason)
             return
         if decision.kind is DecisionKind.CLEAR:
             log.info("rule %s cleared: %s", rule.id, decision.reason)

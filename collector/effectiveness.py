@@ -15,7 +15,10 @@ report from then on shows the targeted GPUs in the required state:
 - RESUME: the lifted directive no longer among the node's active ones.
 
 A GPU that fell off the bus (health LOST) runs nothing and counts as
-enforced; one that cannot be read (health ERROR) is unknown and does not.
+enforced; one that cannot be read (health UNREADABLE, or ERROR from older
+agents) is unknown and does not. A reading that failed (a ``field_errors``
+entry) leaves that field absent: a HALT needs the compute mode and an
+activity figure, so a GPU missing either is not shown effective.
 Targeted GPUs: every GPU of the node (CLUSTER, NODE), the listed uuids (GPU),
 or for JOB scope the GPUs that ran the jobs when the directive was issued
 plus any that show their processes now.
@@ -40,6 +43,7 @@ from collector.scoping import describe
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 from protos.errors import VerificationError
+from protos.jobs import job_key
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +285,9 @@ class EffectTracker:
             return {g.uuid for g in report.gpus if g.uuid in wanted}
         if kind == control_pb2.SCOPE_KIND_JOB:
             now_running = {
-                g.uuid for g in report.gpus if any(pr.job_id in t.job_ids for pr in g.processes)
+                g.uuid
+                for g in report.gpus
+                if any(job_key(pr.job_id, report.node_id) in t.job_ids for pr in g.processes)
             }
             return set(p.gpus_at_issue) | now_running
         return {g.uuid for g in report.gpus}
@@ -293,7 +299,7 @@ class EffectTracker:
         left = 0
         for g in report.gpus:
             if t.job_ids:
-                left += sum(pr.job_id in t.job_ids for pr in g.processes)
+                left += sum(job_key(pr.job_id, report.node_id) in t.job_ids for pr in g.processes)
                 continue
             if g.uuid in targets:
                 if not g.processes_known:

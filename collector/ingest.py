@@ -24,6 +24,7 @@ from protos.errors import (
     ChainError,
     EquivocationError,
     KeyMismatchError,
+    LedgerUnavailableError,
     OversizeError,
     ReplayError,
     RollbackError,
@@ -37,6 +38,9 @@ from protos.reports import validate_report
 
 log = logging.getLogger(__name__)
 
+# What a refused envelope raises: a bad envelope, or a ledger that cannot write now.
+Refusal = VerificationError | LedgerUnavailableError
+
 
 @dataclass
 class IngestStats:
@@ -47,6 +51,8 @@ class IngestStats:
     bytes_accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     suppressed_logs: int = 0
+    # Conflicting envelopes counted but not kept (the key's evidence is full).
+    evidence_counted_only: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class Accepted:
     # Resolves to the report's log index once committed.
     committed: asyncio.Future[int]
     duplicate: bool = False
+    keyid: str = ""
 
 
 class _RejectLog:
@@ -87,6 +94,7 @@ class Ingestor:
         verify_pool: Executor | None = None,
         verify_jobs: int | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        evidence_per_key: int = 1,
     ) -> None:
         """``verify_pool``: threads that check signatures in batches
         (``collector.batchverify``), at most ``verify_jobs`` batches at once
@@ -103,6 +111,7 @@ class Ingestor:
                 jobs=verify_jobs or int(getattr(verify_pool, "_max_workers", 2)),
             )
         self._clock_ns = clock_ns
+        self._evidence_per_key = evidence_per_key
         heads = ledger.chain_heads()
         self.chains = ChainBook(
             {k: (h.last_sequence, h.last_digest) for k, h in heads.items()}, self._stored_digest
@@ -112,6 +121,24 @@ class Ingestor:
         self._in_flight: dict[tuple[str, int], tuple[asyncio.Future[int], bytes]] = {}
         self.stats = IngestStats()
         self._reject_log = _RejectLog()
+        self.resyncs = 0
+        ledger.add_state_listener(self._ledger_state)
+
+    def _ledger_state(self, writable: bool) -> None:
+        """The ledger stopped or resumed. On resume (before any new append) the
+        chain book and in-flight map are rebuilt from what is on disk: links
+        admitted on top of a failed write are forgotten, so a resend of them is
+        the next link again, never a gap, a rollback or evidence."""
+        if not writable:
+            return
+        heads = self._ledger.chain_heads()
+        self.chains.reset({k: (h.last_sequence, h.last_digest) for k, h in heads.items()})
+        self._in_flight.clear()
+        self.resyncs += 1
+
+    def stored_sequence(self, keyid: str) -> int:
+        """The last sequence durably stored for ``keyid`` (0 if none)."""
+        return self._ledger.stored_sequence(keyid) if keyid else 0
 
     def _stored_digest(self, keyid: str, sequence: int) -> bytes | None:
         data = self._ledger.report_bytes(keyid, sequence)
@@ -139,7 +166,7 @@ class Ingestor:
             fut.set_exception(exc)
         return fut
 
-    def reject(self, exc: VerificationError, peer: str) -> None:
+    def reject(self, exc: Refusal, peer: str) -> None:
         """Count a rejection and log one line (rate-limited)."""
         self.stats.rejected[exc.reason] += 1
         if self._reject_log.allow():
@@ -158,16 +185,22 @@ class Ingestor:
         checking: asyncio.Future[dsse.Verified],
         bound_node: str | None = None,
     ) -> Accepted:
-        """``accept`` for an envelope whose check ``begin`` started."""
+        """``accept`` for an envelope whose check ``begin`` started. Every
+        refusal after the signature verified carries the key's stored sequence."""
         try:
             verified = await checking
         except UnknownKeyError as exc:
             raise UnknownNodeError(f"no enrolled node holds the signing key: {exc}") from exc
-        report = verified.parse(telemetry_pb2.NodeReport)
+        try:
+            report = verified.parse(telemetry_pb2.NodeReport)
+        except VerificationError as exc:
+            exc.stored_sequence = self.stored_sequence(verified.signer.keyid)
+            raise
         try:
             return self._admit(data, verified, report, bound_node)
-        except VerificationError as exc:
+        except (VerificationError, LedgerUnavailableError) as exc:
             exc.sequence = report.sequence  # signed by the sender: safe to echo back
+            exc.stored_sequence = self.stored_sequence(verified.signer.keyid)
             raise
 
     def _admit(
@@ -177,6 +210,12 @@ class Ingestor:
         report: telemetry_pb2.NodeReport,
         bound_node: str | None,
     ) -> Accepted:
+        if not self._ledger.writable:
+            # Checked before the chain: nothing is admitted on state that a
+            # failed write may have left behind in memory.
+            raise LedgerUnavailableError(
+                f"the ledger cannot write ({self._ledger.unavailable_reason}); resend later"
+            )
         keyid = verified.signer.keyid
         node = self._registry.by_keyid(keyid)
         if node is None:  # un-enrolled between verify and here
@@ -198,19 +237,27 @@ class Ingestor:
             return self._duplicate(node.node_id, keyid, report.sequence)
         except (EquivocationError, RollbackError) as exc:
             # Two different signed statements for one sequence: keep both.
-            self._ledger.record_evidence(
+            seen = self._ledger.evidence_seen(keyid, exc.reason)
+            kept = self._ledger.record_evidence(
                 exc.reason,
                 node.node_id,
                 report.sequence,
-                self._accepted_bytes(keyid, report.sequence),
+                # Read the accepted bytes only for evidence that keeps them.
+                self._accepted_bytes(keyid, report.sequence)
+                if seen < self._evidence_per_key
+                else None,
                 data,
+                keyid=keyid,
+                keep=self._evidence_per_key,
             )
+            if not kept:
+                self.stats.evidence_counted_only += 1
             self._aggregator.note_chain_break(node.node_id)
             raise
         except ChainError:
             self._aggregator.note_chain_break(node.node_id)
             raise
-        self.chains.advance(keyid, report.sequence, digest)
+        self._aggregator.admit_jobs(node.node_id, Aggregator.report_job_ids(report))
         fut = self._ledger.append(
             Entry(
                 data=data,
@@ -221,10 +268,11 @@ class Ingestor:
                 digest=digest,
             )
         )
+        self.chains.advance(keyid, report.sequence, digest)
         key = (keyid, report.sequence)
         self._in_flight[key] = (fut, data)
         fut.add_done_callback(functools.partial(self._committed, key, report, len(data), now_ns))
-        return Accepted(node.node_id, report.sequence, fut)
+        return Accepted(node.node_id, report.sequence, fut, keyid=keyid)
 
     def _committed(
         self,
@@ -234,10 +282,14 @@ class Ingestor:
         received_ns: int,
         fut: asyncio.Future[int],
     ) -> None:
-        self._in_flight.pop(key, None)
+        held = self._in_flight.get(key)
+        if held is not None and held[0] is fut:
+            self._in_flight.pop(key)
         if fut.cancelled() or fut.exception() is not None:
-            heads = self._ledger.chain_heads()
-            self.chains.reset({k: (h.last_sequence, h.last_digest) for k, h in heads.items()})
+            # The ledger is unavailable now and re-syncs the chain book from
+            # disk before it accepts again (``_ledger_state``); resetting here,
+            # later than new admissions could read the book, is what let a
+            # report commit on top of a hole.
             return
         self.stats.accepted += 1
         self.stats.bytes_accepted += size
@@ -252,7 +304,7 @@ class Ingestor:
         self.stats.replayed += 1
         pending = self._in_flight.get((keyid, sequence))
         if pending is not None:
-            return Accepted(node_id, sequence, pending[0], duplicate=True)
+            return Accepted(node_id, sequence, pending[0], duplicate=True, keyid=keyid)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         fut.set_result(self._ledger.report_index(keyid, sequence))
-        return Accepted(node_id, sequence, fut, duplicate=True)
+        return Accepted(node_id, sequence, fut, duplicate=True, keyid=keyid)

@@ -5,59 +5,63 @@ One writer thread owns the write connection. Callers on the event loop
 flight are written together in the next one (group commit), and each future
 resolves only after its transaction committed. The Merkle log's rows are
 written inside the same transaction.
+
+A failed write makes the ledger *unavailable* at once (fail-stop, then
+automatic re-sync): the failed batch and everything queued behind it fail
+with LedgerUnavailableError, ``append`` refuses new entries, and a recovery
+probe (bounded exponential backoff) commits a one-row write, re-reads the
+size and the Merkle tree from disk, tells the state listeners (ingest re-reads
+its chain heads) and only then accepts again. Nothing is ever appended on top
+of a batch that did not commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from protos.errors import LogError
+from collector.ledger_store import (
+    SCHEMA,
+    ChainHead,
+    Entry,
+    LedgerEntry,
+    connect,
+    init_db,
+    iter_entries,
+)
+from collector.sqlite_faults import (
+    WRITE_ERROR_REASONS,
+    commit_room,
+    rollback_after,
+    write_error_reason,
+)
+from protos.errors import LedgerUnavailableError, LogError
+
+__all__ = [
+    "SCHEMA",
+    "ChainHead",
+    "Entry",
+    "Ledger",
+    "LedgerEntry",
+    "TreeWriter",
+    "connect",
+    "init_db",
+    "iter_entries",
+]
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS log (
-    idx INTEGER PRIMARY KEY,
-    data BLOB NOT NULL,
-    payload_type TEXT NOT NULL,
-    node_id TEXT,
-    keyid TEXT,
-    sequence INTEGER,
-    received_unix_nanos INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS log_chain ON log(keyid, sequence) WHERE sequence IS NOT NULL;
-CREATE TABLE IF NOT EXISTS chain (
-    keyid TEXT PRIMARY KEY,
-    node_id TEXT NOT NULL,
-    last_sequence INTEGER NOT NULL,
-    last_digest BLOB NOT NULL,
-    last_index INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS evidence (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    node_id TEXT,
-    sequence INTEGER,
-    accepted_data BLOB,
-    offending_data BLOB NOT NULL,
-    detected_unix_nanos INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS nodes (
-    node_id TEXT PRIMARY KEY,
-    keyid TEXT NOT NULL UNIQUE,
-    public_key BLOB NOT NULL,
-    enrolled_unix_nanos INTEGER NOT NULL
-);
-"""
+_PAGE = 4096
+_PROBE_MAX = 8 << 20
 
 
 class TreeWriter(Protocol):
@@ -71,72 +75,7 @@ class TreeWriter(Protocol):
 
     def rolled_back(self) -> None: ...
 
-
-@dataclass(frozen=True)
-class Entry:
-    """An envelope to append. ``sequence``/``digest`` are set for chained reports."""
-
-    data: bytes
-    payload_type: str
-    node_id: str | None = None
-    keyid: str | None = None
-    sequence: int | None = None
-    digest: bytes | None = None
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    index: int
-    data: bytes
-    payload_type: str
-    node_id: str | None
-    sequence: int | None
-    received_unix_nanos: int
-
-
-@dataclass(frozen=True)
-class ChainHead:
-    node_id: str
-    last_sequence: int
-    last_digest: bytes
-    last_index: int
-
-
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """A connection with our pragmas; ``readonly`` ones never write."""
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    else:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-def init_db(path: Path) -> None:
-    """Create the ledger file and tables if missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = connect(path)
-    try:
-        conn.executescript(SCHEMA)
-    finally:
-        conn.close()
-
-
-def iter_entries(path: Path, start: int = 0) -> Iterator[LedgerEntry]:
-    """Every entry from ``start`` on, in log order (a read-only connection)."""
-    conn = connect(path, readonly=True)
-    try:
-        cur = conn.execute(
-            "SELECT idx, data, payload_type, node_id, sequence, received_unix_nanos"
-            " FROM log WHERE idx >= ? ORDER BY idx",
-            (start,),
-        )
-        for row in cur:
-            yield LedgerEntry(*row)
-    finally:
-        conn.close()
+    def reload(self) -> None: ...
 
 
 class Ledger:
@@ -149,7 +88,12 @@ class Ledger:
         *,
         max_batch: int = 1024,
         clock_ns: Callable[[], int] = time.time_ns,
+        retry_min_seconds: float = 0.05,
+        retry_max_seconds: float = 5.0,
     ) -> None:
+        """``retry_*``: the recovery probe's backoff after a failed write."""
+        if not 0 < retry_min_seconds <= retry_max_seconds:
+            raise ValueError("expected 0 < retry_min_seconds <= retry_max_seconds")
         init_db(path)
         self.path = path
         self._conn = connect(path)
@@ -170,7 +114,17 @@ class Ledger:
         self._size: int = row[0]
         self.batches = 0
         self.batched_entries = 0
-        self.write_errors = 0
+        # Failed transactions by reason (collector.sqlite_faults.WRITE_ERROR_REASONS).
+        self.write_errors: Counter[str] = Counter(dict.fromkeys(WRITE_ERROR_REASONS, 0))
+        self.recoveries = 0
+        self._retry_min = retry_min_seconds
+        self._retry_max = retry_max_seconds
+        self._writable = True
+        self.unavailable_reason: str | None = None
+        self._state_listeners: list[Callable[[bool], None]] = []
+        self._recovery: asyncio.Task[None] | None = None
+        # Bytes the recovery probe must be able to commit: room for the failed batch.
+        self._probe_bytes = 0
 
     def attach_tree(self, tree: TreeWriter) -> None:
         """Write ``tree``'s rows in every transaction from now on (before the first append)."""
@@ -188,6 +142,24 @@ class Ledger:
     def connection(self) -> sqlite3.Connection:
         """The writer connection (for the Merkle log's construction only)."""
         return self._conn
+
+    @property
+    def writable(self) -> bool:
+        """False from a failed write until the recovery probe re-read the disk."""
+        return self._writable
+
+    def add_state_listener(self, callback: Callable[[bool], None]) -> None:
+        """``callback(writable)`` on the event loop when the ledger stops or
+        resumes accepting; on resume it runs before any new append is taken."""
+        self._state_listeners.append(callback)
+
+    def stored_sequence(self, keyid: str) -> int:
+        """The last committed sequence of ``keyid``'s chain (0 if none)."""
+        with self._read_lock:
+            row = self._read.execute(
+                "SELECT last_sequence FROM chain WHERE keyid = ?", (keyid,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def chain_heads(self) -> dict[str, ChainHead]:
         """keyid -> last accepted link, as committed."""
@@ -234,15 +206,71 @@ class Ledger:
         sequence: int | None,
         accepted: bytes | None,
         offending: bytes,
-    ) -> None:
-        """Keep conflicting bytes (equivocation) as evidence; small, synchronous,
-        and on its own connection and lock, so readers do not wait for it."""
-        with self._side_lock:
-            self._side.execute(
-                "INSERT INTO evidence(kind, node_id, sequence, accepted_data, offending_data,"
-                " detected_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
-                (kind, node_id, sequence, accepted, offending, self._clock_ns()),
+        *,
+        keyid: str = "",
+        keep: int = 1,
+    ) -> bool:
+        """Keep conflicting bytes (equivocation) as evidence: the first ``keep``
+        per (``keyid``, ``kind``) with their bytes, every later one only
+        counted (``evidence_seen``), so one key cannot grow the ledger by
+        sending conflicts. Small, synchronous, on its own connection and lock,
+        so readers do not wait for it. True when the bytes were kept."""
+        now = self._clock_ns()
+        try:
+            return self._record_evidence(
+                kind, node_id, sequence, accepted, offending, keyid=keyid, keep=keep, now=now
             )
+        except sqlite3.Error as exc:
+            reason = write_error_reason(exc)
+            self.write_errors[reason] += 1
+            log.exception("cannot store %s evidence for %s (%s)", kind, node_id, reason)
+            return False
+
+    def _record_evidence(
+        self,
+        kind: str,
+        node_id: str | None,
+        sequence: int | None,
+        accepted: bytes | None,
+        offending: bytes,
+        *,
+        keyid: str,
+        keep: int,
+        now: int,
+    ) -> bool:
+        with self._side_lock:
+            self._side.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._side.execute(
+                    "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?",
+                    (keyid, kind),
+                ).fetchone()
+                kept = (0 if row is None else int(row[0])) < keep
+                if kept:
+                    self._side.execute(
+                        "INSERT INTO evidence(kind, node_id, sequence, accepted_data,"
+                        " offending_data, detected_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
+                        (kind, node_id, sequence, accepted, offending, now),
+                    )
+                self._side.execute(
+                    "INSERT INTO evidence_counts(keyid, kind, count, last_unix_nanos)"
+                    " VALUES (?, ?, 1, ?) ON CONFLICT(keyid, kind)"
+                    " DO UPDATE SET count = count + 1, last_unix_nanos = excluded.last_unix_nanos",
+                    (keyid, kind, now),
+                )
+                self._side.execute("COMMIT")
+            except BaseException as exc:
+                rollback_after(self._side, exc)
+                raise
+        return kept
+
+    def evidence_seen(self, keyid: str, kind: str) -> int:
+        """Conflicts of ``kind`` signed by ``keyid``, kept or only counted."""
+        with self._read_lock:
+            row = self._read.execute(
+                "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?", (keyid, kind)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def evidence_count(self, kind: str | None = None) -> int:
         with self._read_lock:
@@ -255,9 +283,17 @@ class Ledger:
         return int(row[0])
 
     def append(self, entry: Entry) -> asyncio.Future[int]:
-        """Queue ``entry``; the future gives its log index once committed."""
+        """Queue ``entry``; the future gives its log index once committed. While
+        the ledger cannot write it fails at once with LedgerUnavailableError."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
+        if not self._writable:
+            fut.set_exception(
+                LedgerUnavailableError(
+                    f"the ledger cannot write ({self.unavailable_reason}); resend later"
+                )
+            )
+            return fut
         self._pending.append((entry, fut))
         if not self._flushing:
             self._flushing = True
@@ -267,24 +303,15 @@ class Ledger:
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self._pending:
+            while self._pending and self._writable:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 first = self._size
                 try:
                     await loop.run_in_executor(self._writer, self._write, first, batch)
-                except Exception as exc:
-                    # Entries queued behind a failed batch may chain onto it: fail
-                    # them too, so no committed report ever follows a missing one.
-                    failed = batch + self._pending
-                    self._pending = []
-                    self.write_errors += 1
-                    log.exception("ledger write failed; %d queued entries refused", len(failed))
-                    err = LogError(f"ledger write failed: {exc}")
-                    for _, fut in failed:
-                        if not fut.done():
-                            fut.set_exception(err)
-                    continue
+                except Exception as exc:  # noqa: BLE001 - every write failure stops the ledger
+                    self._fail(batch, exc)
+                    return
                 self._size = first + len(batch)
                 self.batches += 1
                 self.batched_entries += len(batch)
@@ -295,6 +322,96 @@ class Ledger:
                     cb(self._size)
         finally:
             self._flushing = False
+
+    def _fail(self, batch: list[tuple[Entry, asyncio.Future[int]]], exc: Exception) -> None:
+        """A write failed: stop accepting *before* any future resolves (their
+        callbacks must see the ledger unavailable), fail the batch and every
+        entry queued behind it (they may chain onto it), start recovery."""
+        reason = write_error_reason(exc)
+        failed = batch + self._pending
+        self._pending = []
+        self._probe_bytes = min(_PROBE_MAX, 2 * sum(len(e.data) for e, _ in failed) + _PAGE)
+        self.write_errors[reason] += 1
+        self._set_writable(False, reason)
+        log.error(
+            "ledger write failed (%s: %s); %d entries refused, no appends until the disk is"
+            " re-read",
+            reason,
+            exc,
+            len(failed),
+        )
+        err = LedgerUnavailableError(f"ledger write failed ({reason}): {exc}; resend later")
+        for _, fut in failed:
+            if not fut.done():
+                fut.set_exception(err)
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    def _set_writable(self, writable: bool, reason: str | None = None) -> None:
+        self._writable = writable
+        self.unavailable_reason = None if writable else reason
+        for cb in self._state_listeners:
+            try:
+                cb(writable)
+            except Exception:
+                log.exception("ledger state listener failed")
+
+    async def _recover(self) -> None:
+        """Probe with bounded backoff until a write commits; then re-read."""
+        loop = asyncio.get_running_loop()
+        delay = self._retry_min
+        attempt = 0
+        while True:
+            await asyncio.sleep(delay)
+            attempt += 1
+            try:
+                size = await loop.run_in_executor(self._writer, self._probe)
+            except Exception as exc:  # noqa: BLE001 - still unwritable: retry later
+                reason = write_error_reason(exc)
+                self.unavailable_reason = reason
+                level = logging.WARNING if attempt & (attempt - 1) == 0 else logging.DEBUG
+                log.log(level, "ledger still unwritable (attempt %d): %s: %s", attempt, reason, exc)
+                delay = min(self._retry_max, delay * 2)
+                continue
+            grew, self._size = size != self._size, size
+            self.recoveries += 1
+            log.warning("ledger writable again after %d probes; %d entries on disk", attempt, size)
+            self._set_writable(True)
+            if grew:  # a commit that reported an error had reached the disk after all
+                for cb in self._listeners:
+                    cb(size)
+            return
+
+    def _probe(self) -> int:
+        """The writer thread: commit a row as large as the failed writes (twice
+        their bytes, for the tree and indexes), free it again, then re-read size
+        and tree. A probe that fits where the failed batch did not would let the
+        ledger flap between writable and full."""
+        commit_room(self._conn, self._probe_bytes, self._clock_ns())
+        if self._tree is not None:
+            self._tree.reload()
+        row = self._conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log").fetchone()
+        return int(row[0])
+
+    async def limit_pages(self, max_pages: int) -> int:
+        """Cap the ledger file at ``max_pages`` pages (SQLite ``max_page_count``;
+        writes beyond fail with SQLITE_FULL as on a full disk): a quota, and the
+        fault-injection tests' stand-in for a full filesystem. Returns the cap
+        SQLite applied (never below the current page count)."""
+        loop = asyncio.get_running_loop()
+
+        def apply() -> int:
+            row = self._conn.execute(f"PRAGMA max_page_count = {int(max_pages)}").fetchone()
+            return int(row[0])
+
+        return await loop.run_in_executor(self._writer, apply)
+
+    async def page_count(self) -> int:
+        """Pages in the ledger file now (the writer's view)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._writer, lambda: int(self._conn.execute("PRAGMA page_count").fetchone()[0])
+        )
 
     def _write(self, first: int, batch: Sequence[tuple[Entry, asyncio.Future[int]]]) -> None:
         conn = self._conn
@@ -323,16 +440,22 @@ class Ledger:
             if self._tree is not None:
                 self._tree.append_leaves(conn, first, [e.data for e, _ in batch])
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            # The tree forgets its pending leaves whatever ROLLBACK does, and a
+            # ROLLBACK that SQLite already did never hides the real error.
             if self._tree is not None:
                 self._tree.rolled_back()
+            rollback_after(conn, exc)
             raise
         if self._tree is not None:
             self._tree.committed()
 
     async def close(self) -> None:
         """Wait for queued writes, then close."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
         for _ in range(1000):
             if not self._pending and not self._flushing:
                 break

@@ -24,6 +24,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 
+from collector.sqlite_faults import rollback_after
 from protos import merkle
 from protos.errors import LogError
 
@@ -90,9 +91,7 @@ class MerkleLog:
         else:  # in-memory database: reads share the writer's connection
             self._read = conn
             self._own_read = False
-        count = conn.execute("SELECT COALESCE(MAX(pos) + 1, 0) FROM merkle_node").fetchone()[0]
-        size = size_for_node_count(int(count))
-        self._committed = merkle.Frontier.load(size, self._subtree_from(conn))
+        self._committed = self._load(conn)
         self._pending: merkle.Frontier | None = None
         self._catch_up()
 
@@ -139,6 +138,15 @@ class MerkleLog:
     def rolled_back(self) -> None:
         """The transaction failed: forget the pending leaves."""
         self._pending = None
+
+    def reload(self) -> None:
+        """Forget every in-memory state and read the committed tree from disk
+        again (the ledger's writer thread, outside any transaction), hashing any
+        log entries the tree lacks. After a failed write nothing in memory is
+        trusted: the failure may have come after SQLite made the commit durable."""
+        self._pending = None
+        self._committed = self._load(self._conn)
+        self._catch_up()
 
     # -- reading (any thread) ----------------------------------------------------
     @property
@@ -196,6 +204,12 @@ class MerkleLog:
         if not 0 <= index < size:
             raise LogError(f"index {index} is not below the tree size {size}")
 
+    @classmethod
+    def _load(cls, conn: sqlite3.Connection) -> merkle.Frontier:
+        count = conn.execute("SELECT COALESCE(MAX(pos) + 1, 0) FROM merkle_node").fetchone()[0]
+        size = size_for_node_count(int(count))
+        return merkle.Frontier.load(size, cls._subtree_from(conn))
+
     @staticmethod
     def _subtree_from(conn: sqlite3.Connection) -> merkle.SubtreeAccessor:
         def subtree(level: int, index: int) -> bytes:
@@ -232,9 +246,9 @@ class MerkleLog:
             try:
                 self.append_leaves(conn, size, [bytes(r[1]) for r in rows])
                 conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
+            except BaseException as exc:
                 self.rolled_back()
+                rollback_after(conn, exc)
                 raise
             self.committed()
             size += len(rows)

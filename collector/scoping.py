@@ -13,6 +13,7 @@ from collector.aggregate import Aggregator
 from collector.snapshot import CLUSTER_KEY, Scope
 from protos.computewatch.v1 import control_pb2
 from protos.errors import ScopeError
+from protos.jobs import UNATTRIBUTED, unattributed_node
 
 MAX_SCOPE_ITEMS = 10_000
 MAX_NAME = 256
@@ -76,13 +77,19 @@ class ScopeResolver:
         return control_pb2.Scope(kind=control_pb2.SCOPE_KIND_CLUSTER, node_ids=self.known_nodes())
 
     def jobs(self, job_ids: Iterable[str]) -> control_pb2.Scope:
-        """The jobs and every node whose latest report shows one of them."""
+        """The jobs and every node whose latest report shows one of them.
+
+        An ``unattributed@<node>`` pseudo-job reaches its own node only, and the
+        bare ``unattributed`` (a name no node's processes count under) none.
+        """
         jobs = sorted(set(job_ids))
         nodes: set[str] = set()
         for job_id in jobs:
             state = self._agg.jobs.get(job_id)
-            if state is not None:
-                nodes.update(state.per_node)
+            if state is None or job_id == UNATTRIBUTED:
+                continue
+            own = unattributed_node(job_id)
+            nodes.update(n for n in state.per_node if own is None or n == own)
         return control_pb2.Scope(
             kind=control_pb2.SCOPE_KIND_JOB, job_ids=jobs, node_ids=sorted(nodes)
         )
@@ -125,6 +132,11 @@ class ScopeResolver:
         if kind == control_pb2.SCOPE_KIND_JOB:
             if not scope.job_ids:
                 raise ScopeError("job scope names no job")
+            if UNATTRIBUTED in scope.job_ids:
+                raise ScopeError(
+                    "job scope names 'unattributed', which spans no node: name a node's "
+                    "'unattributed@<node_id>' or the node itself"
+                )
             resolved = self.jobs(scope.job_ids)
             if not resolved.node_ids:
                 raise ScopeError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +26,13 @@ from collector.audit_wiring import AuditHandle, start_audit
 from collector.auth import AuthInterceptor, AuthPolicy
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
+from collector.jobbounds import JobLimits
 from collector.ledger import Ledger, iter_entries
 from collector.merkle_log import MerkleLog
 from collector.metrics import CollectorMetrics
 from collector.registry import Registry
 from collector.sessions import Session, Sessions
+from collector.sqlite_faults import write_error_reason
 from collector.status_service import StatusServicer
 from collector.stop_wiring import StopHandle, install_stop_protocol
 from collector.telemetry_service import TelemetryServicer
@@ -42,7 +45,7 @@ from protos.computewatch.v1 import (
     telemetry_pb2,
     telemetry_pb2_grpc,
 )
-from protos.errors import ConfigError, VerificationError
+from protos.errors import ConfigError, LedgerUnavailableError, VerificationError
 from protos.keys import PrivateKey, load_private_key
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,7 @@ class Collector:
     sessions: Sessions
     metrics_registry: CollectorRegistry
     health: health_aio.HealthServicer
+    status_servicer: StatusServicer
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _pool: ThreadPoolExecutor | None = None
     _metrics_server: object | None = None
@@ -87,6 +91,22 @@ class Collector:
     # The Merkle log's checkpoints and the Audit service (``collector.audit_wiring``).
     audit: AuditHandle | None = None
     merkle: MerkleLog | None = None
+    _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def _ledger_state(self, writable: bool) -> None:
+        """Health follows the ledger: NOT_SERVING while it cannot write."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if writable
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.get_running_loop().create_task(self._set_health(status))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", SERVICES[0]):  # Status (reads) keeps serving
+            await self.health.set(name, status)
 
     @property
     def address(self) -> str:
@@ -111,6 +131,9 @@ class Collector:
         shutdown = getattr(self._metrics_server, "shutdown", None)
         if callable(shutdown):
             shutdown()
+        close = getattr(self._metrics_server, "server_close", None)
+        if callable(close):
+            close()  # release the listening socket, not only the serving thread
 
     async def _tick_loop(self) -> None:
         period = self.config.tick_seconds
@@ -132,6 +155,7 @@ class Collector:
                 elif not is_silent and node.node_id in silent:
                     log.info("node %s is reporting again", node.node_id)
                     silent.discard(node.node_id)
+            self.aggregator.age_out(now)
             for hook in self.tick_hooks:
                 try:
                     hook(now)
@@ -161,11 +185,17 @@ async def create_server(
     *,
     metrics_registry: CollectorRegistry | None = None,
 ) -> tuple[Collector, int]:
-    """Build, bind and start a collector. Raises ConfigError on bad config;
+    """Build, bind and start a collector. Raises ConfigError on bad config and
+    LedgerUnavailableError when the ledger cannot be written (a full disk);
     whatever was opened before a failure is closed again."""
-    async with contextlib.AsyncExitStack() as cleanup:
-        collector = await _build(config, metrics_registry or CollectorRegistry(), cleanup)
-        cleanup.pop_all()  # started: the Collector owns it all now
+    try:
+        async with contextlib.AsyncExitStack() as cleanup:
+            collector = await _build(config, metrics_registry or CollectorRegistry(), cleanup)
+            cleanup.pop_all()  # started: the Collector owns it all now
+    except (sqlite3.Error, OSError) as exc:
+        raise LedgerUnavailableError(
+            f"cannot start on the ledger {config.ledger} ({write_error_reason(exc)}: {exc})"
+        ) from exc
     return collector, collector.port
 
 
@@ -173,7 +203,11 @@ async def _build(
     config: CollectorConfig, metrics_registry: CollectorRegistry, cleanup: contextlib.AsyncExitStack
 ) -> Collector:
     key = load_private_key(config.key)
-    ledger = Ledger(config.ledger)
+    ledger = Ledger(
+        config.ledger,
+        retry_min_seconds=config.ledger_retry_min_seconds,
+        retry_max_seconds=config.ledger_retry_max_seconds,
+    )
     cleanup.push_async_callback(ledger.close)
     merkle = MerkleLog(ledger.connection)
     cleanup.callback(merkle.close)
@@ -182,6 +216,11 @@ async def _build(
     aggregator = Aggregator(
         silent_after_intervals=config.silent_after_intervals,
         expected_interval_seconds=config.interval_seconds,
+        job_limits=JobLimits(
+            max_jobs_per_node=config.max_jobs_per_node,
+            max_job_states=config.max_job_states,
+            ended_job_ttl_seconds=config.ended_job_ttl_seconds,
+        ),
     )
     for node_id in registry.node_ids():
         aggregator.enroll(node_id)
@@ -196,6 +235,7 @@ async def _build(
         aggregator,
         max_envelope_bytes=config.max_envelope_bytes,
         verify_pool=pool,
+        evidence_per_key=config.max_evidence_per_key,
     )
     sessions = Sessions()
     server = _grpc_server(config, metrics_registry)
@@ -212,9 +252,8 @@ async def _build(
         ),
         server,
     )
-    status_pb2_grpc.add_StatusServicer_to_server(
-        StatusServicer(aggregator, ingestor.stats, ledger), server
-    )
+    status_servicer = StatusServicer(aggregator, ingestor.stats, ledger)
+    status_pb2_grpc.add_StatusServicer_to_server(status_servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICES, server)
@@ -237,6 +276,7 @@ async def _build(
         sessions=sessions,
         metrics_registry=metrics_registry,
         health=health_servicer,
+        status_servicer=status_servicer,
         _pool=pool,
         bind_hooks=bind_hooks,
         merkle=merkle,
@@ -255,6 +295,7 @@ async def _build(
     await server.start()
     for name in ("", *SERVICES[:2]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    ledger.add_state_listener(collector._ledger_state)
     if config.metrics_port:
         from prometheus_client import start_http_server
 

@@ -24,31 +24,57 @@ class Scope(StrEnum):
 METRICS: Mapping[Scope, tuple[str, ...]] = {
     Scope.CLUSTER: (
         "installed_flops",
+        "installed_flops_upper_bound",
         "allocated_flops",
         "achieved_flops",
+        "achieved_flops_upper_bound",
         "cumulative_flop",
+        "cumulative_flop_upper_bound",
+        "unmeasured_gpu_seconds",
         "nodes_silent",
         "gpus_lost",
+        "gpus_unreadable",
         "gpus_unknown_model",
         "chain_breaks",
     ),
     Scope.NODE: (
         "installed_flops",
+        "installed_flops_upper_bound",
         "allocated_flops",
         "achieved_flops",
+        "achieved_flops_upper_bound",
+        "unmeasured_gpu_seconds",
         "silent_seconds",
         "gpus_lost",
+        "gpus_unreadable",
         "chain_breaks",
     ),
     Scope.JOB: (
         "cumulative_flop",
+        "cumulative_flop_upper_bound",
         "achieved_flops",
+        "achieved_flops_upper_bound",
         "allocated_flops",
         "gpus",
         "gpus_unknown_model",
+        "unmeasured_gpu_seconds",
     ),
-    Scope.GPU: ("installed_flops", "achieved_flops", "utilization_percent", "power_watts"),
+    Scope.GPU: (
+        "installed_flops",
+        "installed_flops_upper_bound",
+        "achieved_flops",
+        "achieved_flops_upper_bound",
+        "utilization_percent",
+        "power_watts",
+    ),
 }
+
+# Compute metrics published as an interval: the estimate under the metric's
+# own name, the upper bound under ``<metric>_upper_bound``.
+BOUNDED_METRICS: frozenset[str] = frozenset(
+    {"installed_flops", "achieved_flops", "cumulative_flop", "lineage_cumulative_flop"}
+)
+UPPER_SUFFIX = "_upper_bound"
 
 # The cluster scope has exactly one key.
 CLUSTER_KEY = "cluster"
@@ -67,6 +93,8 @@ class Snapshot:
     lineage: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # job id -> node ids the job ran on at this instant
     job_nodes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # (scope, key) -> the estimate's method (collector.accounting.gpu METHOD_*)
+    methods: Mapping[tuple[Scope, str], str] = field(default_factory=dict)
 
     def get(self, scope: Scope, key: str, metric: str) -> float | None:
         return self.values.get((scope, key), {}).get(metric)

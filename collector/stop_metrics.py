@@ -21,6 +21,11 @@ from collector.decisions import DecisionHook
 from collector.directives import DirectiveBook
 from collector.effectiveness import EffectTracker
 from collector.leases import LeaseIssuer
+from collector.rules.model import DecisionKind
+from protos.reasons import DIRECTIVE_ACTIONS
+
+# Control methods (collector/control_service.py) whose "accepted" series start at 0.
+CONTROL_METHODS = ("manual_halt", "approval", "evaluation")
 
 
 class StopMetrics(Collector):
@@ -49,7 +54,8 @@ class StopMetrics(Collector):
             "Control submissions by method and result (accepted or the refusal reason).",
             labels=["method", "result"],
         )
-        for (method, result), n in sorted(self._control.stats.items()):
+        submissions = {(m, "accepted"): 0 for m in CONTROL_METHODS} | dict(self._control.stats)
+        for (method, result), n in sorted(submissions.items()):
             control.add_metric([method, result], n)
         yield control
 
@@ -57,23 +63,39 @@ class StopMetrics(Collector):
         engine = self._decisions.engine
         decisions = CounterMetricFamily(
             "computewatch_rule_decisions_total",
-            "Rule decisions (fire, clear, unknown) by rule and action.",
+            "Rule decisions (fire, clear, unknown, possibly_crossed) by rule and action.",
             labels=["rule", "kind", "action"],
         )
-        for (rule, kind, action), n in sorted(self._decisions.stats.decisions.items()):
+        # Every loaded rule's decisions from 0, so increase() sees the first one.
+        counted = {(r.id, str(k), str(r.action)): 0 for r in engine.rules for k in DecisionKind}
+        for (rule, kind, action), n in sorted((counted | self._decisions.stats.decisions).items()):
             decisions.add_metric([rule, kind, action], n)
         yield decisions
         firing = GaugeMetricFamily(
             "computewatch_rule_firing",
-            "Keys (cluster, nodes, jobs or GPUs) for which a rule is firing now.",
-            labels=["rule"],
+            "Keys (cluster, nodes, jobs or GPUs) for which a rule is firing now,"
+            " with the rule's action (record, alert, throttle, halt, terminate).",
+            labels=["rule", "action"],
         )
-        counts = {r.id: 0 for r in engine.rules}
+        actions = {r.id: str(r.action) for r in engine.rules}
+        counts = dict.fromkeys(actions, 0)
         for firing_rule, _ in engine.firing():
             counts[firing_rule.id] += 1
         for rule_id, n in sorted(counts.items()):
-            firing.add_metric([rule_id], n)
+            firing.add_metric([rule_id, actions[rule_id]], n)
         yield firing
+        possible = GaugeMetricFamily(
+            "computewatch_rule_possibly_crossed",
+            "Keys whose compute interval (estimate .. upper bound) straddles the rule's"
+            " threshold while the rule's own bound does not cross it.",
+            labels=["rule"],
+        )
+        straddling = {r.id: 0 for r in engine.rules if r.bounded}
+        for straddling_rule, _ in engine.possibly_crossed():
+            straddling[straddling_rule.id] = straddling.get(straddling_rule.id, 0) + 1
+        for rule_id, n in sorted(straddling.items()):
+            possible.add_metric([rule_id], n)
+        yield possible
 
     def _directives(self) -> Iterator[Metric]:
         stats = self._book.stats
@@ -82,7 +104,7 @@ class StopMetrics(Collector):
             "Directives sealed, logged and pushed, by action.",
             labels=["action"],
         )
-        for action, n in sorted(stats.issued.items()):
+        for action, n in sorted((dict.fromkeys(DIRECTIVE_ACTIONS, 0) | dict(stats.issued)).items()):
             issued.add_metric([action], n)
         yield issued
         yield GaugeMetricFamily(

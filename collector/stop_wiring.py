@@ -148,6 +148,11 @@ async def install_stop_protocol(
                 book.reconcile(node_id, state.enforcement.active_directive_ids, now)
 
     collector.tick_hooks.extend((decisions, leases, reconcile, tracker.tick))
+
+    def possibly_crossed() -> list[tuple[str, str]]:
+        return [(rule.id, key) for rule, key in engine.possibly_crossed()]
+
+    collector.status_servicer.possibly_crossed = possibly_crossed
     collector.bind_hooks.append(book.on_bind)
     handle = StopHandle(engine, book, tracker, leases, decisions, control, resolver, authorities)
     collector.metrics_registry.register(StopMetrics(decisions, book, tracker, leases, control))

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from collector.ingest import Accepted, Ingestor
+from collector.ingest import Accepted, Ingestor, Refusal
 from collector.sessions import Session, Sessions
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
-from protos.errors import LogError, VerificationError
+from protos.errors import LedgerUnavailableError, LogError, VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,17 @@ class _InFlight:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def reject_message(
+    sequence: int, reason: str, message: str, stored_sequence: int | None
+) -> telemetry_pb2.CollectorMessage:
+    """A Reject; ``stored_sequence`` (the key's last durably stored sequence)
+    tells the agent where to resend from, whenever the refusal names a key."""
+    reject = telemetry_pb2.Reject(sequence=sequence, reason=reason, message=message[:512])
+    if stored_sequence is not None:
+        reject.stored_sequence = stored_sequence
+    return telemetry_pb2.CollectorMessage(reject=reject)
 
 
 def _stop_reader(reader: asyncio.Task[object] | None, admit: asyncio.Task[None]) -> None:
@@ -186,15 +197,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
             data, checking = item
             try:
                 accepted = await self._ingestor.finish(data, checking, session.node_id)
-            except VerificationError as exc:
-                self._ingestor.reject(exc, session.peer)
-                session.send(
-                    telemetry_pb2.CollectorMessage(
-                        reject=telemetry_pb2.Reject(
-                            sequence=exc.sequence, reason=exc.reason, message=str(exc)[:512]
-                        )
-                    )
-                )
+            except (VerificationError, LedgerUnavailableError) as exc:
+                self._refuse(session, exc)
                 continue
             if session.node_id is None:
                 self._sessions.bind(session, accepted.node_id)
@@ -202,6 +206,10 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                     self._on_bind(session)
             await acks.put(accepted)
         await acks.put(None)
+
+    def _refuse(self, session: Session, exc: Refusal) -> None:
+        self._ingestor.reject(exc, session.peer)
+        session.send(reject_message(exc.sequence, exc.reason, str(exc), exc.stored_sequence))
 
     async def _pump(self, session: Session, acks: _InFlight) -> None:
         """Acknowledge in order, once committed; coalesce runs into one ack.
@@ -220,8 +228,14 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                 return
             try:
                 index = await item.committed
-            except LogError:
-                log.exception("commit failed for %s; closing its stream", session.node_id)
+            except LogError as exc:
+                # The write failed: this report and every one after it on the
+                # stream were refused. Say so (with what is stored, so the
+                # agent resends from there) and end the stream.
+                log.debug("commit failed for %s (%s); closing its stream", session.node_id, exc)
+                self._ingestor.stats.rejected[exc.reason] += 1
+                stored = self._ingestor.stored_sequence(item.keyid) if item.keyid else None
+                session.send(reject_message(item.sequence, exc.reason, str(exc), stored))
                 session.close()
                 return
             wait = next_ack - loop.time()

@@ -48,6 +48,21 @@ _SETTINGS: list[tuple[str, str, Any, str]] = [
     ("--scenario", "scenario", _PATH, "Scenario file for --backend fake."),
     ("--procfs-root", "procfs_root", _PATH, "proc filesystem for job attribution."),
     ("--job-metadata-dir", "job_metadata_dir", _PATH, "Per-job metadata (lineage, model)."),
+    (
+        "--slurm-show-job-command",
+        "slurm_show_job_command",
+        str,
+        "Array/het lookup, {job} placeholder; '' turns it off.",
+    ),
+    ("--k8s-attribution", "k8s_attribution", bool, "Pods count under their workload."),
+    (
+        "--k8s-pod-resources-socket",
+        "k8s_pod_resources_socket",
+        _PATH,
+        "The kubelet's PodResources socket.",
+    ),
+    ("--k8s-pod-metadata-dir", "k8s_pod_metadata_dir", _PATH, "Pod JSON files (else the API)."),
+    ("--k8s-kubeconfig", "k8s_kubeconfig", _PATH, "Kubeconfig (else in-cluster credentials)."),
     ("--fail-mode", "fail_mode", click.Choice(FAIL_MODES), "Without a valid lease: run or halt."),
     (
         "--lease-grace",
@@ -110,14 +125,13 @@ def _resolve(config_file: Path | None, flags: dict[str, object]) -> AgentConfig:
     return load_agent_config(config_file, given)
 
 
-def _toml_value(value: object) -> str:
+def _toml_value(value: object) -> object:
+    """A config value as tomli-w writes it (paths as strings, tuples as arrays)."""
     if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | Path):
-        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
+        return [_toml_value(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 @click.group()
@@ -130,13 +144,15 @@ def agent() -> None:
 @translate_errors
 def show_config(config_file: Path | None, **flags: object) -> None:
     """Print the configuration the agent would run with, as TOML."""
+    import tomli_w
+
     cfg = _resolve(config_file, flags)
-    click.echo("[agent]")
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        if value is None:
-            continue
-        click.echo(f"{field.name} = {_toml_value(value)}")
+    table = {
+        field.name: _toml_value(getattr(cfg, field.name))
+        for field in dataclasses.fields(cfg)
+        if getattr(cfg, field.name) is not None  # TOML has no null: unset is absent
+    }
+    click.echo(tomli_w.dumps({"agent": table}), nl=False)
 
 
 @agent.command("run")
@@ -180,14 +196,18 @@ def build_backend(cfg: AgentConfig, stand_ins: StandIns) -> tuple[GpuBackend, Ag
         cfg.job_metadata_dir or home / "jobs",
         stand_ins,
     )
+    # A simulated node has no Slurm controller to ask about arrays.
     return node.backend, dataclasses.replace(
-        cfg, procfs_root=node.procfs_root, job_metadata_dir=node.metadata_dir
+        cfg,
+        procfs_root=node.procfs_root,
+        job_metadata_dir=node.metadata_dir,
+        slurm_show_job_command="",
     )
 
 
 async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
     """Run one agent until a signal or ``duration`` seconds."""
-    from agent.attribution import JobAttributor
+    from agent.attribution_setup import Attribution, register_attribution_metrics
     from agent.jobmeta import JobMetadataDir
     from agent.metrics import serve_metrics
     from agent.runner import Agent
@@ -204,6 +224,8 @@ async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
     timer = loop.call_later(duration, stop.set) if duration is not None else None
     server = None
+    attribution = Attribution(cfg)
+    register_attribution_metrics(registry, attribution)
     try:
         if cfg.metrics_port:
             server, _ = serve_metrics(registry, cfg.metrics_address, cfg.metrics_port)
@@ -211,7 +233,7 @@ async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
         runner = Agent(
             cfg,
             backend,
-            JobAttributor(cfg.procfs_root),
+            attribution.attributor,
             jobmeta,
             key,
             registry=registry,
@@ -240,4 +262,5 @@ async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
         if server is not None:
             server.shutdown()
         backend.close()
+        attribution.close()
         stand_ins.close()

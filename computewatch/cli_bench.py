@@ -1,4 +1,4 @@
-"""``computewatch bench [ingest|fleet|agent|halt|all]``: the benchmarks in ``bench/``.
+"""``computewatch bench [ingest|fleet|agent|halt|crash|all]``: the benchmarks in ``bench/``.
 
 Thin: picks sizes, calls ``bench.run_all``, prints its table and, with
 ``--out``, writes the results as JSON. What each benchmark measures is in
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-_CHOICES = ("ingest", "fleet", "agent", "halt", "all")
+_CHOICES = ("ingest", "fleet", "agent", "halt", "crash", "all")
 
 
 @click.command()
@@ -33,6 +33,11 @@ _CHOICES = ("ingest", "fleet", "agent", "halt", "all")
     "--runs", type=click.IntRange(min=1), help="Fresh fleets per tick setting (halt), default 3."
 )
 @click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    help="Kill -9 rounds (crash), default 50.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Also write the results as JSON (bench/results.json by convention).",
@@ -45,9 +50,10 @@ def bench(
     seconds: float | None,
     samples: int | None,
     runs: int | None,
+    iterations: int | None,
     out: Path | None,
 ) -> None:
-    """Measure ingest throughput, fleet cost, agent cost and halt latency on this machine."""
+    """Measure ingest throughput, fleet cost, agent cost, halt latency and crash safety here."""
     from bench.common import BenchError
     from bench.run_all import FULL, QUICK, render, run
 
@@ -62,6 +68,8 @@ def bench(
         sizes = replace(sizes, agent_samples=samples)
     if runs is not None:
         sizes = replace(sizes, halt_runs=runs)
+    if iterations is not None:
+        sizes = replace(sizes, crash_iterations=iterations)
     try:
         doc = run([] if which == "all" else [which], sizes)
     except BenchError as exc:

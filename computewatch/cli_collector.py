@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -25,67 +26,61 @@ def _env(name: str) -> str:
     return f"COMPUTEWATCH_COLLECTOR_{name.upper()}"
 
 
+def _default(key: str) -> str:
+    """`` [default: X]`` from CollectorConfig, for --help (the option itself has
+    no default, so that a value from the config file is not overridden)."""
+    import dataclasses
+
+    from collector.config import CollectorConfig
+
+    for field in dataclasses.fields(CollectorConfig):
+        if field.name == key and field.default is not dataclasses.MISSING:
+            value = field.default
+            shown = (", ".join(map(str, value)) or "none") if isinstance(value, tuple) else value
+            return f" [default: {shown}]"
+    return " [required: flag, variable or --config]"
+
+
+_PATH = click.Path(dir_okay=False, path_type=Path)
+# (flag, config key, click type, repeatable, help)
+_SERVE_OPTIONS: list[tuple[str, str, object, bool, str]] = [
+    ("--ledger", "ledger", _PATH, False, "SQLite ledger file."),
+    ("--key", "key", _PATH, False, "Collector private key (signs directives and checkpoints)."),
+    ("--listen", "listen", str, False, "HOST:PORT for gRPC."),
+    ("--metrics-address", "metrics_address", str, False, "Address /metrics listens on."),
+    ("--metrics-port", "metrics_port", int, False, "Port for /metrics (0: off)."),
+    ("--interval", "interval_seconds", float, False, "Expected agent report interval, seconds."),
+    ("--rule-pack", "rule_packs", str, True, "Rule pack name or YAML file (repeatable)."),
+    ("--authority-key", "authority_keys", _PATH, True, "Authority public key (repeatable)."),
+    ("--auditor-key", "auditor_keys", _PATH, True, "Auditor public key (repeatable)."),
+    ("--quorum", "quorum", int, False, "Distinct authority approvals needed to resume."),
+]
+
+
+def _serve_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """One option per setting, with its environment variable and default shown."""
+    for flag, key, type_, multiple, help_ in reversed(_SERVE_OPTIONS):
+        fn = click.option(
+            flag,
+            key,
+            type=type_,
+            multiple=multiple,
+            envvar=_env(key),
+            show_envvar=True,
+            help=help_ + _default(key),
+        )(fn)
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="COMPUTEWATCH_CONFIG",
+        show_envvar=True,
+        help="TOML file with a [collector] table; flags and variables override it.",
+    )(fn)
+
+
 @collector.command()
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="COMPUTEWATCH_CONFIG",
-    help="TOML file with a [collector] table.",
-)
-@click.option(
-    "--ledger",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar=_env("ledger"),
-    help="SQLite ledger file.",
-)
-@click.option(
-    "--key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar=_env("key"),
-    help="Collector private key (signs directives and checkpoints).",
-)
-@click.option("--listen", envvar=_env("listen"), help="HOST:PORT for gRPC.")
-@click.option(
-    "--metrics-port", type=int, envvar=_env("metrics_port"), help="Port for /metrics (0: off)."
-)
-@click.option("--metrics-address", envvar=_env("metrics_address"))
-@click.option(
-    "--interval",
-    "interval_seconds",
-    type=float,
-    envvar=_env("interval_seconds"),
-    help="Expected agent report interval, seconds.",
-)
-@click.option(
-    "--rule-pack",
-    "rule_packs",
-    multiple=True,
-    envvar=_env("rule_packs"),
-    help="Rule pack name or YAML file (repeatable).",
-)
-@click.option(
-    "--authority-key",
-    "authority_keys",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar=_env("authority_keys"),
-    help="Authority public key (repeatable).",
-)
-@click.option(
-    "--auditor-key",
-    "auditor_keys",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar=_env("auditor_keys"),
-    help="Auditor public key (repeatable).",
-)
-@click.option(
-    "--quorum",
-    type=int,
-    envvar=_env("quorum"),
-    help="Distinct authority approvals needed to resume.",
-)
+@_serve_options
 @translate_errors
 def serve(config_file: Path | None, **flags: object) -> None:
     """Serve Telemetry, Status, Control and Audit until SIGINT/SIGTERM."""

@@ -18,10 +18,10 @@ from typing import TypeVar
 
 import click
 import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from computewatch.clitools import translate_errors
+from computewatch.clitools import rpc_failure, translate_errors
+from computewatch.plainjson import Json, plain
 from computewatch.render import table
 from protos import dsse
 from protos.auth import call_metadata
@@ -101,11 +101,7 @@ def _call(
         try:
             result = rpc(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
-            code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
-            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-            raise click.ClickException(
-                f"collector at {address} refused: {code}: {details}"
-            ) from exc
+            raise rpc_failure(address, exc, "refused") from exc
     if not isinstance(result, response):
         raise click.ClickException(f"collector at {address} sent a {type(result).__name__}")
     return result
@@ -213,18 +209,14 @@ def evaluate(
 
 
 def _fetch(
-    address: str, in_force_only: bool, key: PrivateKey | None, collector_key: PublicKey | None
+    address: str,
+    in_force_only: bool,
+    key: PrivateKey | None,
+    collector_key: PublicKey | None,
+    page_size: int = 0,
 ) -> list[tuple[control_pb2.DirectiveRecord, control_pb2.Directive, bool]]:
-    reply = _call(
-        address,
-        "ListDirectives",
-        control_pb2.ListDirectivesRequest(in_force_only=in_force_only),
-        control_pb2.DirectiveList,
-        key=key,
-        timeout=10.0,
-    )
     out = []
-    for record in reply.directives:
+    for record in _list_all(address, in_force_only, key, page_size):
         if collector_key is not None:
             verified = dsse.verify(
                 record.envelope,
@@ -236,6 +228,36 @@ def _fetch(
             env = dsse.open_envelope(record.envelope)
             out.append((record, dsse.parse_message(control_pb2.Directive, env.payload), False))
     return out
+
+
+# Pages followed at most: a collector whose tokens never end cannot keep the CLI looping.
+MAX_PAGES = 10_000
+
+
+def _list_all(
+    address: str, in_force_only: bool, key: PrivateKey | None, page_size: int = 0
+) -> list[control_pb2.DirectiveRecord]:
+    """Every directive record, following ``next_page_token``."""
+    records: list[control_pb2.DirectiveRecord] = []
+    token = ""
+    for _ in range(MAX_PAGES):
+        reply = _call(
+            address,
+            "ListDirectives",
+            control_pb2.ListDirectivesRequest(
+                in_force_only=in_force_only, page_size=page_size, page_token=token
+            ),
+            control_pb2.DirectiveList,
+            key=key,
+            timeout=10.0,
+        )
+        records.extend(reply.directives)
+        if not reply.next_page_token:
+            return records
+        if reply.next_page_token == token:
+            raise click.ClickException(f"collector at {address}: page token did not advance")
+        token = reply.next_page_token
+    raise click.ClickException(f"collector at {address}: more than {MAX_PAGES} directive pages")
 
 
 def _when(nanos: int) -> str:
@@ -254,8 +276,8 @@ def _scope_text(scope: control_pb2.Scope) -> str:
 
 def _doc(
     record: control_pb2.DirectiveRecord, d: control_pb2.Directive, verified: bool
-) -> dict[str, object]:
-    doc = json_format.MessageToDict(d, preserving_proto_field_name=True)
+) -> dict[str, Json]:
+    doc = plain(d)
     doc.pop("approvals", None)
     to_effective = (
         (record.effective_unix_nanos - d.issued_unix_nanos) / 1e9
@@ -297,15 +319,26 @@ def directives() -> None:
 @collector_option
 @click.option("--in-force", is_flag=True, help="Only halts, throttles and terminates in force.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--page-size",
+    type=click.IntRange(0, 1000),
+    default=0,
+    help="Directives per request (0: the collector's default); all pages are shown.",
+)
 @_key_options
 @translate_errors
 def list_directives(
-    address: str, in_force: bool, as_json: bool, key_path: Path | None, collector_key: Path | None
+    address: str,
+    in_force: bool,
+    as_json: bool,
+    page_size: int,
+    key_path: Path | None,
+    collector_key: Path | None,
 ) -> None:
     """List directives, oldest first."""
     key = load_private_key(key_path) if key_path else None
     pub = load_public_key(collector_key) if collector_key else None
-    rows = _fetch(address, in_force, key, pub)
+    rows = _fetch(address, in_force, key, pub, page_size)
     if as_json:
         click.echo(json.dumps([_doc(*r) for r in rows], indent=2, sort_keys=True))
         return

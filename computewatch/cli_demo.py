@@ -23,9 +23,9 @@ DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "deploy" / "scenarios" 
 )
 @click.option(
     "--duration",
-    type=click.FloatRange(1, 60),
+    type=click.FloatRange(min=1),
     default=None,
-    help="Seconds to run (default: the scenario's, at most 60).",
+    help="Seconds to run (default: the scenario's, at most 60; with --serve: until Ctrl-C).",
 )
 @click.option(
     "--summary-json",
@@ -51,6 +51,13 @@ DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "deploy" / "scenarios" 
     help="Rule packs (default: demo and operator-default).",
 )
 @click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the cluster running (until Ctrl-C, or --duration) with /metrics on loopback"
+    " for every agent and the collector; write a Prometheus config and file_sd targets"
+    " and print how to load the Grafana dashboard. No summary.",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep keys, ledger and agent state here instead of a temporary directory.",
@@ -63,13 +70,35 @@ def demo(
     live: bool | None,
     resume_after: float,
     rule_packs: tuple[str, ...],
+    serve: bool,
     workdir: Path | None,
 ) -> None:
     """Run a simulated cluster: collector, agents on a fake NVML, rules, halts, resume."""
-    from computewatch.demo.run import DEFAULT_PACKS, DemoOptions, print_summary, run_demo
+    from computewatch.demo.run import (
+        DEFAULT_PACKS,
+        MAX_DURATION,
+        DemoOptions,
+        print_summary,
+        run_demo,
+    )
 
     if scenario is None:
         raise click.UsageError("no scenario: pass --scenario FILE")
+    if serve:
+        from computewatch.demo.serve import ServeOptions, serve_demo
+
+        opts_serve = ServeOptions(
+            scenario=scenario,
+            rule_packs=rule_packs or DEFAULT_PACKS,
+            workdir=workdir,
+            duration=duration,
+        )
+        asyncio.run(serve_demo(opts_serve, sys.stdout))
+        return
+    if duration is not None and duration > MAX_DURATION:
+        raise click.BadParameter(
+            f"at most {MAX_DURATION:g} s without --serve", param_hint="--duration"
+        )
     opts = DemoOptions(
         scenario=scenario,
         duration=duration,

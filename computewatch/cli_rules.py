@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
-from collector.rules.load import builtin_pack_names, check_files, load_packs, resolve_pack
+from collector.rules.load import (
+    builtin_pack_names,
+    check_files,
+    load_packs,
+    resolve_pack,
+    resolve_packs,
+)
 from collector.rules.metrics import format_quantity
 from collector.rules.model import Decision, Rule, RulePack
 from computewatch.clitools import translate_errors
@@ -20,15 +26,16 @@ def rules() -> None:
 
 
 @rules.command()
-@click.argument("packs", nargs=-1, metavar="FILE_OR_NAME...")
+@click.argument("packs", nargs=-1, metavar="FILE_DIR_OR_NAME...")
 @translate_errors
 def check(packs: tuple[str, ...]) -> None:
     """Check rule packs and print every mistake as FILE:LINE: rule ID: ...
 
-    With no argument, checks every shipped pack. Duplicate rule ids are
-    looked for across all the packs given. Exit status 1 if anything is wrong.
+    A directory checks every .yaml/.yml file in it. With no argument, checks
+    every shipped pack. Duplicate rule ids are looked for across all the
+    packs given. Exit status 1 if anything is wrong.
     """
-    paths = [resolve_pack(p) for p in packs] or [resolve_pack(n) for n in builtin_pack_names()]
+    paths = resolve_packs(packs) or [resolve_pack(n) for n in builtin_pack_names()]
     result = check_files(paths)
     for finding in result.findings:
         click.echo(str(finding))
@@ -42,9 +49,10 @@ def check(packs: tuple[str, ...]) -> None:
 
 
 def _rule_line(rule: Rule) -> str:
-    cond = (
-        f"{rule.scope} {rule.metric} {rule.comparison} {format_quantity(rule.threshold, rule.unit)}"
+    metric = (
+        f"{rule.metric} ({rule.bound.value.replace('_', ' ')})" if rule.bounded else rule.metric
     )
+    cond = f"{rule.scope} {metric} {rule.comparison} {format_quantity(rule.threshold, rule.unit)}"
     if rule.for_seconds:
         cond += f" for {rule.for_seconds:g} s"
     action = str(rule.action)

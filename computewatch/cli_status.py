@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 import grpc
-from google.protobuf import json_format
 
-from computewatch.clitools import translate_errors
-from computewatch.render import si, table
+from computewatch.clitools import rpc_failure, translate_errors
+from computewatch.plainjson import plain
+from computewatch.render import interval, si, table
 from protos.auth import call_metadata
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc
 from protos.keys import PrivateKey, load_private_key
@@ -26,20 +26,64 @@ _STATE = {
 _METHOD = "/computewatch.v1.Status/GetStatus"
 
 
+# Pages followed at most (x 1000 items a page): a collector whose tokens never
+# end cannot keep the CLI looping.
+MAX_PAGES = 10_000
+
+
 def fetch_status(
-    address: str, key: PrivateKey | None = None, timeout: float = 10.0
+    address: str, key: PrivateKey | None = None, timeout: float = 10.0, page_size: int = 0
 ) -> status_pb2.ClusterStatus:
-    metadata = call_metadata(key, _METHOD) if key is not None else None
+    """The whole status: follows ``next_page_token`` and joins the pages'
+    nodes and jobs (cluster figures come from the first page)."""
     with grpc.insecure_channel(address) as channel:
         stub = status_pb2_grpc.StatusStub(channel)
-        try:
-            result: status_pb2.ClusterStatus = stub.GetStatus(
-                status_pb2.StatusRequest(), timeout=timeout, metadata=metadata
-            )
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
-            raise click.ClickException(f"collector at {address}: {code}: {exc}") from exc
-    return result
+        result: status_pb2.ClusterStatus | None = None
+        token = ""
+        for _ in range(MAX_PAGES):
+            page = _page(stub, address, key, timeout, page_size, token)
+            if result is None:
+                result = page
+            else:
+                result.nodes.extend(page.nodes)
+                result.jobs.extend(page.jobs)
+            if not page.next_page_token:
+                result.next_page_token = ""
+                return result
+            if page.next_page_token == token:
+                raise click.ClickException(f"collector at {address}: page token did not advance")
+            token = page.next_page_token
+    raise click.ClickException(f"collector at {address}: more than {MAX_PAGES} status pages")
+
+
+def _page(
+    stub: status_pb2_grpc.StatusStub,
+    address: str,
+    key: PrivateKey | None,
+    timeout: float,
+    page_size: int,
+    token: str,
+) -> status_pb2.ClusterStatus:
+    metadata = call_metadata(key, _METHOD) if key is not None else None
+    try:
+        page: status_pb2.ClusterStatus = stub.GetStatus(
+            status_pb2.StatusRequest(page_size=page_size, page_token=token),
+            timeout=timeout,
+            metadata=metadata,
+        )
+    except grpc.RpcError as exc:
+        raise rpc_failure(address, exc) from exc
+    return page
+
+
+def cluster_achieved(st: status_pb2.ClusterStatus) -> float | None:
+    return st.achieved_flops_estimate if st.HasField("achieved_flops_estimate") else None
+
+
+def job_cumulative(j: status_pb2.JobStatus) -> str:
+    """A job's cumulative FLOP as its interval (``unknown``/``>=`` forms)."""
+    estimate = j.cumulative_flop_estimate if j.HasField("cumulative_flop_estimate") else None
+    return interval(estimate, j.cumulative_flop_upper_bound, "FLOP", j.unmeasured_gpu_seconds)
 
 
 def render_status(st: status_pb2.ClusterStatus) -> str:
@@ -48,7 +92,11 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
         f"cluster at {when}: {st.gpus_total} GPUs ({st.gpus_lost} lost,"
         f" {st.gpus_unknown_model} of unknown model), log size {st.log_size}",
         f"  installed {si(st.installed_flops, 'FLOP/s')}   allocated"
-        f" {si(st.allocated_flops, 'FLOP/s')}   achieved {si(st.achieved_flops, 'FLOP/s')}",
+        f" {si(st.allocated_flops, 'FLOP/s')}   achieved"
+        f" {interval(cluster_achieved(st), st.achieved_flops_upper_bound, 'FLOP/s')}",
+        f"  cumulative {interval(st.cumulative_flop, st.cumulative_flop_upper_bound, 'FLOP')}"
+        f"   unmeasured {st.unmeasured_gpu_seconds:,.0f} GPU-s   method {st.method or '-'}",
+        *(f"  possibly crossed: {p}" for p in st.possibly_crossed),
         f"  reports accepted {st.reports_accepted}; rejected "
         + (", ".join(f"{k}={v}" for k, v in sorted(st.rejected_by_reason.items())) or "none"),
         "",
@@ -61,7 +109,13 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
                     str(n.last_sequence),
                     str(n.gpus),
                     str(n.gpus_lost),
-                    si(n.achieved_flops, "FLOP/s"),
+                    interval(
+                        n.achieved_flops_estimate
+                        if n.HasField("achieved_flops_estimate")
+                        else None,
+                        n.achieved_flops_upper_bound,
+                        "FLOP/s",
+                    ),
                     "yes" if n.halted else "",
                 ]
                 for n in st.nodes
@@ -69,15 +123,23 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
         ),
         "",
         table(
-            ["job", "cumulative", "achieved", "gpus", "nodes", "parents"],
+            ["job", "cumulative", "achieved", "method", "gpus", "nodes", "parents", "possibly"],
             [
                 [
                     j.job_id,
-                    si(j.cumulative_flop, "FLOP") + (" (upper bound)" if j.upper_bound else ""),
-                    si(j.achieved_flops, "FLOP/s"),
+                    job_cumulative(j),
+                    interval(
+                        j.achieved_flops_estimate
+                        if j.HasField("achieved_flops_estimate")
+                        else None,
+                        j.achieved_flops_upper_bound,
+                        "FLOP/s",
+                    ),
+                    j.method,
                     str(j.gpus),
-                    str(len(j.node_ids)),
+                    str(j.nodes_total or len(j.node_ids)),
                     ",".join(j.parent_job_ids),
+                    ",".join(j.possibly_crossed_rules),
                 ]
                 for j in st.jobs
             ],
@@ -103,12 +165,19 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
     help="Auditor or authority private key, for collectors that require signed tokens.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option(
+    "--page-size",
+    type=click.IntRange(0, 1000),
+    default=0,
+    help="Nodes plus jobs per request (0: the collector's default); all pages are shown.",
+)
 @translate_errors
-def status(address: str, key_path: Path | None, as_json: bool) -> None:
+def status(address: str, key_path: Path | None, as_json: bool, page_size: int) -> None:
     """Show cluster compute, nodes and jobs from a running collector."""
-    st = fetch_status(address, load_private_key(key_path) if key_path else None)
+    st = fetch_status(
+        address, load_private_key(key_path) if key_path else None, page_size=page_size
+    )
     if as_json:
-        doc = json_format.MessageToDict(st, preserving_proto_field_name=True)
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        click.echo(json.dumps(plain(st), indent=2, sort_keys=True))
     else:
         click.echo(render_status(st))

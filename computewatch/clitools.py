@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import click
+import grpc
 
 from protos.errors import Error
 
@@ -53,3 +54,19 @@ def translate_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise click.ClickException(f"{exc.reason}: {exc}") from exc
 
     return wrapper
+
+
+def rpc_failure(address: str, exc: grpc.RpcError, what: str = "") -> click.ClickException:
+    """A failed call as one line: ``collector at ADDR[ what]: CODE: details``.
+
+    ``str()`` of grpc's ``_InactiveRpcError`` spans several lines (status,
+    details, debug string); users need the code and the details only.
+    """
+    if isinstance(exc, grpc.Call):
+        code = exc.code().name
+        details = exc.details() or ""
+    else:
+        code, details = "ERROR", str(exc)
+    details = " ".join(details.split())  # one line, whatever the transport said
+    suffix = f" {what}" if what else ""
+    return click.ClickException(f"collector at {address}{suffix}: {code}: {details}")

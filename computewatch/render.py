@@ -30,3 +30,20 @@ def bar(fraction: float, width: int = 20) -> str:
     f = min(max(fraction, 0.0), 1.0)
     filled = round(f * width)
     return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def interval(
+    estimate: float | None, upper: float, unit: str, unmeasured_seconds: float = 0.0
+) -> str:
+    """A compute figure as its interval, never a bare 0 for the unmeasured:
+    ``1.2 PFLOP (<= 2.4 PFLOP)``; ``>= 1.2 PFLOP (<= 9 PFLOP, 30 GPU-s
+    unmeasured)`` when part of it was not measured; ``unknown (<= 9 PFLOP)``
+    when none of it was."""
+    if estimate is None:
+        text = "unknown"
+    else:
+        text = (">= " if unmeasured_seconds > 0 else "") + si(estimate, unit)
+    extra = f"<= {si(upper, unit)}"
+    if unmeasured_seconds > 0:
+        extra += f", {unmeasured_seconds:,.0f} GPU-s unmeasured"
+    return f"{text} ({extra})"

@@ -38,6 +38,11 @@ MAX_SIGNATURES = 100
 _NAME = re.compile(r"[^\s+]+")
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")
 
+# Trailing metadata key on an ``Audit.Subscribe`` stream closed for falling
+# behind: the tree size the last checkpoint sent on it covers, the
+# ``from_index`` to resume from once what was sent is stored.
+RESUME_FROM_KEY = "computewatch-resume-from"
+
 
 @dataclass(frozen=True)
 class Checkpoint:

@@ -9,6 +9,8 @@ so a mistake names the file, the key and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 import types
 import typing
@@ -21,6 +23,53 @@ from protos.errors import ConfigError
 T = TypeVar("T")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class SettingError(ConfigError):
+    """A value of the right type that is not allowed; carries the key so the
+    loader can say where it came from (file and line, or flag/environment)."""
+
+    def __init__(self, key: str, value: object, expected: str) -> None:
+        super().__init__(f"key {key!r}: expected {expected}, got {value!r}")
+        self.key = key
+
+
+def check_range(
+    key: str, value: float, low: float, high: float, *, above_low: bool = False
+) -> None:
+    """Raise SettingError unless ``value`` is finite and within [low, high]
+    (``(low, high]`` with ``above_low``). NaN fails every comparison, so it
+    never slips through a "must be positive" check."""
+    ok = math.isfinite(value) and (value > low if above_low else value >= low) and value <= high
+    if not ok:
+        lower = f"above {low:g}" if above_low else f"at least {low:g}"
+        raise SettingError(key, value, f"a finite number {lower} and at most {high:g}")
+
+
+def check_ranges(obj: object, ranges: Mapping[str, tuple[float, float, bool]]) -> None:
+    """``check_range`` for each ``name: (low, high, above_low)`` of ``obj``."""
+    for name, (low, high, above_low) in ranges.items():
+        check_range(name, getattr(obj, name), low, high, above_low=above_low)
+
+
+def key_line(text: str, section: str, key: str) -> int | None:
+    """1-based line of ``key`` in the ``[section]`` table of TOML ``text``.
+
+    tomllib keeps no positions, so this scans the text: the line that opens
+    ``[section]``, then the first ``key =`` (bare or quoted) before the next
+    table header. Good enough for the flat tables our configs use."""
+    header = re.compile(r"^\s*\[\s*" + re.escape(section) + r"\s*\]\s*(#.*)?$")
+    other = re.compile(r"^\s*\[")
+    assign = re.compile(r"^\s*(" + re.escape(key) + r"|\"" + re.escape(key) + r"\")\s*=")
+    inside = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if header.match(line):
+            inside = True
+        elif other.match(line):
+            inside = False
+        elif inside and assign.match(line):
+            return number
+    return None
 
 
 def _expect(where: str, key: str, expected: str, value: object) -> ConfigError:
@@ -69,9 +118,12 @@ def _coerce(where: str, key: str, tp: Any, value: object) -> object:
         if isinstance(value, bool):
             raise _expect(where, key, "a number", value)
         try:
-            return float(value)  # type: ignore[arg-type]
+            number = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise _expect(where, key, "a number", value) from None
+        if not math.isfinite(number):
+            raise _expect(where, key, "a finite number", value)
+        return number
     if tp is Path:
         if not isinstance(value, str | Path) or not str(value):
             raise _expect(where, key, "a path", value)
@@ -84,13 +136,25 @@ def _coerce(where: str, key: str, tp: Any, value: object) -> object:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    return _read_toml(path)[0]
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML (not UTF-8: {exc})") from exc
+    try:
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+
+
+def _where(path: Path, text: str, section: str, key: str) -> str:
+    line = key_line(text, section, key)
+    return f"{path}:{line} [{section}]" if line is not None else f"{path} [{section}]"
 
 
 def load_section(
@@ -110,8 +174,10 @@ def load_section(
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, object] = {}
+    text = ""
+    from_file: set[str] = set()
     if path is not None:
-        doc = read_toml(path)
+        doc, text = _read_toml(path)
         table = doc.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
@@ -122,13 +188,17 @@ def load_section(
                 f" expected some of {', '.join(sorted(fields))}"
             )
         for key, value in table.items():
-            values[key] = _coerce(f"{path} [{section}]", key, hints[key], value)
+            values[key] = _coerce(_where(path, text, section, key), key, hints[key], value)
+            from_file.add(key)
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         if key not in fields:
             raise ConfigError(f"unknown setting {key!r} for [{section}]")
-        values[key] = _coerce(f"setting {section}.{key}", key, hints[key], value)
+        values[key] = _coerce(
+            f"setting {section}.{key} (flag or environment)", key, hints[key], value
+        )
+        from_file.discard(key)
     missing = [
         n
         for n, f in fields.items()
@@ -141,5 +211,13 @@ def load_section(
         raise ConfigError(f"{where}: [{section}] is missing required key(s) {', '.join(missing)}")
     try:
         return cls(**values)
+    except SettingError as exc:
+        if exc.key in values and exc.key not in from_file:
+            where = f"setting {section}.{exc.key} (flag or environment)"
+        elif path is not None and exc.key in from_file:
+            where = _where(path, text, section, exc.key)
+        else:
+            where = f"{path} [{section}]" if path is not None else "default configuration"
+        raise ConfigError(f"{where}: {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path or 'configuration'}: [{section}]: {exc}") from exc

@@ -35,6 +35,9 @@ class VerificationError(Error):
     # The refused report's sequence, once its signature verified (0: unknown),
     # so the sender can tell which of its reports was refused.
     sequence = 0
+    # The last sequence the collector durably stored for the signing key
+    # (None: the refusal cannot be attributed to a key).
+    stored_sequence: int | None = None
 
 
 class DecodeError(VerificationError):
@@ -84,6 +87,36 @@ class InvalidReportError(VerificationError):
     """A verified report carries values that cannot be right."""
 
     reason = "invalid_report"
+
+
+class LimitError(VerificationError):
+    """A peer asked for more than a bound allows (counts, lengths, state it can grow).
+
+    Each subclass's ``reason`` is a stable label on the rejection counter; the
+    collector refuses only the offending report and keeps serving everyone else.
+    """
+
+    reason = "limit"
+
+
+class ReportLimitError(LimitError, InvalidReportError):
+    """A report has more items (GPUs, processes, jobs, receipts, parents) or a
+    longer string than ``protos.reports`` allows. Also an InvalidReportError:
+    the report itself is at fault, and the agent corrects it before sealing."""
+
+    reason = "report_limit"
+
+
+class NodeJobsLimitError(LimitError):
+    """A node would hold more job states in the collector than its per-node limit."""
+
+    reason = "node_jobs_limit"
+
+
+class JobStatesLimitError(LimitError):
+    """The collector holds as many job states as configured and none has ended."""
+
+    reason = "job_states_limit"
 
 
 class ChainError(VerificationError):
@@ -206,6 +239,15 @@ class LogError(Error):
     """The transparency log is inconsistent or a request is out of range."""
 
     reason = "log"
+
+
+class LedgerUnavailableError(LogError):
+    """The ledger cannot write (disk full, I/O error): nothing is accepted until a
+    recovery probe has re-read its state from disk. A resend later is accepted."""
+
+    reason = "ledger_unavailable"
+    sequence = 0
+    stored_sequence: int | None = None
 
 
 class ProofError(VerificationError):

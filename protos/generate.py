@@ -13,11 +13,14 @@ from importlib import resources
 from pathlib import Path
 
 PROTO_DIR = Path("protos") / "computewatch" / "v1"
+# Our own subset of the kubelet's PodResources API (same package and numbers).
+PODRESOURCES_DIR = Path("protos") / "k8s" / "podresources" / "v1"
+PROTO_DIRS = (PROTO_DIR, PODRESOURCES_DIR)
 
 
 def proto_files(root: Path) -> list[Path]:
     """The .proto sources, relative to ``root``, in a stable order."""
-    return sorted(p.relative_to(root) for p in (root / PROTO_DIR).glob("*.proto"))
+    return sorted(p.relative_to(root) for d in PROTO_DIRS for p in (root / d).glob("*.proto"))
 
 
 def generate(root: Path, out: Path) -> None:

@@ -177,15 +177,20 @@ def scenario_doc(
     faults: list[dict[str, object]] | None = None,
     mig: list[str] | None = None,
     slices: Mapping[str, int] | None = None,
+    external_power_limit_watts: float | None = None,
 ) -> dict[str, object]:
     """One node (plus an idle other node) with ``gpus`` H100s and slurm jobs on given GPUs.
 
     ``mig``: GPU 0 has MIG enabled with these profiles; ``slices``: job -> MIG device."""
     starts = starts or {}
     slices = slices or {}
-    specs: list[dict[str, object]] = [{"model": H100, "count": gpus}]
+    gpu: dict[str, object] = {"model": H100, "count": gpus}
+    if external_power_limit_watts is not None:
+        gpu["external_power_limit_watts"] = external_power_limit_watts
+    specs: list[dict[str, object]] = [gpu]
     if mig:
-        specs = [{"model": H100, "mig": mig}, {"model": H100, "count": gpus - 1}]
+        rest = {**gpu, "count": gpus - 1}
+        specs = [{**gpu, "count": 1, "mig": mig}, rest]
     return {
         "name": "enforce",
         "duration_seconds": 3600,
@@ -232,6 +237,7 @@ class Rig:
     faults: list[dict[str, object]] = field(default_factory=list)
     mig: list[str] | None = None
     slices: dict[str, int] = field(default_factory=dict)
+    external_power_limit_watts: float | None = None
 
     def __post_init__(self) -> None:
         for job in self.jobs:
@@ -245,6 +251,7 @@ class Rig:
                     faults=self.faults,
                     mig=self.mig,
                     slices=self.slices,
+                    external_power_limit_watts=self.external_power_limit_watts,
                 )
             ),
             NODE,

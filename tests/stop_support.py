@@ -26,6 +26,7 @@ rules:
   - id: big-job
     description: A job above 1e15 FLOP halts.
     metric: cumulative_flop
+    bound: estimate
     scope: job
     comparison: ">"
     threshold: 1e15
@@ -43,6 +44,7 @@ rules:
   - id: busy-cluster
     description: Alert when the cluster is busy.
     metric: achieved_flops
+    bound: estimate
     scope: cluster
     comparison: ">"
     threshold: 1

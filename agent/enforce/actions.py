@@ -9,9 +9,11 @@ attribution, or an id it could not accept) are stopped by signal: a halt
 stops everything in scope.
 
 No step raises: a failure is a step with ``ok = False`` and a reason, so the
-receipt says exactly what happened. Pids are checked against their start
-time (``/proc/<pid>/stat`` field 22) before a continue or a kill, so a pid
-reused by an unrelated process is never signalled.
+receipt says exactly what happened. Before any signal, the pid is checked at
+that moment against what was recorded when it was planned: its start time
+(``/proc/<pid>/stat`` field 22), so a reused pid is never signalled, and its
+cgroup (``/proc/<pid>/cgroup``), so a process that left the job's cgroup (or a
+pid that never was the job's: a garbled NVML answer) is never signalled either.
 """
 
 from __future__ import annotations
@@ -26,17 +28,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.attribution import parse_cgroup
 from agent.nvml.backend import GpuBackend, PowerLimits
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import BackendError, ConfigError
+from protos.jobs import is_unattributed
 
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("signal", "slurm", "command")
-UNATTRIBUTED = "unattributed"
 DEFAULT_COMMAND_TIMEOUT_SECONDS = 30.0
 _SLURM_JOB = re.compile(r"^[0-9]+(_[0-9]+)?$")
 _DETAIL_CHARS = 300
+# /proc/<pid>/cgroup is a few lines; more than this is not a cgroup file.
+_CGROUP_MAX_BYTES = 64 * 1024
 
 
 def step(name: str, target: str, ok: bool, detail: str = "") -> telemetry_pb2.EnforcementStep:
@@ -94,6 +99,8 @@ class Target:
     pid: int
     method: str  # "signal" | "slurm" | "command"
     start_time: int | None
+    # /proc/<pid>/cgroup when planned (None: unreadable, or a job target).
+    cgroup: str | None = None
 
     @property
     def key(self) -> str:
@@ -147,36 +154,48 @@ class ProcessController:
 
     def _target(self, p: telemetry_pb2.GpuProcess) -> Target:
         pid = int(p.pid)
-        job = p.job_id if p.job_id and p.job_id != UNATTRIBUTED else ""
-        if self.scheduler == "slurm" and job and p.attribution == "slurm" and _SLURM_JOB.match(job):
-            return Target("job", job, 0, "slurm", None)
+        job = "" if is_unattributed(p.job_id) else p.job_id
+        if self.scheduler == "slurm" and job and p.attribution == "slurm":
+            # An array task is suspended as itself ("4242_1"): each node holds
+            # its own tasks, never the whole array's from one node.
+            unit = p.member if _SLURM_JOB.match(p.member) else job
+            if _SLURM_JOB.match(unit):
+                return Target("job", unit, 0, "slurm", None)
         if self.scheduler == "command":
             if self._per_pid:
-                return Target("pid", job, pid, "command", self.start_time(pid))
+                return Target("pid", job, pid, "command", self.start_time(pid), self.cgroup(pid))
             if job and _safe_arg(job):
                 return Target("job", job, 0, "command", None)
-        return Target("pid", job, pid, "signal", self.start_time(pid))
+        return Target("pid", job, pid, "signal", self.start_time(pid), self.cgroup(pid))
 
     # --- stop and continue ---------------------------------------------------------------
     def stop(self, t: Target) -> telemetry_pb2.EnforcementStep:
         if t.method == "signal":
-            return self._signal("stop_process", t.pid, signal.SIGSTOP, t.start_time)
+            return self._signal(
+                "stop_process", t.pid, signal.SIGSTOP, t.start_time, cgroup=t.cgroup, job=t.job
+            )
         return self._run("scheduler_suspend", self._suspend, t)
 
     def resume(self, t: Target) -> telemetry_pb2.EnforcementStep:
         if t.method == "signal":
-            return self._signal("resume_process", t.pid, signal.SIGCONT, t.start_time)
+            return self._signal(
+                "resume_process", t.pid, signal.SIGCONT, t.start_time, cgroup=t.cgroup, job=t.job
+            )
         return self._run("scheduler_resume", self._resume, t)
 
-    def terminate(self, pid: int, start_time: int | None) -> telemetry_pb2.EnforcementStep:
+    def terminate(
+        self, pid: int, start_time: int | None, cgroup: str | None = None
+    ) -> telemetry_pb2.EnforcementStep:
         """SIGTERM, then SIGCONT so a stopped process can run its handler and exit."""
-        s = self._signal("terminate_process", pid, signal.SIGTERM, start_time)
+        s = self._signal("terminate_process", pid, signal.SIGTERM, start_time, cgroup=cgroup)
         if s.ok and self.alive(pid, start_time):
-            self._signal("resume_process", pid, signal.SIGCONT, start_time)
+            self._signal("resume_process", pid, signal.SIGCONT, start_time, cgroup=cgroup)
         return s
 
-    def kill(self, pid: int, start_time: int | None) -> telemetry_pb2.EnforcementStep:
-        return self._signal("kill_process", pid, signal.SIGKILL, start_time)
+    def kill(
+        self, pid: int, start_time: int | None, cgroup: str | None = None
+    ) -> telemetry_pb2.EnforcementStep:
+        return self._signal("kill_process", pid, signal.SIGKILL, start_time, cgroup=cgroup)
 
     # --- /proc ---------------------------------------------------------------------------
     def _stat(self, pid: int) -> list[str] | None:
@@ -199,6 +218,34 @@ class ProcessController:
         except ValueError:
             return None
 
+    def cgroup(self, pid: int) -> str | None:
+        """The content of /proc/<pid>/cgroup, or None when it cannot be read."""
+        try:
+            with (self._procfs / str(pid) / "cgroup").open("rb") as f:
+                raw = f.read(_CGROUP_MAX_BYTES + 1)
+        except OSError:
+            return None
+        if len(raw) > _CGROUP_MAX_BYTES:
+            return None
+        return raw.decode("utf-8", errors="replace")
+
+    def _cgroup_refusal(self, pid: int, cgroup: str | None, job: str) -> str | None:
+        """Why ``pid`` must not be signalled now, judged by its cgroup; None if it may."""
+        now = self.cgroup(pid)
+        if now is None:
+            return "its cgroup cannot be read"
+        if cgroup is not None:
+            if now != cgroup:
+                return "it left the cgroup it was in when the halt planned it"
+            return None
+        # No cgroup on record (planned before it was kept): the job must still match.
+        found = parse_cgroup(now).job_id
+        if is_unattributed(found) and is_unattributed(job):
+            return None
+        if found != job:
+            return f"its cgroup now belongs to {found!r}, not {job!r}"
+        return None
+
     def state(self, pid: int) -> str | None:
         """Field 3 of /proc/<pid>/stat ('R', 'S', 'T', 'Z', ...), or None if gone."""
         fields = self._stat(pid)
@@ -213,7 +260,14 @@ class ProcessController:
 
     # --- helpers -------------------------------------------------------------------------
     def _signal(
-        self, name: str, pid: int, sig: signal.Signals, start_time: int | None
+        self,
+        name: str,
+        pid: int,
+        sig: signal.Signals,
+        start_time: int | None,
+        *,
+        cgroup: str | None = None,
+        job: str = "",
     ) -> telemetry_pb2.EnforcementStep:
         target = str(pid)
         if pid <= 1 or pid == self._own_pid:
@@ -221,6 +275,10 @@ class ProcessController:
         if not self.alive(pid, start_time):
             # Gone (or a new process reusing the pid): nothing of ours to signal.
             return step(name, target, True, f"{sig.name} not sent: process gone")
+        refusal = self._cgroup_refusal(pid, cgroup, job)
+        if refusal is not None:
+            log.error("%s to pid %d refused: %s", sig.name, pid, refusal)
+            return step(name, target, False, f"{sig.name} not sent: {refusal}")
         try:
             os.kill(pid, sig)
         except ProcessLookupError:

@@ -199,11 +199,13 @@ class Enforcer:
         pids = sorted({int(p.pid) for p in found.processes})
         deadline_ns = now_ns + int(grace * 1e9)
         for pid in pids:
-            start = self._proc.start_time(pid)
-            self.record.kills.append(PendingKill(d.id, d.counter, pid, start, deadline_ns))
+            start, cgroup = self._proc.start_time(pid), self._proc.cgroup(pid)
+            self.record.kills.append(
+                PendingKill(d.id, d.counter, pid, start, deadline_ns, cgroup=cgroup)
+            )
             self._kill_due[(d.id, pid)] = mono + grace
         self._save()
-        steps = [self._proc.terminate(k.pid, k.start_time) for k in self._kills_of(d.id)]
+        steps = [self._proc.terminate(k.pid, k.start_time, k.cgroup) for k in self._kills_of(d.id)]
         if not steps:
             steps = [step("match", d.id, True, "no GPU process in scope on this node")]
         return steps
@@ -276,7 +278,7 @@ class Enforcer:
         by_directive: dict[tuple[str, int], list[telemetry_pb2.EnforcementStep]] = {}
         for k in due:
             if self._proc.alive(k.pid, k.start_time):
-                s = self._proc.kill(k.pid, k.start_time)
+                s = self._proc.kill(k.pid, k.start_time, k.cgroup)
             else:
                 s = step("kill_process", str(k.pid), True, "exited after SIGTERM")
             by_directive.setdefault((k.directive_id, k.directive_counter), []).append(s)

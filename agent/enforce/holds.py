@@ -140,7 +140,7 @@ class Holds:
                 held = rec.stopped.get(t.key)
                 if held is None:
                     rec.stopped[t.key] = Stopped(
-                        t.kind, t.job, t.pid, t.method, t.start_time, holders=[a.id]
+                        t.kind, t.job, t.pid, t.method, t.start_time, [a.id], t.cgroup
                     )
                     new_targets.append(t)
                 elif a.id not in held.holders:
@@ -155,7 +155,7 @@ class Holds:
 
     def _holds_process(self, directive_id: str, p: telemetry_pb2.GpuProcess) -> bool:
         """``directive_id`` already holds this pid or its job (skip re-planning it)."""
-        for key in (f"pid:{p.pid}", f"job:{p.job_id}"):
+        for key in (f"pid:{p.pid}", f"job:{p.job_id}", f"job:{p.member}"):
             held = self.record.stopped.get(key)
             if held is not None and directive_id in held.holders:
                 return True
@@ -279,4 +279,4 @@ def _cap_for(a: ActiveDirective, limits: PowerLimits) -> tuple[float, str]:
 
 
 def _target(s: Stopped) -> Target:
-    return Target(s.kind, s.job, s.pid, s.method, s.start_time)
+    return Target(s.kind, s.job, s.pid, s.method, s.start_time, s.cgroup)

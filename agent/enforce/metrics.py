@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.enforce.enforcer import Enforcer
+from protos.reasons import DIRECTIVE_ACTIONS, DIRECTIVE_REFUSAL_REASONS
 
 _P = "computewatch_agent_"
 
@@ -28,7 +29,9 @@ class EnforcementMetrics(Collector):
             "Directives refused by verification, by reason.",
             labels=["reason"],
         )
-        for reason, n in sorted(e.verifier.stats.refused.items()):
+        # Every reason and action from 0, so increase() sees the first one.
+        refusals = dict.fromkeys(DIRECTIVE_REFUSAL_REASONS, 0) | dict(e.verifier.stats.refused)
+        for reason, n in sorted(refusals.items()):
             refused.add_metric([reason], n)
         yield refused
         applied = CounterMetricFamily(
@@ -36,7 +39,9 @@ class EnforcementMetrics(Collector):
             "Directives accepted and acted on, by action.",
             labels=["action"],
         )
-        for action, n in sorted(e.stats.applied.items()):
+        # Leases are not counted as applied (they renew, see enforcer.py).
+        acted = dict.fromkeys((a for a in DIRECTIVE_ACTIONS if a != "lease"), 0)
+        for action, n in sorted((acted | dict(e.stats.applied)).items()):
             applied.add_metric([action], n)
         yield applied
         yield CounterMetricFamily(

@@ -94,6 +94,8 @@ class Stopped:
     # /proc/<pid>/stat start time, to tell a reused pid from the stopped one.
     start_time: int | None
     holders: list[str] = field(default_factory=list)
+    # /proc/<pid>/cgroup when stopped: a pid that left it is never signalled.
+    cgroup: str | None = None
 
     @property
     def key(self) -> str:
@@ -113,6 +115,7 @@ class PendingKill:
     pid: int
     start_time: int | None
     deadline_unix_nanos: int
+    cgroup: str | None = None
 
 
 @dataclass
@@ -204,6 +207,11 @@ def _opt(doc: Any, key: str, kind: type[T]) -> T | None:
     return None if doc[key] is None else _get(doc, key, kind)
 
 
+def _opt_new(doc: Any, key: str, kind: type[T]) -> T | None:
+    """A field later agents added: absent in a record an older agent saved."""
+    return _opt(doc, key, kind) if key in doc else None
+
+
 def _strs(doc: Any, key: str) -> list[str]:
     items = _get(doc, key, list)
     if not all(isinstance(x, str) for x in items):
@@ -248,6 +256,7 @@ def _stopped(d: Any) -> Stopped:
         method=_get(d, "method", str),
         start_time=_opt(d, "start_time", int),
         holders=_strs(d, "holders"),
+        cgroup=_opt_new(d, "cgroup", str),
     )
 
 
@@ -258,6 +267,7 @@ def _kill(d: Any) -> PendingKill:
         pid=_get(d, "pid", int),
         start_time=_opt(d, "start_time", int),
         deadline_unix_nanos=_get(d, "deadline_unix_nanos", int),
+        cgroup=_opt_new(d, "cgroup", str),
     )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from agent.fakenvml._check import Where
 from agent.fakenvml.models import model_for
+from agent.fakenvml.nvml_errors import documented
 from agent.fakenvml.spec import (
     CALL_ERRORS,
     FAULT_KINDS,
@@ -35,7 +36,17 @@ def full_sms(name: str) -> int:
 
 _NODE_KEYS = frozenset({"id", "id_prefix", "count", "start_index", "gpus", "faults"})
 _GPU_KEYS = frozenset(
-    {"model", "count", "mig", "tdp_watts", "idle_watts", "memory_gib", "sm_clock_mhz", "gpm"}
+    {
+        "model",
+        "count",
+        "mig",
+        "tdp_watts",
+        "idle_watts",
+        "memory_gib",
+        "sm_clock_mhz",
+        "gpm",
+        "external_power_limit_watts",
+    }
 )
 _FAULT_KEYS: dict[str, frozenset[str]] = {
     "gpu_lost": frozenset({"kind", "gpu", "at"}),
@@ -43,6 +54,7 @@ _FAULT_KEYS: dict[str, frozenset[str]] = {
     "no_permission": frozenset({"kind", "functions", "gpus", "at", "until"}),
     "not_supported": frozenset({"kind", "functions", "gpus", "at", "until"}),
     "nvml_error": frozenset({"kind", "functions", "gpus", "at", "until", "error"}),
+    "process_struct_mismatch": frozenset({"kind", "at", "until"}),
     "silent": frozenset({"kind", "at"}),
 }
 
@@ -105,9 +117,16 @@ def _parse_gpus(w: Where, key: str, raw: object) -> tuple[GpuSpec, ...]:
             gib = model.memory_bytes // 1024**3
             profile = f"{MIG_SLICES}g.{gib}gb"
             slices = (MigSlice(0, profile, MIG_SLICES, model.memory_bytes, 1, full_sms(name)),)
+        external = _opt_number(w, f"{k}.external_power_limit_watts", m, low=0)
+        if external is not None and external < model.min_limit_watts:
+            w.fail(
+                f"{k}.external_power_limit_watts",
+                f"at least the minimum power limit ({model.min_limit_watts:g} W)",
+                external,
+            )
         first = len(specs)
         specs.extend(
-            GpuSpec(first + n, model, mig, slices, full_sms(name) if mig else 0)
+            GpuSpec(first + n, model, mig, slices, full_sms(name) if mig else 0, external)
             for n in range(count)
         )
         if len(specs) > MAX_GPUS_PER_NODE:
@@ -160,6 +179,8 @@ def parse_fault(w: Where, key: str, raw: object, gpu_count: int) -> Fault:
         return Fault(kind, at, until, error=error)
     if kind == "silent":
         return Fault(kind, at)
+    if kind == "process_struct_mismatch":
+        return Fault(kind, at, until)
     if "functions" not in m:
         w.problem(key, "missing required key 'functions' (NVML function names)")
     functions = []
@@ -174,7 +195,15 @@ def parse_fault(w: Where, key: str, raw: object, gpu_count: int) -> Fault:
             w.integer(f"{key}.gpus[{i}]", g, high=gpu_count - 1)
             for i, g in enumerate(w.list(f"{key}.gpus", m["gpus"], nonempty=True))
         )
+    error = "no_permission" if kind == "no_permission" else "not_supported"
     if kind == "nvml_error":
         error = w.choice(f"{key}.error", m.get("error", CALL_ERRORS[0]), CALL_ERRORS)
+    for i, name in enumerate(functions):
+        if not documented(name, error.upper()):
+            w.problem(
+                f"{key}.functions[{i}]",
+                f"nvml.h does not document NVML_ERROR_{error.upper()} for {name}",
+            )
+    if kind == "nvml_error":
         return Fault(kind, at, until, gpus=gpus, functions=tuple(functions), error=error)
     return Fault(kind, at, until, gpus=gpus, functions=tuple(functions))

@@ -12,7 +12,8 @@ The model (documented in ``deploy/scenarios/README.md``):
 - a job's process is refused (never appears on that GPU) when the GPU's
   compute mode at the job's start was PROHIBITED, or EXCLUSIVE_PROCESS with
   another process already there;
-- a power limit below TDP scales activity by ``(limit - idle) / (tdp - idle)``
+- a power limit below TDP (the enforced one: the lower of the management limit
+  and an out-of-band limit) scales activity by ``(limit - idle) / (tdp - idle)``
   (floored at 0); power = idle + (tdp - idle) x utilization, never above the
   limit; the SM clock falls with the same factor;
 - each GPM pipe (DFMA/HMMA/IMMA tensor, FP64/FP32/FP16) is utilization x the
@@ -138,6 +139,14 @@ class GpuState:
         """Share of the parent's SMs (about g/7, MIG user guide); 1 for a whole GPU."""
         return self.mig.sms / self.spec.mig_full_sms if self.mig else 1.0
 
+    @property
+    def enforced_limit_watts(self) -> float:
+        """nvml.h nvmlDeviceGetEnforcedPowerLimit: "the effective power limit that the
+        driver enforces after taking into account all limiters" (the management
+        limit and, here, an out-of-band limit)."""
+        external = self.spec.external_power_limit_watts
+        return self.power_limit_watts if external is None else min(self.power_limit_watts, external)
+
     def mode_at(self, t: float) -> int:
         mode = self.modes[0][1]
         for when, m in self.modes:
@@ -236,9 +245,10 @@ class NodeModel:
         board = g.parent or g  # a MIG device runs under its parent's power limit
         model = board.spec.model
         span = model.tdp_watts - model.idle_watts
-        if span <= 0 or board.power_limit_watts >= model.tdp_watts:
+        limit = board.enforced_limit_watts
+        if span <= 0 or limit >= model.tdp_watts:
             return 1.0
-        return max(0.0, min(1.0, (board.power_limit_watts - model.idle_watts) / span))
+        return max(0.0, min(1.0, (limit - model.idle_watts) / span))
 
     def _levels(
         self, g: GpuState, t: float, procs: list[tuple[Job, int, str]], *, detail: bool = False
@@ -259,7 +269,7 @@ class NodeModel:
                 util,
                 util * SM_FRACTION,
                 sum(w * lv.tensor for w, lv in parts),
-                min(power, g.power_limit_watts),
+                min(power, g.enforced_limit_watts),
                 pipes,
             )
         raw = tensor = 0.0
@@ -286,7 +296,7 @@ class NodeModel:
             util,
             util * SM_FRACTION,
             tensor * factor,
-            min(power, g.power_limit_watts),
+            min(power, g.enforced_limit_watts),
             tuple(p * factor for p in pipes_raw) if detail and raw > 0 else _IDLE_PIPES,
             tuple(u * factor for u in per_proc) if shares else (),
         )

@@ -20,10 +20,12 @@ from typing import Any, NoReturn
 
 import pynvml as _pynvml
 
+from agent.fakenvml._procs import ProcessInfo12535, process_list
 from agent.fakenvml.activity import GpuState, NodeModel
 from agent.fakenvml.fake_gpm import GpmCalls
 from agent.fakenvml.fake_mig import MIG_HANDLE_CALLS, MigCalls
 from agent.fakenvml.fake_samples import SampleCalls
+from agent.fakenvml.pci import pci_identity
 from agent.fakenvml.spec import Scenario
 
 _EXPORTED = ("NVML_", "NVMLError", "c_nvml", "struct_c_nvml")
@@ -35,7 +37,6 @@ _EXPORTED_NAMES = frozenset(
         "nvmlExceptionClass",
     }
 )
-_NOT_AVAILABLE = _pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value
 _SETTABLE_MODES = frozenset(
     {
         _pynvml.NVML_COMPUTEMODE_DEFAULT,
@@ -93,6 +94,8 @@ class FakeNvml(GpmCalls, MigCalls, SampleCalls):
         self.calls: Counter[str] = Counter()
 
     def __getattr__(self, name: str) -> Any:
+        if name == "c_nvmlProcessInfo_t" and self._struct_mismatch():
+            return ProcessInfo12535
         if name.startswith(_EXPORTED) or name in _EXPORTED_NAMES:
             return getattr(_pynvml, name)
         raise AttributeError(f"FakeNvml has no attribute {name!r}")
@@ -112,6 +115,10 @@ class FakeNvml(GpmCalls, MigCalls, SampleCalls):
                 if fault.kind == "nvml_error":
                     _raise(getattr(_pynvml, f"NVML_ERROR_{fault.error.upper()}"))
                 _raise(_CALL_FAULTS[fault.kind])
+
+    def _struct_mismatch(self) -> bool:
+        t = self.now()
+        return any(f.kind == "process_struct_mismatch" and f.active(t) for f in self.node.faults)
 
     def _not_loaded(self, t: float) -> str | None:
         for fault in self.node.faults:
@@ -168,6 +175,8 @@ class FakeNvml(GpmCalls, MigCalls, SampleCalls):
         error = self._not_loaded(t)
         if error == "driver_not_loaded":
             _raise(_pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+        if error == "lib_rm_version_mismatch":
+            _raise(_pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH)
         if error is not None:
             _raise(_pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
         self._faulted("nvmlInitWithFlags", None, t)
@@ -191,7 +200,8 @@ class FakeNvml(GpmCalls, MigCalls, SampleCalls):
         return len(self._model.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
-        t = self._ready("nvmlDeviceGetHandleByIndex")
+        # A fault on a handle lookup hits the GPUs it names, not every index.
+        t = self._begin("nvmlDeviceGetHandleByIndex")
         if isinstance(index, bool) or not isinstance(index, int):
             _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
         if not 0 <= index < len(self._model.gpus):
@@ -202,7 +212,7 @@ class FakeNvml(GpmCalls, MigCalls, SampleCalls):
         return _Handle(id(self), index)
 
     def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> _Handle:
-        t = self._ready("nvmlDeviceGetHandleByUUID")
+        t = self._begin("nvmlDeviceGetHandleByUUID")
         if isinstance(uuid, bytes):
             uuid = uuid.decode(errors="replace")
         if not isinstance(uuid, str):
@@ -235,6 +245,23 @@ class FakeNvml(GpmCalls, MigCalls, SampleCalls):
             return f"{g.spec.model.name} MIG {g.mig.profile}"
         return g.spec.model.name
 
+    def nvmlDeviceGetPciInfo(self, handle: object) -> Any:
+        # nvml.h nvmlDeviceGetPciInfo_v3: "For all products"; errors UNINITIALIZED,
+        # INVALID_ARGUMENT, GPU_IS_LOST, UNKNOWN.
+        g, _ = self._device("nvmlDeviceGetPciInfo", handle)
+        pci = pci_identity(g.spec.model.name, g.index)
+        return _pynvml.nvmlPciInfo_t(
+            busIdLegacy=pci.bus_id_legacy.encode(),
+            domain=0,
+            bus=pci.bus,
+            device=0,
+            pciDeviceId=pci.pci_device_id,
+            pciSubSystemId=pci.pci_subsystem_id,
+            busId=pci.bus_id.encode(),
+        )
+
+    nvmlDeviceGetPciInfo_v3 = nvmlDeviceGetPciInfo
+
     # --- readings --------------------------------------------------------------------
     def nvmlDeviceGetUtilizationRates(self, handle: object) -> Any:
         g, t = self._device("nvmlDeviceGetUtilizationRates", handle)
@@ -261,7 +288,7 @@ class FakeNvml(GpmCalls, MigCalls, SampleCalls):
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: object) -> int:
         g, _ = self._device("nvmlDeviceGetEnforcedPowerLimit", handle)
-        return round(g.power_limit_watts * 1000)
+        return round(g.enforced_limit_watts * 1000)
 
     def nvmlDeviceGetPowerManagementLimit(self, handle: object) -> int:
         g, _ = self._device("nvmlDeviceGetPowerManagementLimit", handle)
@@ -320,27 +347,22 @@ class FakeNvml(GpmCalls, MigCalls, SampleCalls):
         mode = _pynvml.NVML_DEVICE_MIG_ENABLE if g.spec.mig else _pynvml.NVML_DEVICE_MIG_DISABLE
         return [mode, mode]
 
+    def _processes(self, function: str, handle: object, kind: str) -> list[Any]:
+        g, t = self._device(function, handle)
+        return process_list(self._model, g, t, kind, struct_mismatch=self._struct_mismatch())
+
     def nvmlDeviceGetComputeRunningProcesses(self, handle: object) -> list[Any]:
-        g, t = self._device("nvmlDeviceGetComputeRunningProcesses", handle)
-        out = []
-        for job, pid, _ in self._model.processes(g, t):
-            used = _NOT_AVAILABLE if g.spec.mig else int(job.memory_gib * 1024**3)
-            # nvmlProcessInfo_t: gpuInstanceId/computeInstanceId are 0xFFFFFFFF
-            # "if MIG is not enabled"; under MIG, those of the process's MIG device.
-            mig = g.mig or (g.spec.mig_slices[job.mig_slice] if g.spec.mig else None)
-            info = _pynvml.c_nvmlProcessInfo_v3_t(
-                pid=pid,
-                usedGpuMemory=min(used, _NOT_AVAILABLE),
-                gpuInstanceId=mig.gpu_instance_id if mig else 0xFFFFFFFF,
-                computeInstanceId=mig.compute_instance_id if mig else 0xFFFFFFFF,
-            )
-            obj = _pynvml.nvmlStructToFriendlyObject(info)
-            if obj.usedGpuMemory == _NOT_AVAILABLE:
-                obj.usedGpuMemory = None
-            out.append(obj)
-        return out
+        return self._processes("nvmlDeviceGetComputeRunningProcesses", handle, "compute")
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: object) -> list[Any]:
+        return self._processes("nvmlDeviceGetGraphicsRunningProcesses", handle, "graphics")
+
+    def nvmlDeviceGetMPSComputeRunningProcesses(self, handle: object) -> list[Any]:
+        return self._processes("nvmlDeviceGetMPSComputeRunningProcesses", handle, "mps")
 
     nvmlDeviceGetComputeRunningProcesses_v3 = nvmlDeviceGetComputeRunningProcesses
+    nvmlDeviceGetGraphicsRunningProcesses_v3 = nvmlDeviceGetGraphicsRunningProcesses
+    nvmlDeviceGetMPSComputeRunningProcesses_v3 = nvmlDeviceGetMPSComputeRunningProcesses
 
     # --- enforcement -------------------------------------------------------------------
     def nvmlDeviceSetComputeMode(self, handle: object, mode: int) -> None:

@@ -24,6 +24,10 @@ MIG_HANDLE_CALLS = frozenset(
         # "Per-instance information can be queried by using specific MIG device handles."
         "nvmlDeviceGetMemoryInfo",
         "nvmlDeviceGetComputeRunningProcesses",
+        # nvmlDeviceGet{Graphics,MPSCompute}RunningProcesses_v3: "The device handle or
+        # MIG device handle" (the same MIG note as the compute list).
+        "nvmlDeviceGetGraphicsRunningProcesses",
+        "nvmlDeviceGetMPSComputeRunningProcesses",
         # "Retrieves/Set the current compute mode for the device or MIG device."
         "nvmlDeviceGetComputeMode",
         "nvmlDeviceSetComputeMode",

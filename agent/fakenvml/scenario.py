@@ -159,6 +159,7 @@ _JOB_KEYS = frozenset(
         "qos",
         "uid",
         "comm",
+        "mps",
     }
 )
 
@@ -239,6 +240,7 @@ def _parse_job(w: Where, key: str, raw: object, nodes: tuple[Node, ...], name: s
         qos=w.choice(f"{key}.qos", m.get("qos", "burstable"), QOS_CLASSES),
         uid=w.integer(f"{key}.uid", m.get("uid", 1000), high=2**32 - 2),
         comm=w.string(f"{key}.comm", m.get("comm", "python3"))[:15],
+        mps=w.boolean(f"{key}.mps", m.get("mps", False)),
     )
 
 

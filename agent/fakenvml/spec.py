@@ -15,11 +15,30 @@ FAULT_KINDS = (
     "no_permission",
     "not_supported",
     "nvml_error",
+    "process_struct_mismatch",
     "silent",
 )
-NOT_LOADED_ERRORS = ("library_not_found", "driver_not_loaded")
-# nvml_error faults: which NVML_ERROR_* the named functions raise.
-CALL_ERRORS = ("unknown", "timeout", "irq_issue", "corrupted_inforom", "reset_required")
+# nvml_not_loaded faults: what nvmlInit raises. nvml.h: NVML_ERROR_LIBRARY_NOT_FOUND = 12
+# (libnvidia-ml.so missing), NVML_ERROR_DRIVER_NOT_LOADED = 9 ("NVIDIA driver is not
+# running"), NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18 ("RM detects a driver/library version
+# mismatch": the user-space library and the loaded kernel module differ, e.g. after a
+# driver upgrade without a reboot).
+NOT_LOADED_ERRORS = ("library_not_found", "driver_not_loaded", "lib_rm_version_mismatch")
+# nvml_error faults: which NVML_ERROR_* the named functions raise (nvml.h values:
+# UNKNOWN = 999, TIMEOUT = 10, IRQ_ISSUE = 11, CORRUPTED_INFOROM = 14, RESET_REQUIRED = 16,
+# INSUFFICIENT_POWER = 8 "external power cables are not properly attached", listed for
+# nvmlDeviceGetHandleByIndex_v2; OPERATING_SYSTEM = 17 "blocked by the operating
+# system/cgroups"; MEMORY = 20).
+CALL_ERRORS = (
+    "unknown",
+    "timeout",
+    "irq_issue",
+    "corrupted_inforom",
+    "reset_required",
+    "insufficient_power",
+    "operating_system",
+    "memory",
+)
 QOS_CLASSES = ("guaranteed", "burstable", "besteffort")
 
 # Functions a no_permission / not_supported fault may name (all answer faults in the fake).
@@ -54,6 +73,9 @@ FAULTABLE_FUNCTIONS = frozenset(
         "nvmlDeviceGetSamples",
         "nvmlDeviceGetProcessUtilization",
         "nvmlDeviceGetComputeRunningProcesses",
+        "nvmlDeviceGetGraphicsRunningProcesses",
+        "nvmlDeviceGetMPSComputeRunningProcesses",
+        "nvmlDeviceGetPciInfo",
         "nvmlGpmQueryDeviceSupport",
         "nvmlGpmSampleGet",
         "nvmlGpmMetricsGet",
@@ -99,6 +121,9 @@ class GpuSpec:
     # SMs of the full-GPU (7-slice) GPU instance profile
     # (nvmlDeviceGetGpuInstanceProfileInfo multiprocessorCount).
     mig_full_sms: int = 0
+    # A power limit set outside NVML's management limit (the out-of-band interface, a
+    # platform power brake), watts; None: none. The enforced limit is the lower of the two.
+    external_power_limit_watts: float | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +137,8 @@ class Fault:
     gpus: tuple[int, ...] | None = None
     functions: tuple[str, ...] = ()
     # nvml_not_loaded: which NVML error nvmlInit raises; nvml_error: which error the calls raise.
+    # process_struct_mismatch: the window in which the Python binding's c_nvmlProcessInfo_t
+    # is nvidia-ml-py 12.535.77's 32-byte struct while the driver writes 24-byte entries.
     error: str = "library_not_found"
 
     def active(self, t: float) -> bool:
@@ -157,6 +184,9 @@ class Job:
     qos: str = "burstable"
     uid: int = 1000
     comm: str = "python3"
+    # A CUDA MPS client: listed by nvmlDeviceGetMPSComputeRunningProcesses, while
+    # nvmlDeviceGetComputeRunningProcesses lists the MPS server instead.
+    mps: bool = False
 
     @property
     def attributed_id(self) -> str:

@@ -29,7 +29,14 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class PowerLimits:
-    """nvmlDeviceGetPowerManagementLimitConstraints and the current limit, watts."""
+    """nvmlDeviceGetPowerManagementLimitConstraints and the current limit, watts.
+
+    ``current_watts`` is the management limit (nvmlDeviceGetPowerManagementLimit):
+    the one nvmlDeviceSetPowerManagementLimit sets, so the one to save and
+    restore. The enforced limit (in ``GpuSample.power_limit_watts``) may be
+    lower because of other limiters (nvml.h: "the out of band power limit
+    interface").
+    """
 
     min_watts: float
     max_watts: float
@@ -40,8 +47,9 @@ class GpuBackend(Protocol):
     """Read and steer the node's GPUs. Methods raise ``protos.errors.BackendError``."""
 
     def sample(self, *, activity: bool = True) -> Snapshot:
-        """Read every GPU now. Never raises for a single GPU's failure:
-        that GPU is reported with ``health`` LOST or ERROR instead.
+        """Read every GPU now. Never raises for a single GPU's failure: a failed
+        reading is a ``field_errors`` entry, a GPU whose handle or UUID cannot be
+        read is UNREADABLE under a placeholder uuid, a lost one LOST.
 
         ``activity=False`` reads identity, modes, power and processes only and
         leaves the activity windows (utilization samples, GPM bases) where

@@ -19,8 +19,12 @@ utilization (nvml.h: one sample "per process running, that had some non-zero
 utilization").
 
 Where the buffer cannot be read (NotSupported, e.g. under MIG) the GPU falls
-back to ``nvmlDeviceGetUtilizationRates`` with a window of ``RATE_WINDOW``,
-the shortest period nvml.h allows, so the rest of the interval stays unmeasured.
+back to ``nvmlDeviceGetUtilizationRates``, one reading of the driver's last
+period, with no ``activity_window_seconds``: the collector then takes it as
+standing for the report's interval, as it did before the windows (the
+estimate's method is ``utilization_upper_bound``). It must not claim a window
+of one driver period (1/6 to 1 s): the accounting counts the rest of the
+interval as unmeasured, and nearly every second would be.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ from protos.computewatch.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
 
-RATE_WINDOW = 1.0 / 6.0
 _MICROS = 1_000_000
 
 
@@ -89,8 +92,11 @@ class Windows:
             if self._code(exc) in self._absent:
                 return  # not available here either: unknown
             raise
+        # One reading of the driver's last period: it claims no window, so the
+        # collector takes it as standing for the report's interval (method
+        # utilization_upper_bound), as before the windows. A window of one
+        # period would make the rest of every interval unmeasured.
         s.utilization_gpu_percent = float(util.gpu)
-        s.activity_window_seconds = RATE_WINDOW
 
     def _average(self, samples: list[Any], state: WindowState, s: telemetry_pb2.GpuSample) -> None:
         points = sorted((int(x.timeStamp), float(x.sampleValue.uiVal)) for x in samples)

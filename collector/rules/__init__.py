@@ -19,6 +19,7 @@ from collector.rules.load import (
 )
 from collector.rules.model import (
     Action,
+    Bound,
     Comparison,
     Decision,
     DecisionKind,
@@ -30,6 +31,7 @@ from collector.rules.model import (
 
 __all__ = [
     "Action",
+    "Bound",
     "Comparison",
     "Decision",
     "DecisionKind",

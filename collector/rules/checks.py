@@ -25,8 +25,17 @@ from collector.rules.metrics import (
     metrics_at,
     scopes_with,
 )
-from collector.rules.model import Action, Comparison, Lineage, Rule, RulePack, Source
-from collector.snapshot import Scope
+from collector.rules.model import (
+    MAX_FOR_SECONDS,
+    Action,
+    Bound,
+    Comparison,
+    Lineage,
+    Rule,
+    RulePack,
+    Source,
+)
+from collector.snapshot import BOUNDED_METRICS, Scope
 from protos.errors import RuleError
 
 
@@ -75,6 +84,8 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"{value!r} is not a duration")
     if not (math.isfinite(seconds) and seconds >= 0):
         raise ValueError(f"{value!r} is not a duration >= 0")
+    if seconds > MAX_FOR_SECONDS:
+        raise ValueError(f"{value!r} is longer than {MAX_FOR_SECONDS:g} s (30 days)")
     return seconds
 
 
@@ -173,6 +184,19 @@ def _check_metric(rule: Mapping[str, object], at: _At) -> Iterator[Finding]:
         yield at("metric", f"metric {metric!r} is not published at scope {scope}", expected)
     elif unit in UNITS and unit != expected_unit:
         yield at("unit", f"unit {unit} does not match metric {metric}", f"unit {expected_unit}")
+    bound = rule.get("bound")
+    if metric in BOUNDED_METRICS and bound is None:
+        yield at(
+            "metric",
+            f"no bound on a rule over {metric}, an interval",
+            "bound: estimate or bound: upper_bound (which end the rule compares)",
+        )
+    elif bound is not None and metric not in BOUNDED_METRICS:
+        yield at(
+            "bound",
+            f"bound on {metric}, which is not an interval",
+            f"bound only on {', '.join(sorted(BOUNDED_METRICS))} (remove it)",
+        )
     lineage = rule.get("lineage")
     if lineage is not None and scope is not Scope.JOB:
         yield at(
@@ -200,6 +224,14 @@ def _check_numbers(rule: Mapping[str, object], at: _At) -> Iterator[Finding]:
                 f"threshold is {format_number(threshold)} percent",
                 "a percentage from 0 to 100",
             )
+    duration = rule.get("for")
+    if isinstance(duration, str) and _DURATION.match(duration):
+        # The schema checks a number's range and a string's shape; a string's
+        # length only shows once parsed.
+        try:
+            parse_duration(duration)
+        except ValueError:
+            yield at("for", f"for is {duration}", "a duration of at most 30 days (720h)")
     hysteresis = _num(rule.get("hysteresis"))
     if hysteresis is not None:
         comparison = _str(rule.get("comparison"))
@@ -273,6 +305,7 @@ def build_pack(file: str, doc: yamlsrc.Document) -> RulePack:
                 hysteresis=float(r.get("hysteresis", 0.0)),
                 power_cap_watts=float(cap) if cap is not None else None,
                 lineage=Lineage(r.get("lineage", "self")),
+                bound=Bound(r.get("bound", "estimate")),
                 source=_source(r.get("source")) or pack_source,
                 pack=name,
                 historical=historical,

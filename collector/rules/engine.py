@@ -9,6 +9,12 @@ said the value is unknown. It emits a decision only on a transition:
 - ``unknown`` once when the value becomes unknown (``None``, or the metric
   missing for a key the snapshot lists), and again only after it was known.
 
+- ``possibly_crossed`` once when the interval of a compute metric
+  (estimate .. upper bound) straddles the threshold while the rule's own
+  ``bound`` does not cross it (or the estimate is unknown and the upper bound
+  crosses), and again only after it stopped straddling. No action follows;
+  ``possibly_crossed()`` lists the keys in that state now.
+
 Unknown never satisfies a comparison: it resets a pending ``for`` and never
 clears a firing rule (a silent node does not lift a halt). A key that
 vanishes from the snapshot is forgotten unless its rule is firing.
@@ -33,8 +39,8 @@ from collector.rules.metrics import (
     is_capability,
     phrase,
 )
-from collector.rules.model import Decision, DecisionKind, Lineage, Rule, RulePack
-from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
+from collector.rules.model import Bound, Decision, DecisionKind, Lineage, Rule, RulePack
+from collector.snapshot import CLUSTER_KEY, UPPER_SUFFIX, Scope, Snapshot
 from protos.errors import RuleError
 
 _SUBJECT = {Scope.CLUSTER: "cluster", Scope.NODE: "node", Scope.JOB: "job", Scope.GPU: "GPU"}
@@ -47,9 +53,17 @@ class _KeyState:
     unknown: bool = False
     # A capability score was seen for this key (later absence is unknown).
     seen: bool = False
+    # The interval straddles the threshold (said once).
+    possible: bool = False
 
     def idle(self) -> bool:
-        return self.pending_since is None and not self.firing and not self.unknown and not self.seen
+        return (
+            self.pending_since is None
+            and not self.firing
+            and not self.unknown
+            and not self.seen
+            and not self.possible
+        )
 
 
 class RuleEngine:
@@ -77,6 +91,15 @@ class RuleEngine:
             if st.firing
         ]
 
+    def possibly_crossed(self) -> list[tuple[Rule, str]]:
+        """(rule, key) for every rule whose interval straddles its threshold now."""
+        return [
+            (rule, key)
+            for rule in self._rules
+            for key, st in list(self._state[rule.id].items())
+            if st.possible and not st.firing
+        ]
+
     def evaluate(self, snapshot: Snapshot) -> list[Decision]:
         """Decisions for this tick, in rule order then key order of the snapshot."""
         by_scope: dict[Scope, list[tuple[str, Mapping[str, float | None]]]] = {s: [] for s in Scope}
@@ -90,6 +113,32 @@ class RuleEngine:
             self._evaluate_rule(rule, by_scope[rule.scope], tick)
         return tick.out
 
+    def _straddle(
+        self,
+        rule: Rule,
+        key: str,
+        st: _KeyState | None,
+        interval: tuple[float | None, float | None],
+        tick: _Tick,
+    ) -> _KeyState | None:
+        """Track (and say once) that the interval straddles the threshold."""
+        estimate, upper = interval
+        chosen = upper if rule.bound is Bound.UPPER_BOUND else estimate
+        possible = _straddles(rule, estimate, upper) and not (
+            chosen is not None and rule.holds(chosen)
+        )
+        if possible and (st is None or not st.possible) and not (st and st.firing):
+            if st is None:
+                st = self._state[rule.id][key] = _KeyState()
+            st.possible = True
+            tick.emit(rule, DecisionKind.POSSIBLE, key, chosen)
+        elif not possible and st is not None and st.possible:
+            st.possible = False
+            if st.idle():
+                del self._state[rule.id][key]
+                return None
+        return st
+
     def _evaluate_rule(
         self, rule: Rule, entries: list[tuple[str, Mapping[str, float | None]]], tick: _Tick
     ) -> None:
@@ -102,9 +151,14 @@ class RuleEngine:
         for key, metrics in entries:
             st = states.get(key)
             if derived:
-                value = tick.view.lineage_flop(key, lower_bound_ok=upward)
+                estimate = tick.view.lineage_flop(key, lower_bound_ok=upward)
+                upper = tick.view.lineage_flop(key, lower_bound_ok=upward, upper=True)
             else:
-                value = metrics.get(metric)
+                estimate = metrics.get(metric)
+                upper = metrics.get(metric + UPPER_SUFFIX) if rule.bounded else None
+            value = upper if rule.bound is Bound.UPPER_BOUND else estimate
+            if rule.bounded:
+                st = self._straddle(rule, key, st, (estimate, upper), tick)
             if value is None:
                 if capability and metric not in metrics and (st is None or not st.seen):
                     continue  # never evaluated: nothing to report
@@ -150,6 +204,15 @@ class RuleEngine:
                 del states[k]
 
 
+def _straddles(rule: Rule, estimate: float | None, upper: float | None) -> bool:
+    if upper is None:
+        return False
+    if estimate is None:
+        # Unknown estimate: an upper bound past an upward line may have crossed it.
+        return rule.comparison.upward and rule.holds(upper)
+    return rule.holds(estimate) != rule.holds(upper)
+
+
 @dataclass
 class _Tick:
     """One evaluation: the snapshot, its lineage view, and the decisions so far."""
@@ -159,10 +222,21 @@ class _Tick:
     out: list[Decision]
 
     def emit(self, rule: Rule, kind: DecisionKind, key: str, value: float | None) -> None:
+        snap = self.snapshot
+        estimate = upper = unmeasured = None
         if rule.metric == LINEAGE_CUMULATIVE_FLOP:
             evidence = self.view.lineage_evidence(key)
+            upward = rule.comparison.upward
+            estimate = self.view.lineage_flop(key, lower_bound_ok=upward)
+            upper = self.view.lineage_flop(key, lower_bound_ok=upward, upper=True)
+            unmeasured = self.view.lineage_unmeasured(key)
         else:
-            evidence = tuple(self.snapshot.evidence.get((rule.scope, key), ()))
+            evidence = tuple(snap.evidence.get((rule.scope, key), ()))
+            if rule.bounded:
+                estimate = snap.get(rule.scope, key, rule.metric)
+                upper = snap.get(rule.scope, key, rule.metric + UPPER_SUFFIX)
+                unmeasured = snap.get(rule.scope, key, "unmeasured_gpu_seconds")
+        bounds = _Bounds(estimate, upper, unmeasured, snap.methods.get((rule.scope, key), ""))
         targets: tuple[str, ...] = (key,)
         if rule.lineage is Lineage.DESCENDANTS and kind is not DecisionKind.UNKNOWN:
             targets = (key, *self.view.descendants(key))
@@ -174,11 +248,52 @@ class _Tick:
                 key=key,
                 value=value,
                 time=self.snapshot.time,
-                reason=_reason(rule, kind, key, value, targets=targets, view=self.view),
+                reason=_reason(
+                    rule, kind, key, value, targets=targets, view=self.view, bounds=bounds
+                ),
                 targets=targets,
                 log_indices=evidence,
+                estimate=bounds.estimate if rule.bounded else None,
+                upper_bound=bounds.upper if rule.bounded else None,
+                method=bounds.method if rule.bounded else "",
+                unmeasured_gpu_seconds=bounds.unmeasured if rule.bounded else None,
             )
         )
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    estimate: float | None
+    upper: float | None
+    unmeasured: float | None
+    method: str
+
+    def describe(self, unit: str) -> str:
+        def q(v: float | None) -> str:
+            return "unknown" if v is None else format_quantity(v, unit)
+
+        text = f"estimate {q(self.estimate)}, upper bound {q(self.upper)}"
+        if self.unmeasured:
+            text += f", {format_number(self.unmeasured)} GPU-s unmeasured"
+        if self.method:
+            text += f", method {self.method}"
+        return text
+
+    def other(self, rule: Rule) -> str:
+        """ "by the <bound>; <the other bound>, unmeasured, method"."""
+
+        def q(v: float | None) -> str:
+            return "unknown" if v is None else format_quantity(v, rule.unit)
+
+        if rule.bound is Bound.UPPER_BOUND:
+            text = f"by the upper bound; estimate {q(self.estimate)}"
+        else:
+            text = f"by the estimate; upper bound {q(self.upper)}"
+        if self.unmeasured:
+            text += f", {format_number(self.unmeasured)} GPU-s unmeasured"
+        if self.method:
+            text += f", method {self.method}"
+        return text
 
 
 def _reason(
@@ -189,12 +304,21 @@ def _reason(
     *,
     targets: tuple[str, ...],
     view: LineageView,
+    bounds: _Bounds,
 ) -> str:
     subject = "cluster" if rule.scope is Scope.CLUSTER else f"{_SUBJECT[rule.scope]} {key}"
     what = f"{subject} {phrase(rule.metric)}"
     threshold = format_quantity(rule.threshold, rule.unit)
+    if kind is DecisionKind.POSSIBLE:
+        return (
+            f"{what} possibly {rule.comparison} {threshold}: {bounds.describe(rule.unit)}"
+            f" (rule {rule.id} compares the {rule.bound.value.replace('_', ' ')})"
+        )
     if kind is DecisionKind.UNKNOWN or value is None:
-        return f"{what} unknown (no data): rule {rule.id} cannot be evaluated"
+        text = f"{what} unknown (no data): rule {rule.id} cannot be evaluated"
+        if rule.bounded and bounds.upper is not None:
+            text += f" ({bounds.describe(rule.unit)})"
+        return text
     measured = format_quantity(value, rule.unit)
     if kind is DecisionKind.CLEAR:
         text = f"{what} {measured} no longer {rule.comparison} {threshold}"
@@ -208,6 +332,8 @@ def _reason(
         missing = view.ancestors_without_data(key)
         if missing:
             text += f" (at least: {missing} ancestor jobs without data)"
+    if rule.bounded:
+        text += f" ({bounds.other(rule)})"
     if len(targets) > 1:
         text += f", with {len(targets) - 1} descendant jobs"
     if rule.source is not None:

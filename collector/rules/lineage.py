@@ -18,6 +18,8 @@ from __future__ import annotations
 from collector.snapshot import Scope, Snapshot
 
 _CUMULATIVE = "cumulative_flop"
+_CUMULATIVE_UPPER = "cumulative_flop_upper_bound"
+_UNMEASURED = "unmeasured_gpu_seconds"
 
 
 class LineageView:
@@ -25,8 +27,8 @@ class LineageView:
         self._snapshot = snapshot
         self._ancestors: dict[str, tuple[str, ...]] = {}
         self._children: dict[str, list[str]] | None = None
-        # (job, lower_bound_ok) -> sum: several rules read the same figure.
-        self._sums: dict[tuple[str, bool], float | None] = {}
+        # (job, lower_bound_ok, upper) -> sum: several rules read the same figure.
+        self._sums: dict[tuple[str, bool, bool], float | None] = {}
 
     def ancestors(self, job: str) -> tuple[str, ...]:
         """Every ancestor of ``job`` (breadth first, each once, never ``job``)."""
@@ -70,28 +72,37 @@ class LineageView:
         seen.discard(job)
         return tuple(sorted(seen))
 
-    def _flop(self, job: str) -> float | None:
-        return self._snapshot.values.get((Scope.JOB, job), {}).get(_CUMULATIVE)
+    def _flop(self, job: str, metric: str = _CUMULATIVE) -> float | None:
+        return self._snapshot.values.get((Scope.JOB, job), {}).get(metric)
+
+    def lineage_unmeasured(self, job: str) -> float | None:
+        """Unmeasured GPU-seconds of ``job`` and its ancestors (None: none known)."""
+        known = [
+            v for j in (job, *self.ancestors(job)) if (v := self._flop(j, _UNMEASURED)) is not None
+        ]
+        return sum(known) if known else None
 
     def ancestors_without_data(self, job: str) -> int:
         return sum(1 for a in self.ancestors(job) if self._flop(a) is None)
 
-    def lineage_flop(self, job: str, *, lower_bound_ok: bool) -> float | None:
-        """Cumulative FLOP of ``job`` and its ancestors; None when unknown."""
-        key = (job, lower_bound_ok)
+    def lineage_flop(self, job: str, *, lower_bound_ok: bool, upper: bool = False) -> float | None:
+        """Cumulative FLOP of ``job`` and its ancestors (the estimate, or with
+        ``upper`` the upper bound); None when unknown."""
+        key = (job, lower_bound_ok, upper)
         if key in self._sums:
             return self._sums[key]
-        value = self._lineage_flop(job, lower_bound_ok=lower_bound_ok)
+        metric = _CUMULATIVE_UPPER if upper else _CUMULATIVE
+        value = self._lineage_flop(job, lower_bound_ok=lower_bound_ok, metric=metric)
         self._sums[key] = value
         return value
 
-    def _lineage_flop(self, job: str, *, lower_bound_ok: bool) -> float | None:
-        own = self._flop(job)
+    def _lineage_flop(self, job: str, *, lower_bound_ok: bool, metric: str) -> float | None:
+        own = self._flop(job, metric)
         if own is None:
             return None
         total = own
         for ancestor in self.ancestors(job):
-            value = self._flop(ancestor)
+            value = self._flop(ancestor, metric)
             if value is None:
                 if not lower_bound_ok:
                     return None

@@ -88,6 +88,31 @@ def builtin_pack_path(name: str) -> Path:
     return Path(str(ref))
 
 
+# Pack files a directory may hold; more is a mistake (not a rules directory).
+MAX_PACKS_PER_DIRECTORY = 256
+
+
+def resolve_packs(names: Iterable[str | Path]) -> list[Path]:
+    """Pack files for each argument: a directory gives its ``*.yaml``/``*.yml``
+    files (sorted, not recursive), anything else ``resolve_pack``."""
+    out: list[Path] = []
+    for name in names:
+        path = Path(name)
+        if not path.is_dir():
+            out.append(resolve_pack(name))
+            continue
+        found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not found:
+            raise RuleError(f"rule pack directory {path} holds no .yaml or .yml files")
+        if len(found) > MAX_PACKS_PER_DIRECTORY:
+            raise RuleError(
+                f"rule pack directory {path} holds {len(found)} pack files;"
+                f" at most {MAX_PACKS_PER_DIRECTORY}"
+            )
+        out.extend(found)
+    return out
+
+
 def resolve_pack(name_or_file: str | Path) -> Path:
     """A pack file path: an existing file as given, else a shipped pack's name."""
     path = Path(name_or_file)
@@ -249,7 +274,7 @@ def load_packs(paths: Iterable[str | Path]) -> tuple[RulePack, ...]:
     The collector calls this at start-up and refuses to start when it raises.
     No paths load no packs (the collector then only records and monitors).
     """
-    resolved = [resolve_pack(p) for p in paths]
+    resolved = resolve_packs(paths)
     result = check_files(resolved)
     if not result.ok:
         for finding in result.findings:

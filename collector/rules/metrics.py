@@ -42,6 +42,7 @@ _PHRASES: Mapping[str, str] = {
     LINEAGE_CUMULATIVE_FLOP: "cumulative compute including its lineage",
     "nodes_silent": "silent nodes",
     "gpus_lost": "lost GPUs",
+    "gpus_unreadable": "unreadable GPUs",
     "gpus_unknown_model": "GPUs of unknown model",
     "chain_breaks": "chain breaks",
     "silent_seconds": "silence",

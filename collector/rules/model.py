@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from collector.rules.metrics import metric_unit
-from collector.snapshot import Scope
+from collector.snapshot import BOUNDED_METRICS, Scope
 from protos.errors import RuleError
+
+# The longest ``for`` a rule may have (30 days; rules/schema.json says the same).
+MAX_FOR_SECONDS = 30 * 86_400.0
 
 
 class Comparison(StrEnum):
@@ -55,10 +58,20 @@ class Lineage(StrEnum):
     DESCENDANTS = "descendants"
 
 
+class Bound(StrEnum):
+    """Which end of a compute interval a rule compares (``bound:`` in a pack)."""
+
+    ESTIMATE = "estimate"
+    UPPER_BOUND = "upper_bound"
+
+
 class DecisionKind(StrEnum):
     FIRE = "fire"
     CLEAR = "clear"
     UNKNOWN = "unknown"
+    # The interval [estimate, upper bound] straddles the threshold while the
+    # rule's own bound does not cross it: said once, no action taken.
+    POSSIBLE = "possibly_crossed"
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,13 @@ class Rule:
     historical: bool = False
     # "FILE:LINE" where the rule was defined ("" when built in code).
     origin: str = ""
+    # For a compute metric (``BOUNDED_METRICS``): the bound compared. Packs must
+    # say it (``rules check``); code may rely on the estimate default.
+    bound: Bound = Bound.ESTIMATE
+
+    @property
+    def bounded(self) -> bool:
+        return self.metric in BOUNDED_METRICS
 
     def __post_init__(self) -> None:
         def bad(what: str) -> RuleError:
@@ -109,8 +129,8 @@ class Rule:
             raise bad(f"unit {self.unit!r} does not match metric {self.metric} ({expected})")
         if not math.isfinite(self.threshold):
             raise bad(f"threshold {self.threshold!r} is not a finite number")
-        if not (math.isfinite(self.for_seconds) and self.for_seconds >= 0):
-            raise bad(f"for {self.for_seconds!r} is not a duration >= 0")
+        if not (math.isfinite(self.for_seconds) and 0 <= self.for_seconds <= MAX_FOR_SECONDS):
+            raise bad(f"for {self.for_seconds!r} is not a duration from 0 to {MAX_FOR_SECONDS:g} s")
         if not (math.isfinite(self.hysteresis) and self.hysteresis >= 0):
             raise bad(f"hysteresis {self.hysteresis!r} is not a number >= 0")
         if self.action is Action.THROTTLE:
@@ -121,6 +141,8 @@ class Rule:
             raise bad("power_cap_watts is only meaningful on a throttle rule")
         if self.lineage is Lineage.DESCENDANTS and self.scope is not Scope.JOB:
             raise bad("lineage: descendants needs scope job")
+        if self.bound is Bound.UPPER_BOUND and not self.bounded:
+            raise bad(f"bound: upper_bound on {self.metric}, which is not an interval")
 
     def holds(self, value: float) -> bool:
         """Whether ``value`` satisfies the comparison (the rule would fire)."""
@@ -179,6 +201,12 @@ class Decision:
     targets: tuple[str, ...]
     # Ledger positions of the reports the value rests on.
     log_indices: tuple[int, ...] = field(default=())
+    # Both ends of the interval for a compute metric (None: unknown), the
+    # estimate's method and the GPU-seconds no report measured.
+    estimate: float | None = None
+    upper_bound: float | None = None
+    method: str = ""
+    unmeasured_gpu_seconds: float | None = None
 
     @property
     def threshold(self) -> float:
@@ -218,4 +246,9 @@ class Decision:
             "targets": list(self.targets),
             "log_indices": list(self.log_indices),
             "reason": self.reason,
+            "bound": str(self.rule.bound) if self.rule.bounded else None,
+            "estimate": self.estimate,
+            "upper_bound": self.upper_bound,
+            "method": self.method or None,
+            "unmeasured_gpu_seconds": self.unmeasured_gpu_seconds,
         }

@@ -35,6 +35,7 @@ from computewatch.audit.store import FollowState, LocalStore
 from computewatch.audit.trust import Trust
 from protos import checkpoint as cpmod
 from protos import dsse, merkle
+from protos.checkpoint import RESUME_FROM_KEY
 from protos.computewatch.v1 import audit_pb2, audit_pb2_grpc
 from protos.errors import (
     CheckpointError,
@@ -78,6 +79,20 @@ class FollowResult:
     entries_added: int = 0
     rounds: int = 0
     latest: cpmod.SignedCheckpoint | None = None
+
+
+def resume_hint(exc: grpc.aio.AioRpcError) -> int | None:
+    """The ``from_index`` a collector gave when it closed a stream that fell
+    behind (``RESUME_FROM_KEY`` trailing metadata), if any.
+
+    The follower resumes from its local size, which equals the hint once it
+    stored every checkpoint sent; the hint is logged so an operator can see
+    how far the collector got."""
+    for item in exc.trailing_metadata() or ():
+        key, value = cast(tuple[str, object], item)
+        if key == RESUME_FROM_KEY and isinstance(value, str) and value.isdigit():
+            return int(value)
+    return None
 
 
 class _Retry(Exception):  # noqa: N818 - control flow, never escapes
@@ -255,7 +270,14 @@ class Follower:
                         return
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _RETRY_CODES:
-                log.warning("stream closed (%s: %s); resuming", exc.code().name, exc.details())
+                hint = resume_hint(exc)
+                log.warning(
+                    "stream closed (%s: %s); resuming from %d (collector's hint: %s)",
+                    exc.code().name,
+                    exc.details(),
+                    self._store.size,
+                    "none" if hint is None else hint,
+                )
                 raise _Retry from exc
             raise LogError(f"collector answered {exc.code().name}: {exc.details()}") from exc
         finally:

@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry
 
 from agent.attribution import JobAttributor
 from agent.config import AgentConfig
 from agent.fakenvml.spec import Scenario
 from agent.jobmeta import JobMetadataDir
+from agent.metrics import serve_metrics
 from agent.runner import Agent
 from collector.config import CollectorConfig
 from collector.registry import enroll
@@ -80,6 +85,10 @@ class Cluster:
     nodes: list[NodeRun] = field(default_factory=list)
     stand_ins: StandIns = field(default_factory=StandIns)
     start: float = 0.0
+    # With metrics on: "host:port" of the collector's /metrics, and of each agent's.
+    collector_metrics: str | None = None
+    agent_metrics: dict[str, str] = field(default_factory=dict)
+    _metrics_servers: list[WSGIServer] = field(default_factory=list)
 
     async def stop(self) -> None:
         for run in self.nodes:
@@ -88,13 +97,30 @@ class Cluster:
             if run.task is not None:
                 with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                     await asyncio.wait_for(run.task, 5.0)
+        for server in self._metrics_servers:
+            server.shutdown()
+            server.server_close()
         await self.collector.stop(0.5)
         self.stand_ins.close()
 
 
+def _free_port(address: str) -> int:
+    """A port free now on ``address`` (the collector's config cannot say 'any')."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
 async def start_cluster(
-    scenario: Scenario, scenario_path: Path, workdir: Path, *, rule_packs: tuple[str, ...]
+    scenario: Scenario,
+    scenario_path: Path,
+    workdir: Path,
+    *,
+    rule_packs: tuple[str, ...],
+    metrics_address: str | None = None,
 ) -> Cluster:
+    """Start the cluster; with ``metrics_address`` the collector and every agent
+    serve /metrics on their own port of that (loopback) address."""
     paths = KeyPaths(workdir / "keys")
     _, collector_key, collector_pub = _keypair(paths.root, "collector")
     regulator, _, regulator_pub = _keypair(paths.root, "regulator")
@@ -124,9 +150,13 @@ async def start_cluster(
         checkpoint_interval_seconds=2.0,
         require_auth=True,
         auditor_keys=(regulator_pub,),
+        metrics_address=metrics_address or "127.0.0.1",
+        metrics_port=_free_port(metrics_address) if metrics_address else 0,
     )
     service, _ = await create_server(config)
     cluster = Cluster(workdir, scenario, service, authorities, regulator, paths)
+    if metrics_address:
+        cluster.collector_metrics = f"{metrics_address}:{config.metrics_port}"
     cluster.start = time.time()
     for node in scenario.nodes:
         home = workdir / "nodes" / node.id
@@ -149,13 +179,19 @@ async def start_cluster(
             backoff_min_seconds=0.2,
             backoff_max_seconds=2.0,
         )
+        registry = CollectorRegistry()
         agent = Agent(
             agent_config,
             fake.backend,
-            JobAttributor(fake.procfs_root),
+            JobAttributor(fake.procfs_root, node_id=node.id),
             JobMetadataDir(fake.metadata_dir),
             node_keys[node.id][0],
+            registry=registry,
         )
+        if metrics_address:
+            server, _ = serve_metrics(registry, metrics_address, 0)
+            cluster._metrics_servers.append(server)
+            cluster.agent_metrics[node.id] = f"{metrics_address}:{server.server_address[1]}"
         cluster.nodes.append(NodeRun(node.id, agent, asyncio.Event(), silent_at=node.silent_at))
     for run in cluster.nodes:
         run.task = asyncio.create_task(run.agent.run(run.stop))

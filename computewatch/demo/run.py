@@ -197,13 +197,31 @@ def summary(
             "installed_flops": st.installed_flops,
             "allocated_flops": st.allocated_flops,
             "achieved_flops": st.achieved_flops,
+            "achieved_flops_upper_bound": st.achieved_flops_upper_bound,
+            "cumulative_flop": {
+                "estimate": st.cumulative_flop,
+                "upper_bound": st.cumulative_flop_upper_bound,
+                "unmeasured_gpu_seconds": st.unmeasured_gpu_seconds,
+                "method": st.method,
+            },
+            "possibly_crossed": list(st.possibly_crossed),
         },
         "jobs": [
             {
                 "job_id": j.job_id,
-                "cumulative_flop": j.cumulative_flop,
+                # An interval: estimate (null when nothing was measured), upper
+                # bound, unmeasured GPU-seconds and the estimate's method.
+                "cumulative_flop": {
+                    "estimate": j.cumulative_flop_estimate
+                    if j.HasField("cumulative_flop_estimate")
+                    else None,
+                    "upper_bound": j.cumulative_flop_upper_bound,
+                    "unmeasured_gpu_seconds": j.unmeasured_gpu_seconds,
+                    "method": j.method,
+                },
                 "upper_bound": j.upper_bound,
                 "gpus_unknown_model": j.gpus_unknown_model,
+                "possibly_crossed_rules": list(j.possibly_crossed_rules),
                 "parent_job_ids": list(j.parent_job_ids),
             }
             for j in st.jobs
@@ -272,7 +290,7 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> dict[str, Any]:
 
 
 def print_summary(result: dict[str, Any], out: TextIO) -> None:
-    from computewatch.render import si
+    from computewatch.render import interval, si
 
     c = result["cluster"]
     lines = [
@@ -289,11 +307,22 @@ def print_summary(result: dict[str, Any], out: TextIO) -> None:
         "  jobs:",
         *(
             f"    {j['job_id']:<38} "
+            + interval(
+                j["cumulative_flop"]["estimate"],
+                j["cumulative_flop"]["upper_bound"],
+                "FLOP",
+                j["cumulative_flop"]["unmeasured_gpu_seconds"],
+            )
+            + f" [{j['cumulative_flop']['method']}]"
             + (
-                f"unknown ({j['gpus_unknown_model']} GPUs of a model not in the device table)"
+                f" ({j['gpus_unknown_model']} GPUs of a model not in the device table)"
                 if j["gpus_unknown_model"]
-                else si(j["cumulative_flop"], "FLOP")
-                + (" (upper bound: no GPM)" if j["upper_bound"] else "")
+                else ""
+            )
+            + (
+                f" POSSIBLY CROSSED {','.join(j['possibly_crossed_rules'])}"
+                if j["possibly_crossed_rules"]
+                else ""
             )
             for j in result["jobs"]
         ),

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from computewatch.render import bar, si, table
+from computewatch.cli_status import cluster_achieved, job_cumulative
+from computewatch.render import bar, interval, si, table
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, status_pb2
 
@@ -24,7 +25,7 @@ _SCOPE = {
     control_pb2.SCOPE_KIND_GPU: "gpu",
 }
 _STATE = {
-    status_pb2.NODE_STATE_OK: "ok",
+    status_pb2.NODE_STATE_OK: "reporting",
     status_pb2.NODE_STATE_SILENT: "SILENT",
     status_pb2.NODE_STATE_NEVER_SEEN: "never seen",
 }
@@ -85,7 +86,8 @@ def render(
         f"   reports {st.reports_accepted}   rejected "
         + (", ".join(f"{k}={v}" for k, v in sorted(st.rejected_by_reason.items())) or "0"),
         f"cluster  installed {si(st.installed_flops, 'FLOP/s'):>14}   allocated"
-        f" {si(st.allocated_flops, 'FLOP/s'):>14}   achieved {si(st.achieved_flops, 'FLOP/s'):>14}",
+        f" {si(st.allocated_flops, 'FLOP/s'):>14}   achieved"
+        f" {interval(cluster_achieved(st), st.achieved_flops_upper_bound, 'FLOP/s')}",
         f"         {st.gpus_total} GPUs, {st.gpus_lost} lost,"
         f" {st.gpus_unknown_model} of unknown model",
         "",
@@ -96,17 +98,28 @@ def render(
         progress = f"{bar(job.cumulative_flop / line)} of {si(line, 'FLOP')}" if line else ""
         if job.gpus_unknown_model:
             progress = f"unknown: {job.gpus_unknown_model} GPU(s) of a model not in the table"
+        if job.possibly_crossed_rules:
+            progress = "POSSIBLY CROSSED " + ",".join(job.possibly_crossed_rules)
         rows.append(
             [
                 job.job_id[:24],
-                si(job.cumulative_flop, "FLOP") + ("*" if job.upper_bound else ""),
-                si(job.achieved_flops, "FLOP/s"),
+                job_cumulative(job) + ("*" if job.upper_bound else ""),
+                interval(
+                    job.achieved_flops_estimate
+                    if job.HasField("achieved_flops_estimate")
+                    else None,
+                    job.achieved_flops_upper_bound,
+                    "FLOP/s",
+                ),
                 str(job.gpus),
                 progress,
             ]
         )
     out.append(table(["job", "cumulative", "achieved", "gpus", "toward threshold"], rows))
-    out.append("  (* rests on utilization.gpu, an upper bound: the GPU has no GPM)")
+    out.append(
+        "  (estimate (<= upper bound at each GPU's highest dense peak); '>=': some GPU-seconds"
+        " unmeasured; * estimate rests on utilization.gpu: the GPU has no GPM)"
+    )
     out.append("")
     counts: dict[str, int] = {}
     halted = 0
@@ -117,7 +130,8 @@ def render(
     out.append(
         "nodes    "
         + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-        + f"  halted: {halted}"
+        # Halted nodes still report (that is how a halt is seen to hold).
+        + f"  (halted by a directive: {halted} of {len(st.nodes)})"
         + "".join(
             f"\n         {n.node_id}: {_STATE.get(n.state, '?')}"
             for n in st.nodes

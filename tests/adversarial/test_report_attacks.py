@@ -106,11 +106,26 @@ def impossible_values(a: Node, b: Node) -> bytes:
     return a.seal(a.report([gpu(0, util=math.nan)]), advance=False)
 
 
+def endless_field_errors(a: Node, b: Node) -> bytes:
+    g = gpu(0)
+    for _ in range(65):
+        g.field_errors.add(function="nvmlDeviceGetPowerUsage", code=999, message="x" * 300)
+    return a.seal(a.report([g]), advance=False)
+
+
 def from_the_future(a: Node, b: Node) -> bytes:
     return a.seal(a.report([gpu(0)], sample_ns=2**62), advance=False)
 
 
-SIGNED_REFUSALS = {"gap", "broken_chain", "equivocation", "rollback", "wrong_key", "invalid_report"}
+SIGNED_REFUSALS = {
+    "gap",
+    "broken_chain",
+    "equivocation",
+    "rollback",
+    "wrong_key",
+    "invalid_report",
+    "report_limit",
+}
 
 CASES: list[tuple[str, Callable[[Node, Node], bytes], str]] = [
     ("forged signature", forged_signature, "bad_signature"),
@@ -132,6 +147,7 @@ CASES: list[tuple[str, Callable[[Node, Node], bytes], str]] = [
     ("payload not a report", payload_not_a_report, "decode"),
     ("impossible values", impossible_values, "invalid_report"),
     ("sample from the future", from_the_future, "invalid_report"),
+    ("endless field errors", endless_field_errors, "report_limit"),
 ]
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
 import grpc
+import pytest
 
 from collector.audit_service import AuditLimits
+from computewatch.audit.follow import resume_hint
 from protos import checkpoint as cpmod
 from protos import dsse, merkle
 from protos.computewatch.v1 import audit_pb2
@@ -144,6 +147,67 @@ def test_a_stuck_subscriber_is_closed_and_ingestion_goes_on(tmp_path: Path) -> N
             assert srv.handle.hub.active == 0
 
     asyncio.run(run())
+
+
+def test_a_subscriber_that_never_reads_is_let_go_at_once_and_told_where_to_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler of a stuck stream used to wait in abort() until the
+    subscriber read or left (then logged a traceback): now it ends at once."""
+    keys = Keys(tmp_path / "keys")
+    limits = AuditLimits(subscriber_queue=2, close_grace_seconds=0.2)
+
+    async def run() -> None:
+        async with audit_server(tmp_path, keys, limits=limits, interval=0.05) as srv:
+            srv.writer.append(blobs(300, size=64 * 1024))  # ~19 MB: more than gRPC buffers
+            async with srv.channel() as ch:
+                call = srv.stub(ch).Subscribe(audit_pb2.SubscribeRequest(from_index=0))
+                await asyncio.wait_for(call.read(), 10)  # open; now read nothing
+                for _ in range(1000):
+                    if srv.handle.hub.cut_off_total:
+                        break
+                    await asyncio.sleep(0.01)
+                # Let go without a single read: no handler, no queue left.
+                assert srv.handle.hub.dropped_total == 1
+                assert srv.handle.hub.cut_off_total == 1
+                assert srv.handle.hub.active == 0
+                # Reading later still yields the typed status and where to resume.
+                error = await drain(call)
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                hint = resume_hint(error)
+                assert hint is not None
+                assert f"from_index = {hint}" in (error.details() or "")
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(run())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_subscriber_leaving_while_closed_logs_no_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = Keys(tmp_path / "keys")
+    limits = AuditLimits(subscriber_queue=2, close_grace_seconds=60.0)
+
+    async def run() -> None:
+        async with audit_server(tmp_path, keys, limits=limits, interval=0.05) as srv:
+            srv.writer.append(blobs(300, size=64 * 1024))
+            ch = srv.channel()
+            call = srv.stub(ch).Subscribe(audit_pb2.SubscribeRequest(from_index=0))
+            await asyncio.wait_for(call.read(), 10)
+            for _ in range(1000):
+                if srv.handle.hub.dropped_total:
+                    break
+                await asyncio.sleep(0.01)
+            assert srv.handle.hub.dropped_total == 1
+            await ch.close()  # leaves while its closing status waits
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(run())
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, errors[0].getMessage()
 
 
 def test_a_live_subscriber_too_far_behind_is_told_where_to_resume(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ def test_status_table_json_and_refusal_without_a_token(tmp_path: Path) -> None:
             doc = await asyncio.to_thread(runner.invoke, cli, [*base, *key, "--json"])
             assert doc.exit_code == 0, doc.output
             parsed = json.loads(doc.output)
-            assert parsed["reports_accepted"] == "3"  # uint64 as a JSON string
+            assert parsed["reports_accepted"] == 3  # a plain number, not proto3's string
+            assert {n["state"] for n in parsed["nodes"]} == {"OK"}  # not NODE_STATE_OK
             assert parsed["nodes"][0]["node_id"] == "gpu-017"
             refused = await asyncio.to_thread(runner.invoke, cli, base)
             assert refused.exit_code != 0

@@ -33,7 +33,21 @@ def test_demo_halts_resumes_and_summarises(tmp_path: Path) -> None:
     assert result["silent_nodes"] == ["l40s-00"]
     assert result["rejected_by_reason"] == {}
     assert result["reports_accepted"] > 16 * 40
-    assert all(j["cumulative_flop"] >= 0 for j in result["jobs"])
+    # Every job's compute is an interval: an estimate (null when nothing of
+    # it was measured), an upper bound, unmeasured GPU-seconds and a method.
+    for j in result["jobs"]:
+        c = j["cumulative_flop"]
+        assert c["upper_bound"] > 0, j
+        assert c["unmeasured_gpu_seconds"] >= 0, j
+        assert c["method"], j
+        assert c["estimate"] is None or 0 <= c["estimate"] <= c["upper_bound"], j
+    # The job on GPUs of a model not in the device table is not 0: unknown,
+    # with its unmeasured GPU-seconds and a bound at the table's highest peak.
+    unknown = [j for j in result["jobs"] if j["cumulative_flop"]["method"] == "unknown_model"]
+    assert unknown, result["jobs"]
+    for j in unknown:
+        assert j["cumulative_flop"]["estimate"] is None
+        assert j["cumulative_flop"]["unmeasured_gpu_seconds"] > 0
 
     directives = result["directives"]
     halts = {d["id"]: d for d in directives if d["action"] == "HALT"}

@@ -48,20 +48,30 @@ class Scope(_message.Message):
     def __init__(self, kind: _Optional[_Union[ScopeKind, str]] = ..., node_ids: _Optional[_Iterable[str]] = ..., job_ids: _Optional[_Iterable[str]] = ..., gpu_uuids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Evidence(_message.Message):
-    __slots__ = ("metric", "measured_value", "threshold", "unit", "comparison", "log_indices")
+    __slots__ = ("metric", "measured_value", "threshold", "unit", "comparison", "log_indices", "estimate", "upper_bound", "bound", "method", "unmeasured_gpu_seconds")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     MEASURED_VALUE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_FIELD_NUMBER: _ClassVar[int]
     LOG_INDICES_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    UPPER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    BOUND_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    UNMEASURED_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     metric: str
     measured_value: float
     threshold: float
     unit: str
     comparison: str
     log_indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, metric: _Optional[str] = ..., measured_value: _Optional[float] = ..., threshold: _Optional[float] = ..., unit: _Optional[str] = ..., comparison: _Optional[str] = ..., log_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    estimate: float
+    upper_bound: float
+    bound: str
+    method: str
+    unmeasured_gpu_seconds: float
+    def __init__(self, metric: _Optional[str] = ..., measured_value: _Optional[float] = ..., threshold: _Optional[float] = ..., unit: _Optional[str] = ..., comparison: _Optional[str] = ..., log_indices: _Optional[_Iterable[int]] = ..., estimate: _Optional[float] = ..., upper_bound: _Optional[float] = ..., bound: _Optional[str] = ..., method: _Optional[str] = ..., unmeasured_gpu_seconds: _Optional[float] = ...) -> None: ...
 
 class Directive(_message.Message):
     __slots__ = ("id", "counter", "issued_unix_nanos", "not_after_unix_nanos", "scope", "action", "rule_id", "evidence", "reason", "power_cap_watts", "resumes_directive_id", "approvals", "grace_seconds")
@@ -150,10 +160,14 @@ class SubmitResponse(_message.Message):
     def __init__(self, log_index: _Optional[int] = ..., directive_ids: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ListDirectivesRequest(_message.Message):
-    __slots__ = ("in_force_only",)
+    __slots__ = ("in_force_only", "page_size", "page_token")
     IN_FORCE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     in_force_only: bool
-    def __init__(self, in_force_only: _Optional[bool] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, in_force_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class DirectiveRecord(_message.Message):
     __slots__ = ("envelope", "log_index", "in_force", "effective_unix_nanos", "approval_keyids", "receipt_node_ids")
@@ -172,7 +186,9 @@ class DirectiveRecord(_message.Message):
     def __init__(self, envelope: _Optional[bytes] = ..., log_index: _Optional[int] = ..., in_force: _Optional[bool] = ..., effective_unix_nanos: _Optional[int] = ..., approval_keyids: _Optional[_Iterable[str]] = ..., receipt_node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DirectiveList(_message.Message):
-    __slots__ = ("directives",)
+    __slots__ = ("directives", "next_page_token")
     DIRECTIVES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     directives: _containers.RepeatedCompositeFieldContainer[DirectiveRecord]
-    def __init__(self, directives: _Optional[_Iterable[_Union[DirectiveRecord, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, directives: _Optional[_Iterable[_Union[DirectiveRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protos/computewatch/v1/status.proto\x12\x0f\x63omputewatch.v1\"\x96\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.computewatch.v1.NodeState\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\x12\x1c\n\x14last_seen_unix_nanos\x18\x04 \x01(\x03\x12\x0c\n\x04gpus\x18\x05 \x01(\r\x12\x11\n\tgpus_lost\x18\x06 \x01(\r\x12\x17\n\x0finstalled_flops\x18\x07 \x01(\x01\x12\x17\n\x0f\x61llocated_flops\x18\x08 \x01(\x01\x12\x16\n\x0e\x61\x63hieved_flops\x18\t \x01(\x01\x12\x1c\n\x14\x61\x63tive_directive_ids\x18\n \x03(\t\x12\x0e\n\x06halted\x18\x0b \x01(\x08\"\xb5\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63umulative_flop\x18\x02 \x01(\x01\x12\x16\n\x0e\x61\x63hieved_flops\x18\x03 \x01(\x01\x12\x0c\n\x04gpus\x18\x04 \x01(\r\x12\x13\n\x0bupper_bound\x18\x05 \x01(\x08\x12\x10\n\x08node_ids\x18\x06 \x03(\t\x12\x16\n\x0eparent_job_ids\x18\x07 \x03(\t\x12\x1a\n\x12gpus_unknown_model\x18\x08 \x01(\r\"\xc7\x03\n\rClusterStatus\x12\x1c\n\x14generated_unix_nanos\x18\x01 \x01(\x03\x12\x17\n\x0finstalled_flops\x18\x02 \x01(\x01\x12\x17\n\x0f\x61llocated_flops\x18\x03 \x01(\x01\x12\x16\n\x0e\x61\x63hieved_flops\x18\x04 \x01(\x01\x12\x1a\n\x12gpus_unknown_model\x18\x05 \x01(\r\x12\x12\n\ngpus_total\x18\x06 \x01(\r\x12\x11\n\tgpus_lost\x18\x07 \x01(\r\x12*\n\x05nodes\x18\x08 \x03(\x0b\x32\x1b.computewatch.v1.NodeStatus\x12(\n\x04jobs\x18\t \x03(\x0b\x32\x1a.computewatch.v1.JobStatus\x12\x18\n\x10reports_accepted\x18\n \x01(\x04\x12P\n\x12rejected_by_reason\x18\x0b \x03(\x0b\x32\x34.computewatch.v1.ClusterStatus.RejectedByReasonEntry\x12\x10\n\x08log_size\x18\x0c \x01(\x04\x1a\x37\n\x15RejectedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x0f\n\rStatusRequest*l\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15NODE_STATE_NEVER_SEEN\x10\x01\x12\x11\n\rNODE_STATE_OK\x10\x02\x12\x15\n\x11NODE_STATE_SILENT\x10\x03\x32U\n\x06Status\x12K\n\tGetStatus\x12\x1e.computewatch.v1.StatusRequest\x1a\x1e.computewatch.v1.ClusterStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protos/computewatch/v1/status.proto\x12\x0f\x63omputewatch.v1\"\xca\x03\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.computewatch.v1.NodeState\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\x12\x1c\n\x14last_seen_unix_nanos\x18\x04 \x01(\x03\x12\x0c\n\x04gpus\x18\x05 \x01(\r\x12\x11\n\tgpus_lost\x18\x06 \x01(\r\x12\x17\n\x0finstalled_flops\x18\x07 \x01(\x01\x12\x17\n\x0f\x61llocated_flops\x18\x08 \x01(\x01\x12\x16\n\x0e\x61\x63hieved_flops\x18\t \x01(\x01\x12\x1c\n\x14\x61\x63tive_directive_ids\x18\n \x03(\t\x12\x0e\n\x06halted\x18\x0b \x01(\x08\x12#\n\x1a\x61\x63hieved_flops_upper_bound\x18\xdc\x01 \x01(\x01\x12\x1f\n\x16unmeasured_gpu_seconds\x18\xdd\x01 \x01(\x01\x12%\n\x17\x61\x63hieved_flops_estimate\x18\xde\x01 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x06method\x18\xdf\x01 \x01(\t\x12\x18\n\x0fgpus_unreadable\x18\xa0\x01 \x01(\rB\x1a\n\x18_achieved_flops_estimate\"\xf1\x03\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63umulative_flop\x18\x02 \x01(\x01\x12\x16\n\x0e\x61\x63hieved_flops\x18\x03 \x01(\x01\x12\x0c\n\x04gpus\x18\x04 \x01(\r\x12\x13\n\x0bupper_bound\x18\x05 \x01(\x08\x12\x10\n\x08node_ids\x18\x06 \x03(\t\x12\x16\n\x0eparent_job_ids\x18\x07 \x03(\t\x12\x1a\n\x12gpus_unknown_model\x18\x08 \x01(\r\x12$\n\x1b\x63umulative_flop_upper_bound\x18\xdc\x01 \x01(\x01\x12#\n\x1a\x61\x63hieved_flops_upper_bound\x18\xdd\x01 \x01(\x01\x12\x1f\n\x16unmeasured_gpu_seconds\x18\xde\x01 \x01(\x01\x12\x0f\n\x06method\x18\xdf\x01 \x01(\t\x12&\n\x18\x63umulative_flop_estimate\x18\xe0\x01 \x01(\x01H\x00\x88\x01\x01\x12%\n\x17\x61\x63hieved_flops_estimate\x18\xe1\x01 \x01(\x01H\x01\x88\x01\x01\x12\x1f\n\x16possibly_crossed_rules\x18\xe2\x01 \x03(\t\x12\x14\n\x0bnodes_total\x18\x8c\x01 \x01(\rB\x1b\n\x19_cumulative_flop_estimateB\x1a\n\x18_achieved_flops_estimate\"\x9b\x06\n\rClusterStatus\x12\x1c\n\x14generated_unix_nanos\x18\x01 \x01(\x03\x12\x17\n\x0finstalled_flops\x18\x02 \x01(\x01\x12\x17\n\x0f\x61llocated_flops\x18\x03 \x01(\x01\x12\x16\n\x0e\x61\x63hieved_flops\x18\x04 \x01(\x01\x12\x1a\n\x12gpus_unknown_model\x18\x05 \x01(\r\x12\x12\n\ngpus_total\x18\x06 \x01(\r\x12\x11\n\tgpus_lost\x18\x07 \x01(\r\x12*\n\x05nodes\x18\x08 \x03(\x0b\x32\x1b.computewatch.v1.NodeStatus\x12(\n\x04jobs\x18\t \x03(\x0b\x32\x1a.computewatch.v1.JobStatus\x12\x18\n\x10reports_accepted\x18\n \x01(\x04\x12P\n\x12rejected_by_reason\x18\x0b \x03(\x0b\x32\x34.computewatch.v1.ClusterStatus.RejectedByReasonEntry\x12\x10\n\x08log_size\x18\x0c \x01(\x04\x12#\n\x1a\x61\x63hieved_flops_upper_bound\x18\xdc\x01 \x01(\x01\x12\x18\n\x0f\x63umulative_flop\x18\xdd\x01 \x01(\x01\x12$\n\x1b\x63umulative_flop_upper_bound\x18\xde\x01 \x01(\x01\x12\x1f\n\x16unmeasured_gpu_seconds\x18\xdf\x01 \x01(\x01\x12\x0f\n\x06method\x18\xe0\x01 \x01(\t\x12\x19\n\x10possibly_crossed\x18\xe1\x01 \x03(\t\x12%\n\x17\x61\x63hieved_flops_estimate\x18\xe2\x01 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0fnext_page_token\x18\x8c\x01 \x01(\t\x12\x14\n\x0bnodes_total\x18\x8d\x01 \x01(\r\x12\x13\n\njobs_total\x18\x8e\x01 \x01(\r\x12\x18\n\x0fgpus_unreadable\x18\xa0\x01 \x01(\r\x1a\x37\n\x15RejectedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x1a\n\x18_achieved_flops_estimate\"8\n\rStatusRequest\x12\x12\n\tpage_size\x18\x8c\x01 \x01(\r\x12\x13\n\npage_token\x18\x8d\x01 \x01(\t*l\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15NODE_STATE_NEVER_SEEN\x10\x01\x12\x11\n\rNODE_STATE_OK\x10\x02\x12\x15\n\x11NODE_STATE_SILENT\x10\x03\x32U\n\x06Status\x12K\n\tGetStatus\x12\x1e.computewatch.v1.StatusRequest\x1a\x1e.computewatch.v1.ClusterStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLUSTERSTATUS_REJECTEDBYREASONENTRY']._loaded_options = None
   _globals['_CLUSTERSTATUS_REJECTEDBYREASONENTRY']._serialized_options = b'8\001'
-  _globals['_NODESTATE']._serialized_start=996
-  _globals['_NODESTATE']._serialized_end=1104
+  _globals['_NODESTATE']._serialized_start=1873
+  _globals['_NODESTATE']._serialized_end=1981
   _globals['_NODESTATUS']._serialized_start=57
-  _globals['_NODESTATUS']._serialized_end=335
-  _globals['_JOBSTATUS']._serialized_start=338
-  _globals['_JOBSTATUS']._serialized_end=519
-  _globals['_CLUSTERSTATUS']._serialized_start=522
-  _globals['_CLUSTERSTATUS']._serialized_end=977
-  _globals['_CLUSTERSTATUS_REJECTEDBYREASONENTRY']._serialized_start=922
-  _globals['_CLUSTERSTATUS_REJECTEDBYREASONENTRY']._serialized_end=977
-  _globals['_STATUSREQUEST']._serialized_start=979
-  _globals['_STATUSREQUEST']._serialized_end=994
-  _globals['_STATUS']._serialized_start=1106
-  _globals['_STATUS']._serialized_end=1191
+  _globals['_NODESTATUS']._serialized_end=515
+  _globals['_JOBSTATUS']._serialized_start=518
+  _globals['_JOBSTATUS']._serialized_end=1015
+  _globals['_CLUSTERSTATUS']._serialized_start=1018
+  _globals['_CLUSTERSTATUS']._serialized_end=1813
+  _globals['_CLUSTERSTATUS_REJECTEDBYREASONENTRY']._serialized_start=1730
+  _globals['_CLUSTERSTATUS_REJECTEDBYREASONENTRY']._serialized_end=1785
+  _globals['_STATUSREQUEST']._serialized_start=1815
+  _globals['_STATUSREQUEST']._serialized_end=1871
+  _globals['_STATUS']._serialized_start=1983
+  _globals['_STATUS']._serialized_end=2068
 # @@protoc_insertion_point(module_scope)

@@ -21,6 +21,7 @@ class GpuHealth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GPU_HEALTH_OK: _ClassVar[GpuHealth]
     GPU_HEALTH_LOST: _ClassVar[GpuHealth]
     GPU_HEALTH_ERROR: _ClassVar[GpuHealth]
+    GPU_HEALTH_UNREADABLE: _ClassVar[GpuHealth]
 
 class NvmlStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -38,6 +39,7 @@ GPU_HEALTH_UNSPECIFIED: GpuHealth
 GPU_HEALTH_OK: GpuHealth
 GPU_HEALTH_LOST: GpuHealth
 GPU_HEALTH_ERROR: GpuHealth
+GPU_HEALTH_UNREADABLE: GpuHealth
 NVML_STATUS_UNSPECIFIED: NvmlStatus
 NVML_STATUS_OK: NvmlStatus
 NVML_STATUS_NOT_LOADED: NvmlStatus
@@ -45,21 +47,33 @@ NVML_STATUS_NO_PERMISSION: NvmlStatus
 NVML_STATUS_ERROR: NvmlStatus
 
 class GpuProcess(_message.Message):
-    __slots__ = ("pid", "used_memory_bytes", "job_id", "attribution", "sm_utilization_percent")
+    __slots__ = ("pid", "used_memory_bytes", "job_id", "attribution", "sm_utilization_percent", "member")
     PID_FIELD_NUMBER: _ClassVar[int]
     USED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     SM_UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
     pid: int
     used_memory_bytes: int
     job_id: str
     attribution: str
     sm_utilization_percent: float
-    def __init__(self, pid: _Optional[int] = ..., used_memory_bytes: _Optional[int] = ..., job_id: _Optional[str] = ..., attribution: _Optional[str] = ..., sm_utilization_percent: _Optional[float] = ...) -> None: ...
+    member: str
+    def __init__(self, pid: _Optional[int] = ..., used_memory_bytes: _Optional[int] = ..., job_id: _Optional[str] = ..., attribution: _Optional[str] = ..., sm_utilization_percent: _Optional[float] = ..., member: _Optional[str] = ...) -> None: ...
+
+class FieldError(_message.Message):
+    __slots__ = ("function", "code", "message")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    code: int
+    message: str
+    def __init__(self, function: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class GpuSample(_message.Message):
-    __slots__ = ("uuid", "index", "product_name", "mig_enabled", "mig_instance", "utilization_gpu_percent", "sm_activity_percent", "tensor_activity_percent", "memory_used_bytes", "memory_total_bytes", "power_watts", "power_limit_watts", "sm_clock_mhz", "energy_millijoules", "compute_mode", "processes", "processes_known", "health", "error", "dfma_tensor_activity_percent", "hmma_tensor_activity_percent", "imma_tensor_activity_percent", "fp64_activity_percent", "fp32_activity_percent", "fp16_activity_percent", "sm_share", "pci_device_id", "activity_window_seconds", "parent_uuid", "mig_profile")
+    __slots__ = ("uuid", "index", "product_name", "mig_enabled", "mig_instance", "utilization_gpu_percent", "sm_activity_percent", "tensor_activity_percent", "memory_used_bytes", "memory_total_bytes", "power_watts", "power_limit_watts", "sm_clock_mhz", "energy_millijoules", "compute_mode", "processes", "processes_known", "health", "error", "dfma_tensor_activity_percent", "hmma_tensor_activity_percent", "imma_tensor_activity_percent", "fp64_activity_percent", "fp32_activity_percent", "fp16_activity_percent", "sm_share", "pci_device_id", "activity_window_seconds", "parent_uuid", "mig_profile", "field_errors", "pci_bus_id")
     UUID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +104,8 @@ class GpuSample(_message.Message):
     ACTIVITY_WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PARENT_UUID_FIELD_NUMBER: _ClassVar[int]
     MIG_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    PCI_BUS_ID_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     index: int
     product_name: str
@@ -120,17 +136,21 @@ class GpuSample(_message.Message):
     activity_window_seconds: float
     parent_uuid: str
     mig_profile: str
-    def __init__(self, uuid: _Optional[str] = ..., index: _Optional[int] = ..., product_name: _Optional[str] = ..., mig_enabled: _Optional[bool] = ..., mig_instance: _Optional[str] = ..., utilization_gpu_percent: _Optional[float] = ..., sm_activity_percent: _Optional[float] = ..., tensor_activity_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., power_watts: _Optional[float] = ..., power_limit_watts: _Optional[float] = ..., sm_clock_mhz: _Optional[int] = ..., energy_millijoules: _Optional[int] = ..., compute_mode: _Optional[_Union[ComputeMode, str]] = ..., processes: _Optional[_Iterable[_Union[GpuProcess, _Mapping]]] = ..., processes_known: _Optional[bool] = ..., health: _Optional[_Union[GpuHealth, str]] = ..., error: _Optional[str] = ..., dfma_tensor_activity_percent: _Optional[float] = ..., hmma_tensor_activity_percent: _Optional[float] = ..., imma_tensor_activity_percent: _Optional[float] = ..., fp64_activity_percent: _Optional[float] = ..., fp32_activity_percent: _Optional[float] = ..., fp16_activity_percent: _Optional[float] = ..., sm_share: _Optional[float] = ..., pci_device_id: _Optional[int] = ..., activity_window_seconds: _Optional[float] = ..., parent_uuid: _Optional[str] = ..., mig_profile: _Optional[str] = ...) -> None: ...
+    field_errors: _containers.RepeatedCompositeFieldContainer[FieldError]
+    pci_bus_id: str
+    def __init__(self, uuid: _Optional[str] = ..., index: _Optional[int] = ..., product_name: _Optional[str] = ..., mig_enabled: _Optional[bool] = ..., mig_instance: _Optional[str] = ..., utilization_gpu_percent: _Optional[float] = ..., sm_activity_percent: _Optional[float] = ..., tensor_activity_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., power_watts: _Optional[float] = ..., power_limit_watts: _Optional[float] = ..., sm_clock_mhz: _Optional[int] = ..., energy_millijoules: _Optional[int] = ..., compute_mode: _Optional[_Union[ComputeMode, str]] = ..., processes: _Optional[_Iterable[_Union[GpuProcess, _Mapping]]] = ..., processes_known: _Optional[bool] = ..., health: _Optional[_Union[GpuHealth, str]] = ..., error: _Optional[str] = ..., dfma_tensor_activity_percent: _Optional[float] = ..., hmma_tensor_activity_percent: _Optional[float] = ..., imma_tensor_activity_percent: _Optional[float] = ..., fp64_activity_percent: _Optional[float] = ..., fp32_activity_percent: _Optional[float] = ..., fp16_activity_percent: _Optional[float] = ..., sm_share: _Optional[float] = ..., pci_device_id: _Optional[int] = ..., activity_window_seconds: _Optional[float] = ..., parent_uuid: _Optional[str] = ..., mig_profile: _Optional[str] = ..., field_errors: _Optional[_Iterable[_Union[FieldError, _Mapping]]] = ..., pci_bus_id: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "parent_job_ids", "model_id")
+    __slots__ = ("job_id", "parent_job_ids", "model_id", "members")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     parent_job_ids: _containers.RepeatedScalarFieldContainer[str]
     model_id: str
-    def __init__(self, job_id: _Optional[str] = ..., parent_job_ids: _Optional[_Iterable[str]] = ..., model_id: _Optional[str] = ...) -> None: ...
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., parent_job_ids: _Optional[_Iterable[str]] = ..., model_id: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EnforcementStep(_message.Message):
     __slots__ = ("step", "target", "ok", "detail")
@@ -175,7 +195,7 @@ class EnforcementState(_message.Message):
     def __init__(self, active_directive_ids: _Optional[_Iterable[str]] = ..., highest_directive_counter: _Optional[int] = ..., fail_mode: _Optional[str] = ..., lease_valid: _Optional[bool] = ..., locally_halted: _Optional[bool] = ..., halted_gpu_uuids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeReport(_message.Message):
-    __slots__ = ("node_id", "boot_id", "sequence", "previous_digest", "sample_unix_nanos", "interval_seconds", "gpus", "enforcement", "agent_version", "nvml_status", "nvml_error", "jobs", "receipts")
+    __slots__ = ("node_id", "boot_id", "sequence", "previous_digest", "sample_unix_nanos", "interval_seconds", "gpus", "enforcement", "agent_version", "nvml_status", "nvml_error", "jobs", "receipts", "unspooled_reports", "skipped_samples", "corrections", "replaces_refused_digest", "refused_reason")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +209,11 @@ class NodeReport(_message.Message):
     NVML_ERROR_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    UNSPOOLED_REPORTS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CORRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_REFUSED_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_REASON_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boot_id: str
     sequence: int
@@ -202,7 +227,12 @@ class NodeReport(_message.Message):
     nvml_error: str
     jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
     receipts: _containers.RepeatedCompositeFieldContainer[EnforcementReceipt]
-    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., sequence: _Optional[int] = ..., previous_digest: _Optional[bytes] = ..., sample_unix_nanos: _Optional[int] = ..., interval_seconds: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., enforcement: _Optional[_Union[EnforcementState, _Mapping]] = ..., agent_version: _Optional[str] = ..., nvml_status: _Optional[_Union[NvmlStatus, str]] = ..., nvml_error: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., receipts: _Optional[_Iterable[_Union[EnforcementReceipt, _Mapping]]] = ...) -> None: ...
+    unspooled_reports: int
+    skipped_samples: int
+    corrections: _containers.RepeatedScalarFieldContainer[str]
+    replaces_refused_digest: bytes
+    refused_reason: str
+    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., sequence: _Optional[int] = ..., previous_digest: _Optional[bytes] = ..., sample_unix_nanos: _Optional[int] = ..., interval_seconds: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., enforcement: _Optional[_Union[EnforcementState, _Mapping]] = ..., agent_version: _Optional[str] = ..., nvml_status: _Optional[_Union[NvmlStatus, str]] = ..., nvml_error: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., receipts: _Optional[_Iterable[_Union[EnforcementReceipt, _Mapping]]] = ..., unspooled_reports: _Optional[int] = ..., skipped_samples: _Optional[int] = ..., corrections: _Optional[_Iterable[str]] = ..., replaces_refused_digest: _Optional[bytes] = ..., refused_reason: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("envelope",)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -95,9 +96,15 @@ def test_no_file_needs_the_required_keys_from_overrides() -> None:
         ("interval_seconds = 0", "interval_seconds", "above 0"),
         ("interval_seconds = 7200", "interval_seconds", "at most 3600"),
         ('interval_seconds = "often"', "interval_seconds", "a number"),
-        ("max_unacked = 0", "max_unacked", ">= 1"),
+        ("interval_seconds = nan", "interval_seconds", "a finite number"),
+        ("interval_seconds = inf", "interval_seconds", "a finite number"),
+        ("max_unacked = 0", "max_unacked", "at least 1"),
+        ("max_unacked = 1e23", "max_unacked", "at most 1e+07"),
         ('max_unacked = "lots"', "max_unacked", "an integer"),
-        ("max_in_flight = 0", "max_in_flight", ">= 1"),
+        ("max_in_flight = 0", "max_in_flight", "at least 1"),
+        ("lease_grace_seconds = inf", "lease_grace_seconds", "a finite number"),
+        ("lease_grace_seconds = 1e12", "lease_grace_seconds", "at most 86400"),
+        ("quorum = 100000", "quorum", "at most 1000"),
         ("metrics_port = 70000", "metrics_port", "0..65535"),
         ('metrics_address = ""', "metrics_address", "a host"),
         ('backend = "rocm"', "backend", "'nvml' or 'fake'"),
@@ -106,7 +113,8 @@ def test_no_file_needs_the_required_keys_from_overrides() -> None:
         ('fail_mode = "closed"', "collector_key", "when fail_mode is 'closed'"),
         ('collector = "nowhere"', "collector", "HOST:PORT"),
         ('collector = "host:99999"', "collector", "HOST:PORT"),
-        ("backoff_min_seconds = 0", "backoff_min_seconds", "positive"),
+        ("backoff_min_seconds = 0", "backoff_min_seconds", "above 0"),
+        ("backoff_max_seconds = 1e300", "backoff_max_seconds", "at most 3600"),
         ("backoff_max_seconds = 0.1", "backoff_max_seconds", ">= backoff_min_seconds"),
         ("state_dir = 3", "state_dir", "a path"),
         ("collector_key = true", "collector_key", "a path"),
@@ -122,6 +130,9 @@ def test_a_wrong_value_in_the_file_names_file_key_and_expectation(
     assert str(path) in message
     assert repr(key) in message
     assert expected in message
+    if line.startswith(key):
+        # The key is on line 4 (after the three lines of MINIMAL).
+        assert f"{path}:4 [agent]" in message
 
 
 @pytest.mark.parametrize(
@@ -197,6 +208,18 @@ def test_cli_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> 
     assert value(out, "node_id") == '"gpu-node-01"'
 
 
+def test_cli_sets_job_attribution_from_flags_and_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    env = {"COMPUTEWATCH_AGENT_K8S_ATTRIBUTION": "true"}
+    args = ["--config", str(path), "--slurm-show-job-command", "", "--k8s-kubeconfig", "/kc"]
+    code, out = show(args, env)
+    assert code == 0, out
+    assert value(out, "k8s_attribution") == "true"
+    assert value(out, "slurm_show_job_command") == '""'
+    assert value(out, "k8s_kubeconfig") == '"/kc"'
+    assert value(out, "k8s_workload_labels").startswith('["trainer.kubeflow.org/trainjob-name=')
+
+
 def test_cli_reads_the_config_file_from_the_environment(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + 'backend = "fake"\nscenario = "s.yaml"\n')
     code, out = show([], {"COMPUTEWATCH_AGENT_CONFIG": str(path)})
@@ -249,7 +272,19 @@ def test_repeatable_flags_not_given_leave_the_file_value(tmp_path: Path) -> None
     path = write(tmp_path, MINIMAL + 'authority_keys = ["/a/1.pub"]\nquorum = 1\n')
     code, out = show(["--config", str(path)])
     assert code == 0, out
-    assert value(out, "authority_keys") == '["/a/1.pub"]'
+    assert tomllib.loads(out)["agent"]["authority_keys"] == ["/a/1.pub"]
     code, out = show(["--config", str(path)], {"COMPUTEWATCH_AGENT_AUTHORITY_KEYS": "/b:/c"})
     assert code == 0, out
-    assert value(out, "authority_keys") == '["/b", "/c"]'
+    assert tomllib.loads(out)["agent"]["authority_keys"] == ["/b", "/c"]
+
+
+def test_show_config_writes_valid_toml_for_a_value_with_newlines_and_quotes(
+    tmp_path: Path,
+) -> None:
+    import tomllib
+
+    awkward = 'scontrol suspend {job}\n# "quoted" \\ and a tab\t'
+    path = write(tmp_path, MINIMAL + 'collector_key = "/etc/c.pub"\n')
+    code, out = show(["--config", str(path), "--suspend-command", awkward])
+    assert code == 0, out
+    assert tomllib.loads(out)["agent"]["suspend_command"] == awkward

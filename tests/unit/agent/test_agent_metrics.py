@@ -46,7 +46,7 @@ def test_counters_and_gauges_follow_the_stats_at_scrape_time() -> None:
     assert val(registry, "computewatch_agent_nvml_up") == 1
     assert val(registry, "computewatch_agent_rejected_total", reason="gap") == 2
     assert val(registry, "computewatch_agent_rejected_total", reason="broken_chain") == 1
-    assert val(registry, "computewatch_agent_rejected_total", reason="unknown_node") is None
+    assert val(registry, "computewatch_agent_rejected_total", reason="unknown_node") == 0
 
 
 def test_sample_duration_histogram_is_cumulative() -> None:
@@ -87,6 +87,26 @@ def test_per_gpu_gauges_skip_unknown_values() -> None:
     assert val(registry, "computewatch_gpu_power_watts", **labels) is None
 
 
+def test_gpus_by_health_and_failed_nvml_calls_by_function() -> None:
+    registry, stats = setup()
+    assert val(registry, "computewatch_agent_gpus", health="unreadable") == 0
+    ok = telemetry_pb2.GpuSample(index=0, uuid="GPU-a", health=telemetry_pb2.GPU_HEALTH_OK)
+    ok.field_errors.add(function="nvmlDeviceGetPowerUsage", code=999, message="Unknown Error")
+    unreadable = telemetry_pb2.GpuSample(
+        index=1, uuid="unreadable:index-1", health=telemetry_pb2.GPU_HEALTH_UNREADABLE
+    )
+    unreadable.field_errors.add(function="nvmlDeviceGetHandleByIndex", code=4)
+    also = telemetry_pb2.GpuSample(index=2, uuid="GPU-c", health=telemetry_pb2.GPU_HEALTH_OK)
+    also.field_errors.add(function="nvmlDeviceGetPowerUsage", code=10)
+    stats.gpus = (ok, unreadable, also)
+    assert val(registry, "computewatch_agent_gpus", health="ok") == 2
+    assert val(registry, "computewatch_agent_gpus", health="unreadable") == 1
+    assert val(registry, "computewatch_agent_gpus", health="lost") == 0
+    fn = "computewatch_agent_nvml_field_errors"
+    assert val(registry, fn, function="nvmlDeviceGetPowerUsage") == 2
+    assert val(registry, fn, function="nvmlDeviceGetHandleByIndex") == 1
+
+
 def test_two_agents_in_one_process_do_not_share_metrics() -> None:
     reg_a, stats_a = setup()
     reg_b, _ = setup()
@@ -121,3 +141,13 @@ def test_serve_metrics_on_a_taken_port_is_a_config_error() -> None:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_the_agent_names_its_node_itself_not_by_scrape_address() -> None:
+    registry = CollectorRegistry()
+    register_metrics(registry, AgentStats(node_id="gpu-node-7", version="1.2.3"))
+    labels = {"node_id": "gpu-node-7", "version": "1.2.3"}
+    assert registry.get_sample_value("computewatch_agent_info", labels) == 1.0
+    bare = CollectorRegistry()
+    register_metrics(bare, AgentStats())
+    assert not [m for m in bare.collect() if m.name == "computewatch_agent"]

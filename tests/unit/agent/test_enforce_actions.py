@@ -114,6 +114,19 @@ def test_slurm_suspends_and_resumes_jobs_with_scontrol(tmp_path: Path, children:
     assert wait_state(b.pid, {"T"}) == "T"
 
 
+def test_slurm_suspends_an_array_task_as_itself_and_a_het_component_by_its_job(
+    children: Children,
+) -> None:
+    a, b = children.spawn(), children.spawn()
+    pc = ProcessController("slurm")
+    task = telemetry_pb2.GpuProcess(pid=a.pid, job_id="4242", attribution="slurm", member="4242_1")
+    het = telemetry_pb2.GpuProcess(pid=b.pid, job_id="100", attribution="slurm", member="100+1")
+    assert [(t.kind, t.method, t.label) for t in pc.plan([task, het])] == [
+        ("job", "slurm", "4242_1"),
+        ("job", "slurm", "100"),
+    ]
+
+
 def test_slurm_never_passes_an_option_like_job_id_to_scontrol(children: Children) -> None:
     p = children.spawn()
     (t,) = ProcessController("slurm").plan([gpu_proc(p.pid, "--help", "slurm")])
@@ -170,3 +183,65 @@ def test_command_templates_per_job_and_per_pid(tmp_path: Path, children: Childre
 def test_bad_scheduler_settings_are_config_errors(kw: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         ProcessController(**kw)  # type: ignore[arg-type]
+
+
+# --- the cgroup is checked at the moment of each signal ------------------------------------
+def _slurm_cgroup(job: str) -> str:
+    return f"0::/system.slice/slurmstepd.scope/job_{job}/step_0/user/task_0\n"
+
+
+def _fake_proc(root: Path, pid: int, cgroup: str) -> None:
+    """A fake /proc entry for a real child: its real stat line, a chosen cgroup."""
+    d = root / str(pid)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "stat").write_text(Path(f"/proc/{pid}/stat").read_text())
+    (d / "cgroup").write_text(cgroup)
+
+
+def test_a_process_that_left_its_jobs_cgroup_is_never_signalled(
+    tmp_path: Path, children: Children
+) -> None:
+    p = children.spawn()
+    root = tmp_path / "proc"
+    _fake_proc(root, p.pid, _slurm_cgroup("42"))
+    pc = ProcessController(procfs_root=root)
+    (t,) = pc.plan([gpu_proc(p.pid, "42", "slurm")])
+    assert t.cgroup == _slurm_cgroup("42")
+    # Between planning and the signal, the pid moves to another job's cgroup.
+    _fake_proc(root, p.pid, _slurm_cgroup("43"))
+    s = pc.stop(t)
+    assert (s.step, s.ok) == ("stop_process", False)
+    assert "SIGSTOP not sent" in s.detail
+    assert "left the cgroup" in s.detail
+    assert proc_state(p.pid) in ("S", "R")
+    start = pc.start_time(p.pid)
+    for refused in (pc.terminate(p.pid, start, t.cgroup), pc.kill(p.pid, start, t.cgroup)):
+        assert not refused.ok
+    assert p.poll() is None
+    # An unreadable cgroup is no proof either.
+    (root / str(p.pid) / "cgroup").unlink()
+    assert "cannot be read" in pc.stop(t).detail
+    assert proc_state(p.pid) in ("S", "R")
+    # Back in its job's cgroup: the halt goes through.
+    _fake_proc(root, p.pid, _slurm_cgroup("42"))
+    assert pc.stop(t).ok
+    assert wait_state(p.pid, {"T"}) == "T"
+    assert pc.resume(t).ok
+
+
+def test_without_a_recorded_cgroup_the_pid_must_still_be_in_its_job(
+    tmp_path: Path, children: Children
+) -> None:
+    """A target saved before cgroups were recorded: the job is checked instead."""
+    p = children.spawn()
+    root = tmp_path / "proc"
+    _fake_proc(root, p.pid, _slurm_cgroup("43"))
+    pc = ProcessController(procfs_root=root)
+    t = Target("pid", "42", p.pid, "signal", pc.start_time(p.pid))
+    s = pc.stop(t)
+    assert not s.ok
+    assert "belongs to '43', not '42'" in s.detail
+    _fake_proc(root, p.pid, _slurm_cgroup("42"))
+    assert pc.stop(t).ok
+    assert wait_state(p.pid, {"T"}) == "T"
+    assert pc.resume(t).ok

@@ -12,7 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from agent.enforce.enforcer import MAX_REFUSAL_RECEIPTS
 from agent.enforce.metrics import register_enforcement_metrics
+from protos.computewatch.v1 import telemetry_pb2
 from protos.keys import PrivateKey
+from protos.reasons import DIRECTIVE_REFUSAL_REASONS
 from tests.enforce_support import (
     DEFAULT,
     GPU,
@@ -113,6 +115,46 @@ def test_node_halt_prohibits_stops_and_caps_then_resume_undoes_exactly_that(
         assert g.utilization_gpu_percent > 50
     assert rig.enforcer.state().active_directive_ids == []
     assert rig.enforcer.state().halted_gpu_uuids == []
+
+
+def test_resume_restores_the_management_power_limit_not_the_enforced_one(
+    make_rig: MakeRig,
+) -> None:
+    # An out-of-band limit of 400 W holds the enforced limit below the 700 W
+    # management limit (nvml.h nvmlDeviceGetEnforcedPowerLimit: "after taking
+    # into account all limiters"). RESUME must give back 700 W of management
+    # limit: writing the enforced 400 W would make the out-of-band limit permanent.
+    rig = make_rig(external_power_limit_watts=400.0)
+    assert rig.gpu(0).power_limit_watts == 400.0  # (initialises NVML)
+    handle = rig.fake.nvmlDeviceGetHandleByIndex(0)
+    assert rig.fake.nvmlDeviceGetPowerManagementLimit(handle) == 700_000
+    halt = directive(HALT, counter=1)
+    assert all(s.ok for s in only(rig.send(halt)).steps)
+    assert rig.fake.nvmlDeviceGetPowerManagementLimit(handle) == 200_000
+    assert rig.gpu(0).power_limit_watts == 200.0
+    res = only(rig.send(directive(RESUME, counter=2, resumes_directive_id=halt.id)))
+    assert ("restore_power_limit", rig.gpu(0).uuid, True) in steps(res)
+    assert rig.fake.nvmlDeviceGetPowerManagementLimit(handle) == 700_000
+    assert rig.gpu(0).power_limit_watts == 400.0
+
+
+def test_a_node_halt_names_the_unreadable_gpu_it_could_not_halt(make_rig: MakeRig) -> None:
+    faults: list[dict[str, object]] = [
+        {"kind": "no_permission", "functions": ["nvmlDeviceGetHandleByIndex"], "gpus": [1]}
+    ]
+    rig = make_rig(faults=faults)
+    g0, g1 = rig.sample().gpus
+    assert g1.health == telemetry_pb2.GPU_HEALTH_UNREADABLE
+    assert g1.uuid == "unreadable:index-1"
+    r = only(rig.send(directive(HALT, counter=1)))
+    by_target = {(s.step, s.target): s for s in r.steps}
+    assert by_target[("compute_mode", g0.uuid)].ok
+    assert by_target[("stop_process", str(rig.pids["4242"]))].ok
+    unreadable = [s for s in r.steps if s.target == g1.uuid]
+    assert unreadable
+    assert not any(s.ok for s in unreadable)
+    assert all("unreadable" in s.detail for s in unreadable)
+    assert rig.gpu(0).compute_mode == PROHIBITED
 
 
 def test_job_halt_touches_only_that_jobs_gpus_and_processes(make_rig: MakeRig) -> None:
@@ -358,3 +400,23 @@ def test_a_kill_still_due_survives_a_restart(make_rig: MakeRig, children: Childr
     (kill,) = rig.enforcer.tick()
     assert steps(kill) == [("kill_process", str(stubborn), True)]
     assert next(p for p in children.procs if p.pid == stubborn).wait(timeout=5) == -9
+
+
+def test_every_refusal_reason_and_action_exists_at_zero_before_any_directive(
+    make_rig: MakeRig,
+) -> None:
+    # increase() cannot see a series born at 1: the first expired directive must alert.
+    rig = make_rig()
+    registry = CollectorRegistry()
+    register_enforcement_metrics(registry, lambda: rig.enforcer)
+    for reason in DIRECTIVE_REFUSAL_REASONS:
+        sample = registry.get_sample_value(
+            "computewatch_agent_directives_refused_total", {"reason": reason}
+        )
+        assert sample == 0.0, reason
+    for action in ("halt", "resume", "throttle", "terminate"):
+        sample = registry.get_sample_value(
+            "computewatch_agent_directives_applied_total", {"action": action}
+        )
+        assert sample == 0.0, action
+    assert "expired" in DIRECTIVE_REFUSAL_REASONS

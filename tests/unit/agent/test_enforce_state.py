@@ -38,9 +38,11 @@ def populated() -> EnforcementRecord:
     rec.active["h1"] = ActiveDirective("h1", 3, 1, 3, job_ids=["42"], applied_unix_nanos=5)
     rec.gpus["GPU-1"] = GpuHold(1, 700.0, prohibit=["h1"], caps={"h1": 200.0})
     rec.gpus["GPU-2"] = GpuHold(0, None, caps={"t1": 350.5})
-    rec.stopped["pid:77"] = Stopped("pid", "42", 77, "signal", 123456, holders=["h1"])
+    rec.stopped["pid:77"] = Stopped(
+        "pid", "42", 77, "signal", 123456, holders=["h1"], cgroup="0::/job_42\n"
+    )
     rec.stopped["job:42"] = Stopped("job", "42", 0, "slurm", None, holders=["h1"])
-    rec.kills.append(PendingKill("t2", 4, 88, None, 10**18))
+    rec.kills.append(PendingKill("t2", 4, 88, None, 10**18, cgroup="0::/job_42\n"))
     return rec
 
 
@@ -52,6 +54,16 @@ def test_a_record_round_trips_through_the_spool_state_table(spool: Spool) -> Non
     assert loaded.highest(LEASE_CLASS) == 9
     assert loaded.applied_counter("l9") == 9
     assert loaded.halted_gpus() == ["GPU-1"]
+
+
+def test_a_record_saved_before_cgroups_were_kept_still_loads() -> None:
+    doc = json.loads(populated().to_bytes())
+    for entry in [*doc["stopped"].values(), *doc["kills"]]:
+        del entry["cgroup"]
+    loaded = EnforcementRecord.from_bytes(json.dumps(doc).encode())
+    assert loaded.stopped["pid:77"].cgroup is None
+    assert loaded.kills[0].cgroup is None
+    assert loaded.stopped["pid:77"].start_time == 123456
 
 
 def test_an_empty_spool_gives_an_empty_record(spool: Spool) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from agent.fakenvml import SM_FRACTION, FakeNvml, gpu_uuid, load_scenario
 from agent.fakenvml.scenario import FAULTABLE_FUNCTIONS, Scenario, parse_scenario
+from protos.errors import ConfigError
 
 DATA = Path(__file__).parents[2] / "data" / "scenarios"
 T0 = 1_700_000_000.0
@@ -421,6 +422,145 @@ def test_driver_not_loaded_and_no_permission_at_init(faults: Scenario) -> None:
         FakeNvml(faults, "nodriver").nvmlInit()
     with pytest.raises(pynvml.NVMLError_NoPermission):
         FakeNvml(faults, "noperm-init").nvmlInit()
+
+
+def test_a_library_driver_version_mismatch_fails_init_with_nvmls_code() -> None:
+    s = parse_scenario(
+        {
+            "name": "mismatch",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA L4"}],
+                    "faults": [
+                        {"kind": "nvml_not_loaded", "error": "lib_rm_version_mismatch", "at": 5}
+                    ],
+                }
+            ],
+        }
+    )
+    fake, clock = started(s, "n")
+    clock.at(5)
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        fake.nvmlDeviceGetCount()  # the running session is void
+    with pytest.raises(pynvml.NVMLError) as info:
+        fake.nvmlInit()
+    assert info.value.value == 18  # nvml.h NVML_ERROR_LIB_RM_VERSION_MISMATCH
+
+
+def _failing(function: str, error: str) -> Scenario:
+    return parse_scenario(
+        {
+            "name": "codes",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA H100 80GB HBM3"}],
+                    "faults": [{"kind": "nvml_error", "functions": [function], "error": error}],
+                }
+            ],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "code"), [("insufficient_power", 8), ("irq_issue", 11), ("unknown", 999)]
+)
+def test_call_errors_carry_nvmls_codes(error: str, code: int) -> None:
+    fake, _ = started(_failing("nvmlDeviceGetHandleByIndex", error), "n")
+    with pytest.raises(pynvml.NVMLError) as info:
+        fake.nvmlDeviceGetHandleByIndex(0)
+    assert info.value.value == code
+
+
+@pytest.mark.parametrize(("error", "code"), [("timeout", 10), ("operating_system", 17)])
+def test_gpm_calls_may_fail_with_any_code(error: str, code: int) -> None:
+    # nvml.h nvmlGpmSampleGet: "Nonzero NVML_ERROR_? enum on error".
+    fake, _ = started(_failing("nvmlGpmSampleGet", error), "n")
+    h = fake.nvmlDeviceGetHandleByIndex(0)
+    with pytest.raises(pynvml.NVMLError) as info:
+        fake.nvmlGpmSampleGet(h, fake.nvmlGpmSampleAlloc())
+    assert info.value.value == code
+
+
+@pytest.mark.parametrize(
+    ("function", "error"),
+    [
+        ("nvmlDeviceGetPowerUsage", "timeout"),
+        ("nvmlDeviceGetUUID", "insufficient_power"),
+        ("nvmlDeviceGetPciInfo", "irq_issue"),
+    ],
+)
+def test_an_error_nvml_does_not_document_for_the_function_is_refused(
+    function: str, error: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"does not document NVML_ERROR_{error.upper()}"):
+        _failing(function, error)
+    doc = {
+        "name": "np",
+        "duration_seconds": 60,
+        "nodes": [
+            {
+                "id": "n",
+                "gpus": [{"model": "NVIDIA L4"}],
+                "faults": [{"kind": "no_permission", "functions": ["nvmlDeviceGetUUID"]}],
+            }
+        ],
+    }
+    with pytest.raises(ConfigError, match="NO_PERMISSION for nvmlDeviceGetUUID"):
+        parse_scenario(doc)
+
+
+def test_a_handle_fault_hits_only_the_gpus_it_names() -> None:
+    s = parse_scenario(
+        {
+            "name": "one-handle",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA L4", "count": 2}],
+                    "faults": [
+                        {
+                            "kind": "no_permission",
+                            "functions": ["nvmlDeviceGetHandleByIndex"],
+                            "gpus": [1],
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    fake, _ = started(s, "n")
+    assert fake.nvmlDeviceGetUUID(fake.nvmlDeviceGetHandleByIndex(0)) == gpu_uuid("n", 0)
+    with pytest.raises(pynvml.NVMLError_NoPermission):
+        fake.nvmlDeviceGetHandleByIndex(1)
+
+
+def test_enforced_power_limit_is_the_lowest_limiter() -> None:
+    s = parse_scenario(
+        {
+            "name": "limits",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA H100 80GB HBM3", "external_power_limit_watts": 500}],
+                }
+            ],
+        }
+    )
+    fake, _ = started(s, "n")
+    h = fake.nvmlDeviceGetHandleByIndex(0)
+    assert fake.nvmlDeviceGetPowerManagementLimit(h) == 700_000
+    assert fake.nvmlDeviceGetEnforcedPowerLimit(h) == 500_000
+    fake.nvmlDeviceSetPowerManagementLimit(h, 300_000)
+    assert fake.nvmlDeviceGetPowerManagementLimit(h) == 300_000
+    assert fake.nvmlDeviceGetEnforcedPowerLimit(h) == 300_000
+    fake.nvmlDeviceSetPowerManagementLimit(h, 650_000)
+    assert fake.nvmlDeviceGetEnforcedPowerLimit(h) == 500_000
 
 
 def test_function_faults_hit_the_named_gpus_and_times(faults: Scenario) -> None:

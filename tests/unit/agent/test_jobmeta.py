@@ -121,6 +121,27 @@ def test_unsafe_job_ids_never_touch_the_filesystem(tmp_path: Path) -> None:
     assert as_tuples(got) == [("../secret", (), ""), (".hidden", (), ""), ("a/b", (), "")]
 
 
+def test_a_kubernetes_workload_declares_lineage_in_a_colon_named_file(tmp_path: Path) -> None:
+    job = "k8s:team-a/JobSet/llm-sft"
+    write(
+        tmp_path,
+        "k8s:team-a:JobSet:llm-sft",
+        {
+            "job_id": job,
+            "parent_job_ids": ["k8s:team-a/JobSet/llm-pretrain"],
+            "model_id": "acme-7b",
+        },
+    )
+    # A file whose id is another job's is refused even under the mapped name.
+    write(tmp_path, "k8s:team-b:JobSet:x", {"job_id": "k8s:team-b:JobSet:x", "model_id": "m"})
+    got = JobMetadataDir(tmp_path).jobs([job, "k8s:team-b/JobSet/x", "k8s:/../../etc"])
+    assert as_tuples(got) == [
+        (job, ("k8s:team-a/JobSet/llm-pretrain",), "acme-7b"),
+        ("k8s:team-b/JobSet/x", (), ""),
+        ("k8s:/../../etc", (), ""),
+    ]
+
+
 def test_cached_by_mtime(tmp_path: Path) -> None:
     path = write(tmp_path, "5", {"job_id": "5", "model_id": "aaaa"})
     stat = path.stat()

@@ -149,9 +149,12 @@ def test_handles_and_identity_are_cached() -> None:
     assert fake.calls["nvmlDeviceGetUUID"] == 2
     assert fake.calls["nvmlGpmQueryDeviceSupport"] == 2
     assert fake.calls["nvmlInitWithFlags"] == 1
+    assert fake.calls["nvmlDeviceGetPciInfo"] == 2
     assert fake.calls["nvmlGpmSampleAlloc"] == 2  # two samples, reused alternately
-    per_sample = (sum(fake.calls.values()) - 2 * 4 - 1) / 5
-    assert per_sample <= 1 + 2 * 12
+    # Identity: handle, PCI info, UUID, name, GPM support; then per sample 12 readings
+    # and the graphics and MPS process lists.
+    per_sample = (sum(fake.calls.values()) - 2 * 5 - 1) / 5
+    assert per_sample <= 1 + 2 * 14
 
 
 # --- faults --------------------------------------------------------------------------------
@@ -176,13 +179,18 @@ def test_lost_gpu_is_reported_lost_and_the_others_still_read() -> None:
     assert b.sample().gpus[1].health == pb.GPU_HEALTH_LOST
 
 
-def test_gpu_lost_before_the_first_read_has_no_identity() -> None:
+def test_gpu_lost_before_the_first_read_gets_a_placeholder_identity() -> None:
     b, _, clock = backend("faults.yaml", "lost")
     clock.at(30)
-    lost = b.sample().gpus[1]
+    ok, lost = b.sample().gpus
     assert lost.health == pb.GPU_HEALTH_LOST
-    assert lost.uuid == ""
+    # Never an empty uuid (two such GPUs would make the report a duplicate).
+    assert lost.uuid == "unreadable:index-1"
     assert "nvmlDeviceGetHandleByIndex" in lost.error
+    assert [(e.function, e.code) for e in lost.field_errors] == [
+        ("nvmlDeviceGetHandleByIndex", 15)  # nvml.h NVML_ERROR_GPU_IS_LOST
+    ]
+    assert ok.health == pb.GPU_HEALTH_OK
 
 
 def test_not_loaded_is_a_status_and_init_is_retried() -> None:
@@ -231,16 +239,28 @@ def test_no_permission_and_not_supported_leave_fields_absent() -> None:
         assert g.utilization_gpu_percent == 80.0
 
 
-def test_another_nvml_error_marks_only_that_gpu() -> None:
+def test_another_nvml_error_is_a_field_error_not_a_gpu_error() -> None:
     b, _, clock = backend("faults.yaml", "partial")
     clock.at(6)
     g0, g1 = b.sample().gpus
-    assert g0.health == pb.GPU_HEALTH_OK
-    assert g1.health == pb.GPU_HEALTH_ERROR
-    assert g1.error == "nvmlDeviceGetPowerUsage: Unknown Error"
+    assert g0.health == g1.health == pb.GPU_HEALTH_OK
+    assert not g0.field_errors
+    assert g1.error == ""
+    assert [(e.function, e.code, e.message) for e in g1.field_errors] == [
+        ("nvmlDeviceGetPowerUsage", 999, "Unknown Error")
+    ]
+    assert not g1.HasField("power_watts")  # unknown, never zero
+    # Everything else of the GPU is still read.
     assert g1.uuid == gpu_uuid("partial", 1)
+    assert g1.utilization_gpu_percent == 80.0
+    assert g1.power_limit_watts == 700.0
+    assert g1.compute_mode == pb.COMPUTE_MODE_DEFAULT
+    assert g1.processes_known
+    assert len(g1.processes) == 1
     clock.at(9)
-    assert b.sample().gpus[1].health == pb.GPU_HEALTH_OK
+    g1 = b.sample().gpus[1]
+    assert g1.HasField("power_watts")
+    assert not g1.field_errors
 
 
 # --- control and enforcement seen in readings ---------------------------------------------------
@@ -284,6 +304,32 @@ def test_power_cap_through_the_backend() -> None:
     assert g.power_limit_watts == 385.0
     assert g.power_watts <= 385.0
     assert g.utilization_gpu_percent == 50.0
+
+
+def test_power_limits_current_is_the_management_limit() -> None:
+    scenario = parse_scenario(
+        {
+            "name": "oob",
+            "duration_seconds": 60,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": "NVIDIA H100 80GB HBM3", "external_power_limit_watts": 450}],
+                }
+            ],
+            "jobs": [{"id": "7", "nodes": ["n"], "utilization": [[0, 100]]}],
+        }
+    )
+    b, _, clock = backend(scenario, "n")
+    uuid = gpu_uuid("n", 0)
+    assert b.power_limits(uuid) == PowerLimits(200.0, 700.0, 700.0)
+    clock.at(1)
+    g = b.sample().gpus[0]
+    assert g.power_limit_watts == 450.0  # the enforced limit: what the GPU runs under
+    assert g.power_watts <= 450.0
+    b.set_power_limit(uuid, 300.0)
+    assert b.power_limits(uuid).current_watts == 300.0
+    assert b.sample().gpus[0].power_limit_watts == 300.0
 
 
 @pytest.mark.parametrize("watts", [50.0, 900.0, float("nan"), -1.0])
@@ -336,7 +382,7 @@ def test_close_frees_gpm_samples_and_shuts_down_then_sampling_reinitialises() ->
     assert fake.calls["nvmlInitWithFlags"] == 2
 
 
-def test_a_gpm_error_marks_the_gpu_and_gpm_recovers_after() -> None:
+def test_a_gpm_error_is_a_field_error_and_gpm_recovers_after() -> None:
     scenario = parse_scenario(
         {
             "name": "gpm",
@@ -364,11 +410,16 @@ def test_a_gpm_error_marks_the_gpu_and_gpm_recovers_after() -> None:
     for t in (1, 2, 3, 4, 5, 6):
         clock.at(t)
         readings.append(b.sample().gpus[0])
-    assert [g.health for g in readings] == [pb.GPU_HEALTH_OK] * 2 + [pb.GPU_HEALTH_ERROR] + [
-        pb.GPU_HEALTH_OK
-    ] * 3
-    assert readings[2].error == "nvmlGpmMetricsGet: Timeout"
-    assert readings[2].utilization_gpu_percent == 50.0  # read before GPM failed
+    assert [g.health for g in readings] == [pb.GPU_HEALTH_OK] * 6
+    assert [[(e.function, e.code) for e in g.field_errors] for g in readings] == [
+        [],
+        [],
+        [("nvmlGpmMetricsGet", 10)],  # nvml.h NVML_ERROR_TIMEOUT
+        [],
+        [],
+        [],
+    ]
+    assert readings[2].utilization_gpu_percent == 50.0
     assert [g.HasField("sm_activity_percent") for g in readings] == [
         False,
         True,

@@ -8,6 +8,7 @@ import time
 import pynvml
 import pytest
 
+from agent.nvml import procs
 from agent.nvml.real import NvmlBackend
 from protos.computewatch.v1 import telemetry_pb2 as pb
 
@@ -61,6 +62,12 @@ def test_reads_every_gpu(gpu_count: int) -> None:
             assert 0 < g.sm_share <= 1
         if not (g.mig_enabled and not g.parent_uuid):  # NVML refuses a MIG parent's mode
             assert g.compute_mode != pb.COMPUTE_MODE_UNSPECIFIED
+        # nvmlPciInfo_t.pciDeviceId: device id << 16 | NVIDIA's vendor id.
+        assert g.pci_device_id & 0xFFFF == 0x10DE
+        assert g.pci_bus_id.count(":") == 2
+        # A healthy GPU: no call failed, the process lists decoded sanely.
+        assert not g.field_errors, list(g.field_errors)
+        assert g.processes_known
 
 
 def test_power_limits_are_consistent(gpu_count: int) -> None:
@@ -71,3 +78,7 @@ def test_power_limits_are_consistent(gpu_count: int) -> None:
     finally:
         backend.close()
     assert 0 < limits.min_watts <= limits.current_watts <= limits.max_watts
+
+
+def test_the_installed_binding_decodes_the_drivers_process_entries(gpu_count: int) -> None:
+    assert procs.struct_problem(pynvml) is None

@@ -196,6 +196,20 @@ def scenario_text(nodes: str = GOOD_NODE, jobs: str = "[]", extra: str = "") -> 
             "letters, digits",
         ),
         (
+            scenario_text(
+                nodes='{id: n, gpus: [{model: "NVIDIA L4", external_power_limit_watts: 10}]}'
+            ),
+            "nodes[0].gpus[0].external_power_limit_watts",
+            "at least the minimum power limit (40 W)",
+        ),
+        (
+            scenario_text(
+                nodes=GOOD_NODE[:-1] + ", faults: [{kind: process_struct_mismatch, gpu: 0}]}"
+            ),
+            "nodes[0].faults[0]",
+            "only the keys at, kind, until",
+        ),
+        (
             scenario_text(nodes=GOOD_NODE[:-1] + ", faults: [{kind: meteor}]}"),
             "nodes[0].faults[0].kind",
             "one of gpu_lost",

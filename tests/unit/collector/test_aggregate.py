@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from collector.aggregate import METHOD_TENSOR, METHOD_UTILIZATION, Aggregator, gpu_figures
+from collector.ingest import IngestStats
 from collector.snapshot import CLUSTER_KEY, Scope
+from collector.status_service import build_status
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
 from tests.support import gpu
@@ -51,6 +53,38 @@ def test_unknown_model_lost_gpu_and_unknown_processes_are_never_zero() -> None:
     assert gpu_figures(hidden, devices.lookup).allocated is None
     idle = gpu(3, job=None, util=0.0)
     assert gpu_figures(idle, devices.lookup).allocated == 0.0
+
+
+def test_an_unreadable_gpu_is_unknown_and_counted_and_field_errors_keep_the_rest() -> None:
+    assert H100 is not None
+    unreadable = telemetry_pb2.GpuSample(
+        index=1,
+        uuid="unreadable:00000000:2A:00.0",
+        health=telemetry_pb2.GPU_HEALTH_UNREADABLE,
+    )
+    fu = gpu_figures(unreadable, devices.lookup)
+    assert fu.unreadable
+    assert not fu.lost
+    assert fu.achieved is None
+    assert fu.allocated is None
+    # A failed reading is a field error: the GPU stays readable, that field unknown.
+    partial = gpu(0, util=80.0)
+    partial.ClearField("power_watts")
+    partial.field_errors.add(function="nvmlDeviceGetPowerUsage", code=999)
+    fp = gpu_figures(partial, devices.lookup)
+    assert fp.achieved == pytest.approx(0.8 * H100.peak_flops)
+    assert fp.power_watts is None
+    agg = Aggregator()
+    agg.ingest(report("n1", [partial, unreadable]), 0, 100.0)
+    snap = agg.snapshot(100.0)
+    assert snap.get(Scope.NODE, "n1", "gpus_unreadable") == 1.0
+    assert snap.get(Scope.NODE, "n1", "gpus_lost") == 0.0
+    assert snap.get(Scope.CLUSTER, CLUSTER_KEY, "gpus_unreadable") == 1.0
+    assert snap.get(Scope.GPU, "unreadable:00000000:2A:00.0", "achieved_flops") is None
+    status = build_status(agg, IngestStats(), 1, 100.0)
+    assert status.gpus_unreadable == 1
+    assert status.gpus_lost == 0
+    assert [(n.node_id, n.gpus, n.gpus_unreadable) for n in status.nodes] == [("n1", 2, 1)]
 
 
 def test_cumulative_flop_integrates_achieved_over_intervals_and_splits_shared_gpus() -> None:

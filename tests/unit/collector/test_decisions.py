@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from collector.aggregate import Aggregator
-from collector.decisions import DecisionHook, gc_paused
+from collector.decisions import DecisionHook, evidence_for, gc_paused
 from collector.directives import DirectiveBook
 from collector.ledger import Ledger
-from collector.rules import RuleEngine, load_packs
+from collector.rules import Action, Bound, Comparison, Rule, RuleEngine, RulePack, load_packs
 from collector.scoping import ScopeResolver
 from collector.sessions import Sessions
 from collector.snapshot import CLUSTER_KEY, Scope
@@ -174,3 +174,31 @@ def test_a_crossing_still_issues_one_halt_for_the_cluster(tmp_path: Path) -> Non
         assert d.evidence.measured_value == pytest.approx(measured)
 
     with_hook(tmp_path, 1.0, body)
+
+
+def test_evidence_carries_both_bounds_the_method_and_unmeasured_time() -> None:
+    agg = Aggregator()
+    node = Node("node-x", PrivateKey.generate())
+    g = gpu(0, util=100.0, tensor=100.0, job="fp8-run")
+    g.hmma_tensor_activity_percent = 100.0
+    g.activity_window_seconds = 0.5  # half of the 1 s interval measured
+    agg.ingest(node.report([g]), 0, time.time())
+    rule = Rule(
+        id="big",
+        description="big job",
+        metric="cumulative_flop",
+        scope=Scope.JOB,
+        comparison=Comparison.GT,
+        threshold=1e14,
+        unit="FLOP",
+        action=Action.HALT,
+        bound=Bound.UPPER_BOUND,
+    )
+    (decision,) = RuleEngine([RulePack("p", "1", "p", (rule,))]).evaluate(agg.snapshot(time.time()))
+    ev = evidence_for(decision)
+    assert ev.bound == "upper_bound"
+    assert ev.method == "gpm_pipes"
+    assert ev.estimate == pytest.approx(0.5 * 989.4e12)
+    assert ev.upper_bound == pytest.approx(1978.9e12)  # FP8 peak over the whole second
+    assert ev.measured_value == ev.upper_bound
+    assert ev.unmeasured_gpu_seconds == pytest.approx(0.5)

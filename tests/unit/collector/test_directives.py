@@ -309,6 +309,11 @@ def test_a_lost_gpu_counts_as_halted_an_unreadable_one_does_not(tmp_path: Path) 
         await _append(ledger, agg, node, halted_report(telemetry_pb2.GPU_HEALTH_ERROR, halt.id))
         tracker.tick(1.0)
         assert tracker.progress(halt.id).effective_unix_nanos == 0
+        # A GPU whose identity is unreadable may run anything: unknown, not halted.
+        unreadable = halted_report(telemetry_pb2.GPU_HEALTH_UNREADABLE, halt.id)
+        await _append(ledger, agg, node, unreadable)
+        tracker.tick(1.5)
+        assert tracker.progress(halt.id).effective_unix_nanos == 0
         await _append(ledger, agg, node, halted_report(telemetry_pb2.GPU_HEALTH_LOST, halt.id))
         tracker.tick(2.0)
         assert tracker.progress(halt.id).effective_unix_nanos > 0

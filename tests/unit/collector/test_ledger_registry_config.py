@@ -11,8 +11,16 @@ import pytest
 from collector.config import CollectorConfig, load_collector_config
 from collector.ledger import Entry, Ledger, iter_entries
 from collector.registry import Registry, enroll, list_nodes
-from protos.errors import ConfigError
+from protos.errors import ConfigError, LedgerUnavailableError
 from protos.keys import PrivateKey
+
+
+async def until_writable(ledger: Ledger) -> None:
+    for _ in range(500):
+        if ledger.writable:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the ledger never became writable again")
 
 
 def test_group_commit_preserves_order_and_chain_heads(tmp_path: Path) -> None:
@@ -53,7 +61,8 @@ def test_duplicate_chain_link_fails_the_whole_batch_and_reports_it(tmp_path: Pat
         with pytest.raises(Exception, match="ledger write failed"):
             await ledger.append(Entry(b"b", "t", "n", "k", 1, b"\x02" * 32))
         assert ledger.size == 1
-        assert ledger.write_errors == 1
+        assert ledger.write_errors["constraint"] == 1
+        assert sum(ledger.write_errors.values()) == 1
         await ledger.close()
 
     asyncio.run(scenario())
@@ -102,7 +111,7 @@ def test_config_file_env_and_flag_precedence_and_errors(tmp_path: Path) -> None:
 
     cfg.write_text('[collector]\nledger = "/l"\nkey = "/k"\nquorum = "two"\n')
     with pytest.raises(
-        ConfigError, match=r"c\.toml \[collector\]: key 'quorum': expected an integer"
+        ConfigError, match=r"c\.toml:4 \[collector\]: key 'quorum': expected an integer"
     ):
         load_collector_config(cfg)
     cfg.write_text('[collector]\nledger = "/l"\nkey = "/k"\nqourum = 2\n')
@@ -162,7 +171,12 @@ def test_entries_queued_behind_a_failed_write_are_refused_too(tmp_path: Path) ->
         results = await asyncio.gather(bad, behind, return_exceptions=True)
         assert all(isinstance(r, Exception) for r in results), results
         assert ledger.size == 1
-        # The ledger keeps working afterwards.
+        # Refused at once until the recovery probe re-read the disk ...
+        assert not ledger.writable
+        with pytest.raises(LedgerUnavailableError):
+            await ledger.append(Entry(b"d", "t", "n", "k", 2, b"\x04" * 32))
+        await until_writable(ledger)
+        # ... then the ledger keeps working.
         assert await ledger.append(Entry(b"d", "t", "n", "k", 2, b"\x04" * 32)) == 1
         await ledger.close()
 

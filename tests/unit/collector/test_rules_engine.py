@@ -9,6 +9,7 @@ import pytest
 from collector.rules.engine import RuleEngine
 from collector.rules.model import (
     Action,
+    Bound,
     Comparison,
     Decision,
     DecisionKind,
@@ -175,7 +176,10 @@ def test_decision_carries_value_threshold_evidence_and_a_plain_reason() -> None:
     assert d.targets == ("4242",)
     assert d.log_indices == (3, 9, 12)
     assert d.time == 7.0
-    assert d.reason == "job 4242 cumulative compute 1.2e25 FLOP > 1e25 FLOP (EU AI Act Art. 51(2))"
+    assert d.reason == (
+        "job 4242 cumulative compute 1.2e25 FLOP > 1e25 FLOP"
+        " (by the estimate; upper bound unknown) (EU AI Act Art. 51(2))"
+    )
     doc = d.to_dict()
     assert doc["rule"] == "eu"
     assert doc["log_indices"] == [3, 9, 12]
@@ -305,3 +309,47 @@ def test_many_keys_each_tick_only_transitions_are_reported() -> None:
         expected = sum(1 for i in range(jobs) if i * (t + 1) > 5000 >= i * t)
         assert len(cum) == expected
         assert len(power) == (gpus // 100 * 49 if t == 0 else 0)
+
+
+def _bounded(t: float, estimate: float | None, upper: float | None) -> Snapshot:
+    return snap(
+        t, {(JOB, "j"): {"cumulative_flop": estimate, "cumulative_flop_upper_bound": upper}}
+    )
+
+
+def test_a_straddling_interval_is_possibly_crossed_once_and_then_clears() -> None:
+    e = engine(rule(bound=Bound.ESTIMATE))
+    assert kinds(e.evaluate(_bounded(0, 50.0, 80.0))) == []
+    out = e.evaluate(_bounded(1, 60.0, 150.0))
+    assert kinds(out) == [("possibly_crossed", "j")]
+    assert "possibly > 100 FLOP: estimate 60 FLOP, upper bound 150 FLOP" in out[0].reason
+    assert kinds(e.evaluate(_bounded(2, 70.0, 160.0))) == []  # said once
+    assert [(r.id, k) for r, k in e.possibly_crossed()] == [("r", "j")]
+    assert kinds(e.evaluate(_bounded(3, 120.0, 200.0))) == [("fire", "j")]
+    assert e.possibly_crossed() == []
+
+
+def test_an_unknown_estimate_under_a_crossing_upper_bound_is_possibly_crossed() -> None:
+    e = engine(rule(bound=Bound.ESTIMATE))
+    out = e.evaluate(_bounded(0, None, 150.0))
+    assert sorted(kinds(out)) == [("possibly_crossed", "j"), ("unknown", "j")]
+    # A rule on the upper bound fires on it, with the estimate in the reason.
+    up = engine(rule(id="u", bound=Bound.UPPER_BOUND))
+    (d,) = up.evaluate(_bounded(0, None, 150.0))
+    assert (d.kind, d.value, d.estimate, d.upper_bound) == (DecisionKind.FIRE, 150.0, None, 150.0)
+    assert "by the upper bound; estimate unknown" in d.reason
+
+
+def test_lineage_on_the_upper_bound_sums_the_ancestors_upper_bounds() -> None:
+    r = rule(metric="lineage_cumulative_flop", threshold=1000.0, bound=Bound.UPPER_BOUND)
+    values = {
+        (JOB, "base"): {"cumulative_flop": 300.0, "cumulative_flop_upper_bound": 600.0},
+        (JOB, "ft"): {"cumulative_flop": 300.0, "cumulative_flop_upper_bound": 500.0},
+    }
+    (d,) = engine(r).evaluate(snap(0, values, lineage={"ft": ("base",)}))
+    assert (d.kind, d.key, d.value, d.estimate) == (DecisionKind.FIRE, "ft", 1100.0, 600.0)
+
+
+def test_bound_upper_on_a_metric_without_an_interval_is_refused() -> None:
+    with pytest.raises(RuleError, match="not an interval"):
+        rule(metric="gpus", unit="count", bound=Bound.UPPER_BOUND)

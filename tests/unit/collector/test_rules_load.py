@@ -17,7 +17,7 @@ from collector.rules.load import (
     load_packs,
     resolve_pack,
 )
-from collector.rules.model import Action, Comparison, Lineage
+from collector.rules.model import Action, Bound, Comparison, Lineage
 from collector.snapshot import Scope
 from protos.errors import RuleError
 
@@ -32,6 +32,7 @@ rules:
   - id: good-cumulative
     description: Cumulative compute.
     metric: cumulative_flop
+    bound: upper_bound
     scope: job
     comparison: ">="
     threshold: 1e25
@@ -79,6 +80,7 @@ def test_a_valid_pack_loads_into_typed_rules(tmp_path: Path) -> None:
     assert isinstance(cum.threshold, float)
     assert cum.hysteresis == 1e24
     assert cum.for_seconds == 60.0
+    assert cum.bound is Bound.UPPER_BOUND
     assert cum.comparison is Comparison.GE
     assert cum.scope is Scope.JOB
     assert cum.source is not None
@@ -295,3 +297,19 @@ def test_alias_bombs_and_control_characters_are_refused_quickly(tmp_path: Path) 
     ctl.write_text("pack: a\nversion: '1'\n\x07\n", encoding="utf-8")
     (f,) = check_files([ctl]).findings
     assert (f.line, f.what) == (3, "character U+0007 is not allowed")
+
+
+def test_a_compute_rule_must_say_which_bound_it_compares(tmp_path: Path) -> None:
+    no_bound = GOOD.replace("    bound: upper_bound\n", "")
+    path = tmp_path / "no-bound.yaml"
+    path.write_text(no_bound)
+    (finding,) = check_files([path]).findings
+    assert finding.line == 8
+    assert finding.what == "no bound on a rule over cumulative_flop, an interval"
+    assert "bound: estimate or bound: upper_bound" in finding.expected
+    misplaced = GOOD.replace(
+        "    power_cap_watts: 400\n", "    power_cap_watts: 400\n    bound: estimate\n"
+    )
+    path.write_text(misplaced)
+    (finding,) = check_files([path]).findings
+    assert finding.what == "bound on power_watts, which is not an interval"

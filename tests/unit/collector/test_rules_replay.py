@@ -30,6 +30,7 @@ rules:
   - id: big-job
     description: A job past 5e16 FLOP halts.
     metric: cumulative_flop
+    bound: estimate
     scope: job
     comparison: ">"
     threshold: 5e16

@@ -250,28 +250,12 @@ def exported_from(families: list[Family]) -> Exported:
     return Exported(exact, patterns)
 
 
-# --- PromQL, only as far as names and label matchers go -------------------------------
+# --- PromQL names and label matchers (syntax: promtool and Prometheus) ----------------
 
 _METRIC = re.compile(r"\b(computewatch_[a-z0-9_]+)\b")
 _SELECTOR = re.compile(r"\b(computewatch_[a-z0-9_]+)\s*\{([^}]*)\}")
 _MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 _GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
-
-
-def _balanced(expr: str) -> bool:
-    stack: list[str] = []
-    pairs = {")": "(", "]": "[", "}": "{"}
-    in_string = False
-    for ch in expr:
-        if ch == '"':
-            in_string = not in_string
-        elif in_string:
-            continue
-        elif ch in "([{":
-            stack.append(ch)
-        elif ch in pairs and (not stack or stack.pop() != pairs[ch]):
-            return False
-    return not stack and not in_string
 
 
 def _reasons() -> set[str]:
@@ -290,10 +274,13 @@ def _source_text() -> str:
 
 
 def check_expr(expr: str, exported: Exported, where: str) -> list[str]:
-    """Problems with one PromQL expression (names, matchers, brackets)."""
+    """Problems with one PromQL expression's names and label matchers.
+
+    Syntax is the real tools' job: ``promtool check rules`` parses every alert
+    (test_promtool.py) and a real Prometheus evaluates every dashboard and
+    alert expression (tests/integration/test_prometheus_live.py).
+    """
     problems: list[str] = []
-    if not _balanced(expr):
-        problems.append(f"{where}: unbalanced brackets or quotes in {expr!r}")
     names = set(_METRIC.findall(expr))
     for name in sorted(names):
         if not exported.has(name):

@@ -123,10 +123,13 @@ def test_scrape_config_targets_the_metrics_ports() -> None:
         r.get("target_label") == "node" for r in jobs["computewatch-agent"]["relabel_configs"]
     )
     assert "relabel_configs" not in jobs["computewatch-collector"]
-    regex = jobs["computewatch-agent"]["relabel_configs"][0]["regex"]
-    match = re.fullmatch(regex, "gpu-node-7:9401")
+    relabel = jobs["computewatch-agent"]["relabel_configs"][0]
+    assert relabel["source_labels"] == ["node", "__address__"]  # joined with ";"
+    match = re.fullmatch(relabel["regex"], ";gpu-node-7:9401")
     assert match is not None
     assert match.group(1) == "gpu-node-7"
+    # A `node` label from the targets file wins over the address (one host, many agents).
+    assert re.fullmatch(relabel["regex"], "gpu-node-1;127.0.0.1:9401") is None
     assert "computewatch-alerts.yml" in doc["rule_files"]
 
 

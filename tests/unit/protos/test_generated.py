@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from protos.generate import PROTO_DIR, generate, proto_files
+from protos.generate import PROTO_DIRS, generate, proto_files
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -16,10 +16,12 @@ def test_regenerating_changes_nothing(tmp_path: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / proto, dest)
     generate(tmp_path, tmp_path)
-    fresh = sorted(p.name for p in (tmp_path / PROTO_DIR).iterdir() if "_pb2" in p.name)
-    committed = sorted(p.name for p in (ROOT / PROTO_DIR).iterdir() if "_pb2" in p.name)
-    assert fresh == committed
-    for name in fresh:
-        assert (tmp_path / PROTO_DIR / name).read_bytes() == (
-            ROOT / PROTO_DIR / name
-        ).read_bytes(), f"{name} differs from the generator's output: run `make protos` and commit"
+    for proto_dir in PROTO_DIRS:
+        fresh = sorted(p.name for p in (tmp_path / proto_dir).iterdir() if "_pb2" in p.name)
+        committed = sorted(p.name for p in (ROOT / proto_dir).iterdir() if "_pb2" in p.name)
+        assert fresh
+        assert fresh == committed
+        for name in fresh:
+            assert (tmp_path / proto_dir / name).read_bytes() == (
+                ROOT / proto_dir / name
+            ).read_bytes(), f"{name} differs from the generator's output: run `make protos`"

@@ -54,8 +54,20 @@ def test_the_published_schema_accepts_each_shipped_pack(name: str) -> None:
     assert list(Draft202012Validator(schema).iter_errors(doc.data)) == []
 
 
-def _jobs(t: float, flop: dict[str, float], lineage: dict[str, tuple[str, ...]]) -> Snapshot:
-    values = {(JOB, j): {"cumulative_flop": v} for j, v in flop.items()}
+def _jobs(
+    t: float,
+    flop: dict[str, float],
+    lineage: dict[str, tuple[str, ...]],
+    upper: dict[str, float] | None = None,
+) -> Snapshot:
+    """Jobs' cumulative estimates; upper bounds equal to them unless given."""
+    values = {
+        (JOB, j): {
+            "cumulative_flop": v,
+            "cumulative_flop_upper_bound": (upper or {}).get(j, v),
+        }
+        for j, v in flop.items()
+    }
     return Snapshot(time=t, values=values, lineage=lineage)
 
 
@@ -73,6 +85,29 @@ def test_eu_ai_act_alerts_above_1e25_with_the_article_in_the_reason() -> None:
     assert d.key == "4242"
     assert "1.2e25 FLOP > 1e25 FLOP" in d.reason
     assert "Art. 51(2)" in d.reason
+
+
+def test_eu_ai_act_alerts_on_the_upper_bound_of_an_fp8_run() -> None:
+    # An FP8 run: the estimate (BF16 rates) reads half its operations.
+    engine = RuleEngine(load_packs(["eu-ai-act"]))
+    out = engine.evaluate(_jobs(0, {"fp8": 6e24}, {}, upper={"fp8": 1.2e25}))
+    d = next(d for d in out if d.rule.id == "eu-ai-act-systemic-risk-compute")
+    assert d.kind is DecisionKind.FIRE
+    assert (d.estimate, d.upper_bound, d.value) == (6e24, 1.2e25, 1.2e25)
+    assert "by the upper bound; estimate 6e24 FLOP" in d.reason
+
+
+def test_a_demo_halt_compares_the_estimate_and_a_straddle_is_possibly_crossed() -> None:
+    engine = RuleEngine(load_packs(["demo"]))
+    out = engine.evaluate(_jobs(0, {"j": 2e17}, {}, upper={"j": 4e17}))
+    kinds = {(d.rule.id, d.kind) for d in out}
+    assert ("demo-job-cumulative", DecisionKind.POSSIBLE) in kinds
+    assert ("demo-job-cumulative", DecisionKind.FIRE) not in kinds
+    assert [(r.id, k) for r, k in engine.possibly_crossed()] == [("demo-job-cumulative", "j")]
+    # The estimate crosses: the halt fires and the key is no longer "possibly".
+    out = engine.evaluate(_jobs(1, {"j": 3e17}, {}, upper={"j": 5e17}))
+    assert ("demo-job-cumulative", DecisionKind.FIRE) in {(d.rule.id, d.kind) for d in out}
+    assert engine.possibly_crossed() == []
 
 
 @pytest.mark.parametrize("name", ["ca-sb-53", "ny-raise"])
@@ -94,8 +129,12 @@ def test_us_eo_14110_is_historical_and_only_records() -> None:
     snap = Snapshot(
         time=0,
         values={
-            (Scope.CLUSTER, CLUSTER_KEY): {"installed_flops": 1.2e20},
-            (JOB, "bio"): {"cumulative_flop": 2e23},
+            # BF16 capacity under the line; at any precision (FP8) over it.
+            (Scope.CLUSTER, CLUSTER_KEY): {
+                "installed_flops": 0.6e20,
+                "installed_flops_upper_bound": 1.2e20,
+            },
+            (JOB, "bio"): {"cumulative_flop": 2e23, "cumulative_flop_upper_bound": 2e23},
         },
     )
     out = {d.rule.id: d for d in engine.evaluate(snap) if d.kind is DecisionKind.FIRE}
@@ -108,8 +147,18 @@ def test_operator_default_names_silence_breaks_lost_gpus_and_halts_lineages() ->
     snap = Snapshot(
         time=100,
         values={
-            (Scope.NODE, "n1"): {"silent_seconds": 40.0, "chain_breaks": 1.0, "gpus_lost": 1.0},
-            (Scope.NODE, "n2"): {"silent_seconds": 0.0, "chain_breaks": 0.0, "gpus_lost": 0.0},
+            (Scope.NODE, "n1"): {
+                "silent_seconds": 40.0,
+                "chain_breaks": 1.0,
+                "gpus_lost": 1.0,
+                "gpus_unreadable": 0.0,
+            },
+            (Scope.NODE, "n2"): {
+                "silent_seconds": 0.0,
+                "chain_breaks": 0.0,
+                "gpus_lost": 0.0,
+                "gpus_unreadable": 2.0,
+            },
             (Scope.CLUSTER, CLUSTER_KEY): {"gpus_unknown_model": 0.0},
             (JOB, "base"): {"cumulative_flop": 1.0, "capability:cyber-offense": 0.9},
             (JOB, "ft"): {"cumulative_flop": 1.0},
@@ -121,5 +170,6 @@ def test_operator_default_names_silence_breaks_lost_gpus_and_halts_lineages() ->
         ("op-node-silent", "n1", ("n1",)),
         ("op-chain-break", "n1", ("n1",)),
         ("op-gpu-lost", "n1", ("n1",)),
+        ("op-gpu-unreadable", "n2", ("n2",)),
         ("op-capability-cyber-offense", "base", ("base", "ft")),
     ]

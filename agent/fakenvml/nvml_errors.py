@@ -1,0 +1,197 @@
+"""Which ``nvmlReturn_t`` errors nvml.h documents for each function the fake implements.
+
+A scenario may only make a function fail with an error NVML documents for it
+(``\\return`` list of its doc comment), so code tested against the fake never
+learns to handle an error the library cannot return, nor misses one it can.
+Functions whose doc gives no list ("Nonzero NVML_ERROR_? enum on error", the
+GPM calls) may fail with any code: ``None``.
+
+Extracted from nvml.h of NVIDIA/go-nvml commit 2f9e261fe40a7a1c54783d66805e8920564763b4
+(pkg/nvml/nvml.h, NVML API version 13), reading the versioned function pynvml
+calls (``nvmlDeviceGetHandleByIndex_v2``, ``..._v3`` process lists, ...).
+"""
+
+from __future__ import annotations
+
+# pynvml function name -> documented NVML_ERROR_* names (without the prefix).
+DOCUMENTED_ERRORS: dict[str, frozenset[str] | None] = {
+    "nvmlDeviceGetClockInfo": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetClockInfo
+    "nvmlDeviceGetComputeMode": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetComputeMode
+    "nvmlDeviceGetComputeRunningProcesses": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INSUFFICIENT_SIZE",
+            "INVALID_ARGUMENT",
+            "NOT_SUPPORTED",
+            "NO_PERMISSION",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceGetComputeRunningProcesses_v3
+    "nvmlDeviceGetCount": frozenset(
+        {"INVALID_ARGUMENT", "NO_PERMISSION", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetCount_v2
+    "nvmlDeviceGetEnforcedPowerLimit": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetEnforcedPowerLimit
+    "nvmlDeviceGetGraphicsRunningProcesses": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INSUFFICIENT_SIZE",
+            "INVALID_ARGUMENT",
+            "NOT_SUPPORTED",
+            "NO_PERMISSION",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceGetGraphicsRunningProcesses_v3
+    "nvmlDeviceGetHandleByIndex": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INSUFFICIENT_POWER",
+            "INVALID_ARGUMENT",
+            "IRQ_ISSUE",
+            "NO_PERMISSION",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceGetHandleByIndex_v2
+    "nvmlDeviceGetHandleByUUID": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INSUFFICIENT_POWER",
+            "INVALID_ARGUMENT",
+            "IRQ_ISSUE",
+            "NOT_FOUND",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceGetHandleByUUID
+    "nvmlDeviceGetIndex": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetIndex
+    "nvmlDeviceGetMPSComputeRunningProcesses": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INSUFFICIENT_SIZE",
+            "INVALID_ARGUMENT",
+            "NOT_SUPPORTED",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceGetMPSComputeRunningProcesses_v3
+    "nvmlDeviceGetMaxClockInfo": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetMaxClockInfo
+    "nvmlDeviceGetMemoryInfo": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INVALID_ARGUMENT",
+            "NOT_SUPPORTED",
+            "NO_PERMISSION",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceGetMemoryInfo
+    "nvmlDeviceGetMigMode": frozenset(
+        {"INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetMigMode
+    "nvmlDeviceGetName": frozenset(
+        {"GPU_IS_LOST", "INSUFFICIENT_SIZE", "INVALID_ARGUMENT", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetName
+    "nvmlDeviceGetPciInfo": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetPciInfo_v3
+    "nvmlDeviceGetPowerManagementDefaultLimit": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetPowerManagementDefaultLimit
+    "nvmlDeviceGetPowerManagementLimit": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetPowerManagementLimit
+    "nvmlDeviceGetPowerManagementLimitConstraints": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetPowerManagementLimitConstraints
+    "nvmlDeviceGetPowerUsage": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetPowerUsage
+    "nvmlDeviceGetTotalEnergyConsumption": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetTotalEnergyConsumption
+    "nvmlDeviceGetUUID": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INSUFFICIENT_SIZE",
+            "INVALID_ARGUMENT",
+            "NOT_SUPPORTED",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceGetUUID
+    "nvmlDeviceGetUtilizationRates": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetUtilizationRates
+    "nvmlDeviceSetComputeMode": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INVALID_ARGUMENT",
+            "NOT_SUPPORTED",
+            "NO_PERMISSION",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceSetComputeMode
+    "nvmlDeviceSetPowerManagementLimit": frozenset(
+        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceSetPowerManagementLimit
+    "nvmlDeviceGetAttributes": frozenset(
+        {"INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetAttributes_v2
+    "nvmlDeviceGetMaxMigDeviceCount": frozenset(
+        {"INVALID_ARGUMENT", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetMaxMigDeviceCount
+    "nvmlDeviceGetMigDeviceHandleByIndex": frozenset(
+        {"INVALID_ARGUMENT", "NOT_FOUND", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetMigDeviceHandleByIndex
+    "nvmlDeviceGetProcessUtilization": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INVALID_ARGUMENT",
+            "NOT_FOUND",
+            "NOT_SUPPORTED",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceGetProcessUtilization
+    "nvmlDeviceGetSamples": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INVALID_ARGUMENT",
+            "NOT_FOUND",
+            "NOT_SUPPORTED",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceGetSamples
+    "nvmlGpmMigSampleGet": None,  # nvmlGpmMigSampleGet: "Nonzero NVML_ERROR_? enum"
+    "nvmlGpmMetricsGet": None,  # nvmlGpmMetricsGet: "Nonzero NVML_ERROR_? enum"
+    "nvmlGpmQueryDeviceSupport": None,  # nvmlGpmQueryDeviceSupport: "Nonzero NVML_ERROR_? enum"
+    "nvmlGpmSampleGet": None,  # nvmlGpmSampleGet: "Nonzero NVML_ERROR_? enum"
+    "nvmlInit": frozenset({"DRIVER_NOT_LOADED", "NO_PERMISSION", "UNKNOWN"}),  # nvmlInit_v2
+    "nvmlInitWithFlags": frozenset(
+        {"DRIVER_NOT_LOADED", "NO_PERMISSION", "UNKNOWN"}
+    ),  # nvmlInitWithFlags
+    "nvmlShutdown": frozenset({"UNINITIALIZED", "UNKNOWN"}),  # nvmlShutdown
+    "nvmlSystemGetDriverVersion": frozenset(
+        {"INSUFFICIENT_SIZE", "INVALID_ARGUMENT", "UNINITIALIZED"}
+    ),  # nvmlSystemGetDriverVersion
+}
+
+
+def documented(function: str, error: str) -> bool:
+    """nvml.h documents ``NVML_ERROR_<error>`` (upper case) as a return of ``function``."""
+    errors = DOCUMENTED_ERRORS.get(function)
+    return errors is None or error in errors
