@@ -18,13 +18,14 @@ time, for splitting a GPU between jobs. A process it does not list had no
 utilization (nvml.h: one sample "per process running, that had some non-zero
 utilization").
 
-Where the buffer cannot be read (NotSupported, e.g. under MIG) the GPU falls
-back to ``nvmlDeviceGetUtilizationRates``, one reading of the driver's last
-period, with no ``activity_window_seconds``: the collector then takes it as
-standing for the report's interval, as it did before the windows (the
-estimate's method is ``utilization_upper_bound``). It must not claim a window
-of one driver period (1/6 to 1 s): the accounting counts the rest of the
-interval as unmeasured, and nearly every second would be.
+Where the buffer cannot be read (NotSupported, e.g. under MIG), or holds no
+sample since the last read (NOT_FOUND: reports closer together than the
+driver's period), the GPU falls back to ``nvmlDeviceGetUtilizationRates``,
+one reading of the driver's last period, with no ``activity_window_seconds``:
+the collector then takes it as standing for the report's interval, as it did
+before the windows (the estimate's method is ``utilization_upper_bound``). It
+must not claim a window of one driver period (1/6 to 1 s): the accounting
+counts the rest of the interval as unmeasured, and nearly every second would be.
 """
 
 from __future__ import annotations
@@ -78,11 +79,14 @@ class Windows:
             except self._error as exc:
                 code = self._code(exc)
                 if code == n.NVML_ERROR_NOT_FOUND:
-                    return  # no sample period ended since the last read: unknown
-                if code not in self._absent:
+                    # No sample period ended since the last read: the interval lies
+                    # within the driver's current period; its last reading stands.
+                    pass
+                elif code not in self._absent:
                     raise
-                log.info("utilization samples not available (%s); using utilization rates", exc)
-                state.samples = False
+                else:
+                    log.info("utilization samples not available (%s); using rates", exc)
+                    state.samples = False
             else:
                 self._average(samples, state, s)
                 return

@@ -92,14 +92,24 @@ def test_utilization_is_averaged_over_the_interval_not_the_last_driver_period() 
     assert g.utilization_gpu_percent == pytest.approx((4.5 * 20 + 0.5 * 100) / 5, abs=0.5)
 
 
-def test_a_read_with_no_new_driver_sample_leaves_utilization_unknown() -> None:
-    b, _, clock = backend(one_gpu("NVIDIA A100-SXM4-80GB", {"id": "1", "utilization": [[0, 50]]}))
+def test_a_read_with_no_new_driver_sample_uses_the_current_reading() -> None:
+    """Reports closer together than the driver's period (nvmlDeviceGetSamples answers
+    NOT_FOUND) take nvmlDeviceGetUtilizationRates, claiming no window: an unknown
+    figure would make such intervals unmeasured in the accounting."""
+    b, fake, clock = backend(
+        one_gpu("NVIDIA A100-SXM4-80GB", {"id": "1", "utilization": [[0, 50]]})
+    )
     clock.at(5)
     b.sample()
     clock.at(5.01)  # no 1/6 s driver period ended since
     g = b.sample().gpus[0]
-    assert not g.HasField("utilization_gpu_percent")
+    assert g.utilization_gpu_percent == pytest.approx(50.0)
     assert not g.HasField("activity_window_seconds")
+    assert fake.calls["nvmlDeviceGetUtilizationRates"] == 1
+    clock.at(6)  # the buffer is read again, from where it was left
+    g = b.sample().gpus[0]
+    assert g.activity_window_seconds == pytest.approx(1.0, abs=0.2)
+    assert fake.calls["nvmlDeviceGetUtilizationRates"] == 1
 
 
 def test_process_utilization_splits_the_gpu_between_jobs() -> None:
