@@ -9,7 +9,11 @@ than dropped, so a bad reading on one GPU never silences the node:
 3. a GPU entry that fails on its own: replaced by an explicit error entry
    (same uuid, index and product name, ``health = GPU_HEALTH_ERROR``, the
    check's message in ``error``, no measurements, processes unknown), so the
-   collector counts that GPU as unmeasured (unknown), never as idle;
+   collector counts that GPU as unmeasured (unknown), never as idle. A MIG
+   device is checked together with its parent and the siblings already kept
+   (its checks name them), and its error entry stays a MIG device of that
+   parent (``parent_uuid``, ``mig_profile``; no ``sm_share``: the collector
+   then bounds it at the full GPU's peak);
 4. still invalid (a limit on the report as a whole): GPUs and jobs are
    dropped (then the receipts too) with ``nvml_status = NVML_STATUS_ERROR``.
 
@@ -52,6 +56,9 @@ def _error_entry(gpu: telemetry_pb2.GpuSample, why: str) -> telemetry_pb2.GpuSam
         index=gpu.index,
         product_name=gpu.product_name,
         mig_instance=gpu.mig_instance,
+        mig_enabled=gpu.mig_enabled,
+        parent_uuid=gpu.parent_uuid,
+        mig_profile=gpu.mig_profile,
         health=telemetry_pb2.GPU_HEALTH_ERROR,
         error=f"agent: reading failed validation: {why}"[:512],
         processes_known=False,
@@ -76,13 +83,17 @@ def _fix_gpus(
         if gpu.uuid in seen:
             _note(notes, f"gpu {gpu.index}: uuid {gpu.uuid!r} repeated, entry dropped")
             continue
+        # A MIG device's checks need its parent and the siblings kept so far.
+        family = [
+            f for f in fixed if gpu.parent_uuid and gpu.parent_uuid in (f.uuid, f.parent_uuid)
+        ]
         del probe.gpus[:]
-        probe.gpus.append(gpu)
+        probe.gpus.extend([*family, gpu])
         problem = _problem(probe, now_ns)
         if problem is not None:
             entry = _error_entry(gpu, str(problem))
             del probe.gpus[:]
-            probe.gpus.append(entry)
+            probe.gpus.extend([*family, entry])
             if _problem(probe, now_ns) is None:
                 _note(notes, f"{problem}: entry replaced by an error entry")
                 gpu = entry

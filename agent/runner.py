@@ -267,7 +267,8 @@ class Agent:
 
     def _enforcement_snapshot(self) -> Snapshot:
         """A fresh attributed sample for enforcement (raises BackendError)."""
-        snapshot = self._backend.sample()
+        # No activity: the report's GPM and utilization windows are not cut short.
+        snapshot = self._backend.sample(activity=False)
         if self._attributor is not None:
             try:
                 self._attributor.fill(list(snapshot.gpus))

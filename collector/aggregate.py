@@ -6,8 +6,9 @@ job and cluster, for rates (FLOP/s) and cumulative FLOP, plus the
 *unmeasured GPU-seconds* no report measured. Per GPU: installed = the
 model's dense FP16/BF16 peak (unknown for a model not in the table);
 allocated = installed while any compute process holds the GPU; achieved =
-see ``collector.accounting.gpu``. Per job: a GPU's estimate is split evenly
-among the jobs on it; its upper bound and unmeasured seconds count in full
+see ``collector.accounting.gpu``. Per job: a GPU's estimate is split by the
+processes' SM shares where every process has one (``collector.shares``),
+evenly among the jobs on it otherwise; its upper bound and unmeasured seconds count in full
 for each (a bound must hold for every job). Cumulative FLOP integrates each
 report over its own window (``collector.accounting.window``), without a
 clamp; time between reports that no report covers is unmeasured, charged at
@@ -18,6 +19,10 @@ both sides of the gap. What each job gains is charged to its actor
 Only committed reports are ingested. Rates of a silent node are unknown; its
 GPUs' time since its last report is unmeasured, and a job on it carries that
 time and a bound at its GPUs' peak.
+
+MIG devices count at the parent's peak x their SM share; their parent holds
+no job and carries its devices' figures, and totals count physical GPUs
+(``collector.accounting.mig``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from collector.accounting import (
     GpuFigures,
     gap_seconds,
     gpu_figures,
+    mig,
     window_flop,
 )
 from collector.accounting.actors import ActorBook, job_totals
@@ -109,21 +115,23 @@ class Aggregator:
         node.enforcement = report.enforcement
         node.nvml_status = report.nvml_status
         node.reports += 1
-        node.gpus = [gpu_figures(g, self._lookup, report.node_id) for g in report.gpus]
+        node.gpus = mig.fold([gpu_figures(g, self._lookup, report.node_id) for g in report.gpus])
         self._charge_gap(node, previous_gpus, gap, log_index)
 
         per_job: dict[str, NodeShare] = {}
         for fig in node.gpus:
             w = window_flop(fig, interval)
-            node.unmeasured_gpu_seconds += w.unmeasured_seconds
+            if mig.counts_in_totals(fig):
+                node.unmeasured_gpu_seconds += w.unmeasured_seconds
             if not fig.jobs:
                 continue
-            share = 1.0 / len(fig.jobs)
-            for name in fig.jobs:
+            even = 1.0 / len(fig.jobs)
+            for i, name in enumerate(fig.jobs):
+                share = fig.job_shares[i] if fig.job_shares else even
                 acc = per_job.setdefault(name, NodeShare(0.0, 0.0, 0.0, 0, 0, 0, 0.0))
                 acc.achieved += (fig.achieved or 0.0) * share
                 acc.upper += fig.achieved_upper
-                acc.allocated += (fig.allocated or 0.0) * share
+                acc.allocated += (fig.allocated or 0.0) * even  # holding a GPU is allocation
                 acc.gpus += 1
                 acc.gpus_unknown_model += fig.model is None
                 acc.gpus_unmeasured += not fig.measured
@@ -170,8 +178,9 @@ class Aggregator:
             return
         after = {g.uuid: g for g in node.gpus}
         for uuid in before.keys() | after.keys():
-            node.unmeasured_gpu_seconds += gap
             old, new = before.get(uuid), after.get(uuid)
+            if all(mig.counts_in_totals(g) for g in (old, new) if g is not None):
+                node.unmeasured_gpu_seconds += gap  # a MIG device's is in its GPU's
             held_before = set(old.jobs) if old else set()
             held_after = set(new.jobs) if new else set()
             peak = max(g.max_peak for g in (old, new) if g is not None)

@@ -37,6 +37,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from collector import mig
 from collector.aggregate import Aggregator
 from collector.directives import DirectiveRecord, action_name
 from collector.ledger import Ledger, LedgerEntry
@@ -274,7 +275,7 @@ class EffectTracker:
             return True, ""
         if d.action == control_pb2.ACTION_TERMINATE:
             return self._terminated(t, p, report)
-        targets = self._targets(t, p, report)
+        targets = mig.judged(d.action, d.scope.kind, self._targets(t, p, report), report.gpus)
         bad = [
             g.uuid
             for g in report.gpus

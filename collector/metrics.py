@@ -204,7 +204,7 @@ class CollectorMetrics(Collector):
         gpus = GaugeMetricFamily("computewatch_gpus", "GPUs by state.", labels=["state"])
         lost = int(cluster.get("gpus_lost") or 0)
         unknown = int(cluster.get("gpus_unknown_model") or 0)
-        total = sum(len(n.gpus) for n in nodes_now)
+        total = sum(sum(not g.parent_uuid for g in n.gpus) for n in nodes_now)
         gpus.add_metric(["lost"], lost)
         gpus.add_metric(["unreadable"], int(cluster.get("gpus_unreadable") or 0))
         gpus.add_metric(["unknown_model"], unknown)

@@ -118,7 +118,10 @@ def build_status(
     if (cluster_achieved := cluster.get("achieved_flops")) is not None:
         out.achieved_flops_estimate = cluster_achieved
     out.nodes_total, out.jobs_total = len(view.node_ids), len(view.job_ids)
-    out.gpus_total = sum(len(n.gpus) for n in list(aggregator.nodes.values()))
+    # Physical GPUs: a MIG device is counted in its GPU.
+    out.gpus_total = sum(
+        sum(not g.parent_uuid for g in n.gpus) for n in list(aggregator.nodes.values())
+    )
     if not request.page_token:
         # Actors are few (the accounting holds at most MAX_ACTORS): first page only.
         add_actors(out, snap, firing())
@@ -137,14 +140,15 @@ def build_status(
             state = status_pb2.NODE_STATE_SILENT
         else:
             state = status_pb2.NODE_STATE_OK
+        whole = [g for g in node.gpus if not g.parent_uuid]  # MIG devices are in their GPU
         node_item = out.nodes.add(
             node_id=node.node_id,
             state=state,
             last_sequence=node.last_sequence,
             last_seen_unix_nanos=int(node.last_received * 1e9),
-            gpus=len(node.gpus),
-            gpus_lost=sum(g.lost for g in node.gpus),
-            gpus_unreadable=sum(g.unreadable for g in node.gpus),
+            gpus=len(whole),
+            gpus_lost=sum(g.lost for g in whole),
+            gpus_unreadable=sum(g.unreadable for g in whole),
             installed_flops=values.get("installed_flops") or 0.0,
             allocated_flops=values.get("allocated_flops") or 0.0,
             achieved_flops=values.get("achieved_flops") or 0.0,

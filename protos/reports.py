@@ -96,9 +96,17 @@ def _check_gpu(gpu: telemetry_pb2.GpuSample) -> None:
         _text(f"{where}: field error function", err.function)
         _text(f"{where}: field error message", err.message, MAX_TEXT_CHARS)
     _text(f"{where}: pci_bus_id", gpu.pci_bus_id)
+    _text(f"{where}: parent_uuid", gpu.parent_uuid)
+    _text(f"{where}: mig_profile", gpu.mig_profile)
     for proc in gpu.processes:
         _text(f"{where}: process {proc.pid} job_id", proc.job_id)
         _text(f"{where}: process {proc.pid} attribution", proc.attribution)
+        if proc.HasField("sm_utilization_percent"):
+            v = proc.sm_utilization_percent
+            if not (math.isfinite(v) and 0.0 <= v <= 100.0):
+                raise InvalidReportError(
+                    f"{where}: pid {proc.pid} sm_utilization_percent = {v!r}, expected 0..100"
+                )
     for name in _PERCENTS:
         _percent(name, gpu)
     for name in ("power_watts", "power_limit_watts", "activity_window_seconds"):
@@ -191,5 +199,35 @@ def validate_report(
             raise InvalidReportError(f"gpu uuid {gpu.uuid!r} appears twice")
         seen.add(gpu.uuid)
         _check_gpu(gpu)
+    _check_mig(report)
     _check_jobs(report)
     _check_enforcement(report)
+
+
+# Shares are SM counts over the full-GPU profile's: allow rounding, not a second GPU.
+_SHARE_SLACK = 0.01
+
+
+def _check_mig(report: telemetry_pb2.NodeReport) -> None:
+    """MIG devices: a device names a MIG-enabled GPU of the same report as its
+    parent, and one GPU's devices together hold at most all of its SMs
+    (accounting counts a device at the parent's peak x its share)."""
+    parents = {g.uuid: g for g in report.gpus if not g.parent_uuid}
+    shares: dict[str, float] = {}
+    for gpu in report.gpus:
+        if not gpu.parent_uuid:
+            continue
+        parent = parents.get(gpu.parent_uuid)
+        if parent is None or not parent.mig_enabled:
+            raise InvalidReportError(
+                f"MIG device {gpu.uuid}: parent {gpu.parent_uuid!r} is not a MIG-enabled GPU"
+                " of this report"
+            )
+        shares[parent.uuid] = shares.get(parent.uuid, 0.0) + (
+            gpu.sm_share if gpu.HasField("sm_share") else 0.0
+        )
+        if shares[parent.uuid] > 1.0 + _SHARE_SLACK:
+            raise InvalidReportError(
+                f"MIG devices of {parent.uuid} hold {shares[parent.uuid]:.3f} of its SMs,"
+                " expected at most 1"
+            )

@@ -132,6 +132,8 @@ class SimNode:
                 clock=self.clock.fake_time,
                 start=self.clock.fake_time(),
             )
+            # The backend times GPM pairs by the same clock the fake runs on.
+            return NvmlBackend(fake, clock=self.clock.fake_time)
         return NvmlBackend(fake)
 
     def agent(self, collector: str = "127.0.0.1:1", **kw: Any) -> Agent:

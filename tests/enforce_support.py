@@ -175,19 +175,28 @@ def scenario_doc(
     gpus: int = 2,
     starts: Mapping[str, float] | None = None,
     faults: list[dict[str, object]] | None = None,
+    mig: list[str] | None = None,
+    slices: Mapping[str, int] | None = None,
     external_power_limit_watts: float | None = None,
 ) -> dict[str, object]:
-    """One node (plus an idle other node) with ``gpus`` H100s and slurm jobs on given GPUs."""
+    """One node (plus an idle other node) with ``gpus`` H100s and slurm jobs on given GPUs.
+
+    ``mig``: GPU 0 has MIG enabled with these profiles; ``slices``: job -> MIG device."""
     starts = starts or {}
+    slices = slices or {}
     gpu: dict[str, object] = {"model": H100, "count": gpus}
     if external_power_limit_watts is not None:
         gpu["external_power_limit_watts"] = external_power_limit_watts
+    specs: list[dict[str, object]] = [gpu]
+    if mig:
+        rest = {**gpu, "count": gpus - 1}
+        specs = [{**gpu, "count": 1, "mig": mig}, rest]
     return {
         "name": "enforce",
         "duration_seconds": 3600,
         "interval_seconds": 1,
         "nodes": [
-            {"id": NODE, "gpus": [gpu], "faults": faults or []},
+            {"id": NODE, "gpus": specs, "faults": faults or []},
             {"id": OTHER, "gpus": [{"model": H100, "count": 1}]},
         ],
         "jobs": [
@@ -200,6 +209,7 @@ def scenario_doc(
                 "utilization": [[0, 90], [3600, 90]],
                 "tensor_fraction": 0.5,
                 "memory_gib": 10,
+                **({"mig_slice": slices[job]} if job in slices else {}),
             }
             for job, indices in jobs.items()
         ],
@@ -225,6 +235,8 @@ class Rig:
     starts: dict[str, float] = field(default_factory=dict)
     codes: dict[str, str] = field(default_factory=dict)
     faults: list[dict[str, object]] = field(default_factory=list)
+    mig: list[str] | None = None
+    slices: dict[str, int] = field(default_factory=dict)
     external_power_limit_watts: float | None = None
 
     def __post_init__(self) -> None:
@@ -237,6 +249,8 @@ class Rig:
                     self.jobs,
                     starts=self.starts,
                     faults=self.faults,
+                    mig=self.mig,
+                    slices=self.slices,
                     external_power_limit_watts=self.external_power_limit_watts,
                 )
             ),
@@ -248,7 +262,7 @@ class Rig:
         # Jobs start at scenario time 0; begin a second later so a mode change
         # never coincides with a job's start.
         self.clock.advance(1.0)
-        self.backend = NvmlBackend(self.fake)
+        self.backend = NvmlBackend(self.fake, clock=self.clock.fake_time)
         self.spool: Spool | None = None
         self.enforcer = self.open()
 
@@ -256,9 +270,10 @@ class Rig:
     def job_of(self) -> dict[int, str]:
         return {pid: job for job, pid in self.pids.items()}
 
-    def sample(self) -> Snapshot:
-        """The backend's sample with processes attributed to their slurm jobs."""
-        snap = self.backend.sample()
+    def sample(self, *, activity: bool = True) -> Snapshot:
+        """The backend's sample with processes attributed to their slurm jobs
+        (the enforcer's reads, like the agent's, take no activity)."""
+        snap = self.backend.sample(activity=activity)
         jobs = self.job_of
         for g in snap.gpus:
             for p in g.processes:
@@ -285,7 +300,7 @@ class Rig:
                 suspend_command=self.suspend_command,
                 resume_command=self.resume_command,
             ),
-            sample=self.sample,
+            sample=lambda: self.sample(activity=False),
             store=self.spool,
             fail_mode=self.fail_mode,
             lease_grace_seconds=5.0,

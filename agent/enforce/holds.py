@@ -9,7 +9,8 @@ Targets come from a GPU snapshot whose processes carry their attributed jobs:
 CLUSTER/NODE scope: every GPU on the node and every process on them; JOB
 scope: the processes of the named jobs and the GPUs they run on; ACTOR scope:
 the processes whose ``actor`` is named, and their GPUs; GPU scope: the named
-GPUs and every process on them.
+GPUs and every process on them. On a MIG-enabled GPU the compute mode is held
+on its MIG devices and the power limit on the GPU (``agent.enforce.mig``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.enforce.actions import GpuActions, ProcessController, Target, step
+from agent.enforce.mig import devices_by_parent, hold_targets, own_processes
 from agent.enforce.state import ActiveDirective, EnforcementRecord, GpuHold, Stopped
 from agent.nvml.backend import PowerLimits, Snapshot
 from protos.actors import UNKNOWN_ACTOR, actor_key
@@ -58,13 +60,17 @@ def resolve(
         return Resolved(gpus, procs)
     if scope_kind == control_pb2.SCOPE_KIND_JOB:
         jobs = set(job_ids)
-        gpus = [g for g in present if any(p.job_id in jobs for p in g.processes)]
-        procs = [p for g in gpus for p in g.processes if p.job_id in jobs]
+        # A MIG parent lists its devices' processes too: the job's devices are the target.
+        split = devices_by_parent(snapshot)
+        gpus = [
+            g for g in present if g.uuid not in split and any(p.job_id in jobs for p in g.processes)
+        ]
+        procs = [p for p in own_processes(gpus, snapshot) if p.job_id in jobs]
         return Resolved(gpus, procs)
     if scope_kind == control_pb2.SCOPE_KIND_GPU:
         wanted = set(gpu_uuids)
         present = [g for g in present if g.uuid in wanted]
-    return Resolved(present, [p for g in present for p in g.processes])
+    return Resolved(present, own_processes(present, snapshot))
 
 
 def original_mode(mode: int) -> telemetry_pb2.ComputeMode:
@@ -116,29 +122,30 @@ class Holds:
         notes: list[Step] = []
         prohibit: list[str] = []
         capped: list[tuple[str, str]] = []
-        for g in found.gpus:
+        for target in hold_targets(found.gpus, snapshot):
+            g = target.gpu
             hold = rec.gpus.get(g.uuid)
             if (a.id, g.uuid) in self._tried or (
                 hold is not None and (a.id in hold.prohibit or a.id in hold.caps)
             ):
                 continue
             self._tried.add((a.id, g.uuid))
-            limits = self._gpu.limits(g.uuid)
+            limits = self._gpu.limits(g.uuid) if target.power else None
             if hold is None:
                 current = limits.current_watts if isinstance(limits, PowerLimits) else None
                 hold = GpuHold(original_mode=int(g.compute_mode), original_power_watts=current)
                 rec.gpus[g.uuid] = hold
-            if a.is_halt:
+            if a.is_halt and target.mode:
                 hold.prohibit.append(a.id)
                 prohibit.append(g.uuid)
             if isinstance(limits, PowerLimits):
                 cap, note = _cap_for(a, limits)
                 hold.caps[a.id] = cap
                 capped.append((g.uuid, note))
-            else:
+            elif limits is not None:
                 notes.append(step("power_cap", g.uuid, False, f"limits unreadable: {limits}"))
-                if hold.empty():
-                    del rec.gpus[g.uuid]
+            if hold.empty():
+                del rec.gpus[g.uuid]
         new_targets: list[Target] = []
         if a.is_halt:
             fresh = [p for p in found.processes if not self._holds_process(a.id, p)]

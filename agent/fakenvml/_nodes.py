@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from agent.fakenvml._check import Where
@@ -11,14 +12,27 @@ from agent.fakenvml.spec import (
     CALL_ERRORS,
     FAULT_KINDS,
     FAULTABLE_FUNCTIONS,
+    MIG_SLICES,
     NOT_LOADED_ERRORS,
     Fault,
     GpuSpec,
+    MigSlice,
     Node,
 )
 
 MAX_GPUS_PER_NODE = 64
+_MIG_PROFILE = re.compile(r"([1-7])g\.([0-9]{1,4})gb")
 _MAX_GROUP_NODES = 10_000
+
+# SMs of the 7-slice GPU instance on each MIG-capable family (MIG user guide
+# profile tables: A100 7g = 98 SMs of 108; H100/H200/GH200 7g = 132; B200 7g = 148).
+_FULL_SMS = (("NVIDIA A100", 98), ("NVIDIA B200", 148))
+_FULL_SMS_DEFAULT = 132
+
+
+def full_sms(name: str) -> int:
+    return next((n for prefix, n in _FULL_SMS if name.startswith(prefix)), _FULL_SMS_DEFAULT)
+
 
 _NODE_KEYS = frozenset({"id", "id_prefix", "count", "start_index", "gpus", "faults"})
 _GPU_KEYS = frozenset(
@@ -87,7 +101,7 @@ def _parse_gpus(w: Where, key: str, raw: object) -> tuple[GpuSpec, ...]:
             else None
         )
         gpm = w.boolean(f"{k}.gpm", m["gpm"]) if "gpm" in m else None
-        mig = w.boolean(f"{k}.mig", m.get("mig", False))
+        mig, slices = _parse_mig(w, f"{k}.mig", m.get("mig", False), full_sms(name))
         model = model_for(
             name,
             tdp_watts=tdp,
@@ -98,6 +112,11 @@ def _parse_gpus(w: Where, key: str, raw: object) -> tuple[GpuSpec, ...]:
         )
         if mig and not model.mig_capable:
             w.fail(f"{k}.mig", f"false: {name} has no MIG", True)
+        if mig and not slices:
+            # ``mig: true``: one MIG device spanning the whole GPU (7g).
+            gib = model.memory_bytes // 1024**3
+            profile = f"{MIG_SLICES}g.{gib}gb"
+            slices = (MigSlice(0, profile, MIG_SLICES, model.memory_bytes, 1, full_sms(name)),)
         external = _opt_number(w, f"{k}.external_power_limit_watts", m, low=0)
         if external is not None and external < model.min_limit_watts:
             w.fail(
@@ -106,10 +125,31 @@ def _parse_gpus(w: Where, key: str, raw: object) -> tuple[GpuSpec, ...]:
                 external,
             )
         first = len(specs)
-        specs.extend(GpuSpec(first + n, model, mig, external) for n in range(count))
+        specs.extend(
+            GpuSpec(first + n, model, mig, slices, full_sms(name) if mig else 0, external)
+            for n in range(count)
+        )
         if len(specs) > MAX_GPUS_PER_NODE:
             w.problem(key, f"more than {MAX_GPUS_PER_NODE} GPUs on one node")
     return tuple(specs)
+
+
+def _parse_mig(w: Where, key: str, raw: object, full: int) -> tuple[bool, tuple[MigSlice, ...]]:
+    """``mig``: true/false, or the MIG devices' profiles (["3g.40gb", "4g.40gb"])."""
+    if isinstance(raw, bool):
+        return raw, ()
+    profiles = w.list(key, raw, nonempty=True)
+    out: list[MigSlice] = []
+    for i, value in enumerate(profiles):
+        profile = w.string(f"{key}[{i}]", value)
+        match = _MIG_PROFILE.fullmatch(profile)
+        if match is None:
+            w.fail(f"{key}[{i}]", 'a MIG profile like "3g.40gb"', profile)
+        g, gb = int(match[1]), int(match[2])
+        out.append(MigSlice(i, profile, g, gb * 1024**3, i + 1, round(full * g / MIG_SLICES)))
+    if sum(s.slices for s in out) > MIG_SLICES:
+        w.problem(key, f"the profiles take more than the GPU's {MIG_SLICES} slices")
+    return True, tuple(out)
 
 
 def _opt_number(w: Where, key: str, m: Mapping[str, object], *, low: float) -> float | None:

@@ -24,6 +24,7 @@ from typing import Any
 import pynvml as _pynvml
 
 from agent.fakenvml.activity import SYNTHETIC_PID_BASE, GpuState, NodeModel
+from agent.fakenvml.spec import Job
 
 # The MPS control daemon's server process (nvidia-cuda-mps-server) on every node.
 MPS_SERVER_PID = SYNTHETIC_PID_BASE - 1
@@ -44,21 +45,44 @@ class ProcessInfo12535(ctypes.Structure):
     ]
 
 
-def _entries(model: NodeModel, g: GpuState, t: float, kind: str) -> list[tuple[int, int]]:
-    """(pid, used bytes) of the processes the ``kind`` list holds on ``g`` at ``t``."""
+Entry = tuple[int, int, tuple[int, int]]
+
+
+def _instance(g: GpuState, job: Job | None) -> tuple[int, int]:
+    """(gpuInstanceId, computeInstanceId) of a process: nvml.h nvmlProcessInfo_t sets
+    both to 0xFFFFFFFF "if MIG is not enabled"; under MIG, its MIG device's."""
+    mig = g.mig
+    if mig is None and g.spec.mig and g.spec.mig_slices:
+        slices = g.spec.mig_slices
+        mig = slices[job.mig_slice] if job is not None and job.mig_slice < len(slices) else None
+    if mig is not None:
+        return mig.gpu_instance_id, mig.compute_instance_id
+    return (0, 0) if g.spec.mig else (_NO_INSTANCE, _NO_INSTANCE)
+
+
+def _entries(model: NodeModel, g: GpuState, t: float, kind: str) -> list[Entry]:
+    """(pid, used bytes, instance ids) of the processes the ``kind`` list holds on ``g``."""
     procs = model.processes(g, t)
-    mig = g.spec.mig
-    out: list[tuple[int, int]] = []
+    out: list[Entry] = []
     if kind == "compute":
-        out = [(pid, int(job.memory_gib * 1024**3)) for job, pid, _ in procs if not job.mps]
-        clients = [int(job.memory_gib * 1024**3) for job, _, _ in procs if job.mps]
+        out = [
+            (pid, int(job.memory_gib * 1024**3), _instance(g, job))
+            for job, pid, _ in procs
+            if not job.mps
+        ]
+        clients = [job for job, _, _ in procs if job.mps]
         if clients:
-            out.append((MPS_SERVER_PID, sum(clients)))
+            used = sum(int(job.memory_gib * 1024**3) for job in clients)
+            out.append((MPS_SERVER_PID, used, _instance(g, clients[0])))
     elif kind == "mps":
-        out = [(pid, int(job.memory_gib * 1024**3)) for job, pid, _ in procs if job.mps]
-    if mig:
+        out = [
+            (pid, int(job.memory_gib * 1024**3), _instance(g, job))
+            for job, pid, _ in procs
+            if job.mps
+        ]
+    if g.spec.mig:
         # Per-process memory is not available under MIG (pynvml's None).
-        out = [(pid, _NOT_AVAILABLE) for pid, _ in out]
+        out = [(pid, _NOT_AVAILABLE, ids) for pid, _, ids in out]
     return out
 
 
@@ -67,16 +91,15 @@ def process_list(
 ) -> list[Any]:
     """What pynvml's ``nvmlDevice<Kind>RunningProcesses`` returns (friendly objects)."""
     entries = _entries(model, g, t, kind)
-    instance = 0 if g.spec.mig else _NO_INSTANCE
     array = (_pynvml.c_nvmlProcessInfo_v3_t * len(entries))(
         *(
             _pynvml.c_nvmlProcessInfo_v3_t(
                 pid=pid,
                 usedGpuMemory=min(used, _NOT_AVAILABLE),
-                gpuInstanceId=instance,
-                computeInstanceId=instance,
+                gpuInstanceId=gi,
+                computeInstanceId=ci,
             )
-            for pid, used in entries
+            for pid, used, (gi, ci) in entries
         )
     )
     structs: list[ctypes.Structure] = list(array)

@@ -11,7 +11,6 @@ InvalidArgument. One instance simulates one node, so a process can host many.
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from collections import Counter
@@ -23,6 +22,9 @@ import pynvml as _pynvml
 
 from agent.fakenvml._procs import ProcessInfo12535, process_list
 from agent.fakenvml.activity import GpuState, NodeModel
+from agent.fakenvml.fake_gpm import GpmCalls
+from agent.fakenvml.fake_mig import MIG_HANDLE_CALLS, MigCalls
+from agent.fakenvml.fake_samples import SampleCalls
 from agent.fakenvml.pci import pci_identity
 from agent.fakenvml.spec import Scenario
 
@@ -42,12 +44,6 @@ _SETTABLE_MODES = frozenset(
         _pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS,
     }
 )
-# GPM metrics the fake computes; any other id answers NotSupported per metric.
-_GPM_UTIL = _pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL
-_GPM_SM = _pynvml.NVML_GPM_METRIC_SM_UTIL
-_GPM_TENSOR = (_pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL, _pynvml.NVML_GPM_METRIC_HMMA_TENSOR_UTIL)
-
-
 _CALL_FAULTS = {
     "no_permission": _pynvml.NVML_ERROR_NO_PERMISSION,
     "not_supported": _pynvml.NVML_ERROR_NOT_SUPPORTED,
@@ -61,21 +57,15 @@ def _raise(code: int) -> NoReturn:
 
 @dataclass(frozen=True)
 class _Handle:
-    """A device handle; only meaningful to the FakeNvml that made it."""
+    """A device handle (``mig`` >= 0: a MIG device handle); only meaningful
+    to the FakeNvml that made it."""
 
     owner: int
     index: int
+    mig: int = -1
 
 
-@dataclass
-class _GpmSample:
-    buffer: ctypes.Array[ctypes.c_char]
-    gpu: int | None = None
-    t: float = 0.0
-    integrals: tuple[float, float, float] = (0.0, 0.0, 0.0)
-
-
-class FakeNvml:
+class FakeNvml(GpmCalls, MigCalls, SampleCalls):
     """The pynvml module's surface for one simulated node (see module docstring)."""
 
     NVMLError = _pynvml.NVMLError
@@ -99,7 +89,7 @@ class FakeNvml:
         )
         self._refcount = 0
         self._lock = threading.RLock()
-        self._samples: dict[int, _GpmSample] = {}
+        self._gpm_samples = {}
         # Calls per NVML function name (what a backend costs, for tests and benchmarks).
         self.calls: Counter[str] = Counter()
 
@@ -158,13 +148,25 @@ class FakeNvml:
         )
 
     def _device(self, function: str, handle: object) -> tuple[GpuState, float]:
+        """The GPU (or MIG device) of ``handle``, after the checks every call makes."""
         t = self._begin(function)
         if not isinstance(handle, _Handle) or handle.owner != id(self):
             _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
         if self._lost(handle.index, t):
             _raise(_pynvml.NVML_ERROR_GPU_IS_LOST)
         self._faulted(function, handle.index, t)
-        return self._model.gpus[handle.index], t
+        g = self._model.gpus[handle.index]
+        if handle.mig < 0:
+            return g, t
+        if handle.mig >= len(g.slices):
+            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if function not in MIG_HANDLE_CALLS:
+            # Only the calls whose nvml.h entry says they take a MIG device handle.
+            _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return g.slices[handle.mig], t
+
+    def _handle(self, index: int, mig: int = -1) -> _Handle:
+        return _Handle(id(self), index, mig)
 
     # --- library -----------------------------------------------------------------
     def nvmlInitWithFlags(self, flags: int) -> None:
@@ -215,12 +217,18 @@ class FakeNvml:
             uuid = uuid.decode(errors="replace")
         if not isinstance(uuid, str):
             _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        # nvml.h: "@param uuid The UUID of the target GPU or MIG instance".
         for g in self._model.gpus:
-            if g.uuid == uuid:
+            mig = (
+                -1
+                if g.uuid == uuid
+                else next((s.mig.index for s in g.slices if s.uuid == uuid and s.mig), None)
+            )
+            if mig is not None:
                 if self._lost(g.index, t):
                     _raise(_pynvml.NVML_ERROR_GPU_IS_LOST)
                 self._faulted("nvmlDeviceGetHandleByUUID", g.index, t)
-                return _Handle(id(self), g.index)
+                return _Handle(id(self), g.index, mig)
         _raise(_pynvml.NVML_ERROR_NOT_FOUND)
 
     def nvmlDeviceGetIndex(self, handle: object) -> int:
@@ -233,6 +241,8 @@ class FakeNvml:
 
     def nvmlDeviceGetName(self, handle: object) -> str:
         g, _ = self._device("nvmlDeviceGetName", handle)
+        if g.mig is not None:
+            return f"{g.spec.model.name} MIG {g.mig.profile}"
         return g.spec.model.name
 
     def nvmlDeviceGetPciInfo(self, handle: object) -> Any:
@@ -262,7 +272,7 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, handle: object, version: int | None = None) -> Any:
         g, t = self._device("nvmlDeviceGetMemoryInfo", handle)
-        total = g.spec.model.memory_bytes
+        total = g.memory_bytes
         used = self._model.activity(g, t).memory_used_bytes
         if not version:
             return _pynvml.c_nvmlMemory_t(total=total, free=total - used, used=used)
@@ -319,7 +329,16 @@ class FakeNvml:
 
     def nvmlDeviceGetComputeMode(self, handle: object) -> int:
         g, t = self._device("nvmlDeviceGetComputeMode", handle)
+        self._refuse_mig_parent(g)
         return g.mode_at(t)
+
+    @staticmethod
+    def _refuse_mig_parent(g: GpuState) -> None:
+        # nvml.h nvmlDeviceGet/SetComputeMode: "If MIG is enabled on a GPU, device
+        # must be MIG device handle"; a parent handle is a device that "does not
+        # support this feature": NVML_ERROR_NOT_SUPPORTED.
+        if g.spec.mig and g.mig is None:
+            _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
 
     def nvmlDeviceGetMigMode(self, device: object) -> list[int]:
         g, _ = self._device("nvmlDeviceGetMigMode", device)
@@ -348,6 +367,7 @@ class FakeNvml:
     # --- enforcement -------------------------------------------------------------------
     def nvmlDeviceSetComputeMode(self, handle: object, mode: int) -> None:
         g, t = self._device("nvmlDeviceSetComputeMode", handle)
+        self._refuse_mig_parent(g)
         if mode == _pynvml.NVML_COMPUTEMODE_EXCLUSIVE_THREAD:
             _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
         if mode not in _SETTABLE_MODES:
@@ -364,71 +384,3 @@ class FakeNvml:
             _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
         with self._lock:
             self._model.set_power_limit(g, t, limit / 1000.0)
-
-    # --- GPM -----------------------------------------------------------------------------
-    def nvmlGpmQueryDeviceSupport(self, device: object) -> Any:
-        g, _ = self._device("nvmlGpmQueryDeviceSupport", device)
-        support = _pynvml.c_nvmlGpmSupport_t()
-        support.version = _pynvml.NVML_GPM_SUPPORT_VERSION
-        support.isSupportedDevice = 1 if g.spec.model.gpm else 0
-        return support
-
-    def nvmlGpmSampleAlloc(self) -> Any:
-        self._ready("nvmlGpmSampleAlloc")
-        buffer = ctypes.create_string_buffer(16)
-        pointer = ctypes.cast(buffer, _pynvml.c_nvmlGpmSample_t)
-        self._samples[ctypes.addressof(buffer)] = _GpmSample(buffer)
-        return pointer
-
-    def _sample(self, pointer: object) -> _GpmSample:
-        if not isinstance(pointer, _pynvml.c_nvmlGpmSample_t):
-            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        address = ctypes.cast(pointer, ctypes.c_void_p).value
-        sample = self._samples.get(address or 0)
-        if sample is None:
-            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return sample
-
-    def nvmlGpmSampleFree(self, gpmSample: object) -> None:
-        self._ready("nvmlGpmSampleFree")
-        sample = self._sample(gpmSample)
-        del self._samples[ctypes.addressof(sample.buffer)]
-
-    def nvmlGpmSampleGet(self, device: object, gpmSample: object) -> object:
-        g, t = self._device("nvmlGpmSampleGet", device)
-        if not g.spec.model.gpm:
-            _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
-        sample = self._sample(gpmSample)
-        with self._lock:
-            self._model.advance(g, t)
-            sample.gpu, sample.t = g.index, max(t, g.last_t)
-            sample.integrals = (g.util_integral, g.sm_integral, g.tensor_integral)
-        return gpmSample
-
-    def nvmlGpmMetricsGet(self, metricsGet: Any) -> Any:
-        self._ready("nvmlGpmMetricsGet")
-        if metricsGet.version != _pynvml.NVML_GPM_METRICS_GET_VERSION:
-            _raise(_pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
-        first, second = self._sample(metricsGet.sample1), self._sample(metricsGet.sample2)
-        if first.gpu is None or first.gpu != second.gpu:
-            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        if not 0 <= metricsGet.numMetrics <= _pynvml.NVML_GPM_METRIC_MAX:
-            _raise(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        dt = second.t - first.t
-        for i in range(metricsGet.numMetrics):
-            metric = metricsGet.metrics[i]
-            if metric.metricId == _GPM_UTIL:
-                which = 0
-            elif metric.metricId == _GPM_SM:
-                which = 1
-            elif metric.metricId in _GPM_TENSOR:
-                which = 2
-            else:
-                metric.nvmlReturn = _pynvml.NVML_ERROR_NOT_SUPPORTED
-                continue
-            if dt <= 0:
-                metric.nvmlReturn = _pynvml.NVML_ERROR_NO_DATA
-                continue
-            metric.value = (second.integrals[which] - first.integrals[which]) / dt
-            metric.nvmlReturn = _pynvml.NVML_SUCCESS
-        return metricsGet

@@ -147,6 +147,36 @@ DOCUMENTED_ERRORS: dict[str, frozenset[str] | None] = {
     "nvmlDeviceSetPowerManagementLimit": frozenset(
         {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
     ),  # nvmlDeviceSetPowerManagementLimit
+    "nvmlDeviceGetAttributes": frozenset(
+        {"INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetAttributes_v2
+    "nvmlDeviceGetMaxMigDeviceCount": frozenset(
+        {"INVALID_ARGUMENT", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetMaxMigDeviceCount
+    "nvmlDeviceGetMigDeviceHandleByIndex": frozenset(
+        {"INVALID_ARGUMENT", "NOT_FOUND", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
+    ),  # nvmlDeviceGetMigDeviceHandleByIndex
+    "nvmlDeviceGetProcessUtilization": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INVALID_ARGUMENT",
+            "NOT_FOUND",
+            "NOT_SUPPORTED",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceGetProcessUtilization
+    "nvmlDeviceGetSamples": frozenset(
+        {
+            "GPU_IS_LOST",
+            "INVALID_ARGUMENT",
+            "NOT_FOUND",
+            "NOT_SUPPORTED",
+            "UNINITIALIZED",
+            "UNKNOWN",
+        }
+    ),  # nvmlDeviceGetSamples
+    "nvmlGpmMigSampleGet": None,  # nvmlGpmMigSampleGet: "Nonzero NVML_ERROR_? enum"
     "nvmlGpmMetricsGet": None,  # nvmlGpmMetricsGet: "Nonzero NVML_ERROR_? enum"
     "nvmlGpmQueryDeviceSupport": None,  # nvmlGpmQueryDeviceSupport: "Nonzero NVML_ERROR_? enum"
     "nvmlGpmSampleGet": None,  # nvmlGpmSampleGet: "Nonzero NVML_ERROR_? enum"

@@ -21,6 +21,7 @@ from agent.fakenvml._nodes import parse_fault, parse_node_entry
 from agent.fakenvml.spec import (
     FAULT_KINDS,
     FAULTABLE_FUNCTIONS,
+    PIPES,
     QOS_CLASSES,
     SCHEDULERS,
     Fault,
@@ -146,6 +147,8 @@ _JOB_KEYS = frozenset(
         "end",
         "utilization",
         "tensor_fraction",
+        "precision",
+        "mig_slice",
         "memory_gib",
         "parents",
         "model_id",
@@ -212,6 +215,8 @@ def _parse_job(w: Where, key: str, raw: object, nodes: tuple[Node, ...], name: s
     )
     if job_id in parents:
         w.problem(f"{key}.parents", f"job {job_id!r} cannot be its own parent")
+    tensor_fraction, precision = _precision(w, key, m)
+    mig_slice = _mig_slice(w, key, m, [by_id[n] for n in node_ids], gpu_indices)
     return Job(
         id=job_id,
         scheduler=scheduler,
@@ -220,9 +225,9 @@ def _parse_job(w: Where, key: str, raw: object, nodes: tuple[Node, ...], name: s
         start=start,
         end=end,
         utilization=points,
-        tensor_fraction=w.number(
-            f"{key}.tensor_fraction", m.get("tensor_fraction", 0.5), low=0, high=1
-        ),
+        tensor_fraction=tensor_fraction,
+        precision=precision,
+        mig_slice=mig_slice,
         memory_gib=w.number(f"{key}.memory_gib", m.get("memory_gib", 8.0), low=0),
         parents=parents,
         model_id=w.string(f"{key}.model_id", m["model_id"]) if "model_id" in m else "",
@@ -237,6 +242,51 @@ def _parse_job(w: Where, key: str, raw: object, nodes: tuple[Node, ...], name: s
         comm=w.string(f"{key}.comm", m.get("comm", "python3"))[:15],
         mps=w.boolean(f"{key}.mps", m.get("mps", False)),
     )
+
+
+def _precision(w: Where, key: str, m: Mapping[str, object]) -> tuple[float, tuple[float, ...]]:
+    """(tensor_fraction, per-pipe fractions in ``PIPES`` order) of a job.
+
+    Without ``precision`` all tensor work is HMMA (FP16/BF16 training, the
+    common case). With it, ``tensor_fraction`` defaults to the tensor pipes'
+    sum (capped at 1) and must be at least the busiest tensor pipe.
+    """
+    raw = m.get("precision")
+    if raw is None:
+        fraction = w.number(f"{key}.tensor_fraction", m.get("tensor_fraction", 0.5), low=0, high=1)
+        return fraction, (0.0, fraction, 0.0, 0.0, 0.0, 0.0)
+    mix = w.mapping(f"{key}.precision", raw, allowed=frozenset(PIPES))
+    pipes = tuple(w.number(f"{key}.precision.{p}", mix.get(p, 0.0), low=0, high=1) for p in PIPES)
+    tensor = pipes[:3]
+    if "tensor_fraction" in m:
+        fraction = w.number(f"{key}.tensor_fraction", m["tensor_fraction"], low=0, high=1)
+        if fraction < max(tensor):
+            w.fail(
+                f"{key}.tensor_fraction",
+                f"at least the busiest tensor pipe ({max(tensor):g})",
+                fraction,
+            )
+    else:
+        fraction = min(1.0, sum(tensor))
+    return fraction, pipes
+
+
+def _mig_slice(
+    w: Where, key: str, m: Mapping[str, object], nodes: list[Node], gpus: tuple[int, ...] | None
+) -> int:
+    """The MIG device the job uses on each of its MIG-enabled GPUs (default 0)."""
+    index = w.integer(f"{key}.mig_slice", m.get("mig_slice", 0))
+    for node in nodes:
+        for spec in node.gpus:
+            if (gpus is None or spec.index in gpus) and spec.mig and index >= len(spec.mig_slices):
+                w.fail(
+                    f"{key}.mig_slice",
+                    f"an index below {len(spec.mig_slices)} (MIG devices of GPU {spec.index})",
+                    index,
+                )
+    if "mig_slice" in m and not any(s.mig for n in nodes for s in n.gpus):
+        w.problem(f"{key}.mig_slice", "the job has no MIG-enabled GPU")
+    return index
 
 
 def _job_nodes(

@@ -66,6 +66,12 @@ FAULTABLE_FUNCTIONS = frozenset(
         "nvmlDeviceGetComputeMode",
         "nvmlDeviceSetComputeMode",
         "nvmlDeviceGetMigMode",
+        "nvmlDeviceGetMaxMigDeviceCount",
+        "nvmlDeviceGetMigDeviceHandleByIndex",
+        "nvmlDeviceGetAttributes",
+        "nvmlGpmMigSampleGet",
+        "nvmlDeviceGetSamples",
+        "nvmlDeviceGetProcessUtilization",
         "nvmlDeviceGetComputeRunningProcesses",
         "nvmlDeviceGetGraphicsRunningProcesses",
         "nvmlDeviceGetMPSComputeRunningProcesses",
@@ -78,12 +84,43 @@ FAULTABLE_FUNCTIONS = frozenset(
 )
 
 
+# GPM pipes a job's ``precision`` mix names, in this order (nvml.h
+# NVML_GPM_METRIC_{DFMA,HMMA,IMMA}_TENSOR_UTIL and NVML_GPM_METRIC_FP{64,32,16}_UTIL).
+PIPES = ("dfma", "hmma", "imma", "fp64", "fp32", "fp16")
+# MIG user guide, "Supported MIG Profiles": a GPU has 7 GPU instance slices
+# (A100, H100, H200, GH200, B200); a profile "<g>g.<memory>gb" takes g of them
+# and that fraction (g/7) of the SMs.
+MIG_SLICES = 7
+
+
+@dataclass(frozen=True)
+class MigSlice:
+    """One MIG device (a GPU instance with one compute instance) of a GPU."""
+
+    # Index among the GPU's MIG devices (nvmlDeviceGetMigDeviceHandleByIndex).
+    index: int
+    # Profile as nvidia-smi and nvmlDeviceGetName name it: "3g.40gb".
+    profile: str
+    # GPU instance slices (the "3" of 3g): the MIG user guide's fraction of SMs is slices/7.
+    slices: int
+    memory_bytes: int
+    gpu_instance_id: int
+    # SMs of the MIG device (nvmlDeviceGetAttributes multiprocessorCount).
+    sms: int
+    compute_instance_id: int = 0
+
+
 @dataclass(frozen=True)
 class GpuSpec:
     index: int
     model: GpuModel
     # MIG mode enabled (per-process memory and utilization then read as NotSupported/absent).
     mig: bool = False
+    # The MIG devices that exist when MIG is enabled.
+    mig_slices: tuple[MigSlice, ...] = ()
+    # SMs of the full-GPU (7-slice) GPU instance profile
+    # (nvmlDeviceGetGpuInstanceProfileInfo multiprocessorCount).
+    mig_full_sms: int = 0
     # A power limit set outside NVML's management limit (the out-of-band interface, a
     # platform power brake), watts; None: none. The enforced limit is the lower of the two.
     external_power_limit_watts: float | None = None
@@ -134,6 +171,10 @@ class Job:
     utilization: tuple[tuple[float, float], ...]
     tensor_fraction: float
     memory_gib: float
+    # Fraction of the job's utilization on each GPM pipe, in ``PIPES`` order.
+    precision: tuple[float, ...] = (0.0, 0.5, 0.0, 0.0, 0.0, 0.0)
+    # On a MIG GPU, the index of the MIG device the job's process runs on.
+    mig_slice: int = 0
     parents: tuple[str, ...] = ()
     model_id: str = ""
     pod_uid: str = ""

@@ -46,10 +46,15 @@ class PowerLimits:
 class GpuBackend(Protocol):
     """Read and steer the node's GPUs. Methods raise ``protos.errors.BackendError``."""
 
-    def sample(self) -> Snapshot:
+    def sample(self, *, activity: bool = True) -> Snapshot:
         """Read every GPU now. Never raises for a single GPU's failure: a failed
         reading is a ``field_errors`` entry, a GPU whose handle or UUID cannot be
-        read is UNREADABLE under a placeholder uuid, a lost one LOST."""
+        read is UNREADABLE under a placeholder uuid, a lost one LOST.
+
+        ``activity=False`` reads identity, modes, power and processes only and
+        leaves the activity windows (utilization samples, GPM bases) where
+        they are: for out-of-cycle reads such as enforcement's, so the next
+        report's activity still covers its whole interval."""
         ...
 
     def set_compute_mode(self, uuid: str, mode: telemetry_pb2.ComputeMode) -> None:

@@ -4,11 +4,21 @@ The only module in the project that imports ``pynvml`` (``nvidia-ml-py``).
 Tests and the demo pass ``agent.fakenvml.FakeNvml``, which has the same
 surface, so this exact code runs in both.
 
-Per GPU it reads identity (UUID, name, PCI ids), utilization, memory, power
-and its limit, SM clock, energy, compute mode, MIG mode, the processes
-(compute, graphics and MPS lists, ``agent.nvml.procs``), and GPM SM and tensor
-activity (Hopper and later: computed between this sample and the previous
-one, so the first sample has none). NotSupported and NoPermission leave a
+Per GPU it reads identity (UUID, name, PCI ids), memory, power and its limit,
+SM clock, energy, compute mode, MIG mode, the processes (compute, graphics and
+MPS lists, ``agent.nvml.procs``), and GPM SM, tensor and per-pipe activity
+(Hopper and later: computed between this sample and the previous one, so the
+first sample has none; ``agent.nvml.gpm``). Utilization is the driver's sample
+buffer averaged since the previous read, with each process's SM share
+(``agent.nvml.windows``); ``activity_window_seconds`` says what the activity
+figures cover. A MIG-enabled GPU is followed by one sample per MIG device
+(``agent.nvml.mig``): its own UUID, instance, profile, SM share, compute mode,
+processes and per-instance GPM; the parent keeps power, energy and the
+aggregate process list and has no activity of its own.
+``sample(activity=False)`` (enforcement's reads) leaves the activity windows
+and GPM bases alone, so the next report still covers its whole interval.
+
+NotSupported and NoPermission leave a
 field absent (unknown, never zero). Any other error is per field, as
 dcgm-exporter treats them: the field is absent and ``field_errors`` names the
 NVML function and error; the rest of the GPU is still read. Only two things
@@ -22,14 +32,17 @@ Handles and identities are cached; ``nvmlInit`` is lazy and retried.
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.nvml import procs as proclists
 from agent.nvml.backend import Snapshot
 from agent.nvml.control import NvmlControl
+from agent.nvml.gpm import Gpm, GpmReadError, GpmState
+from agent.nvml.mig import MigDevice, MigEnumerator, MigSampling
 from agent.nvml.samples import (
     ERROR_TEXT_MAX,
     is_placeholder,
@@ -38,6 +51,8 @@ from agent.nvml.samples import (
     text,
     unique,
 )
+from agent.nvml.samples import GpuReadError as _GpuReadError
+from agent.nvml.windows import Windows, WindowState
 from protos.computewatch.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
@@ -56,24 +71,19 @@ class _Gpu:
     # nvmlPciInfo_t.pciDeviceId and busId, once read.
     pci_device_id: int | None = None
     bus_id: str = ""
-    gpm_prev: Any = None
-    gpm_spare: Any = None
-    gpm_request: Any = None
+    gpm_state: GpmState = field(default_factory=GpmState)
+    window: WindowState = field(default_factory=WindowState)
+    # MIG devices by UUID, and the SMs of the full-GPU instance profile (0: not read yet).
+    mig: dict[str, MigDevice] = field(default_factory=dict)
+    full_sms: int | None = 0
 
 
-class _GpuReadError(Exception):
-    """One NVML call failed for one GPU (internal to ``sample``)."""
-
-    def __init__(self, call: str, error: BaseException) -> None:
-        super().__init__(f"{call}: {error}")
-        self.call = call
-        self.error = error
-
-
-class NvmlBackend(NvmlControl):
+class NvmlBackend(MigSampling, NvmlControl):
     """``agent.nvml.backend.GpuBackend`` over pynvml (or an object with its surface)."""
 
-    def __init__(self, nvml: object | None = None) -> None:
+    def __init__(
+        self, nvml: object | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if nvml is None:
             import pynvml
 
@@ -101,7 +111,9 @@ class NvmlBackend(NvmlControl):
             n.NVML_COMPUTEMODE_PROHIBITED: telemetry_pb2.COMPUTE_MODE_PROHIBITED,
             n.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS: telemetry_pb2.COMPUTE_MODE_EXCLUSIVE_PROCESS,
         }
-        self._metric_ids = (n.NVML_GPM_METRIC_SM_UTIL, n.NVML_GPM_METRIC_ANY_TENSOR_UTIL)
+        self._gpm_reader = Gpm(n, clock)
+        self._windows = Windows(n, self._absent)
+        self._migs = MigEnumerator(n, self._opt)
         self._lock = threading.Lock()
         self._initialized = False
         self._last_init_error = ""
@@ -151,7 +163,7 @@ class NvmlBackend(NvmlControl):
         self._gpus.clear()
 
     # --- sampling ----------------------------------------------------------------------
-    def sample(self) -> Snapshot:
+    def sample(self, *, activity: bool = True) -> Snapshot:
         with self._lock:
             failed = self._init()
             if failed is not None:
@@ -176,13 +188,25 @@ class NvmlBackend(NvmlControl):
                         status=telemetry_pb2.NVML_STATUS_ERROR,
                         error=f"nvmlDeviceGetCount: {again}",
                     )
-            gpus = unique([self._read(i) for i in range(count)])
+            gpus: list[telemetry_pb2.GpuSample] = []
+            for i in range(count):
+                gpus.extend(self._read(i, activity))
+            gpus = unique(gpus)
             return Snapshot(status=telemetry_pb2.NVML_STATUS_OK, gpus=gpus)
 
     def _call(self, call: str, *args: object) -> Any:
         try:
             return getattr(self._n, call)(*args)
         except self._error as exc:
+            raise _GpuReadError(call, exc) from exc
+
+    def _opt(self, call: str, *args: object) -> Any:
+        """The call's answer, or None when NVML says it is not available here."""
+        try:
+            return getattr(self._n, call)(*args)
+        except self._error as exc:
+            if self._code(exc) in self._absent:
+                return None
             raise _GpuReadError(call, exc) from exc
 
     def _field(self, s: telemetry_pb2.GpuSample, call: str, *args: object) -> Any:
@@ -250,16 +274,19 @@ class NvmlBackend(NvmlControl):
             s.pci_device_id = gpu.pci_device_id
         s.pci_bus_id = gpu.bus_id
 
-    def _read(self, index: int) -> telemetry_pb2.GpuSample:
+    def _read(self, index: int, activity: bool = True) -> list[telemetry_pb2.GpuSample]:
+        """The GPU at ``index`` and, when MIG is enabled, its MIG devices."""
         sample = telemetry_pb2.GpuSample(index=index)
         try:
             gpu = self._gpu(index)
             self._describe(index, gpu, sample)
-            self._fill(gpu, sample)
+            self._fill(gpu, sample, activity)
         except _GpuReadError as failed:
-            return self._unusable(index, failed)
+            return [self._unusable(index, failed)]
         sample.health = telemetry_pb2.GPU_HEALTH_OK
-        return sample
+        if not sample.mig_enabled:
+            return [sample]
+        return [sample, *self._read_mig(gpu, sample, activity)]
 
     def _unusable(self, index: int, failed: _GpuReadError) -> telemetry_pb2.GpuSample:
         """A GPU that is lost, or whose handle or UUID cannot be read."""
@@ -284,11 +311,8 @@ class NvmlBackend(NvmlControl):
         if gpu is not None:
             self._free_gpm(gpu)
 
-    def _fill(self, gpu: _Gpu, s: telemetry_pb2.GpuSample) -> None:
+    def _fill(self, gpu: _Gpu, s: telemetry_pb2.GpuSample, activity: bool = True) -> None:
         h = gpu.handle
-        util = self._field(s, "nvmlDeviceGetUtilizationRates", h)
-        if util is not None:
-            s.utilization_gpu_percent = float(util.gpu)
         memory = self._field(s, "nvmlDeviceGetMemoryInfo", h)
         if memory is not None:
             s.memory_used_bytes = int(memory.used)
@@ -314,14 +338,35 @@ class NvmlBackend(NvmlControl):
         # False: MIG is off, or the GPU has none (NotSupported); None: the read failed.
         mig_known = s.mig_enabled if len(s.field_errors) == errors else None
         self._processes(h, s, mig_known)
+        if not activity or s.mig_enabled:
+            # Under MIG activity is per MIG device (nvml.h: utilization rates and
+            # samples are not supported on MIG-enabled GPUs).
+            return
+        self._activity(gpu, s)
+
+    def _activity(self, gpu: _Gpu, s: telemetry_pb2.GpuSample) -> None:
+        """Utilization over the window since the last read, per-process SM shares, GPM.
+        A failed read is a field error (GPU_IS_LOST takes the GPU out)."""
+        h = gpu.handle
+        call = "nvmlDeviceGetSamples" if gpu.window.samples else "nvmlDeviceGetUtilizationRates"
+        try:
+            self._windows.utilization(h, gpu.window, s)
+        except self._error as exc:
+            self._field_failed(s, call, exc)
+        window = s.activity_window_seconds if s.HasField("activity_window_seconds") else None
+        self._windows.processes(h, gpu.window, s)
         if gpu.gpm:
-            try:
-                self._gpm(gpu, s)
-            except _GpuReadError as failed:
-                code = self._code(failed.error)
-                if code == self._lost:
-                    raise
-                note(s, failed.call, code, str(failed.error))
+            s.ClearField("activity_window_seconds")
+            self._gpm(gpu, gpu.gpm_state, lambda buf: self._n.nvmlGpmSampleGet(h, buf), s)
+            if not s.HasField("activity_window_seconds") and window is not None:
+                s.activity_window_seconds = window
+
+    def _field_failed(self, s: telemetry_pb2.GpuSample, call: str, exc: BaseException) -> None:
+        """Note a failed call in ``field_errors``; raise when the GPU is lost."""
+        code = self._code(exc)
+        if code == self._lost:
+            raise _GpuReadError(call, exc) from exc
+        note(s, call, max(code, 0), str(exc))
 
     def _processes(self, handle: Any, s: telemetry_pb2.GpuSample, mig: bool | None) -> None:
         """Compute, graphics and MPS processes, one entry per pid (``agent.nvml.procs``)."""
@@ -331,67 +376,36 @@ class NvmlBackend(NvmlControl):
             return
         proclists.read_into(s, lambda call: self._field(s, call, handle), mig=mig)
 
-    def _gpm(self, gpu: _Gpu, s: telemetry_pb2.GpuSample) -> None:
-        """SM and tensor activity between the previous GPM sample and a new one."""
-        n = self._n
-        call = "nvmlGpmSampleAlloc"
+    def _gpm(
+        self,
+        gpu: _Gpu,
+        state: GpmState,
+        take: Callable[[Any], object],
+        s: telemetry_pb2.GpuSample,
+    ) -> None:
+        """GPM activity between ``state``'s previous sample and a new one (``take``)."""
         try:
-            if gpu.gpm_spare is None:
-                gpu.gpm_spare = n.nvmlGpmSampleAlloc()
-            call = "nvmlGpmSampleGet"
-            n.nvmlGpmSampleGet(gpu.handle, gpu.gpm_spare)
-            if gpu.gpm_prev is not None:
-                call = "nvmlGpmMetricsGet"
-                request = self._gpm_request(gpu)
-                request.sample1 = gpu.gpm_prev
-                request.sample2 = gpu.gpm_spare
-                n.nvmlGpmMetricsGet(request)
-                sm, tensor = request.metrics[0], request.metrics[1]
-                if sm.nvmlReturn == n.NVML_SUCCESS and math.isfinite(sm.value):
-                    s.sm_activity_percent = float(sm.value)
-                if tensor.nvmlReturn == n.NVML_SUCCESS and math.isfinite(tensor.value):
-                    s.tensor_activity_percent = float(tensor.value)
-        except self._error as exc:
-            if self._code(exc) in self._absent:
-                log.info("GPU %s: GPM not available (%s: %s)", gpu.uuid, call, exc)
+            self._gpm_reader.read(state, take, s)
+        except GpmReadError as failed:
+            if self._code(failed.error) in self._absent:
+                log.info("GPU %s: GPM not available (%s)", gpu.uuid, failed)
                 self._free_gpm(gpu)
                 gpu.gpm = False
                 return
-            # The previous sample is no base for the next interval: free it
-            # (dropping the reference alone leaks NVML's allocation).
-            self._free_sample(gpu.gpm_prev)
-            gpu.gpm_prev = None
-            raise _GpuReadError(call, exc) from exc
-        gpu.gpm_prev, gpu.gpm_spare = gpu.gpm_spare, gpu.gpm_prev
-
-    def _gpm_request(self, gpu: _Gpu) -> Any:
-        """The GPU's reusable c_nvmlGpmMetricsGet_t asking for SM and tensor activity."""
-        if gpu.gpm_request is None:
-            request = self._n.c_nvmlGpmMetricsGet_t()
-            request.version = self._n.NVML_GPM_METRICS_GET_VERSION
-            request.numMetrics = len(self._metric_ids)
-            for i, metric_id in enumerate(self._metric_ids):
-                request.metrics[i].metricId = metric_id
-            gpu.gpm_request = request
-        return gpu.gpm_request
+            self._field_failed(s, failed.call, failed.error)
 
     def _free_gpm(self, gpu: _Gpu) -> None:
-        for sample in (gpu.gpm_prev, gpu.gpm_spare):
-            self._free_sample(sample)
-        gpu.gpm_prev = gpu.gpm_spare = None
-
-    def _free_sample(self, sample: Any) -> None:
-        if sample is not None:
-            try:
-                self._n.nvmlGpmSampleFree(sample)
-            except self._error as exc:
-                log.debug("nvmlGpmSampleFree: %s", exc)
+        self._gpm_reader.free(gpu.gpm_state)
+        for dev in gpu.mig.values():
+            self._gpm_reader.free(dev.gpm)
 
     # --- control (agent.nvml.control) -----------------------------------------------------
     def _cached_handle(self, uuid: str) -> Any | None:
         for gpu in self._gpus.values():
             if gpu.uuid == uuid:
                 return gpu.handle
+            if uuid in gpu.mig:
+                return gpu.mig[uuid].handle
         return None
 
     def close(self) -> None:

@@ -17,6 +17,15 @@ FIELD_ERRORS_MAX = 32
 ERROR_TEXT_MAX = 300
 
 
+class GpuReadError(Exception):
+    """One NVML call failed for one GPU (internal to the backend's ``sample``)."""
+
+    def __init__(self, call: str, error: BaseException) -> None:
+        super().__init__(f"{call}: {error}")
+        self.call = call
+        self.error = error
+
+
 def placeholder_uuid(index: int, bus_id: str = "") -> str:
     """``unreadable:<PCI bus id>``, or ``unreadable:index-<n>`` when the bus id is unknown.
 

@@ -5,7 +5,8 @@ bound (``<metric>_upper_bound``), with ``unmeasured_gpu_seconds`` and the
 method in ``Snapshot.methods``. A silent node's rates are unknown (None); its
 GPUs' time since its last report is unmeasured, and the jobs on it carry that
 time and a rate bound at their GPUs' highest peak (the cumulative bound grows
-with it while the node stays silent).
+with it while the node stays silent). Node and cluster totals count physical
+GPUs: a MIG device is in its parent's figures (``collector.accounting.mig``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import replace
 
 from collector.accounting.actors import ActorBook, actor_values
 from collector.accounting.gpu import METHOD_UNMEASURED
+from collector.accounting.mig import counts_in_totals
 from collector.accounting.state import JobState, NodeState, worst_method
 from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
 
@@ -70,27 +72,28 @@ def build_snapshot(
             continue
         quiet = is_silent(node, now)
         silent += quiet
-        node_lost = sum(g.lost for g in node.gpus)
+        whole = [g for g in node.gpus if counts_in_totals(g)]
+        node_lost = sum(g.lost for g in whole)
         lost += node_lost
-        node_unreadable = sum(g.unreadable for g in node.gpus)
+        node_unreadable = sum(g.unreadable for g in whole)
         unreadable += node_unreadable
-        unknown_model += sum(g.model is None for g in node.gpus)
-        installed = _sum([g.installed for g in node.gpus])
+        unknown_model += sum(g.model is None for g in whole)
+        installed = _sum([g.installed for g in whole])
         # Capacity at any precision; a GPU of unknown model at the table's highest peak.
-        installed_upper = sum(g.max_peak for g in node.gpus)
+        installed_upper = sum(g.max_peak for g in whole)
         unmeasured = node.unmeasured_gpu_seconds
-        node_methods = {g.method for g in node.gpus}
+        node_methods = {g.method for g in whole}
         if quiet:
             pending = max(0.0, now - node.last_received)
             silent_for[node.node_id] = pending
-            unmeasured += pending * len(node.gpus)
+            unmeasured += pending * len(whole)
             allocated = achieved = None
-            upper = sum(g.max_peak for g in node.gpus)
+            upper = sum(g.max_peak for g in whole)
             node_methods = {METHOD_UNMEASURED}
         else:
-            allocated = _sum([g.allocated for g in node.gpus])
-            achieved = _sum([g.achieved for g in node.gpus])
-            upper = sum(g.achieved_upper for g in node.gpus)
+            allocated = _sum([g.allocated for g in whole])
+            achieved = _sum([g.achieved for g in whole])
+            upper = sum(g.achieved_upper for g in whole)
             live.add(node.node_id)
             c_allocated.append(allocated)
             c_achieved.append(achieved)

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from collector.shares import activity_shares
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
 from protos.devices import HMMA_PRECISIONS, DeviceSpec, Precision
@@ -73,6 +74,12 @@ class GpuFigures:
     # Handle or UUID unreadable (uuid is the agent's placeholder): it may be running
     # work nobody can see, so it is unknown, never idle.
     unreadable: bool = False
+    # A MIG device: its parent GPU's uuid (its figures are in the parent's too,
+    # ``collector.accounting.mig``).
+    parent_uuid: str = ""
+    # Each job's fraction of the estimate (per-process SM shares,
+    # ``collector.shares``); (): an even split.
+    job_shares: tuple[float, ...] = ()
 
     @property
     def measured(self) -> bool:
@@ -194,4 +201,6 @@ def gpu_figures(
         max_peak=max_peak,
         activity_window=window if window is not None and window >= 0 else None,
         unreadable=gpu.health == telemetry_pb2.GPU_HEALTH_UNREADABLE,
+        parent_uuid=gpu.parent_uuid,
+        job_shares=activity_shares(gpu, jobs, node_id),
     )

@@ -50,4 +50,4 @@ def build_fake_node(
     fake = FakeNvml(
         scenario, node_id, clock=clock, process_state=process_state, pids=pids, start=start
     )
-    return FakeNode(NvmlBackend(fake), procfs_root, metadata_dir, pids)
+    return FakeNode(NvmlBackend(fake, clock=clock), procfs_root, metadata_dir, pids)

@@ -47,20 +47,22 @@ NVML_STATUS_NO_PERMISSION: NvmlStatus
 NVML_STATUS_ERROR: NvmlStatus
 
 class GpuProcess(_message.Message):
-    __slots__ = ("pid", "used_memory_bytes", "job_id", "attribution", "member", "actor")
+    __slots__ = ("pid", "used_memory_bytes", "job_id", "attribution", "sm_utilization_percent", "member", "actor")
     PID_FIELD_NUMBER: _ClassVar[int]
     USED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    SM_UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
     MEMBER_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     pid: int
     used_memory_bytes: int
     job_id: str
     attribution: str
+    sm_utilization_percent: float
     member: str
     actor: str
-    def __init__(self, pid: _Optional[int] = ..., used_memory_bytes: _Optional[int] = ..., job_id: _Optional[str] = ..., attribution: _Optional[str] = ..., member: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+    def __init__(self, pid: _Optional[int] = ..., used_memory_bytes: _Optional[int] = ..., job_id: _Optional[str] = ..., attribution: _Optional[str] = ..., sm_utilization_percent: _Optional[float] = ..., member: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class FieldError(_message.Message):
     __slots__ = ("function", "code", "message")
@@ -73,7 +75,7 @@ class FieldError(_message.Message):
     def __init__(self, function: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class GpuSample(_message.Message):
-    __slots__ = ("uuid", "index", "product_name", "mig_enabled", "mig_instance", "utilization_gpu_percent", "sm_activity_percent", "tensor_activity_percent", "memory_used_bytes", "memory_total_bytes", "power_watts", "power_limit_watts", "sm_clock_mhz", "energy_millijoules", "compute_mode", "processes", "processes_known", "health", "error", "dfma_tensor_activity_percent", "hmma_tensor_activity_percent", "imma_tensor_activity_percent", "fp64_activity_percent", "fp32_activity_percent", "fp16_activity_percent", "sm_share", "pci_device_id", "activity_window_seconds", "field_errors", "pci_bus_id")
+    __slots__ = ("uuid", "index", "product_name", "mig_enabled", "mig_instance", "utilization_gpu_percent", "sm_activity_percent", "tensor_activity_percent", "memory_used_bytes", "memory_total_bytes", "power_watts", "power_limit_watts", "sm_clock_mhz", "energy_millijoules", "compute_mode", "processes", "processes_known", "health", "error", "dfma_tensor_activity_percent", "hmma_tensor_activity_percent", "imma_tensor_activity_percent", "fp64_activity_percent", "fp32_activity_percent", "fp16_activity_percent", "sm_share", "pci_device_id", "activity_window_seconds", "parent_uuid", "mig_profile", "field_errors", "pci_bus_id")
     UUID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +104,8 @@ class GpuSample(_message.Message):
     SM_SHARE_FIELD_NUMBER: _ClassVar[int]
     PCI_DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_UUID_FIELD_NUMBER: _ClassVar[int]
+    MIG_PROFILE_FIELD_NUMBER: _ClassVar[int]
     FIELD_ERRORS_FIELD_NUMBER: _ClassVar[int]
     PCI_BUS_ID_FIELD_NUMBER: _ClassVar[int]
     uuid: str
@@ -132,9 +136,11 @@ class GpuSample(_message.Message):
     sm_share: float
     pci_device_id: int
     activity_window_seconds: float
+    parent_uuid: str
+    mig_profile: str
     field_errors: _containers.RepeatedCompositeFieldContainer[FieldError]
     pci_bus_id: str
-    def __init__(self, uuid: _Optional[str] = ..., index: _Optional[int] = ..., product_name: _Optional[str] = ..., mig_enabled: _Optional[bool] = ..., mig_instance: _Optional[str] = ..., utilization_gpu_percent: _Optional[float] = ..., sm_activity_percent: _Optional[float] = ..., tensor_activity_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., power_watts: _Optional[float] = ..., power_limit_watts: _Optional[float] = ..., sm_clock_mhz: _Optional[int] = ..., energy_millijoules: _Optional[int] = ..., compute_mode: _Optional[_Union[ComputeMode, str]] = ..., processes: _Optional[_Iterable[_Union[GpuProcess, _Mapping]]] = ..., processes_known: _Optional[bool] = ..., health: _Optional[_Union[GpuHealth, str]] = ..., error: _Optional[str] = ..., dfma_tensor_activity_percent: _Optional[float] = ..., hmma_tensor_activity_percent: _Optional[float] = ..., imma_tensor_activity_percent: _Optional[float] = ..., fp64_activity_percent: _Optional[float] = ..., fp32_activity_percent: _Optional[float] = ..., fp16_activity_percent: _Optional[float] = ..., sm_share: _Optional[float] = ..., pci_device_id: _Optional[int] = ..., activity_window_seconds: _Optional[float] = ..., field_errors: _Optional[_Iterable[_Union[FieldError, _Mapping]]] = ..., pci_bus_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, uuid: _Optional[str] = ..., index: _Optional[int] = ..., product_name: _Optional[str] = ..., mig_enabled: _Optional[bool] = ..., mig_instance: _Optional[str] = ..., utilization_gpu_percent: _Optional[float] = ..., sm_activity_percent: _Optional[float] = ..., tensor_activity_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., power_watts: _Optional[float] = ..., power_limit_watts: _Optional[float] = ..., sm_clock_mhz: _Optional[int] = ..., energy_millijoules: _Optional[int] = ..., compute_mode: _Optional[_Union[ComputeMode, str]] = ..., processes: _Optional[_Iterable[_Union[GpuProcess, _Mapping]]] = ..., processes_known: _Optional[bool] = ..., health: _Optional[_Union[GpuHealth, str]] = ..., error: _Optional[str] = ..., dfma_tensor_activity_percent: _Optional[float] = ..., hmma_tensor_activity_percent: _Optional[float] = ..., imma_tensor_activity_percent: _Optional[float] = ..., fp64_activity_percent: _Optional[float] = ..., fp32_activity_percent: _Optional[float] = ..., fp16_activity_percent: _Optional[float] = ..., sm_share: _Optional[float] = ..., pci_device_id: _Optional[int] = ..., activity_window_seconds: _Optional[float] = ..., parent_uuid: _Optional[str] = ..., mig_profile: _Optional[str] = ..., field_errors: _Optional[_Iterable[_Union[FieldError, _Mapping]]] = ..., pci_bus_id: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
     __slots__ = ("job_id", "parent_job_ids", "model_id", "members", "actor")

@@ -156,3 +156,43 @@ def test_an_envelope_over_the_limit_is_sealed_minimal_instead() -> None:
     assert "over the 450-byte limit" in notes[0]
     with pytest.raises(InvalidReportError, match="even a minimal report"):
         seal_bounded(r, key, max_bytes=50)
+
+
+def mig_device(uuid: str, share: float, **kw: object) -> telemetry_pb2.GpuSample:
+    """A MIG device of GPU-0."""
+    g = gpu(
+        0,
+        mig_enabled=True,
+        parent_uuid="GPU-0",
+        mig_profile="3g.40gb",
+        mig_instance="1/0",
+        sm_share=share,
+        **kw,
+    )
+    g.uuid = uuid
+    return g
+
+
+def test_a_mig_report_keeps_its_devices_when_one_of_them_is_corrected() -> None:
+    parent = gpu(0, mig_enabled=True, power_watts=300.0)
+    good = mig_device("MIG-a", 0.43, sm_activity_percent=40.0)
+    bad = mig_device("MIG-b", 0.43, sm_activity_percent=140.0)
+    # A third device would give the GPU more SMs than it has (0.43 + 0.6): it is the
+    # one replaced (the corrected MIG-b holds no share any more).
+    extra = mig_device("MIG-c", 0.6)
+    r = report([parent, good, bad, extra, gpu(1, power_watts=10.0)])
+    out, notes = correct(r, now_ns=NOW)
+    validate_report(out, now_ns=NOW)
+    assert [g.uuid for g in out.gpus] == ["GPU-0", "MIG-a", "MIG-b", "MIG-c", "GPU-1"]
+    assert out.gpus[0] == parent
+    assert out.gpus[1] == good  # checked with its parent: nothing to correct
+    for entry in (out.gpus[2], out.gpus[3]):
+        # Still a MIG device of GPU-0 (never a physical GPU of its own), unknown.
+        assert entry.health == telemetry_pb2.GPU_HEALTH_ERROR
+        assert entry.parent_uuid == "GPU-0"
+        assert entry.mig_enabled
+        assert not entry.HasField("sm_share")
+        assert not entry.HasField("sm_activity_percent")
+    assert "sm_activity_percent" in notes[0]
+    assert "SMs" in notes[1]
+    assert len(notes) == 2

@@ -71,7 +71,7 @@ class Setup:
     def agent(self) -> Agent:
         return Agent(
             self.config,
-            NvmlBackend(self.fake),
+            NvmlBackend(self.fake, clock=self.clock.fake_time),
             None,
             None,
             self.node_key,

@@ -212,17 +212,20 @@ def test_gpm_metrics_average_between_two_samples(mixed: Scenario) -> None:
     fake.nvmlGpmSampleGet(h, second)
     request = pynvml.c_nvmlGpmMetricsGet_t()
     request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
-    request.numMetrics = 3
+    request.numMetrics = 4
     request.sample1, request.sample2 = first, second
     request.metrics[0].metricId = pynvml.NVML_GPM_METRIC_SM_UTIL
     request.metrics[1].metricId = pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL
     request.metrics[2].metricId = pynvml.NVML_GPM_METRIC_FP64_UTIL
+    request.metrics[3].metricId = pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL
     fake.nvmlGpmMetricsGet(request)
-    sm, tensor, fp64 = request.metrics[0], request.metrics[1], request.metrics[2]
+    sm, tensor, fp64, dram = (request.metrics[i] for i in range(4))
     assert sm.nvmlReturn == pynvml.NVML_SUCCESS
     assert sm.value == pytest.approx(100 * SM_FRACTION, rel=1e-6)
     assert tensor.value == pytest.approx(50.0, rel=1e-6)
-    assert fp64.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED
+    assert fp64.nvmlReturn == pynvml.NVML_SUCCESS
+    assert fp64.value == 0.0  # the job's precision mix has no FP64 work
+    assert dram.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED
     fake.nvmlGpmSampleFree(first)
     with pytest.raises(pynvml.NVMLError_InvalidArgument):
         fake.nvmlGpmSampleFree(first)
@@ -243,11 +246,14 @@ def test_gpm_request_checks(mixed: Scenario) -> None:
         fake.nvmlGpmMetricsGet(request)
     with pytest.raises(pynvml.NVMLError_InvalidArgument):
         fake.nvmlGpmSampleGet(h0, ctypes.c_int(3))
-    fake.nvmlGpmSampleGet(h0, b)  # same time as a: no data, per metric
+    # Same time as a (nvml.h wants > 100 ms between samples and documents no
+    # error): the counters did not move, a busy GPU reads 0 %.
+    fake.nvmlGpmSampleGet(h0, b)
     request.numMetrics = 1
     request.metrics[0].metricId = pynvml.NVML_GPM_METRIC_SM_UTIL
     fake.nvmlGpmMetricsGet(request)
-    assert request.metrics[0].nvmlReturn == pynvml.NVML_ERROR_NO_DATA
+    assert request.metrics[0].nvmlReturn == pynvml.NVML_SUCCESS
+    assert request.metrics[0].value == 0.0
 
 
 def test_gpm_is_not_supported_before_hopper(mixed: Scenario) -> None:

@@ -52,7 +52,7 @@ def scenario(
 def backend(s: Scenario, pids: dict[str, int]) -> tuple[NvmlBackend, FakeNvml, Clock]:
     clock = Clock()
     fake = FakeNvml(s, "n", clock=clock, pids=pids)
-    return NvmlBackend(fake), fake, clock
+    return NvmlBackend(fake, clock=clock), fake, clock
 
 
 def test_mps_clients_are_listed_with_the_compute_processes() -> None:

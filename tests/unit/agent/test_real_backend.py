@@ -40,7 +40,7 @@ def backend(
         scenario = load_scenario(DATA / scenario)
     clock = Clock()
     fake = FakeNvml(scenario, node, clock=clock, **kw)  # type: ignore[arg-type]
-    return NvmlBackend(fake), fake, clock
+    return NvmlBackend(fake, clock=clock), fake, clock
 
 
 def one_gpu(**job: object) -> Scenario:
@@ -72,7 +72,12 @@ def test_every_field_of_a_hopper_gpu() -> None:
     assert g.uuid == gpu_uuid("n0", 0)
     assert g.product_name == "NVIDIA H100 80GB HBM3"
     assert g.health == pb.GPU_HEALTH_OK
-    assert g.utilization_gpu_percent == 100.0
+    # The driver's 1/6 s samples since the first one (t = 1/6 .. 12): the job
+    # ramps 50 -> 100 % over 10 s, then holds 100 %.
+    window = 12 - 1 / 6
+    ramp = (50 * 10 + 2.5 * 10**2) - (50 / 6 + 2.5 / 36)
+    assert g.activity_window_seconds == pytest.approx(window)
+    assert g.utilization_gpu_percent == pytest.approx((ramp + 200) / window, rel=1e-3)
     assert g.memory_used_bytes == 10 * GIB
     assert g.memory_total_bytes == 81559 * 1024 * 1024
     assert g.power_watts == 700.0
@@ -121,7 +126,7 @@ def test_pre_hopper_gpu_has_no_gpm_fields_but_everything_else() -> None:
 def test_mig_gpu_and_a_gpu_without_mig() -> None:
     b, _, clock = backend("mixed.yaml", "n1")
     clock.at(1)
-    l40s, mig = b.sample().gpus
+    l40s, mig, device = b.sample().gpus
     assert not l40s.HasField("mig_enabled")
     assert mig.mig_enabled
     assert not mig.HasField("utilization_gpu_percent")
@@ -129,6 +134,10 @@ def test_mig_gpu_and_a_gpu_without_mig() -> None:
     assert not proc.HasField("used_memory_bytes")
     assert l40s.processes[0].used_memory_bytes == 6 * GIB
     assert mig.health == l40s.health == pb.GPU_HEALTH_OK
+    # ``mig: true``: one MIG device spanning the GPU, holding the job's process.
+    assert device.parent_uuid == mig.uuid
+    assert device.mig_profile == "7g.40gb"
+    assert [p.pid for p in device.processes] == [proc.pid]
 
 
 def test_handles_and_identity_are_cached() -> None:

@@ -39,7 +39,8 @@ def test_reads_every_gpu(gpu_count: int) -> None:
     finally:
         backend.close()
     assert first.status == snap.status == pb.NVML_STATUS_OK
-    assert len(snap.gpus) == gpu_count
+    # MIG devices follow their GPU; nvmlDeviceGetCount counts physical GPUs.
+    assert len([g for g in snap.gpus if not g.parent_uuid]) == gpu_count
     for g in snap.gpus:
         assert g.health == pb.GPU_HEALTH_OK, g.error
         assert g.uuid.startswith(("GPU-", "MIG-"))
@@ -52,7 +53,15 @@ def test_reads_every_gpu(gpu_count: int) -> None:
             assert 0 < g.power_watts < 2000
         if g.HasField("sm_activity_percent"):
             assert math.isfinite(g.sm_activity_percent)
-        assert g.compute_mode != pb.COMPUTE_MODE_UNSPECIFIED
+            # GPM pair 0.2 s apart (> 100 ms, nvml.h): the window is that pair's.
+            assert 0.1 <= g.activity_window_seconds < 5
+            for name in ("hmma_tensor_activity_percent", "fp32_activity_percent"):
+                if g.HasField(name):
+                    assert 0 <= getattr(g, name) <= 100
+        if g.parent_uuid:
+            assert 0 < g.sm_share <= 1
+        if not (g.mig_enabled and not g.parent_uuid):  # NVML refuses a MIG parent's mode
+            assert g.compute_mode != pb.COMPUTE_MODE_UNSPECIFIED
         # nvmlPciInfo_t.pciDeviceId: device id << 16 | NVIDIA's vendor id.
         assert g.pci_device_id & 0xFFFF == 0x10DE
         assert g.pci_bus_id.count(":") == 2
