@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig
@@ -33,11 +34,20 @@ from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import BackendError, Error, InvalidReportError, SpoolError
 from protos.keys import PrivateKey
 from protos.reports import MAX_INTERVAL_SECONDS
+from protos.tls import channel_credentials, warn_plaintext
 
 log = logging.getLogger(__name__)
 
 # Receipts waiting for a report; beyond this the oldest are dropped (and logged).
 MAX_PENDING_RECEIPTS = 1024
+
+
+def channel_credentials_for(cfg: AgentConfig) -> grpc.ChannelCredentials | None:
+    """TLS to the collector, or None (plain text) when the config opts out."""
+    if cfg.insecure_plaintext:
+        warn_plaintext(f"agent {cfg.node_id} -> collector {cfg.collector}")
+        return None
+    return channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
 
 
 class Attributor(Protocol):
@@ -199,6 +209,8 @@ class Agent:
             backoff_min_seconds=cfg.backoff_min_seconds,
             backoff_max_seconds=cfg.backoff_max_seconds,
             max_in_flight=cfg.max_in_flight,
+            key=self._key,
+            credentials=channel_credentials_for(cfg),
         )
         streamer = asyncio.create_task(self.stream.run(stop), name=f"stream-{cfg.node_id}")
         try:

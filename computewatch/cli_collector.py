@@ -86,12 +86,48 @@ def _env(name: str) -> str:
     envvar=_env("quorum"),
     help="Distinct authority approvals needed to resume.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=_env("tls_cert"),
+    help="TLS certificate chain (PEM); re-read when it changes.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=_env("tls_key"),
+    help="TLS private key (PEM).",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=_env("tls_client_ca"),
+    help="Require client certificates signed by this CA (mutual TLS).",
+)
+@click.option(
+    "--insecure-plaintext",
+    is_flag=True,
+    default=None,
+    envvar=_env("insecure_plaintext"),
+    help="Serve gRPC and /metrics without TLS (loudly logged).",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    default=False,
+    envvar=_env("insecure_no_auth"),
+    help="Serve Audit, Status and Control without tokens (loudly logged).",
+)
+@click.option("--cluster", envvar=_env("cluster"), help="Cluster name stamped on directives.")
 @translate_errors
-def serve(config_file: Path | None, **flags: object) -> None:
+def serve(config_file: Path | None, insecure_no_auth: bool, **flags: object) -> None:
     """Serve Telemetry, Status, Control and Audit until SIGINT/SIGTERM."""
     from collector.config import load_collector_config
 
     overrides = {k: (v or None) if isinstance(v, tuple) else v for k, v in flags.items()}
+    overrides["insecure_plaintext"] = overrides["insecure_plaintext"] or None
+    if insecure_no_auth:
+        overrides["require_auth"] = False
     config = load_collector_config(config_file, overrides)
     asyncio.run(_serve(config))
 

@@ -21,6 +21,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from computewatch.clitls import ClientTls, tls_options
 from computewatch.clitools import translate_errors
 from computewatch.render import table
 from protos import dsse
@@ -91,11 +92,12 @@ def _call(
     *,
     key: PrivateKey | None,
     timeout: float,
+    tls: ClientTls,
 ) -> R:
     """One unary Control call; a refusal becomes a one-line ClickException."""
     full = _SERVICE + method
     metadata = call_metadata(key, full) if key is not None else None
-    with grpc.insecure_channel(address) as channel:
+    with tls.channel(address) as channel:
         stub = control_pb2_grpc.ControlStub(channel)
         rpc: Callable[..., object] = getattr(stub, method)
         try:
@@ -111,7 +113,9 @@ def _call(
     return result
 
 
-def _submit(address: str, method: str, envelope: bytes, key: PrivateKey, timeout: float) -> None:
+def _submit(
+    address: str, method: str, envelope: bytes, key: PrivateKey, timeout: float, tls: ClientTls
+) -> None:
     reply = _call(
         address,
         method,
@@ -119,6 +123,7 @@ def _submit(address: str, method: str, envelope: bytes, key: PrivateKey, timeout
         control_pb2.SubmitResponse,
         key=key,
         timeout=timeout,
+        tls=tls,
     )
     click.echo(f"{reply.message} (log index {reply.log_index})")
     for directive_id in reply.directive_ids:
@@ -127,6 +132,7 @@ def _submit(address: str, method: str, envelope: bytes, key: PrivateKey, timeout
 
 @click.command()
 @collector_option
+@tls_options
 @click.option(
     "--scope",
     "scopes",
@@ -138,7 +144,12 @@ def _submit(address: str, method: str, envelope: bytes, key: PrivateKey, timeout
 @timeout_option
 @translate_errors
 def halt(
-    address: str, scopes: tuple[str, ...], reason: str, key_path: Path, timeout: float
+    address: str,
+    scopes: tuple[str, ...],
+    reason: str,
+    key_path: Path,
+    timeout: float,
+    tls: ClientTls,
 ) -> None:
     """Halt at once, signed by one authority key."""
     scope = parse_scope(scopes)
@@ -149,19 +160,26 @@ def halt(
         requested_unix_nanos=time.time_ns(),
         nonce=secrets.token_hex(16),
     )
-    _submit(address, "SubmitManualHalt", dsse.seal(request, key), key, timeout)
+    _submit(address, "SubmitManualHalt", dsse.seal(request, key), key, timeout, tls)
 
 
 @click.command()
 @click.argument("directive_id")
 @collector_option
+@tls_options
 @key_option
 @click.option("--comment", default="", help="Why you approve (goes into the log).")
 @click.option("--authority", default="", help="Your name or role, for people reading the log.")
 @timeout_option
 @translate_errors
 def approve(
-    directive_id: str, address: str, key_path: Path, comment: str, authority: str, timeout: float
+    directive_id: str,
+    address: str,
+    key_path: Path,
+    comment: str,
+    authority: str,
+    timeout: float,
+    tls: ClientTls,
 ) -> None:
     """Approve lifting DIRECTIVE_ID; with a quorum of keys the collector resumes."""
     key = load_private_key(key_path)
@@ -171,11 +189,12 @@ def approve(
         authority=authority,
         comment=comment,
     )
-    _submit(address, "SubmitApproval", dsse.seal(request, key), key, timeout)
+    _submit(address, "SubmitApproval", dsse.seal(request, key), key, timeout, tls)
 
 
 @click.command()
 @collector_option
+@tls_options
 @click.option("--job", "job_id", required=True, help="Job whose model was evaluated.")
 @click.option("--model", "model_id", default="", help="Model id.")
 @click.option("--evaluation", "name", required=True, help="Evaluation name, e.g. cyber-offense.")
@@ -193,6 +212,7 @@ def evaluate(
     evaluator: str,
     key_path: Path,
     timeout: float,
+    tls: ClientTls,
 ) -> None:
     """Submit a signed capability evaluation result (capability rules act on it)."""
     if not math.isfinite(score):
@@ -206,14 +226,18 @@ def evaluate(
         evaluated_unix_nanos=time.time_ns(),
         evaluator=evaluator,
     )
-    _submit(address, "SubmitEvaluation", dsse.seal(request, key), key, timeout)
+    _submit(address, "SubmitEvaluation", dsse.seal(request, key), key, timeout, tls)
 
 
 # -- directives list | show ------------------------------------------------------------
 
 
 def _fetch(
-    address: str, in_force_only: bool, key: PrivateKey | None, collector_key: PublicKey | None
+    address: str,
+    in_force_only: bool,
+    key: PrivateKey | None,
+    collector_key: PublicKey | None,
+    tls: ClientTls,
 ) -> list[tuple[control_pb2.DirectiveRecord, control_pb2.Directive, bool]]:
     reply = _call(
         address,
@@ -222,6 +246,7 @@ def _fetch(
         control_pb2.DirectiveList,
         key=key,
         timeout=10.0,
+        tls=tls,
     )
     out = []
     for record in reply.directives:
@@ -295,17 +320,23 @@ def directives() -> None:
 
 @directives.command("list")
 @collector_option
+@tls_options
 @click.option("--in-force", is_flag=True, help="Only halts, throttles and terminates in force.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_key_options
 @translate_errors
 def list_directives(
-    address: str, in_force: bool, as_json: bool, key_path: Path | None, collector_key: Path | None
+    address: str,
+    in_force: bool,
+    as_json: bool,
+    key_path: Path | None,
+    collector_key: Path | None,
+    tls: ClientTls,
 ) -> None:
     """List directives, oldest first."""
     key = load_private_key(key_path) if key_path else None
     pub = load_public_key(collector_key) if collector_key else None
-    rows = _fetch(address, in_force, key, pub)
+    rows = _fetch(address, in_force, key, pub, tls)
     if as_json:
         click.echo(json.dumps([_doc(*r) for r in rows], indent=2, sort_keys=True))
         return
@@ -354,6 +385,7 @@ def list_directives(
 @directives.command("show")
 @click.argument("directive_id")
 @collector_option
+@tls_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_key_options
 @translate_errors
@@ -363,11 +395,12 @@ def show_directive(
     as_json: bool,
     key_path: Path | None,
     collector_key: Path | None,
+    tls: ClientTls,
 ) -> None:
     """Show one directive with its evidence, approvals and receipts."""
     key = load_private_key(key_path) if key_path else None
     pub = load_public_key(collector_key) if collector_key else None
-    for record, d, verified in _fetch(address, False, key, pub):
+    for record, d, verified in _fetch(address, False, key, pub, tls):
         if d.id == directive_id:
             doc = _doc(record, d, verified)
             if as_json:

@@ -10,6 +10,7 @@ import click
 import grpc
 from google.protobuf import json_format
 
+from computewatch.clitls import ClientTls, tls_options
 from computewatch.clitools import translate_errors
 from computewatch.render import interval, si, table
 from protos.auth import call_metadata
@@ -27,10 +28,14 @@ _METHOD = "/computewatch.v1.Status/GetStatus"
 
 
 def fetch_status(
-    address: str, key: PrivateKey | None = None, timeout: float = 10.0
+    address: str,
+    key: PrivateKey | None = None,
+    timeout: float = 10.0,
+    tls: ClientTls | None = None,
 ) -> status_pb2.ClusterStatus:
+    """``tls`` None: TLS trusting the system's roots."""
     metadata = call_metadata(key, _METHOD) if key is not None else None
-    with grpc.insecure_channel(address) as channel:
+    with (tls or ClientTls()).channel(address) as channel:
         stub = status_pb2_grpc.StatusStub(channel)
         try:
             result: status_pb2.ClusterStatus = stub.GetStatus(
@@ -131,10 +136,11 @@ def render_status(st: status_pb2.ClusterStatus) -> str:
     help="Auditor or authority private key, for collectors that require signed tokens.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@tls_options
 @translate_errors
-def status(address: str, key_path: Path | None, as_json: bool) -> None:
+def status(address: str, key_path: Path | None, as_json: bool, tls: ClientTls) -> None:
     """Show cluster compute, nodes and jobs from a running collector."""
-    st = fetch_status(address, load_private_key(key_path) if key_path else None)
+    st = fetch_status(address, load_private_key(key_path) if key_path else None, tls=tls)
     if as_json:
         doc = json_format.MessageToDict(st, preserving_proto_field_name=True)
         click.echo(json.dumps(doc, indent=2, sort_keys=True))

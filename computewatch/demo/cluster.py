@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from agent.attribution import JobAttributor
 from agent.config import AgentConfig
 from agent.fakenvml.spec import Scenario
@@ -20,7 +22,9 @@ from collector.registry import enroll
 from collector.server import Collector, create_server
 from computewatch.demo.fakenode import build_fake_node
 from computewatch.demo.processes import StandIns
+from computewatch.tlsca import init_site
 from protos.keys import PrivateKey, write_private_key, write_public_key
+from protos.tls import channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,11 @@ class KeyPaths:
     def regulator(self) -> Path:
         return self.root / "regulator.key"
 
+    @property
+    def tls(self) -> Path:
+        """The demo's private CA and certificates (``computewatch tls init``)."""
+        return self.root / "tls"
+
 
 @dataclass
 class Cluster:
@@ -80,6 +89,11 @@ class Cluster:
     nodes: list[NodeRun] = field(default_factory=list)
     stand_ins: StandIns = field(default_factory=StandIns)
     start: float = 0.0
+
+    def channel(self) -> grpc.aio.Channel:
+        """A TLS channel to the collector, trusting the demo's CA."""
+        creds = channel_credentials(self.keys.tls / "ca.pem")
+        return grpc.aio.secure_channel(self.collector.address, creds)
 
     async def stop(self) -> None:
         for run in self.nodes:
@@ -104,6 +118,7 @@ async def start_cluster(
         key, _, pub = _keypair(paths.authorities, name)
         authorities[name] = key
         authority_pubs.append(pub)
+    site = init_site(paths.tls, force=True)
     ledger = workdir / "ledger.db"
     node_keys: dict[str, tuple[PrivateKey, Path]] = {}
     for node in scenario.nodes:
@@ -124,6 +139,8 @@ async def start_cluster(
         checkpoint_interval_seconds=2.0,
         require_auth=True,
         auditor_keys=(regulator_pub,),
+        tls_cert=site["collector"].cert,
+        tls_key=site["collector"].key,
     )
     service, _ = await create_server(config)
     cluster = Cluster(workdir, scenario, service, authorities, regulator, paths)
@@ -138,6 +155,7 @@ async def start_cluster(
             key=node_keys[node.id][1],
             collector=service.address,
             collector_key=collector_pub,
+            tls_ca=site["ca"].cert,
             interval_seconds=scenario.interval_seconds,
             state_dir=home / "state",
             backend="fake",

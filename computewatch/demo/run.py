@@ -74,7 +74,7 @@ class _Watcher:
         self.events: list[str] = []
         self.approved: dict[str, list[str]] = {}
         self.seen: dict[str, bool] = {}
-        self.channel = grpc.aio.insecure_channel(cluster.collector.address)
+        self.channel = cluster.channel()
         self.status = status_pb2_grpc.StatusStub(self.channel)
         self.control = control_pb2_grpc.ControlStub(self.channel)
         self.thresholds = job_thresholds(opts.rule_packs)

@@ -261,7 +261,11 @@ def test_collector_config_loads_and_matches_the_deployment(tmp_path: Path) -> No
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     assert config.listen == f"0.0.0.0:{ports['grpc']}"
     assert config.metrics_port == ports["metrics"]
-    assert main["readinessProbe"]["grpc"]["port"] == ports["grpc"]
+    # TLS by default: kubelet gRPC probes cannot speak it, so the probes are TCP.
+    assert main["readinessProbe"]["tcpSocket"]["port"] == ports["grpc"]
+    assert config.tls_cert == Path("/etc/computewatch/tls/tls.crt")
+    mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    assert mounts["tls"] == "/etc/computewatch/tls"
     assert config.ledger.parent.as_posix() == mount_path(deploy, "collector", "ledger")
     # The key is copied to a 0600 file on the memory volume before start.
     assert config.key.parent.as_posix() == mount_path(deploy, "collector", "run")
