@@ -7,6 +7,7 @@ Real collectors on loopback with a private CA made in a tmp dir
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 import urllib.error
@@ -16,11 +17,13 @@ from typing import Any
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import generate_latest
 
 from collector.config import CollectorConfig
+from computewatch.cli import cli
 from computewatch.tlsca import issue
 from protos import auth as authmod
 from protos.computewatch.v1 import (
@@ -32,7 +35,7 @@ from protos.computewatch.v1 import (
     status_pb2_grpc,
 )
 from protos.errors import ConfigError
-from protos.keys import PrivateKey, write_public_key
+from protos.keys import PrivateKey, write_private_key, write_public_key
 from tests.support import StreamClient, enroll_nodes, gpu, new_key, running_collector
 from tests.tls_support import Site, make_site
 
@@ -230,5 +233,32 @@ def test_metrics_are_served_over_tls(tmp_path: Path) -> None:
                         f"http://127.0.0.1:{port}/metrics", timeout=10
                     ).read()
                 )
+
+    asyncio.run(scenario())
+
+
+def test_an_authority_cli_presents_its_certificate_under_mutual_tls(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "tls")
+    auditor = PrivateKey.generate()
+    write_private_key(auditor, tmp_path / "auditor.key")
+    write_public_key(auditor.public, tmp_path / "auditor.pub")
+    config = secure_config(
+        tmp_path, site, tls_client_ca=site.ca.cert, auditor_keys=(tmp_path / "auditor.pub",)
+    )
+    runner = CliRunner()
+
+    async def scenario() -> None:
+        async with running_collector(config) as service:
+            base = [
+                "status", "--collector", service.address, "--json",
+                "--key", str(tmp_path / "auditor.key"), "--tls-ca", str(site.ca.cert),
+            ]  # fmt: skip
+            cert = ["--tls-cert", str(site.client.cert), "--tls-key", str(site.client.key)]
+            ok = await asyncio.to_thread(runner.invoke, cli, [*base, *cert])
+            assert ok.exit_code == 0, ok.output
+            assert int(json.loads(ok.stdout)["generated_unix_nanos"]) > 0
+            refused = await asyncio.to_thread(runner.invoke, cli, base)
+            assert refused.exit_code == 1
+            assert "UNAVAILABLE" in refused.output
 
     asyncio.run(scenario())
