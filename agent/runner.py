@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import time
@@ -42,12 +43,14 @@ log = logging.getLogger(__name__)
 MAX_PENDING_RECEIPTS = 1024
 
 
-def channel_credentials_for(cfg: AgentConfig) -> grpc.ChannelCredentials | None:
-    """TLS to the collector, or None (plain text) when the config opts out."""
+def channel_credentials_for(cfg: AgentConfig) -> Callable[[], grpc.ChannelCredentials] | None:
+    """TLS to the collector, read from the files at each connection (renewed
+    certificates need no restart), or None (plain text) when the config opts out."""
     if cfg.insecure_plaintext:
         warn_plaintext(f"agent {cfg.node_id} -> collector {cfg.collector}")
         return None
-    return channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+    channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)  # unreadable: fail at start
+    return functools.partial(channel_credentials, cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
 
 
 class Attributor(Protocol):

@@ -34,6 +34,7 @@ from protos.keys import PrivateKey
 log = logging.getLogger(__name__)
 
 DirectiveHandler = Callable[[bytes], Awaitable[None]]
+Credentials = grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials]
 # (sequence, reason, message) of a content refusal -> True when the spool now
 # holds a replacement for that report (``agent.refusal.RefusalHandler``).
 RefusalHook = Callable[[int, str, str], bool]
@@ -127,11 +128,13 @@ class StreamClient:
         options: Sequence[tuple[str, int]] | None = None,
         rng: random.Random | None = None,
         key: PrivateKey | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         """``key``: the node key, to answer the collector's challenge (without
         it the stream is never bound and receives no directives).
-        ``credentials``: TLS; None is plain text (an explicit opt-out)."""
+        ``credentials``: TLS, or a function that builds them, called for every
+        connection (so renewed certificate files are used without a restart);
+        None is plain text (an explicit opt-out)."""
         if not 0 < backoff_min_seconds <= backoff_max_seconds:
             raise ValueError("expected 0 < backoff_min_seconds <= backoff_max_seconds")
         if max_in_flight < 1:
@@ -198,7 +201,12 @@ class StreamClient:
         """One connection, until it fails or ``stop``; True if the collector
         acknowledged anything on it."""
         session = _Session()
-        async with self._channel() as channel:
+        try:
+            channel = self._channel()
+        except Error as exc:  # unreadable TLS files: retried after the backoff
+            log.warning("%s: cannot connect to %s: %s", self._node_id, self._target, exc)
+            return False
+        async with channel:
             call = telemetry_pb2_grpc.TelemetryStub(channel).Stream()
             sender = asyncio.create_task(self._send(call, session))
             receiver = asyncio.create_task(self._receive(call, session))
@@ -217,9 +225,12 @@ class StreamClient:
         return session.exchanged
 
     def _channel(self) -> grpc.aio.Channel:
-        if self._credentials is None:
+        creds = self._credentials
+        if creds is None:
             return grpc.aio.insecure_channel(self._target, options=self._options)
-        return grpc.aio.secure_channel(self._target, self._credentials, options=self._options)
+        if callable(creds):
+            creds = creds()
+        return grpc.aio.secure_channel(self._target, creds, options=self._options)
 
     async def _drain_on_stop(
         self,

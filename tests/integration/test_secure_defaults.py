@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import generate_latest
 
 from collector.config import CollectorConfig
+from collector.registry import enroll
 from computewatch.cli import cli
 from computewatch.tlsca import issue
 from protos import auth as authmod
@@ -36,6 +39,7 @@ from protos.computewatch.v1 import (
 )
 from protos.errors import ConfigError
 from protos.keys import PrivateKey, write_private_key, write_public_key
+from tests.agent_support import SimNode, scenario_doc
 from tests.support import StreamClient, enroll_nodes, gpu, new_key, running_collector
 from tests.tls_support import Site, make_site
 
@@ -260,5 +264,49 @@ def test_an_authority_cli_presents_its_certificate_under_mutual_tls(tmp_path: Pa
             refused = await asyncio.to_thread(runner.invoke, cli, base)
             assert refused.exit_code == 1
             assert "UNAVAILABLE" in refused.output
+
+    asyncio.run(scenario())
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_a_real_agent_under_mutual_tls_uses_a_renewed_certificate_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    site = make_site(tmp_path / "tls")
+    stranger = make_site(tmp_path / "stranger")  # a CA the collector does not trust
+    config = secure_config(tmp_path, site, tls_client_ca=site.ca.cert)
+    sim = SimNode("node-a", tmp_path, scenario_doc(["node-a"]))
+    enroll(config.ledger, sim.node_id, sim.key.public)
+    cert, key = tmp_path / "agent.pem", tmp_path / "agent.key"
+    shutil.copyfile(stranger.client.cert, cert)
+    shutil.copyfile(stranger.client.key, key)
+
+    async def scenario() -> None:
+        async with running_collector(config) as service:
+            agent = sim.agent(
+                service.address,
+                insecure_plaintext=False,
+                tls_ca=site.ca.cert,
+                tls_cert=cert,
+                tls_key=key,
+            )
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            await _until(lambda: agent.stats.stream_reconnects >= 2)
+            assert agent.stats.acked_sequence == 0  # refused at the handshake
+            assert service.ledger.size == 0
+            shutil.copyfile(site.client.cert, cert)  # renewed in place
+            shutil.copyfile(site.client.key, key)
+            await _until(lambda: agent.stats.acked_sequence >= 3)
+            await _until(lambda: bool(list(service.sessions.for_node("node-a"))))
+            stop.set()
+            await asyncio.wait_for(task, 15)
 
     asyncio.run(scenario())
