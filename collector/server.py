@@ -130,9 +130,10 @@ class Collector:
             self.merkle.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        shutdown = getattr(self._metrics_server, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
+        for name in ("shutdown", "server_close"):  # stop serving, then close the socket
+            method = getattr(self._metrics_server, name, None)
+            if callable(method):
+                method()
 
     async def _tick_loop(self) -> None:
         period = self.config.tick_seconds

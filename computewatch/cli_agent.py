@@ -276,6 +276,7 @@ async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
                 loop.remove_signal_handler(sig)
         if server is not None:
             server.shutdown()
+            server.server_close()
         backend.close()
         attribution.close()
         stand_ins.close()

@@ -218,6 +218,11 @@ def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> No
     asyncio.run(scenario())
 
 
+def _get(url: str, ctx: ssl.SSLContext | None) -> bytes:
+    with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
+        return bytes(resp.read())
+
+
 def test_metrics_are_served_over_tls(tmp_path: Path) -> None:
     site = make_site(tmp_path / "tls")
     port = free_port()
@@ -227,16 +232,10 @@ def test_metrics_are_served_over_tls(tmp_path: Path) -> None:
         async with running_collector(config):
             ctx = ssl.create_default_context(cafile=str(site.ca.cert))
             url = f"https://127.0.0.1:{port}/metrics"
-            body = await asyncio.to_thread(
-                lambda: urllib.request.urlopen(url, context=ctx, timeout=10).read()
-            )
+            body = await asyncio.to_thread(_get, url, ctx)
             assert b"computewatch_collector_tls_reloads_total" in body
             with pytest.raises((urllib.error.URLError, ConnectionError)):
-                await asyncio.to_thread(
-                    lambda: urllib.request.urlopen(
-                        f"http://127.0.0.1:{port}/metrics", timeout=10
-                    ).read()
-                )
+                await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics", None)
 
     asyncio.run(scenario())
 
