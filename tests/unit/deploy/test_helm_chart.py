@@ -364,3 +364,32 @@ def test_render_fails_like_helm_on_missing_or_contradictory_values() -> None:
         render_chart(CHART, {})
     with pytest.raises(TemplateError, match="quorum"):
         render_chart(CHART, {**BASE, "collector": {"authorityKeys": {"alice": PEM}}})
+
+
+def test_tls_is_on_by_default_and_agents_get_only_the_ca(tmp_path: Path) -> None:
+    from agent.config import load_agent_config
+    from collector.config import load_collector_config
+
+    docs = manifests({"serviceMonitor": {"enabled": True}})
+    agent = load_agent_config(
+        toml_of(docs, "-agent", "agent.toml", tmp_path), {"node_id": "gpu-1", "key": "/k"}
+    )
+    assert agent.insecure_plaintext is False
+    ds = one(docs, "DaemonSet")
+    assert str(agent.tls_ca).startswith(mount_path(ds, "agent", "tls-ca") + "/")
+    (tls_ca,) = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls-ca"]
+    assert tls_ca["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # never the key
+    (endpoint,) = one(docs, "ServiceMonitor", "-collector")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["ca"]["secret"]["key"] == "ca.crt"
+    # The explicit opt-out: plain text everywhere, gRPC probes again.
+    plain = manifests({"tls": {"insecurePlaintext": True}})
+    config = load_collector_config(toml_of(plain, "-collector", "collector.toml", tmp_path))
+    assert config.insecure_plaintext is True
+    assert config.tls_cert is None
+    main = container(one(plain, "Deployment"), "collector")
+    assert "grpc" in main["readinessProbe"]
+    assert all(
+        v["name"] != "tls-ca"
+        for v in one(plain, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+    )
