@@ -63,3 +63,21 @@ def test_issue_signs_with_the_existing_ca_and_refuses_without_one(tmp_path: Path
     )
     usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+
+
+def test_collector_serve_refuses_plain_text_and_auth_off_unless_opted_out(tmp_path: Path) -> None:
+    base = [
+        "collector", "serve", "--ledger", str(tmp_path / "l.db"),
+        "--key", str(tmp_path / "c.key"), "--listen", "127.0.0.1:0",
+    ]  # fmt: skip
+    no_tls = CliRunner().invoke(cli, base)
+    assert no_tls.exit_code == 1
+    assert "no TLS certificate" in no_tls.output
+    assert "insecure_plaintext" in no_tls.output
+    (tmp_path / "a.pub").write_text("unused\n")
+    auditor = ["--auditor-key", str(tmp_path / "a.pub")]
+    no_auth = CliRunner().invoke(
+        cli, [*base, "--insecure-plaintext", "--insecure-no-auth", *auditor]
+    )
+    assert no_auth.exit_code == 1
+    assert "require_auth = false with auditor_keys" in no_auth.output
