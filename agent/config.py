@@ -45,6 +45,16 @@ class AgentConfig:
     collector: str = "127.0.0.1:7443"
     # Collector public key: verifies directives and leases.
     collector_key: Path | None = None
+    # TLS to the collector: the CA to trust (None: the system's roots) and,
+    # for mutual TLS, this node's client certificate and key (PEM). Also
+    # serves /metrics when tls_cert and tls_key are set.
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Speak plain text to the collector: an explicit, loudly logged opt-out.
+    insecure_plaintext: bool = False
+    # The cluster this node belongs to: directives for another are refused.
+    cluster: str = "default"
     # Seconds between samples.
     interval_seconds: float = 1.0
     # Spool (chain state, unacknowledged reports) and other persistent state.
@@ -143,6 +153,14 @@ class AgentConfig:
                 None,
                 "the collector's public key when fail_mode is 'closed' (it verifies leases)",
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise _ValueError("tls_key", self.tls_key, "tls_cert and tls_key together")
+        if self.insecure_plaintext and (self.tls_ca or self.tls_cert):
+            raise _ValueError(
+                "insecure_plaintext", True, "false when tls_ca or tls_cert is set (choose one)"
+            )
+        if not self.cluster or len(self.cluster) > 128:
+            raise _ValueError("cluster", self.cluster, "1-128 characters")
         self._check_enforcement()
         self._check_attribution()
         check_range("backoff_min_seconds", self.backoff_min_seconds, 0.0, 3600.0, above_low=True)

@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -237,13 +238,25 @@ def register_metrics(registry: CollectorRegistry, stats: AgentStats) -> AgentMet
 
 
 def serve_metrics(
-    registry: CollectorRegistry, address: str, port: int
+    registry: CollectorRegistry,
+    address: str,
+    port: int,
+    *,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``registry`` on http://address:port/metrics in a daemon thread.
+    """Serve ``registry`` on http(s)://address:port/metrics in a daemon thread
+    (HTTPS when ``certfile`` and ``keyfile`` are given).
 
     Returns prometheus_client's (server, thread); ``server.shutdown()`` stops it.
     """
     try:
-        return start_http_server(port, addr=address, registry=registry)
+        return start_http_server(
+            port,
+            addr=address,
+            registry=registry,
+            certfile=None if certfile is None else str(certfile),
+            keyfile=None if keyfile is None else str(keyfile),
+        )
     except OSError as exc:
         raise ConfigError(f"metrics endpoint {address}:{port}: cannot listen ({exc})") from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from agent.actors import add_actors
@@ -34,11 +36,22 @@ from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import BackendError, Error, InvalidReportError, SpoolError
 from protos.keys import PrivateKey
 from protos.reports import MAX_INTERVAL_SECONDS
+from protos.tls import channel_credentials, warn_plaintext
 
 log = logging.getLogger(__name__)
 
 # Receipts waiting for a report; beyond this the oldest are dropped (and logged).
 MAX_PENDING_RECEIPTS = 1024
+
+
+def channel_credentials_for(cfg: AgentConfig) -> Callable[[], grpc.ChannelCredentials] | None:
+    """TLS to the collector, read from the files at each connection (renewed
+    certificates need no restart), or None (plain text) when the config opts out."""
+    if cfg.insecure_plaintext:
+        warn_plaintext(f"agent {cfg.node_id} -> collector {cfg.collector}")
+        return None
+    channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)  # unreadable: fail at start
+    return functools.partial(channel_credentials, cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
 
 
 class Attributor(Protocol):
@@ -200,6 +213,8 @@ class Agent:
             backoff_min_seconds=cfg.backoff_min_seconds,
             backoff_max_seconds=cfg.backoff_max_seconds,
             max_in_flight=cfg.max_in_flight,
+            key=self._key,
+            credentials=channel_credentials_for(cfg),
         )
         streamer = asyncio.create_task(self.stream.run(stop), name=f"stream-{cfg.node_id}")
         try:

@@ -25,13 +25,16 @@ import grpc.aio
 from agent.metrics import AgentStats
 from agent.refusal import CONTENT_REASONS
 from agent.spool import Spool
+from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
 from protos.dsse import DEFAULT_MAX_ENVELOPE_BYTES
 from protos.errors import Error
+from protos.keys import PrivateKey
 
 log = logging.getLogger(__name__)
 
 DirectiveHandler = Callable[[bytes], Awaitable[None]]
+Credentials = grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials]
 # (sequence, reason, message) of a content refusal -> True when the spool now
 # holds a replacement for that report (``agent.refusal.RefusalHandler``).
 RefusalHook = Callable[[int, str, str], bool]
@@ -102,6 +105,8 @@ class _Session:
 
     inflight: deque[int] = field(default_factory=deque)
     exchanged: bool = False
+    # The answer to this stream's challenge, not yet written.
+    proof: bytes = b""
 
 
 class StreamClient:
@@ -122,13 +127,22 @@ class StreamClient:
         drain_seconds: float = 2.0,
         options: Sequence[tuple[str, int]] | None = None,
         rng: random.Random | None = None,
+        key: PrivateKey | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
+        """``key``: the node key, to answer the collector's challenge (without
+        it the stream is never bound and receives no directives).
+        ``credentials``: TLS, or a function that builds them, called for every
+        connection (so renewed certificate files are used without a restart);
+        None is plain text (an explicit opt-out)."""
         if not 0 < backoff_min_seconds <= backoff_max_seconds:
             raise ValueError("expected 0 < backoff_min_seconds <= backoff_max_seconds")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._target = target
         self._node_id = node_id
+        self._key = key
+        self._credentials = credentials
         self._spool = spool
         self._stats = stats
         self._on_directive = on_directive
@@ -187,7 +201,12 @@ class StreamClient:
         """One connection, until it fails or ``stop``; True if the collector
         acknowledged anything on it."""
         session = _Session()
-        async with grpc.aio.insecure_channel(self._target, options=self._options) as channel:
+        try:
+            channel = self._channel()
+        except Error as exc:  # unreadable TLS files: retried after the backoff
+            log.warning("%s: cannot connect to %s: %s", self._node_id, self._target, exc)
+            return False
+        async with channel:
             call = telemetry_pb2_grpc.TelemetryStub(channel).Stream()
             sender = asyncio.create_task(self._send(call, session))
             receiver = asyncio.create_task(self._receive(call, session))
@@ -204,6 +223,14 @@ class StreamClient:
                 self._stats.stream_connected = False
             self._report_end(sender, receiver, stop)
         return session.exchanged
+
+    def _channel(self) -> grpc.aio.Channel:
+        creds = self._credentials
+        if creds is None:
+            return grpc.aio.insecure_channel(self._target, options=self._options)
+        if callable(creds):
+            creds = creds()
+        return grpc.aio.secure_channel(self._target, creds, options=self._options)
 
     async def _drain_on_stop(
         self,
@@ -264,6 +291,9 @@ class StreamClient:
         cursor = 0
         while True:
             self._wake.clear()
+            if session.proof:
+                proof, session.proof = session.proof, b""
+                await call.write(telemetry_pb2.AgentMessage(proof=proof))
             room = self._max_in_flight - len(session.inflight)
             if room > 0:
                 batch = self._spool.pending(after=cursor, limit=room)
@@ -291,9 +321,21 @@ class StreamClient:
                 self._on_ack(msg.ack, session)
             elif body == "reject":
                 self._on_reject(msg.reject, session)
+            elif body == "challenge":
+                self._on_challenge(msg.challenge, session)
             elif body == "directive":
                 self._stats.directives_received += 1
                 await self._dispatch(msg.directive)
+
+    def _on_challenge(self, challenge: telemetry_pb2.Challenge, session: _Session) -> None:
+        """Prove possession of the node key for this stream: the collector
+        binds a stream (and sends it directives) only on this signature."""
+        if self._key is None:
+            log.warning("%s: no node key to answer the stream challenge", self._node_id)
+            return
+        proof = telemetry_pb2.StreamProof(node_id=self._node_id, nonce=challenge.nonce)
+        session.proof = dsse.seal(proof, self._key)
+        self._wake.set()
 
     def _on_ack(self, ack: telemetry_pb2.Ack, session: _Session) -> None:
         if ack.node_id and ack.node_id != self._node_id:

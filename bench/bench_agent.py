@@ -113,6 +113,7 @@ def _node(base: Path | None, gpus: int) -> Iterator[Any]:
         config = AgentConfig(
             node_id=NODE,
             key=root / "node.key",
+            insecure_plaintext=True,  # never connects
             state_dir=root / "state",
             procfs_root=root / "proc",
             job_metadata_dir=root / "jobs",

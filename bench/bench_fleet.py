@@ -39,7 +39,9 @@ from bench.common import (
     start_process,
     workdir,
 )
+from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
+from protos.keys import PrivateKey
 
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 _CONNECT_CONCURRENCY = 100
@@ -102,14 +104,25 @@ def _generator_main(
 ) -> None:
     streams = []
     for i, (node_id, seed) in enumerate(zip(node_ids, seeds, strict=True)):
-        chain = ReportChain(node_id, key_from_seed(seed), gpus, job=job_of(i), interval=interval)
-        streams.append([telemetry_pb2.AgentMessage(envelope=chain.next()) for _ in range(count)])
+        key = key_from_seed(seed)
+        chain = ReportChain(node_id, key, gpus, job=job_of(i), interval=interval)
+        msgs = [telemetry_pb2.AgentMessage(envelope=chain.next()) for _ in range(count)]
+        streams.append(_Stream(node_id, key, msgs))
     asyncio.run(_drive(address, streams, interval, timeout, conn))
 
 
+@dataclass
+class _Stream:
+    node_id: str
+    key: PrivateKey
+    msgs: list[telemetry_pb2.AgentMessage]
+
+
 class _Agent:
-    def __init__(self, channel: grpc.aio.Channel, msgs: list[telemetry_pb2.AgentMessage]) -> None:
-        self.msgs = msgs
+    def __init__(self, channel: grpc.aio.Channel, stream: _Stream) -> None:
+        self.stream = stream
+        self.msgs = stream.msgs
+        self.lock = asyncio.Lock()
         self.call = telemetry_pb2_grpc.TelemetryStub(channel).Stream()
         self.sent_at: list[float] = []
         self.acked = 0
@@ -126,7 +139,8 @@ class _Agent:
             now = loop.time()
             self.max_lag = max(self.max_lag, now - due)
             self.sent_at.append(now)
-            await self.call.write(msg)
+            async with self.lock:
+                await self.call.write(msg)
         await self.call.done_writing()
 
     async def read(self) -> None:
@@ -135,6 +149,14 @@ class _Agent:
             reply = await self.call.read()
             if not isinstance(reply, telemetry_pb2.CollectorMessage):
                 return  # end of stream (grpc.aio.EOF)
+            if reply.HasField("challenge"):  # bind the stream, as an agent does
+                proof = telemetry_pb2.StreamProof(
+                    node_id=self.stream.node_id, nonce=reply.challenge.nonce
+                )
+                async with self.lock:
+                    await self.call.write(
+                        telemetry_pb2.AgentMessage(proof=dsse.seal(proof, self.stream.key))
+                    )
             if reply.HasField("ack") and reply.ack.sequence > self.acked:
                 self.acked = int(reply.ack.sequence)
                 self.latencies.append(loop.time() - self.sent_at[self.acked - 1])
@@ -142,7 +164,7 @@ class _Agent:
 
 async def _drive(
     address: str,
-    streams: list[list[telemetry_pb2.AgentMessage]],
+    streams: list[_Stream],
     interval: float,
     timeout: float,
     conn: Connection,

@@ -217,7 +217,8 @@ def workdir(base: Path | None, nodes: int, **config: object) -> Iterator[Workdir
             ledger=root / "ledger.db",
             key=key_path,
             listen="127.0.0.1:0",
-            **config,  # type: ignore[arg-type]
+            # Loopback measurements of ingest and halts, not of TLS or tokens.
+            **{"insecure_plaintext": True, "require_auth": False, **config},  # type: ignore[arg-type]
         )
         wd = Workdir(root, cfg)
         for i in range(nodes):

@@ -42,6 +42,7 @@ import yaml
 
 from bench.common import BenchError
 from collector.registry import enroll
+from computewatch.tlsca import init_site
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2
 from protos.keys import PrivateKey, write_private_key, write_public_key
@@ -113,11 +114,14 @@ class Cluster:
         write_private_key(auditor, root / "auditor.key")
         write_public_key(auditor.public, root / "auditor.pub")
         enroll(self.ledger, NODE, self.key.public)
+        site = init_site(root / "tls")  # the shipped defaults: TLS and tokens
+        self.tls_ca = str(site["ca"].cert)
         (root / "collector.toml").write_text(
             f'[collector]\nledger = "{self.ledger}"\nkey = "{root / "collector.key"}"\n'
             f'listen = "{self.address}"\ninterval_seconds = {INTERVAL}\ntick_seconds = 0.2\n'
             f"checkpoint_interval_seconds = 0.5\n"
             f'auditor_keys = ["{root / "auditor.pub"}"]\n'
+            f'tls_cert = "{site["collector"].cert}"\ntls_key = "{site["collector"].key}"\n'
         )
         (root / "scenario.yaml").write_text(
             yaml.safe_dump(
@@ -166,7 +170,7 @@ class Cluster:
                     "--key", str(self.root / "node.key"), "--backend", "fake",
                     "--scenario", str(self.root / "scenario.yaml"),
                     "--interval", str(INTERVAL), "--state-dir", str(self.state),
-                    "--backoff-min", "0.05", "--backoff-max", "0.3",
+                    "--backoff-min", "0.05", "--backoff-max", "0.3", "--tls-ca", self.tls_ca,
                 ],
                 "agent.log",
             )  # fmt: skip
@@ -232,7 +236,8 @@ class Cluster:
         out = ""
         for args in (
             ["audit", "subscribe", "--collector", self.address, "--key",
-             str(self.root / "auditor.key"), "--out", str(copy), *trust, "--once"],
+             str(self.root / "auditor.key"), "--out", str(copy), *trust, "--once",
+             "--tls-ca", self.tls_ca],
             ["audit", "verify", str(copy), *trust],
         ):  # fmt: skip
             done = subprocess.run(
@@ -319,6 +324,9 @@ def run(
             else:
                 result.survived += 1
         cluster.start()
+        # The audit below needs the collector listening, not only a drained agent.
+        if not _wait(cluster.serving, 60):
+            result.problems.append("the collector did not come back within 60 s")
 
         def drained() -> bool:
             last, acked = cluster.spool_head()

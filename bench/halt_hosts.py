@@ -199,6 +199,7 @@ def _build(plan: HostPlan, stand_ins: Any) -> tuple[list[_Node], _Gate | None]:
             key=home / "node.key",  # the key object is passed in; the file is not read
             collector=plan.address,
             collector_key=plan.collector_pub,
+            insecure_plaintext=True,  # loopback benchmark
             interval_seconds=plan.interval,
             state_dir=home / "state",
             backend="fake",

@@ -123,6 +123,12 @@ class _Responder:
                 return
             if msg.HasField("ack"):
                 self.acked = max(self.acked, int(msg.ack.sequence))
+            elif msg.HasField("challenge"):  # bind the stream, as an agent does
+                proof = telemetry_pb2.StreamProof(node_id=self.node_id, nonce=msg.challenge.nonce)
+                async with self.lock:
+                    await self.call.write(
+                        telemetry_pb2.AgentMessage(proof=dsse.seal(proof, self.key))
+                    )
             elif msg.HasField("directive"):
                 await self.on_directive(msg.directive, collector)
 

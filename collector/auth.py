@@ -140,6 +140,14 @@ class TokenChecker:
         self.accepted += 1
         return principal
 
+    def check_all(self, method: str, values: list[str]) -> Principal:
+        """``check`` for every ``authorization`` value a call carried: more
+        than one is refused (which one would count is up to each proxy)."""
+        if len(values) > 1:
+            self.rejected["duplicate"] += 1
+            raise AuthError(f"{method}: {len(values)} '{authmod.HEADER}' headers; send exactly one")
+        return self.check(method, values[0] if values else None)
+
     def _check(self, method: str, value: str | None) -> Principal:
         if not value:
             raise _RejectedError("missing", f"{method} needs an '{authmod.HEADER}' token")
@@ -225,12 +233,13 @@ class AuthInterceptor(_ServerInterceptor):
         method = handler_call_details.method
         if self._policy.is_public(method):
             return await continuation(handler_call_details)
-        value = None
-        for k, v in handler_call_details.invocation_metadata or ():
-            if k == authmod.HEADER:
-                value = v if isinstance(v, str) else v.decode("ascii", "replace")
+        values = [
+            v if isinstance(v, str) else v.decode("ascii", "replace")
+            for k, v in handler_call_details.invocation_metadata or ()
+            if k == authmod.HEADER
+        ]
         try:
-            principal = self.checker.check(method, value)
+            principal = self.checker.check_all(method, values)
         except AuthError as exc:
             denied = isinstance(exc, PermissionDeniedError)
             code = grpc.StatusCode.PERMISSION_DENIED if denied else grpc.StatusCode.UNAUTHENTICATED

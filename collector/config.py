@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protos.config import SettingError, check_ranges, load_section
+from protos.errors import ConfigError
 from protos.reports import MAX_INTERVAL_SECONDS
 
 _DAY = 86_400.0
@@ -69,8 +70,21 @@ class CollectorConfig:
     lease_seconds: float = 10.0
     # Seconds after which a directive not yet effective raises an alert.
     effective_timeout_seconds: float = 10.0
-    # Require signed tokens on Audit/Status/Control calls.
-    require_auth: bool = False
+    # Signed tokens on Audit/Status/Control calls. On by default; turning it
+    # off is an explicit, loudly logged opt-out, refused while auditor keys
+    # are configured (they would be silently ignored).
+    require_auth: bool = True
+    # TLS for the gRPC listener (telemetry, control, audit, status) and
+    # /metrics: certificate chain and private key (PEM), re-read when they
+    # change. ``tls_client_ca``: require client certificates signed by it.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Serve plain text instead: an explicit, loudly logged opt-out.
+    insecure_plaintext: bool = False
+    # Name of the cluster this collector governs; every directive names it
+    # and agents refuse directives for another cluster.
+    cluster: str = "default"
     grace_seconds: float = 2.0
     # After a failed ledger write: the recovery probe's first and longest wait.
     ledger_retry_min_seconds: float = 0.05
@@ -102,6 +116,24 @@ class CollectorConfig:
                 self.ledger_retry_max_seconds,
                 f"at least ledger_retry_min_seconds ({self.ledger_retry_min_seconds!r})",
             )
+        if not self.require_auth and self.auditor_keys:
+            raise ConfigError(
+                "require_auth = false with auditor_keys configured: auditors' tokens would be"
+                " ignored and anyone could read; remove the keys or turn auth on"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key: give both or neither")
+        if self.tls_cert is None and not self.insecure_plaintext:
+            raise ConfigError(
+                "no TLS certificate: set tls_cert and tls_key (`computewatch tls init` makes"
+                " them), or insecure_plaintext = true to serve plain text"
+            )
+        if self.tls_cert is not None and self.insecure_plaintext:
+            raise ConfigError("insecure_plaintext = true and tls_cert: choose one")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("tls_client_ca needs tls_cert and tls_key")
+        if not self.cluster or len(self.cluster) > 128:
+            raise ConfigError(f"cluster = {self.cluster!r}: expected 1-128 characters")
         if self.authority_keys and self.quorum > len(self.authority_keys):
             raise SettingError(
                 "quorum",

@@ -140,8 +140,11 @@ class DirectiveBook:
         lease_seconds: float,
         validity_seconds: float = DEFAULT_VALIDITY_SECONDS,
         clock_ns: Callable[[], int] = time.time_ns,
+        cluster: str = "default",
     ) -> None:
         self._key = key
+        # Stamped on every directive's scope: agents refuse another cluster's.
+        self.cluster = cluster
         self._ledger = ledger
         self._sessions = sessions
         self._lease_seconds = lease_seconds
@@ -206,6 +209,13 @@ class DirectiveBook:
         which is log order, so each node sees counters increase.
         """
         now = self._clock_ns()
+        scope = control_pb2.Scope(
+            kind=scope.kind,
+            node_ids=scope.node_ids,
+            job_ids=scope.job_ids,
+            gpu_uuids=scope.gpu_uuids,
+            cluster=self.cluster,
+        )
         validity = self._lease_seconds if action == control_pb2.ACTION_LEASE else self._validity
         directive = control_pb2.Directive(
             id=uuid.uuid4().hex,

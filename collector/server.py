@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -37,6 +38,7 @@ from collector.sqlite_faults import write_error_reason
 from collector.status_service import StatusServicer
 from collector.stop_wiring import StopHandle, install_stop_protocol
 from collector.telemetry_service import TelemetryServicer
+from collector.tls_metrics import TlsMetrics
 from protos import dsse
 from protos.computewatch.v1 import (
     audit_pb2,
@@ -47,7 +49,8 @@ from protos.computewatch.v1 import (
     telemetry_pb2_grpc,
 )
 from protos.errors import ConfigError, LedgerUnavailableError, VerificationError
-from protos.keys import PrivateKey, load_private_key
+from protos.keys import PrivateKey, PublicKey, load_private_key
+from protos.tls import ServerTls, warn_plaintext
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +136,10 @@ class Collector:
             self.keys.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        shutdown = getattr(self._metrics_server, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
-        close = getattr(self._metrics_server, "server_close", None)
-        if callable(close):
-            close()  # release the listening socket, not only the serving thread
+        for name in ("shutdown", "server_close"):  # stop serving, then close the socket
+            method = getattr(self._metrics_server, name, None)
+            if callable(method):
+                method()
 
     async def _tick_loop(self) -> None:
         period = self.config.tick_seconds
@@ -262,7 +263,11 @@ async def _build(
 
     telemetry_pb2_grpc.add_TelemetryServicer_to_server(
         TelemetryServicer(
-            ingestor, sessions, max_in_flight=config.max_in_flight_per_stream, on_bind=on_bind
+            ingestor,
+            sessions,
+            max_in_flight=config.max_in_flight_per_stream,
+            on_bind=on_bind,
+            key_node=functools.partial(_key_node, registry),
         ),
         server,
     )
@@ -271,14 +276,20 @@ async def _build(
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICES, server)
+    tls = _tls(config)
     try:
-        port = server.add_insecure_port(config.listen)
+        if tls is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, tls.credentials())
     except RuntimeError as exc:
         raise ConfigError(f"cannot listen on {config.listen}: {exc}") from exc
     if port == 0:
         raise ConfigError(f"cannot listen on {config.listen}: address in use or not local")
     metrics_registry.register(CollectorMetrics(ingestor.stats, ledger, aggregator, sessions))
     metrics_registry.register(KeyLogMetrics(keys))
+    if tls is not None:
+        metrics_registry.register(TlsMetrics(tls.stats))
     collector = Collector(
         config=config,
         server=server,
@@ -319,7 +330,11 @@ async def _build(
         from prometheus_client import start_http_server
 
         collector._metrics_server, _ = start_http_server(
-            config.metrics_port, addr=config.metrics_address, registry=metrics_registry
+            config.metrics_port,
+            addr=config.metrics_address,
+            registry=metrics_registry,
+            certfile=None if config.tls_cert is None else str(config.tls_cert),
+            keyfile=None if config.tls_key is None else str(config.tls_key),
         )
     collector._tasks.append(asyncio.create_task(collector._tick_loop()))
     collector._tasks.append(asyncio.create_task(keys.run()))
@@ -333,12 +348,35 @@ async def _build(
     return collector
 
 
+def _key_node(registry: Registry, keyid: str) -> tuple[PublicKey, str] | None:
+    node = registry.by_keyid(keyid)
+    return None if node is None else (node.key, node.node_id)
+
+
+def _tls(config: CollectorConfig) -> ServerTls | None:
+    if config.tls_cert is None or config.tls_key is None:
+        warn_plaintext(f"the collector on {config.listen} (gRPC and /metrics)")
+        return None
+    return ServerTls(config.tls_cert, config.tls_key, config.tls_client_ca)
+
+
 def _grpc_server(config: CollectorConfig, metrics_registry: CollectorRegistry) -> grpc.aio.Server:
     limit = config.max_envelope_bytes * _GRPC_HEADROOM
     interceptors = []
     if config.require_auth:
         policy = AuthPolicy.from_files(config.auditor_keys, config.authority_keys)
+        if not policy.principals:
+            log.warning(
+                "auth is on and no auditor or authority keys are configured:"
+                " every Audit, Status and Control call will be refused"
+            )
         interceptors.append(AuthInterceptor(policy, registry=metrics_registry))
+    else:
+        log.warning(
+            "INSECURE: require_auth = false: anyone who reaches %s reads Audit and Status"
+            " and calls Control without a token",
+            config.listen,
+        )
     return grpc.aio.server(
         interceptors=interceptors,
         options=[

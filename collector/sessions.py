@@ -12,11 +12,17 @@ log = logging.getLogger(__name__)
 
 
 class Session:
-    """One agent's ``Telemetry.Stream``. Bound to a node by its first valid report."""
+    """One agent's ``Telemetry.Stream``. Bound to a node only by a proof of
+    possession of its key over this stream's challenge (``collector.binding``)."""
 
     def __init__(self, peer: str, max_outbox: int = 4096) -> None:
         self.peer = peer
         self.node_id: str | None = None
+        # This stream's challenge until a proof answers it (``collector.binding``).
+        self.challenge = b""
+        # The node of the first report accepted on the stream: one stream
+        # carries one node's reports, but reports bind nothing (replayable).
+        self.report_node: str | None = None
         self._out: asyncio.Queue[telemetry_pb2.CollectorMessage | None] = asyncio.Queue(max_outbox)
         self.overflowed = False
 

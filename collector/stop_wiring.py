@@ -101,7 +101,11 @@ async def install_stop_protocol(
     aggregator = collector.aggregator
     resolver = ScopeResolver(aggregator, collector.registry.node_ids)
     book = DirectiveBook(
-        collector.key, collector.ledger, collector.sessions, lease_seconds=config.lease_seconds
+        collector.key,
+        collector.ledger,
+        collector.sessions,
+        lease_seconds=config.lease_seconds,
+        cluster=config.cluster,
     )
     tracker = EffectTracker(
         collector.ledger, aggregator, timeout_seconds=config.effective_timeout_seconds

@@ -9,12 +9,23 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 
+from collector.binding import new_challenge, verify_proof
 from collector.ingest import Accepted, Ingestor, Refusal
 from collector.sessions import Session, Sessions
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
-from protos.errors import LedgerUnavailableError, LogError, VerificationError
+from protos.errors import (
+    LedgerUnavailableError,
+    LogError,
+    MalformedFrameError,
+    StreamBindingError,
+    VerificationError,
+)
+from protos.keys import PublicKey
+
+KeyNode = Callable[[str], tuple[PublicKey, str] | None]
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +136,12 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         on_bind: Callable[[Session], None] | None = None,
         ack_interval: float = 0.1,
         check_ahead: int = 32,
+        key_node: KeyNode | None = None,
     ) -> None:
         self._ingestor = ingestor
+        # key id -> (enrolled key, node id): checks stream proofs. Without it
+        # no stream is ever bound (and none receives directives).
+        self._key_node = key_node
         self._sessions = sessions
         self._max_in_flight = max_in_flight
         self._on_bind = on_bind
@@ -145,6 +160,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
     ) -> AsyncIterator[telemetry_pb2.CollectorMessage]:
         session = Session(context.peer())
         self._sessions.opened += 1
+        challenge = new_challenge()
+        session.challenge = challenge.nonce
+        session.send(telemetry_pb2.CollectorMessage(challenge=challenge))
         reader = asyncio.create_task(self._read(request_iterator, session))
         try:
             while True:
@@ -158,7 +176,15 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                     "the agent is not reading acknowledgements; reconnect",
                 )
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(reader.exception()))
+                exc = reader.exception()
+                if isinstance(exc, ProtobufDecodeError):
+                    # A frame that is not an AgentMessage: the client's fault, and
+                    # a retry sends the same bytes (UNAVAILABLE would invite one).
+                    self._ingestor.reject(MalformedFrameError(str(exc)), session.peer)
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"malformed stream frame: {exc}"
+                    )
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         finally:
             reader.cancel()
             self._sessions.remove(session)
@@ -177,7 +203,10 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         admit.add_done_callback(functools.partial(_stop_reader, reader))
         try:
             async for msg in requests:
-                await checks.put(msg.envelope, self._ingestor.begin(msg.envelope))
+                if msg.proof:
+                    self._prove(session, msg.proof)
+                if msg.envelope or not msg.proof:
+                    await checks.put(msg.envelope, self._ingestor.begin(msg.envelope))
             checks.close()
             await admit
             await pump
@@ -196,16 +225,38 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         while (item := await checks.get()) is not None:
             data, checking = item
             try:
-                accepted = await self._ingestor.finish(data, checking, session.node_id)
+                accepted = await self._ingestor.finish(
+                    data, checking, session.node_id or session.report_node
+                )
             except (VerificationError, LedgerUnavailableError) as exc:
                 self._refuse(session, exc)
                 continue
-            if session.node_id is None:
-                self._sessions.bind(session, accepted.node_id)
-                if self._on_bind is not None:
-                    self._on_bind(session)
+            if session.report_node is None:
+                session.report_node = accepted.node_id
             await acks.put(accepted)
         await acks.put(None)
+
+    def _prove(self, session: Session, data: bytes) -> None:
+        """Bind the stream to the node whose key signed this stream's challenge."""
+        try:
+            if session.node_id is not None:
+                raise StreamBindingError(f"this stream is already bound to {session.node_id}")
+            if self._key_node is None:
+                raise StreamBindingError("this collector binds no streams")
+            node_id = verify_proof(data, session.challenge, self._key_node)
+            if session.report_node not in (None, node_id):
+                raise StreamBindingError(
+                    f"this stream carries reports of {session.report_node}; a proof for"
+                    f" {node_id} cannot bind it"
+                )
+        except VerificationError as exc:
+            self._refuse(session, exc)
+            return
+        session.challenge = b""  # answered: never again on this stream
+        self._sessions.bind(session, node_id)
+        log.debug("stream from %s bound to %s", session.peer, node_id)
+        if self._on_bind is not None:
+            self._on_bind(session)
 
     def _refuse(self, session: Session, exc: Refusal) -> None:
         self._ingestor.reject(exc, session.peer)

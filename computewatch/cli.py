@@ -60,6 +60,9 @@ def _register() -> None:
         cli_control.directives,
     ):
         cli.add_command(command)
+    from computewatch import cli_tls
+
+    cli.add_command(cli_tls.tls)
     from computewatch import cli_bench
 
     cli.add_command(cli_bench.bench)

@@ -38,6 +38,16 @@ _SETTINGS: list[tuple[str, str, Any, str]] = [
     ("--collector", "collector", str, "Collector address, HOST:PORT."),
     ("--key", "key", _PATH, "Node private key (PEM, mode 0600)."),
     ("--collector-key", "collector_key", _PATH, "Collector public key (verifies directives)."),
+    ("--tls-ca", "tls_ca", _PATH, "CA certificate that signed the collector's (PEM)."),
+    ("--tls-cert", "tls_cert", _PATH, "Client certificate for mutual TLS (PEM)."),
+    ("--tls-key", "tls_key", _PATH, "Key of --tls-cert (PEM)."),
+    (
+        "--insecure-plaintext",
+        "insecure_plaintext",
+        bool,
+        "true: talk to the collector without TLS (loudly logged).",
+    ),
+    ("--cluster", "cluster", str, "Cluster name; directives for another are refused."),
     ("--interval", "interval_seconds", float, "Seconds between samples [default: 1]."),
     ("--state-dir", "state_dir", _PATH, "Spool and persistent state directory."),
     ("--max-unacked", "max_unacked", int, "Unacknowledged reports kept [default: 10000]."),
@@ -231,7 +241,13 @@ async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
     register_attribution_metrics(registry, attribution)
     try:
         if cfg.metrics_port:
-            server, _ = serve_metrics(registry, cfg.metrics_address, cfg.metrics_port)
+            server, _ = serve_metrics(
+                registry,
+                cfg.metrics_address,
+                cfg.metrics_port,
+                certfile=cfg.tls_cert,
+                keyfile=cfg.tls_key,
+            )
         jobmeta = JobMetadataDir(cfg.job_metadata_dir) if cfg.job_metadata_dir else None
         runner = Agent(
             cfg,
@@ -264,6 +280,7 @@ async def run_agent(cfg: AgentConfig, *, duration: float | None = None) -> None:
                 loop.remove_signal_handler(sig)
         if server is not None:
             server.shutdown()
+            server.server_close()
         backend.close()
         attribution.close()
         stand_ins.close()

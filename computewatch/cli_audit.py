@@ -21,6 +21,7 @@ from computewatch.audit import prove as provemod
 from computewatch.audit.store import LocalStore
 from computewatch.audit.trust import Trust, load_trust
 from computewatch.audit.verify import VerifyReport, verify_store
+from computewatch.clitls import ClientTls, tls_options
 from computewatch.clitools import translate_errors
 from protos import checkpoint as cpmod
 from protos.auth import client_interceptors
@@ -74,12 +75,8 @@ def _load_trust(
     return load_trust(collector_key, node_keys, authority_keys, origin)
 
 
-def _channel(address: str, key: Path, tls_ca: Path | None) -> grpc.aio.Channel:
-    interceptors = client_interceptors(load_private_key(key))
-    if tls_ca is None:
-        return grpc.aio.insecure_channel(address, interceptors=interceptors)
-    creds = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
-    return grpc.aio.secure_channel(address, creds, interceptors=interceptors)
+def _channel(address: str, key: Path, tls: ClientTls) -> grpc.aio.Channel:
+    return tls.aio_channel(address, client_interceptors(load_private_key(key)))
 
 
 def _when(nanos: int) -> str:
@@ -107,11 +104,10 @@ def _connection_options(fn: Callable[P, R]) -> Callable[P, R]:
             type=_FILE,
             help="Your auditor private key (signs the access token of each call).",
         ),
-        click.option("--tls-ca", type=_FILE, default=None, help="CA bundle for a TLS collector."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
-    return fn
+    return tls_options(fn)
 
 
 @audit.command()
@@ -133,7 +129,7 @@ def subscribe(
     address: str,
     out: Path,
     key: Path,
-    tls_ca: Path | None,
+    tls: ClientTls,
     collector_key: Path,
     node_keys: tuple[Path, ...],
     authority_keys: tuple[Path, ...],
@@ -151,7 +147,7 @@ def subscribe(
     async def run() -> followmod.FollowResult:
         store = LocalStore(out)
         try:
-            async with _channel(address, key, tls_ca) as channel:
+            async with _channel(address, key, tls) as channel:
                 follower = followmod.Follower(audit_pb2_grpc.AuditStub(channel), store, trust)
                 return await follower.run(options)
         finally:
@@ -224,7 +220,7 @@ def verify(
 @click.option("--index", required=True, type=click.IntRange(min=0), help="Log index to prove.")
 @click.option("--collector", "address", default=None, help="Ask this collector (HOST:PORT).")
 @click.option("--key", type=_FILE, default=None, help="Auditor private key (with --collector).")
-@click.option("--tls-ca", type=_FILE, default=None)
+@tls_options
 @click.option("--dir", "directory", type=_PATH, default=None, help="A local copy.")
 @click.option("--bundle", type=_FILE, default=None, help="Check a saved bundle offline.")
 @click.option("--entry", type=_FILE, default=None, help="The entry bytes you hold (envelope).")
@@ -236,7 +232,7 @@ def prove(
     index: int,
     address: str | None,
     key: Path | None,
-    tls_ca: Path | None,
+    tls: ClientTls,
     directory: Path | None,
     bundle: Path | None,
     entry: Path | None,
@@ -266,7 +262,7 @@ def prove(
         if key is None:
             raise ConfigError("--collector needs --key (your auditor key)")
         got = asyncio.run(
-            _fetch(address, key, tls_ca, index=index, trust=trust, held=held, directory=directory)
+            _fetch(address, key, tls, index=index, trust=trust, held=held, directory=directory)
         )
     elif directory is not None:
         store = LocalStore(directory, create=False)
@@ -296,7 +292,7 @@ def prove(
 async def _fetch(
     address: str,
     key: Path,
-    tls_ca: Path | None,
+    tls: ClientTls,
     *,
     index: int,
     trust: Trust,
@@ -312,7 +308,7 @@ async def _fetch(
             store.close()
         if latest is not None:
             since = cpmod.open_note(latest.note, [trust.collector], origin=trust.origin)
-    async with _channel(address, key, tls_ca) as channel:
+    async with _channel(address, key, tls) as channel:
         return await provemod.fetch_bundle(
             audit_pb2_grpc.AuditStub(channel), index, trust, entry=held, since=since
         )

@@ -54,6 +54,16 @@ _SERVE_OPTIONS: list[tuple[str, str, object, bool, str]] = [
     ("--authority-key", "authority_keys", _PATH, True, "Authority public key (repeatable)."),
     ("--auditor-key", "auditor_keys", _PATH, True, "Auditor public key (repeatable)."),
     ("--quorum", "quorum", int, False, "Distinct authority approvals needed to resume."),
+    ("--tls-cert", "tls_cert", _PATH, False, "TLS certificate chain (PEM); re-read on change."),
+    ("--tls-key", "tls_key", _PATH, False, "TLS private key (PEM)."),
+    (
+        "--tls-client-ca",
+        "tls_client_ca",
+        _PATH,
+        False,
+        "Require client certificates signed by this CA (mutual TLS).",
+    ),
+    ("--cluster", "cluster", str, False, "Cluster name stamped on directives."),
 ]
 
 
@@ -81,12 +91,31 @@ def _serve_options(fn: Callable[..., None]) -> Callable[..., None]:
 
 @collector.command()
 @_serve_options
+@click.option(
+    "--insecure-plaintext",
+    is_flag=True,
+    default=None,
+    envvar=_env("insecure_plaintext"),
+    show_envvar=True,
+    help="Serve gRPC and /metrics without TLS (loudly logged).",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    default=False,
+    envvar=_env("insecure_no_auth"),
+    show_envvar=True,
+    help="Serve Audit, Status and Control without tokens (loudly logged).",
+)
 @translate_errors
-def serve(config_file: Path | None, **flags: object) -> None:
+def serve(config_file: Path | None, insecure_no_auth: bool, **flags: object) -> None:
     """Serve Telemetry, Status, Control and Audit until SIGINT/SIGTERM."""
     from collector.config import load_collector_config
 
     overrides = {k: (v or None) if isinstance(v, tuple) else v for k, v in flags.items()}
+    overrides["insecure_plaintext"] = overrides["insecure_plaintext"] or None
+    if insecure_no_auth:
+        overrides["require_auth"] = False
     config = load_collector_config(config_file, overrides)
     asyncio.run(_serve(config))
 

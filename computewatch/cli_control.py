@@ -20,6 +20,7 @@ import click
 import grpc
 from google.protobuf.message import Message
 
+from computewatch.clitls import ClientTls, tls_options
 from computewatch.clitools import rpc_failure, translate_errors
 from computewatch.plainjson import Json, plain
 from computewatch.render import table
@@ -100,11 +101,12 @@ def _call(
     *,
     key: PrivateKey | None,
     timeout: float,
+    tls: ClientTls,
 ) -> R:
     """One unary Control call; a refusal becomes a one-line ClickException."""
     full = _SERVICE + method
     metadata = call_metadata(key, full) if key is not None else None
-    with grpc.insecure_channel(address) as channel:
+    with tls.channel(address) as channel:
         stub = control_pb2_grpc.ControlStub(channel)
         rpc: Callable[..., object] = getattr(stub, method)
         try:
@@ -116,7 +118,9 @@ def _call(
     return result
 
 
-def _submit(address: str, method: str, envelope: bytes, key: PrivateKey, timeout: float) -> None:
+def _submit(
+    address: str, method: str, envelope: bytes, key: PrivateKey, timeout: float, tls: ClientTls
+) -> None:
     reply = _call(
         address,
         method,
@@ -124,6 +128,7 @@ def _submit(address: str, method: str, envelope: bytes, key: PrivateKey, timeout
         control_pb2.SubmitResponse,
         key=key,
         timeout=timeout,
+        tls=tls,
     )
     click.echo(f"{reply.message} (log index {reply.log_index})")
     for directive_id in reply.directive_ids:
@@ -132,6 +137,7 @@ def _submit(address: str, method: str, envelope: bytes, key: PrivateKey, timeout
 
 @click.command()
 @collector_option
+@tls_options
 @click.option(
     "--scope",
     "scopes",
@@ -143,7 +149,12 @@ def _submit(address: str, method: str, envelope: bytes, key: PrivateKey, timeout
 @timeout_option
 @translate_errors
 def halt(
-    address: str, scopes: tuple[str, ...], reason: str, key_path: Path, timeout: float
+    address: str,
+    scopes: tuple[str, ...],
+    reason: str,
+    key_path: Path,
+    timeout: float,
+    tls: ClientTls,
 ) -> None:
     """Halt at once, signed by one authority key."""
     scope = parse_scope(scopes)
@@ -154,19 +165,26 @@ def halt(
         requested_unix_nanos=time.time_ns(),
         nonce=secrets.token_hex(16),
     )
-    _submit(address, "SubmitManualHalt", dsse.seal(request, key), key, timeout)
+    _submit(address, "SubmitManualHalt", dsse.seal(request, key), key, timeout, tls)
 
 
 @click.command()
 @click.argument("directive_id")
 @collector_option
+@tls_options
 @key_option
 @click.option("--comment", default="", help="Why you approve (goes into the log).")
 @click.option("--authority", default="", help="Your name or role, for people reading the log.")
 @timeout_option
 @translate_errors
 def approve(
-    directive_id: str, address: str, key_path: Path, comment: str, authority: str, timeout: float
+    directive_id: str,
+    address: str,
+    key_path: Path,
+    comment: str,
+    authority: str,
+    timeout: float,
+    tls: ClientTls,
 ) -> None:
     """Approve lifting DIRECTIVE_ID; with a quorum of keys the collector resumes."""
     key = load_private_key(key_path)
@@ -176,11 +194,12 @@ def approve(
         authority=authority,
         comment=comment,
     )
-    _submit(address, "SubmitApproval", dsse.seal(request, key), key, timeout)
+    _submit(address, "SubmitApproval", dsse.seal(request, key), key, timeout, tls)
 
 
 @click.command()
 @collector_option
+@tls_options
 @click.option("--job", "job_id", required=True, help="Job whose model was evaluated.")
 @click.option("--model", "model_id", default="", help="Model id.")
 @click.option("--evaluation", "name", required=True, help="Evaluation name, e.g. cyber-offense.")
@@ -198,6 +217,7 @@ def evaluate(
     evaluator: str,
     key_path: Path,
     timeout: float,
+    tls: ClientTls,
 ) -> None:
     """Submit a signed capability evaluation result (capability rules act on it)."""
     if not math.isfinite(score):
@@ -211,7 +231,7 @@ def evaluate(
         evaluated_unix_nanos=time.time_ns(),
         evaluator=evaluator,
     )
-    _submit(address, "SubmitEvaluation", dsse.seal(request, key), key, timeout)
+    _submit(address, "SubmitEvaluation", dsse.seal(request, key), key, timeout, tls)
 
 
 # -- directives list | show ------------------------------------------------------------
@@ -222,10 +242,11 @@ def _fetch(
     in_force_only: bool,
     key: PrivateKey | None,
     collector_key: PublicKey | None,
+    tls: ClientTls,
     page_size: int = 0,
 ) -> list[tuple[control_pb2.DirectiveRecord, control_pb2.Directive, bool]]:
     out = []
-    for record in _list_all(address, in_force_only, key, page_size):
+    for record in _list_all(address, in_force_only, key, tls, page_size):
         if collector_key is not None:
             verified = dsse.verify(
                 record.envelope,
@@ -244,7 +265,11 @@ MAX_PAGES = 10_000
 
 
 def _list_all(
-    address: str, in_force_only: bool, key: PrivateKey | None, page_size: int = 0
+    address: str,
+    in_force_only: bool,
+    key: PrivateKey | None,
+    tls: ClientTls,
+    page_size: int = 0,
 ) -> list[control_pb2.DirectiveRecord]:
     """Every directive record, following ``next_page_token``."""
     records: list[control_pb2.DirectiveRecord] = []
@@ -259,6 +284,7 @@ def _list_all(
             control_pb2.DirectiveList,
             key=key,
             timeout=10.0,
+            tls=tls,
         )
         records.extend(reply.directives)
         if not reply.next_page_token:
@@ -326,6 +352,7 @@ def directives() -> None:
 
 @directives.command("list")
 @collector_option
+@tls_options
 @click.option("--in-force", is_flag=True, help="Only halts, throttles and terminates in force.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option(
@@ -343,11 +370,12 @@ def list_directives(
     page_size: int,
     key_path: Path | None,
     collector_key: Path | None,
+    tls: ClientTls,
 ) -> None:
     """List directives, oldest first."""
     key = load_private_key(key_path) if key_path else None
     pub = load_public_key(collector_key) if collector_key else None
-    rows = _fetch(address, in_force, key, pub, page_size)
+    rows = _fetch(address, in_force, key, pub, tls, page_size)
     if as_json:
         click.echo(json.dumps([_doc(*r) for r in rows], indent=2, sort_keys=True))
         return
@@ -396,6 +424,7 @@ def list_directives(
 @directives.command("show")
 @click.argument("directive_id")
 @collector_option
+@tls_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_key_options
 @translate_errors
@@ -405,11 +434,12 @@ def show_directive(
     as_json: bool,
     key_path: Path | None,
     collector_key: Path | None,
+    tls: ClientTls,
 ) -> None:
     """Show one directive with its evidence, approvals and receipts."""
     key = load_private_key(key_path) if key_path else None
     pub = load_public_key(collector_key) if collector_key else None
-    for record, d, verified in _fetch(address, False, key, pub):
+    for record, d, verified in _fetch(address, False, key, pub, tls):
         if d.id == directive_id:
             doc = _doc(record, d, verified)
             if as_json:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import grpc
 
+from computewatch.clitls import ClientTls, tls_options
 from computewatch.clitools import rpc_failure, translate_errors
 from computewatch.plainjson import plain
 from computewatch.render import interval, si, table
@@ -32,11 +33,16 @@ MAX_PAGES = 10_000
 
 
 def fetch_status(
-    address: str, key: PrivateKey | None = None, timeout: float = 10.0, page_size: int = 0
+    address: str,
+    key: PrivateKey | None = None,
+    timeout: float = 10.0,
+    page_size: int = 0,
+    tls: ClientTls | None = None,
 ) -> status_pb2.ClusterStatus:
     """The whole status: follows ``next_page_token`` and joins the pages'
-    nodes and jobs (cluster figures come from the first page)."""
-    with grpc.insecure_channel(address) as channel:
+    nodes and jobs (cluster figures and actors come from the first page).
+    ``tls`` None: TLS trusting the system's roots."""
+    with (tls or ClientTls()).channel(address) as channel:
         stub = status_pb2_grpc.StatusStub(channel)
         result: status_pb2.ClusterStatus | None = None
         token = ""
@@ -209,11 +215,14 @@ def actor_table(st: status_pb2.ClusterStatus) -> str:
     default=0,
     help="Nodes plus jobs per request (0: the collector's default); all pages are shown.",
 )
+@tls_options
 @translate_errors
-def status(address: str, key_path: Path | None, as_json: bool, page_size: int) -> None:
+def status(
+    address: str, key_path: Path | None, as_json: bool, page_size: int, tls: ClientTls
+) -> None:
     """Show cluster compute, nodes, jobs and actors from a running collector."""
     st = fetch_status(
-        address, load_private_key(key_path) if key_path else None, page_size=page_size
+        address, load_private_key(key_path) if key_path else None, page_size=page_size, tls=tls
     )
     if as_json:
         doc = plain(st)

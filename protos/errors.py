@@ -158,6 +158,13 @@ class BrokenChainError(ChainError):
     reason = "broken_chain"
 
 
+class MalformedFrameError(VerificationError):
+    """A Telemetry.Stream frame that is not an AgentMessage (answered
+    INVALID_ARGUMENT: resending the same bytes cannot help)."""
+
+    reason = "malformed_frame"
+
+
 class StreamBindingError(VerificationError):
     """An envelope for another node arrived on a stream bound to one node."""
 

@@ -118,6 +118,8 @@ class SimNode:
             "boot_id_path": self.boot_id_path,
             "backoff_min_seconds": 0.05,
             "backoff_max_seconds": 0.2,
+            # TLS is not the point here (tests/integration/test_secure_defaults.py).
+            "insecure_plaintext": True,
         }
         base.update(kw)
         return AgentConfig(**base)

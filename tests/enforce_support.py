@@ -63,6 +63,7 @@ def directive(
     kind: int = NODE_SCOPE,
     jobs: tuple[str, ...] = (),
     gpus: tuple[str, ...] = (),
+    cluster: str = "default",
     issued: int = T0,
     ttl_seconds: float = 3600.0,
     **fields: object,
@@ -72,7 +73,9 @@ def directive(
         counter=counter,
         issued_unix_nanos=issued,
         not_after_unix_nanos=issued + int(ttl_seconds * SECOND),
-        scope=control_pb2.Scope(kind=_any(kind), node_ids=nodes, job_ids=jobs, gpu_uuids=gpus),
+        scope=control_pb2.Scope(
+            kind=_any(kind), node_ids=nodes, job_ids=jobs, gpu_uuids=gpus, cluster=cluster
+        ),
         action=_any(action),
         rule_id="test-rule",
         reason="test",

@@ -16,7 +16,7 @@ import grpc
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, control_pb2_grpc, telemetry_pb2
 from protos.keys import PrivateKey, PublicKey, load_private_key, write_public_key
-from tests.support import StreamClient
+from tests.support import Node, StreamClient, stream_proof
 
 JOB_HALT_PACK = """
 pack: test-stop
@@ -159,7 +159,13 @@ class Link:
     def __init__(self, address: str) -> None:
         self.client = StreamClient(address)
         self._queue: asyncio.Queue[telemetry_pb2.CollectorMessage | None] = asyncio.Queue()
+        self._challenge: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._pump())
+
+    async def prove(self, node: Node, timeout: float = 10.0) -> None:
+        """Bind the stream to ``node`` (the collector sends it directives from then on)."""
+        nonce = await asyncio.wait_for(asyncio.shield(self._challenge), timeout)
+        await self.client.send_proof(stream_proof(node, nonce))
 
     async def _pump(self) -> None:
         try:
@@ -168,6 +174,10 @@ class Link:
                 if msg is grpc.aio.EOF:
                     break
                 assert isinstance(msg, telemetry_pb2.CollectorMessage)
+                if msg.HasField("challenge"):
+                    if not self._challenge.done():
+                        self._challenge.set_result(msg.challenge.nonce)
+                    continue
                 await self._queue.put(msg)
         except grpc.aio.AioRpcError:
             pass

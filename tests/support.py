@@ -110,6 +110,10 @@ def collector_config(tmp: Path, **overrides: object) -> CollectorConfig:
         listen="127.0.0.1:0",
         tick_seconds=0.05,
         checkpoint_interval_seconds=0.5,
+        # Where TLS and tokens are not the point, tests opt out explicitly
+        # (the collector logs both loudly); tests/tls_support.py provides TLS.
+        insecure_plaintext=True,
+        require_auth=False,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -132,11 +136,22 @@ async def running_collector(config: CollectorConfig) -> AsyncIterator[Collector]
         await service.stop(0)
 
 
-class StreamClient:
-    """A raw Telemetry.Stream: send bytes, read what comes back."""
+def stream_proof(node: Node, nonce: bytes) -> bytes:
+    """What an agent answers a stream's challenge with (``collector.binding``)."""
+    return dsse.seal(telemetry_pb2.StreamProof(node_id=node.node_id, nonce=nonce), node.key)
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
+
+class StreamClient:
+    """A raw Telemetry.Stream: send bytes, read what comes back. ``receive``
+    skips the collector's challenge (kept in ``nonce``); ``prove`` answers it."""
+
+    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.nonce: bytes | None = None
+        self.channel = (
+            grpc.aio.insecure_channel(address)
+            if credentials is None
+            else grpc.aio.secure_channel(address, credentials)
+        )
         self.stub = telemetry_pb2_grpc.TelemetryStub(self.channel)
         self._queue: asyncio.Queue[telemetry_pb2.AgentMessage | None] = asyncio.Queue()
         self.call = self.stub.Stream(self._requests())
@@ -151,10 +166,28 @@ class StreamClient:
     async def send(self, envelope: bytes) -> None:
         await self._queue.put(telemetry_pb2.AgentMessage(envelope=envelope))
 
-    async def receive(self, timeout: float = 10.0) -> telemetry_pb2.CollectorMessage:
+    async def send_proof(self, proof: bytes) -> None:
+        await self._queue.put(telemetry_pb2.AgentMessage(proof=proof))
+
+    async def prove(self, node: Node, timeout: float = 10.0) -> None:
+        """Bind this stream to ``node`` by signing its challenge (the first message)."""
+        if self.nonce is None:
+            msg = await self.receive_raw(timeout)
+            assert msg.HasField("challenge"), f"expected a challenge first, got {msg}"
+            self.nonce = msg.challenge.nonce
+        await self.send_proof(stream_proof(node, self.nonce))
+
+    async def receive_raw(self, timeout: float = 10.0) -> telemetry_pb2.CollectorMessage:
         msg = await asyncio.wait_for(self.call.read(), timeout)
         assert msg is not grpc.aio.EOF, "stream ended"
         assert isinstance(msg, telemetry_pb2.CollectorMessage)
+        return msg
+
+    async def receive(self, timeout: float = 10.0) -> telemetry_pb2.CollectorMessage:
+        msg = await self.receive_raw(timeout)
+        if msg.HasField("challenge"):  # once, first on every stream
+            self.nonce = msg.challenge.nonce
+            msg = await self.receive_raw(timeout)
         return msg
 
     async def ack_for(self, sequence: int, timeout: float = 10.0) -> telemetry_pb2.Ack:

@@ -4,7 +4,9 @@
    (payload type must be a Directive);
 2. parse, and reject fields nothing can act on (``InvalidDirectiveError``);
 3. not expired (wall clock against ``not_after``);
-4. the scope names this node (its id in ``node_ids``, or kind CLUSTER);
+4. the scope names this node's cluster (``Scope.cluster``, for every kind: one
+   collector key may serve several clusters) and this node (its id in
+   ``node_ids``, or kind CLUSTER);
 5. a directive already applied (same id and counter) is a duplicate: it is
    acknowledged again, never applied twice; otherwise its counter must be
    higher than every counter seen in its class (leases have their own class);
@@ -131,8 +133,10 @@ class DirectiveVerifier:
         authority_keys: Iterable[PublicKey] = (),
         quorum: int = 1,
         max_bytes: int = dsse.DEFAULT_MAX_ENVELOPE_BYTES,
+        cluster: str = "default",
     ) -> None:
         self.node_id = node_id
+        self.cluster = cluster
         self._collector = {collector_key.keyid: collector_key}
         # Keyed by key id: the same public key given twice is one authority.
         self._authorities = {k.keyid: k for k in authority_keys}
@@ -210,7 +214,14 @@ class DirectiveVerifier:
                 f"directive {d.id} ({action_name(d.action)}) expired"
                 f" {(now_ns - d.not_after_unix_nanos) / 1e9:.3f} s ago"
             )
+        if d.scope.cluster != self.cluster:
+            raise ScopeError(
+                f"directive {d.id} ({action_name(d.action)}) is for cluster"
+                f" {d.scope.cluster!r}, this node is in {self.cluster!r}"
+            )
         if d.scope.kind != control_pb2.SCOPE_KIND_CLUSTER and self.node_id not in d.scope.node_ids:
+            # A CLUSTER scope covers every node of the named cluster, also
+            # one enrolled after it was issued (stop fast).
             raise ScopeError(
                 f"directive {d.id} ({action_name(d.action)}) does not name node {self.node_id!r}"
             )

@@ -49,6 +49,7 @@ def build_enforcer(
             collector_key,
             authority_keys=authorities,
             quorum=config.quorum,
+            cluster=config.cluster,
         )
     except QuorumError as exc:
         raise ConfigError(f"authority_keys/quorum: {exc}") from exc

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from agent.actors import load_policy
@@ -26,7 +27,9 @@ from collector.registry import enroll
 from collector.server import Collector, create_server
 from computewatch.demo.fakenode import build_fake_node
 from computewatch.demo.processes import StandIns
+from computewatch.tlsca import init_site
 from protos.keys import PrivateKey, write_private_key, write_public_key
+from protos.tls import channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,11 @@ class KeyPaths:
     def regulator(self) -> Path:
         return self.root / "regulator.key"
 
+    @property
+    def tls(self) -> Path:
+        """The demo's private CA and certificates (``computewatch tls init``)."""
+        return self.root / "tls"
+
 
 @dataclass
 class Cluster:
@@ -90,6 +98,11 @@ class Cluster:
     collector_metrics: str | None = None
     agent_metrics: dict[str, str] = field(default_factory=dict)
     _metrics_servers: list[WSGIServer] = field(default_factory=list)
+
+    def channel(self) -> grpc.aio.Channel:
+        """A TLS channel to the collector, trusting the demo's CA."""
+        creds = channel_credentials(self.keys.tls / "ca.pem")
+        return grpc.aio.secure_channel(self.collector.address, creds)
 
     async def stop(self) -> None:
         for run in self.nodes:
@@ -132,6 +145,7 @@ async def start_cluster(
         key, _, pub = _keypair(paths.authorities, name)
         authorities[name] = key
         authority_pubs.append(pub)
+    site = init_site(paths.tls, force=True)
     ledger = workdir / "ledger.db"
     node_keys: dict[str, tuple[PrivateKey, Path]] = {}
     for node in scenario.nodes:
@@ -154,6 +168,8 @@ async def start_cluster(
         auditor_keys=(regulator_pub,),
         metrics_address=metrics_address or "127.0.0.1",
         metrics_port=_free_port(metrics_address) if metrics_address else 0,
+        tls_cert=site["collector"].cert,
+        tls_key=site["collector"].key,
     )
     actors = load_policy(actors_file) if actors_file is not None else None
     service, _ = await create_server(config)
@@ -171,6 +187,7 @@ async def start_cluster(
             key=node_keys[node.id][1],
             collector=service.address,
             collector_key=collector_pub,
+            tls_ca=site["ca"].cert,
             interval_seconds=scenario.interval_seconds,
             state_dir=home / "state",
             backend="fake",

@@ -106,7 +106,7 @@ class _Watcher:
         self.seen: dict[str, bool] = {}
         # The last answers, shown again when a poll times out on a loaded machine.
         self._last: tuple[status_pb2.ClusterStatus, list[DirectiveView]] | None = None
-        self.channel = grpc.aio.insecure_channel(cluster.collector.address)
+        self.channel = cluster.channel()
         self.status = status_pb2_grpc.StatusStub(self.channel)
         self.control = control_pb2_grpc.ControlStub(self.channel)
         self.thresholds = job_thresholds(opts.rule_packs)

@@ -212,6 +212,7 @@ def test_bad_submission_is_refused_counted_logged_and_has_no_effect(
     async def scenario() -> None:
         async with running_collector(config) as service:
             link = Link(service.address)
+            await link.prove(node)
             await link.send(node.next([gpu(0)]))
             await link.ack_for(1)
             control = Control(service.address)

@@ -326,7 +326,7 @@ def test_subscribe_cli_exits_non_zero_and_names_the_split_view(tmp_path: Path) -
             args = [
                 "audit", "subscribe", "--collector", srv.address,
                 "--key", str(world.keys.auditor_key), "--out", str(world.copy),
-                *world.keys.cli_trust_args(),
+                "--insecure-plaintext", *world.keys.cli_trust_args(),
             ]  # fmt: skip
             res = await asyncio.to_thread(CliRunner().invoke, cli, args)
             assert res.exit_code == 1

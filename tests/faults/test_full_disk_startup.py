@@ -12,7 +12,15 @@ from tests.support import new_key
 
 
 def serve(ledger: Path, key: Path) -> subprocess.CompletedProcess[str]:
-    argv = ["collector", "serve", "--ledger", str(ledger), "--key", str(key)]
+    argv = [
+        "collector",
+        "serve",
+        "--ledger",
+        str(ledger),
+        "--key",
+        str(key),
+        "--insecure-plaintext",
+    ]
     return subprocess.run(
         [sys.executable, "-m", "computewatch.cli", *argv, "--listen", "127.0.0.1:0"],
         capture_output=True,

@@ -133,6 +133,8 @@ def test_agent_run_cli_streams_to_a_collector(tmp_path: Path) -> None:
                 str(node.key_path),
                 "--collector",
                 service.address,
+                "--insecure-plaintext",
+                "true",
                 "--backend",
                 "fake",
                 "--scenario",

@@ -43,6 +43,7 @@ class FakeAgent:
             self.spool,
             self.stats,
             on_directive=self._directive,
+            key=node.key,
             **options,  # type: ignore[arg-type]
         )
 

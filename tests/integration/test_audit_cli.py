@@ -49,7 +49,9 @@ def test_subscribe_verify_prove(tmp_path: Path) -> None:
         async with audit_server(tmp_path, keys) as srv:
             n1 = append_reports(srv, keys, 20, counter)
             await settle(srv)
-            conn = ["--collector", srv.address, "--key", str(keys.auditor_key)]
+            conn = [
+                "--collector", srv.address, "--key", str(keys.auditor_key), "--insecure-plaintext",
+            ]  # fmt: skip
             res = await invoke("audit", "subscribe", *conn, "--out", str(out), *trust, "--once")
             assert res.exit_code == 0, res.output
             assert f"ok: {n1} new entries" in res.stdout

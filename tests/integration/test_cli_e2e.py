@@ -56,12 +56,18 @@ def test_operator_cli_path(tmp_path: Path) -> None:
     assert "enrolled gpu-001" in out
     assert "gpu-001" in cw("nodes", "list", "--ledger", str(ledger))
 
+    # TLS from the site's own CA, and tokens: the defaults, nothing opted out.
+    tls = tmp_path / "tls"
+    assert "collector:" in cw("tls", "init", str(tls), "--host", "collector.example")
+    cw("keys", "generate", "--out", str(tmp_path / "auditor.key"))
     port = free_port()
     config = tmp_path / "collector.toml"
     config.write_text(
         f'[collector]\nledger = "{ledger}"\nkey = "{tmp_path / "collector.key"}"\n'
         f'listen = "127.0.0.1:{port}"\ninterval_seconds = 0.5\ntick_seconds = 0.2\n'
         'rule_packs = ["operator-default"]\n'
+        f'tls_cert = "{tls / "collector.pem"}"\ntls_key = "{tls / "collector.key"}"\n'
+        f'auditor_keys = ["{tmp_path / "auditor.key.pub"}"]\n'
     )
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(SCENARIO)
@@ -79,10 +85,16 @@ def test_operator_cli_path(tmp_path: Path) -> None:
             str(tmp_path / "node.key"), "--collector-key", str(tmp_path / "collector.key.pub"),
             "--backend", "fake", "--scenario", str(scenario), "--interval", "0.5",
             "--state-dir", str(tmp_path / "agent"), "--backoff-min", "0.1",
+            "--tls-ca", str(tls / "ca.pem"),
             "--duration", "4",
             env=env,
         )  # fmt: skip
-        status = json.loads(cw("status", "--collector", f"127.0.0.1:{port}", "--json"))
+        status = json.loads(
+            cw(
+                "status", "--collector", f"127.0.0.1:{port}", "--json",
+                "--tls-ca", str(tls / "ca.pem"), "--key", str(tmp_path / "auditor.key"),
+            )
+        )  # fmt: skip
         (node,) = status["nodes"]
         assert node["node_id"] == "gpu-001"
         assert node["last_sequence"] >= 4  # a plain number

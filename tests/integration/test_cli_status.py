@@ -11,23 +11,31 @@ from click.testing import CliRunner
 from computewatch.cli import cli
 from protos.keys import PrivateKey, write_private_key, write_public_key
 from tests.support import StreamClient, collector_config, enroll_nodes, gpu, running_collector
+from tests.tls_support import make_site
 
 
 def test_status_table_json_and_refusal_without_a_token(tmp_path: Path) -> None:
     auditor = PrivateKey.generate()
     write_private_key(auditor, tmp_path / "auditor.key")
     write_public_key(auditor.public, tmp_path / "auditor.pub")
-    config = collector_config(tmp_path, require_auth=True, auditor_keys=(tmp_path / "auditor.pub",))
+    site = make_site(tmp_path / "tls")
+    config = collector_config(
+        tmp_path,
+        require_auth=True,
+        auditor_keys=(tmp_path / "auditor.pub",),
+        **site.collector(),
+    )
     (node,) = enroll_nodes(config.ledger, ["gpu-017"])
     runner = CliRunner()
 
     async def scenario() -> None:
         async with running_collector(config) as service:
-            client = StreamClient(service.address)
+            client = StreamClient(service.address, site.credentials())
             for _ in range(3):
                 await client.send(node.next([gpu(0, job="4242"), gpu(1, job="4242")]))
             await client.ack_for(3)
-            base = ["status", "--collector", service.address]
+            # Over TLS: the CLI trusts the site's CA.
+            base = ["status", "--collector", service.address, "--tls-ca", str(site.ca.cert)]
             key = ["--key", str(tmp_path / "auditor.key")]
             table = await asyncio.to_thread(runner.invoke, cli, [*base, *key])
             assert table.exit_code == 0, table.output

@@ -92,6 +92,8 @@ def test_a_firing_rule_halts_exactly_the_nodes_running_the_job(tmp_path: Path) -
         async with running_collector(config) as service:
             clients = [Link(service.address) for _ in range(3)]
             ca, cb, cc = clients
+            for node, client in zip((a, b, c), clients, strict=True):
+                await client.prove(node)
             await report(a, ca, [gpu(0, job="big")])
             await report(b, cb, [gpu(0, job="big", pid=7)])
             await report(c, cc, [gpu(0, job="small", util=1.0)])
@@ -151,7 +153,9 @@ def test_a_node_that_connects_later_receives_what_is_in_force(tmp_path: Path) ->
             assert len(cluster.directive_ids) == len(only_b.directive_ids) == 1
             # Both issued while no node is connected; they connect now.
             ca, cb = Link(service.address), Link(service.address)
+            await ca.prove(a)
             await ca.send(a.next([gpu(0)]))
+            await cb.prove(b)
             await cb.send(b.next([gpu(0)]))
             first_a = await next_directive(ca, collector_key)
             assert first_a.id == cluster.directive_ids[0]
@@ -169,6 +173,7 @@ def test_a_node_that_connects_later_receives_what_is_in_force(tmp_path: Path) ->
             # Lifted directives are no longer sent to newcomers.
             await control.approve(approval(keys[0], only_b.directive_ids[0]))
             cc = Link(service.address)
+            await cc.prove(c)
             await cc.send(c.next([gpu(0)]))
             assert (await next_directive(cc, collector_key)).id == cluster.directive_ids[0]
             assert not [m for m in await drain(cc, 0.3) if m.HasField("directive")]
@@ -201,6 +206,7 @@ def test_resume_needs_k_distinct_authority_keys_and_carries_their_approvals(
         async with running_collector(config) as service:
             control = Control(service.address)
             client = Link(service.address)
+            await client.prove(a)
             await report(a, client, [gpu(0)])
             halted = await control.halt(manual_halt(keys[2], node_scope("node-a")))
             halt = await next_directive(client, collector_key)
@@ -271,7 +277,9 @@ def test_leases_go_each_interval_to_healthy_nodes_only(tmp_path: Path) -> None:
         async with running_collector(config) as service:
             cl, cq = Link(service.address), Link(service.address)
             # Reports claim a 0.1 s interval: silent after 3 x 0.1 s without one.
+            await cl.prove(live)
             await cl.send(live.next([gpu(0)], interval=0.1))
+            await cq.prove(quiet)
             await cq.send(quiet.next([gpu(0)], interval=0.1))
             both = await next_directive(cl, collector_key, actions=[LEASE])
             assert both.scope.kind == control_pb2.SCOPE_KIND_NODE
@@ -326,6 +334,8 @@ def test_effective_only_when_telemetry_shows_it_else_the_alert(
         async with running_collector(config) as service:
             control = Control(service.address)
             cg, cb = Link(service.address), Link(service.address)
+            await cg.prove(good)
+            await cb.prove(bad)
             await report(good, cg, gpus)
             await report(bad, cb, gpus)
             for scope in (node_scope("node-good"), node_scope("node-bad")):
@@ -390,6 +400,7 @@ def test_counters_in_force_halts_and_approvals_survive_a_restart(tmp_path: Path)
         async with running_collector(config) as service:
             control = Control(service.address)
             client = Link(service.address)
+            await client.prove(a)
             await client.send(a.next([gpu(0)], interval=0.1))
             await next_directive(client, collector_key, actions=[LEASE])
             await control.halt(manual_halt(keys[0], node_scope("node-a")))
@@ -405,6 +416,7 @@ def test_counters_in_force_halts_and_approvals_survive_a_restart(tmp_path: Path)
         async with running_collector(config) as service:
             control = Control(service.address)
             client = Link(service.address)
+            await client.prove(a)
             await client.send(a.next([gpu(0)], interval=0.1))
             # Both halts are still in force and resent, in counter order.
             resent = [await next_directive(client, collector_key) for _ in range(2)]
@@ -446,6 +458,8 @@ def test_an_evaluation_halts_the_job_and_its_descendants(tmp_path: Path) -> None
         async with running_collector(config) as service:
             clients = [Link(service.address) for _ in range(3)]
             cbase, ctune, cother = clients
+            for node, client in zip((base, tune, other), clients, strict=True):
+                await client.prove(node)
             await report(base, cbase, [gpu(0, job="base", util=1.0)])
             rep = tune.report([gpu(0, job="tune", util=1.0)])
             rep.jobs.add(job_id="tune", parent_job_ids=["base"], model_id="m-2")
@@ -486,8 +500,10 @@ def test_a_node_that_missed_the_resume_gets_it_again(tmp_path: Path) -> None:
             resumed = await control.approve(approval(keys[0], halt_id))
             # The node was away for both; it comes back still enforcing the halt.
             client = Link(service.address)
+            await client.prove(a)
             rep = a.report([gpu(0)])
             rep.enforcement.active_directive_ids.append(halt_id)
+            await client.prove(a)
             await client.send(a.seal(rep))
             resume = await next_directive(client, collector_key)
             assert resume.action == RESUME
@@ -540,8 +556,9 @@ def test_the_cli_halts_approves_evaluates_and_lists(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_collector(config) as service:
             link = Link(service.address)
+            await link.prove(a)
             await report(a, link, [gpu(0, job="j")])
-            addr = ("--collector", service.address)
+            addr = ("--collector", service.address, "--insecure-plaintext")
             halted = await cw(
                 "halt", *addr, "--scope", "node:node-a", "--reason", "drill", "--key", key_files[0]
             )
@@ -588,7 +605,7 @@ def test_the_cli_halts_approves_evaluates_and_lists(tmp_path: Path) -> None:
                 "directives", "list", *addr, "--json", "--collector-key", str(collector_pub)
             )
             assert listed.exit_code == 0, listed.output
-            docs = json.loads(listed.output)
+            docs = json.loads(listed.stdout)
             assert [d["action"] for d in docs] == ["HALT", "RESUME"]
             assert all(d["signature_verified"] for d in docs)
             assert all(isinstance(d["counter"], int) and d["counter"] > 0 for d in docs)

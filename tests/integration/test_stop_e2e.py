@@ -9,8 +9,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import grpc
-
 from agent.fakenvml.scenario import load_scenario
 from computewatch.demo.cluster import AUTHORITIES, Cluster, start_cluster
 from computewatch.demo.processes import process_state
@@ -45,7 +43,7 @@ def test_manual_halt_takes_effect_and_a_quorum_resumes(tmp_path: Path) -> None:
 
     async def scenario_run() -> None:
         cluster: Cluster = await start_cluster(scenario, path, tmp_path / "w", rule_packs=())
-        channel = grpc.aio.insecure_channel(cluster.collector.address)
+        channel = cluster.channel()
         control = control_pb2_grpc.ControlStub(channel)
         status = status_pb2_grpc.StatusStub(channel)
         ministry = cluster.authority_keys[AUTHORITIES[0]]

@@ -24,39 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$protos/computewatch/v1/control.proto\x12\x0f\x63omputewatch.v1\"{\n\x05Scope\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.computewatch.v1.ScopeKind\x12\x10\n\x08node_ids\x18\x02 \x03(\t\x12\x0f\n\x07job_ids\x18\x03 \x03(\t\x12\x11\n\tgpu_uuids\x18\x04 \x03(\t\x12\x12\n\tactor_ids\x18\x98\x02 \x03(\t\"\xd9\x02\n\x08\x45vidence\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x1b\n\x0emeasured_value\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x12\n\ncomparison\x18\x05 \x01(\t\x12\x13\n\x0blog_indices\x18\x06 \x03(\x04\x12\x16\n\x08\x65stimate\x18\xdc\x01 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0bupper_bound\x18\xdd\x01 \x01(\x01H\x03\x88\x01\x01\x12\x0e\n\x05\x62ound\x18\xde\x01 \x01(\t\x12\x0f\n\x06method\x18\xdf\x01 \x01(\t\x12$\n\x16unmeasured_gpu_seconds\x18\xe0\x01 \x01(\x01H\x04\x88\x01\x01\x42\x11\n\x0f_measured_valueB\x0c\n\n_thresholdB\x0b\n\t_estimateB\x0e\n\x0c_upper_boundB\x19\n\x17_unmeasured_gpu_seconds\"\xe0\x02\n\tDirective\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\x12\x19\n\x11issued_unix_nanos\x18\x03 \x01(\x03\x12\x1c\n\x14not_after_unix_nanos\x18\x04 \x01(\x03\x12%\n\x05scope\x18\x05 \x01(\x0b\x32\x16.computewatch.v1.Scope\x12\'\n\x06\x61\x63tion\x18\x06 \x01(\x0e\x32\x17.computewatch.v1.Action\x12\x0f\n\x07rule_id\x18\x07 \x01(\t\x12+\n\x08\x65vidence\x18\x08 \x01(\x0b\x32\x19.computewatch.v1.Evidence\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x17\n\x0fpower_cap_watts\x18\n \x01(\x01\x12\x1c\n\x14resumes_directive_id\x18\x0b \x01(\t\x12\x11\n\tapprovals\x18\x0c \x03(\x0c\x12\x15\n\rgrace_seconds\x18\r \x01(\x01\"a\n\x08\x41pproval\x12\x14\n\x0c\x64irective_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61pproved_unix_nanos\x18\x02 \x01(\x03\x12\x11\n\tauthority\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\"p\n\nManualHalt\x12%\n\x05scope\x18\x01 \x01(\x0b\x32\x16.computewatch.v1.Scope\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1c\n\x14requested_unix_nanos\x18\x03 \x01(\x03\x12\r\n\x05nonce\x18\x04 \x01(\t\"\x82\x01\n\nEvaluation\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x12\n\nevaluation\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x1c\n\x14\x65valuated_unix_nanos\x18\x05 \x01(\x03\x12\x11\n\tevaluator\x18\x06 \x01(\t\"!\n\rSubmitRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"K\n\x0eSubmitResponse\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x15\n\rdirective_ids\x18\x02 \x03(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"W\n\x15ListDirectivesRequest\x12\x15\n\rin_force_only\x18\x01 \x01(\x08\x12\x12\n\tpage_size\x18\x8c\x01 \x01(\r\x12\x13\n\npage_token\x18\x8d\x01 \x01(\t\"\x99\x01\n\x0f\x44irectiveRecord\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x11\n\tlog_index\x18\x02 \x01(\x04\x12\x10\n\x08in_force\x18\x03 \x01(\x08\x12\x1c\n\x14\x65\x66\x66\x65\x63tive_unix_nanos\x18\x04 \x01(\x03\x12\x17\n\x0f\x61pproval_keyids\x18\x05 \x03(\t\x12\x18\n\x10receipt_node_ids\x18\x06 \x03(\t\"_\n\rDirectiveList\x12\x34\n\ndirectives\x18\x01 \x03(\x0b\x32 .computewatch.v1.DirectiveRecord\x12\x18\n\x0fnext_page_token\x18\x8c\x01 \x01(\t*\x81\x01\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43TION_HALT\x10\x01\x12\x11\n\rACTION_RESUME\x10\x02\x12\x13\n\x0f\x41\x43TION_THROTTLE\x10\x03\x12\x14\n\x10\x41\x43TION_TERMINATE\x10\x04\x12\x10\n\x0c\x41\x43TION_LEASE\x10\x05*\x93\x01\n\tScopeKind\x12\x1a\n\x16SCOPE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12SCOPE_KIND_CLUSTER\x10\x01\x12\x13\n\x0fSCOPE_KIND_NODE\x10\x02\x12\x12\n\x0eSCOPE_KIND_JOB\x10\x03\x12\x12\n\x0eSCOPE_KIND_GPU\x10\x04\x12\x15\n\x10SCOPE_KIND_ACTOR\x10\x98\x02\x32\xe0\x02\n\x07\x43ontrol\x12Q\n\x0eSubmitApproval\x12\x1e.computewatch.v1.SubmitRequest\x1a\x1f.computewatch.v1.SubmitResponse\x12S\n\x10SubmitManualHalt\x12\x1e.computewatch.v1.SubmitRequest\x1a\x1f.computewatch.v1.SubmitResponse\x12S\n\x10SubmitEvaluation\x12\x1e.computewatch.v1.SubmitRequest\x1a\x1f.computewatch.v1.SubmitResponse\x12X\n\x0eListDirectives\x12&.computewatch.v1.ListDirectivesRequest\x1a\x1e.computewatch.v1.DirectiveListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$protos/computewatch/v1/control.proto\x12\x0f\x63omputewatch.v1\"\x8d\x01\n\x05Scope\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.computewatch.v1.ScopeKind\x12\x10\n\x08node_ids\x18\x02 \x03(\t\x12\x0f\n\x07job_ids\x18\x03 \x03(\t\x12\x11\n\tgpu_uuids\x18\x04 \x03(\t\x12\x12\n\tactor_ids\x18\x98\x02 \x03(\t\x12\x10\n\x07\x63luster\x18\xac\x02 \x01(\t\"\xd9\x02\n\x08\x45vidence\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x1b\n\x0emeasured_value\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x12\n\ncomparison\x18\x05 \x01(\t\x12\x13\n\x0blog_indices\x18\x06 \x03(\x04\x12\x16\n\x08\x65stimate\x18\xdc\x01 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0bupper_bound\x18\xdd\x01 \x01(\x01H\x03\x88\x01\x01\x12\x0e\n\x05\x62ound\x18\xde\x01 \x01(\t\x12\x0f\n\x06method\x18\xdf\x01 \x01(\t\x12$\n\x16unmeasured_gpu_seconds\x18\xe0\x01 \x01(\x01H\x04\x88\x01\x01\x42\x11\n\x0f_measured_valueB\x0c\n\n_thresholdB\x0b\n\t_estimateB\x0e\n\x0c_upper_boundB\x19\n\x17_unmeasured_gpu_seconds\"\xe0\x02\n\tDirective\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\x12\x19\n\x11issued_unix_nanos\x18\x03 \x01(\x03\x12\x1c\n\x14not_after_unix_nanos\x18\x04 \x01(\x03\x12%\n\x05scope\x18\x05 \x01(\x0b\x32\x16.computewatch.v1.Scope\x12\'\n\x06\x61\x63tion\x18\x06 \x01(\x0e\x32\x17.computewatch.v1.Action\x12\x0f\n\x07rule_id\x18\x07 \x01(\t\x12+\n\x08\x65vidence\x18\x08 \x01(\x0b\x32\x19.computewatch.v1.Evidence\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x17\n\x0fpower_cap_watts\x18\n \x01(\x01\x12\x1c\n\x14resumes_directive_id\x18\x0b \x01(\t\x12\x11\n\tapprovals\x18\x0c \x03(\x0c\x12\x15\n\rgrace_seconds\x18\r \x01(\x01\"a\n\x08\x41pproval\x12\x14\n\x0c\x64irective_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61pproved_unix_nanos\x18\x02 \x01(\x03\x12\x11\n\tauthority\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\"p\n\nManualHalt\x12%\n\x05scope\x18\x01 \x01(\x0b\x32\x16.computewatch.v1.Scope\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1c\n\x14requested_unix_nanos\x18\x03 \x01(\x03\x12\r\n\x05nonce\x18\x04 \x01(\t\"\x82\x01\n\nEvaluation\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x12\n\nevaluation\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x1c\n\x14\x65valuated_unix_nanos\x18\x05 \x01(\x03\x12\x11\n\tevaluator\x18\x06 \x01(\t\"!\n\rSubmitRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"K\n\x0eSubmitResponse\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x15\n\rdirective_ids\x18\x02 \x03(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"W\n\x15ListDirectivesRequest\x12\x15\n\rin_force_only\x18\x01 \x01(\x08\x12\x12\n\tpage_size\x18\x8c\x01 \x01(\r\x12\x13\n\npage_token\x18\x8d\x01 \x01(\t\"\x99\x01\n\x0f\x44irectiveRecord\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x11\n\tlog_index\x18\x02 \x01(\x04\x12\x10\n\x08in_force\x18\x03 \x01(\x08\x12\x1c\n\x14\x65\x66\x66\x65\x63tive_unix_nanos\x18\x04 \x01(\x03\x12\x17\n\x0f\x61pproval_keyids\x18\x05 \x03(\t\x12\x18\n\x10receipt_node_ids\x18\x06 \x03(\t\"_\n\rDirectiveList\x12\x34\n\ndirectives\x18\x01 \x03(\x0b\x32 .computewatch.v1.DirectiveRecord\x12\x18\n\x0fnext_page_token\x18\x8c\x01 \x01(\t*\x81\x01\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43TION_HALT\x10\x01\x12\x11\n\rACTION_RESUME\x10\x02\x12\x13\n\x0f\x41\x43TION_THROTTLE\x10\x03\x12\x14\n\x10\x41\x43TION_TERMINATE\x10\x04\x12\x10\n\x0c\x41\x43TION_LEASE\x10\x05*\x93\x01\n\tScopeKind\x12\x1a\n\x16SCOPE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12SCOPE_KIND_CLUSTER\x10\x01\x12\x13\n\x0fSCOPE_KIND_NODE\x10\x02\x12\x12\n\x0eSCOPE_KIND_JOB\x10\x03\x12\x12\n\x0eSCOPE_KIND_GPU\x10\x04\x12\x15\n\x10SCOPE_KIND_ACTOR\x10\x98\x02\x32\xe0\x02\n\x07\x43ontrol\x12Q\n\x0eSubmitApproval\x12\x1e.computewatch.v1.SubmitRequest\x1a\x1f.computewatch.v1.SubmitResponse\x12S\n\x10SubmitManualHalt\x12\x1e.computewatch.v1.SubmitRequest\x1a\x1f.computewatch.v1.SubmitResponse\x12S\n\x10SubmitEvaluation\x12\x1e.computewatch.v1.SubmitRequest\x1a\x1f.computewatch.v1.SubmitResponse\x12X\n\x0eListDirectives\x12&.computewatch.v1.ListDirectivesRequest\x1a\x1e.computewatch.v1.DirectiveListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.computewatch.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTION']._serialized_start=1686
-  _globals['_ACTION']._serialized_end=1815
-  _globals['_SCOPEKIND']._serialized_start=1818
-  _globals['_SCOPEKIND']._serialized_end=1965
-  _globals['_SCOPE']._serialized_start=57
-  _globals['_SCOPE']._serialized_end=180
-  _globals['_EVIDENCE']._serialized_start=183
-  _globals['_EVIDENCE']._serialized_end=528
-  _globals['_DIRECTIVE']._serialized_start=531
-  _globals['_DIRECTIVE']._serialized_end=883
-  _globals['_APPROVAL']._serialized_start=885
-  _globals['_APPROVAL']._serialized_end=982
-  _globals['_MANUALHALT']._serialized_start=984
-  _globals['_MANUALHALT']._serialized_end=1096
-  _globals['_EVALUATION']._serialized_start=1099
-  _globals['_EVALUATION']._serialized_end=1229
-  _globals['_SUBMITREQUEST']._serialized_start=1231
-  _globals['_SUBMITREQUEST']._serialized_end=1264
-  _globals['_SUBMITRESPONSE']._serialized_start=1266
-  _globals['_SUBMITRESPONSE']._serialized_end=1341
-  _globals['_LISTDIRECTIVESREQUEST']._serialized_start=1343
-  _globals['_LISTDIRECTIVESREQUEST']._serialized_end=1430
-  _globals['_DIRECTIVERECORD']._serialized_start=1433
-  _globals['_DIRECTIVERECORD']._serialized_end=1586
-  _globals['_DIRECTIVELIST']._serialized_start=1588
-  _globals['_DIRECTIVELIST']._serialized_end=1683
-  _globals['_CONTROL']._serialized_start=1968
-  _globals['_CONTROL']._serialized_end=2320
+  _globals['_ACTION']._serialized_start=1705
+  _globals['_ACTION']._serialized_end=1834
+  _globals['_SCOPEKIND']._serialized_start=1837
+  _globals['_SCOPEKIND']._serialized_end=1984
+  _globals['_SCOPE']._serialized_start=58
+  _globals['_SCOPE']._serialized_end=199
+  _globals['_EVIDENCE']._serialized_start=202
+  _globals['_EVIDENCE']._serialized_end=547
+  _globals['_DIRECTIVE']._serialized_start=550
+  _globals['_DIRECTIVE']._serialized_end=902
+  _globals['_APPROVAL']._serialized_start=904
+  _globals['_APPROVAL']._serialized_end=1001
+  _globals['_MANUALHALT']._serialized_start=1003
+  _globals['_MANUALHALT']._serialized_end=1115
+  _globals['_EVALUATION']._serialized_start=1118
+  _globals['_EVALUATION']._serialized_end=1248
+  _globals['_SUBMITREQUEST']._serialized_start=1250
+  _globals['_SUBMITREQUEST']._serialized_end=1283
+  _globals['_SUBMITRESPONSE']._serialized_start=1285
+  _globals['_SUBMITRESPONSE']._serialized_end=1360
+  _globals['_LISTDIRECTIVESREQUEST']._serialized_start=1362
+  _globals['_LISTDIRECTIVESREQUEST']._serialized_end=1449
+  _globals['_DIRECTIVERECORD']._serialized_start=1452
+  _globals['_DIRECTIVERECORD']._serialized_end=1605
+  _globals['_DIRECTIVELIST']._serialized_start=1607
+  _globals['_DIRECTIVELIST']._serialized_end=1702
+  _globals['_CONTROL']._serialized_start=1987
+  _globals['_CONTROL']._serialized_end=2339
 # @@protoc_insertion_point(module_scope)

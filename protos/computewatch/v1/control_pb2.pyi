@@ -38,18 +38,20 @@ SCOPE_KIND_GPU: ScopeKind
 SCOPE_KIND_ACTOR: ScopeKind
 
 class Scope(_message.Message):
-    __slots__ = ("kind", "node_ids", "job_ids", "gpu_uuids", "actor_ids")
+    __slots__ = ("kind", "node_ids", "job_ids", "gpu_uuids", "actor_ids", "cluster")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     GPU_UUIDS_FIELD_NUMBER: _ClassVar[int]
     ACTOR_IDS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
     kind: ScopeKind
     node_ids: _containers.RepeatedScalarFieldContainer[str]
     job_ids: _containers.RepeatedScalarFieldContainer[str]
     gpu_uuids: _containers.RepeatedScalarFieldContainer[str]
     actor_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, kind: _Optional[_Union[ScopeKind, str]] = ..., node_ids: _Optional[_Iterable[str]] = ..., job_ids: _Optional[_Iterable[str]] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., actor_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    cluster: str
+    def __init__(self, kind: _Optional[_Union[ScopeKind, str]] = ..., node_ids: _Optional[_Iterable[str]] = ..., job_ids: _Optional[_Iterable[str]] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., actor_ids: _Optional[_Iterable[str]] = ..., cluster: _Optional[str] = ...) -> None: ...
 
 class Evidence(_message.Message):
     __slots__ = ("metric", "measured_value", "threshold", "unit", "comparison", "log_indices", "estimate", "upper_bound", "bound", "method", "unmeasured_gpu_seconds")

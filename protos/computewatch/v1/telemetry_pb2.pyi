@@ -239,10 +239,12 @@ class NodeReport(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., sequence: _Optional[int] = ..., previous_digest: _Optional[bytes] = ..., sample_unix_nanos: _Optional[int] = ..., interval_seconds: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., enforcement: _Optional[_Union[EnforcementState, _Mapping]] = ..., agent_version: _Optional[str] = ..., nvml_status: _Optional[_Union[NvmlStatus, str]] = ..., nvml_error: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., receipts: _Optional[_Iterable[_Union[EnforcementReceipt, _Mapping]]] = ..., unspooled_reports: _Optional[int] = ..., skipped_samples: _Optional[int] = ..., corrections: _Optional[_Iterable[str]] = ..., replaces_refused_digest: _Optional[bytes] = ..., refused_reason: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("envelope",)
+    __slots__ = ("envelope", "proof")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     envelope: bytes
-    def __init__(self, envelope: _Optional[bytes] = ...) -> None: ...
+    proof: bytes
+    def __init__(self, envelope: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("node_id", "sequence", "log_index")
@@ -266,12 +268,28 @@ class Reject(_message.Message):
     stored_sequence: int
     def __init__(self, sequence: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., stored_sequence: _Optional[int] = ...) -> None: ...
 
+class Challenge(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+
+class StreamProof(_message.Message):
+    __slots__ = ("node_id", "nonce")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    nonce: bytes
+    def __init__(self, node_id: _Optional[str] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
 class CollectorMessage(_message.Message):
-    __slots__ = ("ack", "reject", "directive")
+    __slots__ = ("ack", "reject", "directive", "challenge")
     ACK_FIELD_NUMBER: _ClassVar[int]
     REJECT_FIELD_NUMBER: _ClassVar[int]
     DIRECTIVE_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     ack: Ack
     reject: Reject
     directive: bytes
-    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., directive: _Optional[bytes] = ...) -> None: ...
+    challenge: Challenge
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., directive: _Optional[bytes] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ...) -> None: ...

@@ -25,6 +25,7 @@ from tests.enforce_support import (
     JOB,
     LEASE,
     NODE,
+    NODE_SCOPE,
     OTHER,
     RESUME,
     SECOND,
@@ -82,6 +83,19 @@ def test_scope_must_name_this_node_unless_it_is_the_whole_cluster() -> None:
         now_ns=T0,
         seen=EnforcementRecord(),
     )
+
+
+def test_a_directive_for_another_cluster_is_refused_whatever_its_kind() -> None:
+    """One collector key may serve several clusters: a CLUSTER halt of one
+    must not halt the others, nor a NODE directive reach a same-named node."""
+    west = verifier(cluster="west")
+    for kind, nodes in ((CLUSTER, ()), (NODE_SCOPE, (NODE,))):
+        for cluster in ("east", ""):
+            d = directive(kind=kind, nodes=nodes, cluster=cluster)
+            with pytest.raises(ScopeError, match="cluster"):
+                west.verify(dsse.seal(d, COLLECTOR), now_ns=T0, seen=EnforcementRecord())
+        d = directive(kind=kind, nodes=nodes, cluster="west")
+        west.verify(dsse.seal(d, COLLECTOR), now_ns=T0, seen=EnforcementRecord())
 
 
 def test_counters_are_kept_per_class() -> None:

@@ -102,6 +102,7 @@ def test_config_file_env_and_flag_precedence_and_errors(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(
         '[collector]\nledger = "/var/l.db"\nkey = "/k"\nquorum = 1\ninterval_seconds = 2\n'
+        "insecure_plaintext = true\n"
     )
     c = load_collector_config(cfg, {"interval_seconds": "5", "listen": None})
     assert isinstance(c, CollectorConfig)
@@ -127,7 +128,14 @@ def test_config_file_env_and_flag_precedence_and_errors(tmp_path: Path) -> None:
         load_collector_config(None, {"ledger": "/l", "key": "/k", "listen": "nope"})
     with pytest.raises(ConfigError, match="could never be lifted"):
         load_collector_config(
-            None, {"ledger": "/l", "key": "/k", "quorum": 3, "authority_keys": ["/a", "/b"]}
+            None,
+            {
+                "ledger": "/l",
+                "key": "/k",
+                "quorum": 3,
+                "authority_keys": ["/a", "/b"],
+                "insecure_plaintext": True,
+            },
         )
 
 
@@ -136,7 +144,9 @@ def test_a_fraction_for_an_integer_key_is_an_error_not_a_truncation(tmp_path: Pa
     cfg.write_text('[collector]\nledger = "/l"\nkey = "/k"\nquorum = 1.5\n')
     with pytest.raises(ConfigError, match="'quorum': expected an integer, got 1.5"):
         load_collector_config(cfg)
-    cfg.write_text('[collector]\nledger = "/l"\nkey = "/k"\nquorum = 2.0\n')
+    cfg.write_text(
+        '[collector]\nledger = "/l"\nkey = "/k"\nquorum = 2.0\ninsecure_plaintext = true\n'
+    )
     assert load_collector_config(cfg).quorum == 2
 
 

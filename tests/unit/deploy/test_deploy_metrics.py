@@ -82,6 +82,8 @@ def test_source_reader_covers_the_live_collector_registry(
         listen="127.0.0.1:0",
         verify_threads=0,
         grace_seconds=0.1,
+        insecure_plaintext=True,
+        require_auth=False,
     )
 
     async def scrape() -> set[str]:

@@ -295,7 +295,11 @@ def test_collector_config_loads_and_matches_the_deployment(tmp_path: Path) -> No
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     assert config.listen == f"0.0.0.0:{ports['grpc']}"
     assert config.metrics_port == ports["metrics"]
-    assert main["readinessProbe"]["grpc"]["port"] == ports["grpc"]
+    # TLS by default: kubelet gRPC probes cannot speak it, so the probes are TCP.
+    assert main["readinessProbe"]["tcpSocket"]["port"] == ports["grpc"]
+    assert config.tls_cert == Path("/etc/computewatch/tls/tls.crt")
+    mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    assert mounts["tls"] == "/etc/computewatch/tls"
     assert config.ledger.parent.as_posix() == mount_path(deploy, "collector", "ledger")
     # The key is copied to a 0600 file on the memory volume before start.
     assert config.key.parent.as_posix() == mount_path(deploy, "collector", "run")
@@ -424,3 +428,32 @@ def test_the_fallback_imitation_renders_what_helm_renders(values: dict[str, Any]
             assert list(yaml.safe_load_all(ours[Path(name).name])) == list(
                 yaml.safe_load_all(text)
             ), name
+
+
+def test_tls_is_on_by_default_and_agents_get_only_the_ca(tmp_path: Path) -> None:
+    from agent.config import load_agent_config
+    from collector.config import load_collector_config
+
+    docs = manifests({"serviceMonitor": {"enabled": True}})
+    agent = load_agent_config(
+        toml_of(docs, "-agent", "agent.toml", tmp_path), {"node_id": "gpu-1", "key": "/k"}
+    )
+    assert agent.insecure_plaintext is False
+    ds = one(docs, "DaemonSet")
+    assert str(agent.tls_ca).startswith(mount_path(ds, "agent", "tls-ca") + "/")
+    (tls_ca,) = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls-ca"]
+    assert tls_ca["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # never the key
+    (endpoint,) = one(docs, "ServiceMonitor", "-collector")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["ca"]["secret"]["key"] == "ca.crt"
+    # The explicit opt-out: plain text everywhere, gRPC probes again.
+    plain = manifests({"tls": {"insecurePlaintext": True}})
+    config = load_collector_config(toml_of(plain, "-collector", "collector.toml", tmp_path))
+    assert config.insecure_plaintext is True
+    assert config.tls_cert is None
+    main = container(one(plain, "Deployment"), "collector")
+    assert "grpc" in main["readinessProbe"]
+    assert all(
+        v["name"] != "tls-ca"
+        for v in one(plain, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+    )
