@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from collector.aggregate import Aggregator
-from collector.ingest import Ingestor
+from collector.ingest import Accepted, Ingestor
 from collector.ledger import Ledger
 from collector.merkle_log import MerkleLog
 from collector.registry import Registry
+from collector.telemetry_service import _InFlight
 from protos.errors import LedgerUnavailableError
 from tests.support import enroll_nodes, gpu
 
@@ -101,5 +102,20 @@ def test_a_failed_commit_still_reaches_every_waiter(tmp_path: Path) -> None:
             await asyncio.wait_for(again.committed, 10)
         ledger.connection.execute("PRAGMA max_page_count = 1073741824")
         await ledger.close()
+
+    asyncio.run(scenario())
+
+
+def test_ack_coalescing_passes_over_a_cancelled_commit() -> None:
+    """The pump's coalescing peeks at commits it does not await: a cancelled one
+    is not committed (``Future.exception()`` would raise CancelledError)."""
+
+    async def scenario() -> None:
+        acks = _InFlight(4)
+        cancelled: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        cancelled.cancel()
+        await acks.put(Accepted("node-01", 1, cancelled))
+        assert acks.pop_committed() is None
+        assert len(acks) == 1
 
     asyncio.run(scenario())
