@@ -59,10 +59,44 @@ class IngestStats:
 class Accepted:
     node_id: str
     sequence: int
-    # Resolves to the report's log index once committed.
+    # Resolves to the report's log index once committed. Each Accepted has its
+    # own (``_follow``): cancelling it, as a stream that ends does while its
+    # ack pump awaits, never cancels the commit that others share.
     committed: asyncio.Future[int]
     duplicate: bool = False
     keyid: str = ""
+
+
+def _follow(commit: asyncio.Future[int]) -> asyncio.Future[int]:
+    """A future of this waiter's own that resolves as ``commit`` does.
+
+    One commit is shared by the ingestor (which aggregates the report when it
+    commits) and by every stream that admitted or resent that report. A task
+    cancelled while it awaits a future cancels that future (``Task.cancel``),
+    so handing out ``commit`` itself let one ending stream make the shared
+    commit read as cancelled: a report on disk never aggregated, its resent
+    duplicate never acknowledged. Cancelling the follower leaves ``commit`` as
+    it is; a follower nobody awaits any more does not log its error as lost.
+    """
+    follower: asyncio.Future[int] = commit.get_loop().create_future()
+
+    def resolve(done: asyncio.Future[int]) -> None:
+        if follower.done():
+            return
+        if done.cancelled():
+            follower.cancel()
+        elif (exc := done.exception()) is not None:
+            follower.set_exception(exc)
+        else:
+            follower.set_result(done.result())
+
+    def retrieve(done: asyncio.Future[int]) -> None:
+        if not done.cancelled():
+            done.exception()  # whoever awaits it still gets it
+
+    commit.add_done_callback(resolve)
+    follower.add_done_callback(retrieve)
+    return follower
 
 
 class _RejectLog:
@@ -278,7 +312,7 @@ class Ingestor:
         key = (keyid, report.sequence)
         self._in_flight[key] = (fut, data)
         fut.add_done_callback(functools.partial(self._committed, key, report, len(data), now_ns))
-        return Accepted(node.node_id, report.sequence, fut, keyid=keyid)
+        return Accepted(node.node_id, report.sequence, _follow(fut), keyid=keyid)
 
     def _committed(
         self,
@@ -310,7 +344,7 @@ class Ingestor:
         self.stats.replayed += 1
         pending = self._in_flight.get((keyid, sequence))
         if pending is not None:
-            return Accepted(node_id, sequence, pending[0], duplicate=True, keyid=keyid)
+            return Accepted(node_id, sequence, _follow(pending[0]), duplicate=True, keyid=keyid)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         fut.set_result(self._ledger.report_index(keyid, sequence))
         return Accepted(node_id, sequence, fut, duplicate=True, keyid=keyid)

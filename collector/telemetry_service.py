@@ -58,7 +58,8 @@ class _InFlight:
         if not self._items:
             return None
         head = self._items[0]
-        if head is None or not head.committed.done() or head.committed.exception():
+        commit = None if head is None else head.committed
+        if commit is None or not commit.done() or commit.cancelled() or commit.exception():
             return None
         self._space.set()
         return self._items.popleft()

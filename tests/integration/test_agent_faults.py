@@ -100,13 +100,14 @@ def test_every_nvml_fault_keeps_its_node_reporting_without_a_gap(tmp_path: Path)
             )
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), 30)
-            # No report is refused for what it says (an empty or duplicate uuid was an
-            # invalid_report that the node's chain never recovered from). A `gap` answer
-            # (resend from N) can come from the collector's ingest under this load
-            # whatever the reports hold; the stored chains below must have no hole.
-            assert set(service.ingestor.stats.rejected) <= {"gap"}
+            # No report is refused, for what it says (an empty or duplicate uuid was an
+            # invalid_report that the node's chain never recovered from) or as a `gap`
+            # (a stream that ended while its ack pump awaited a commit used to cancel
+            # the shared commit; the chain book then forgot every in-flight link:
+            # tests/integration/test_stream_reconnect_commit.py).
+            assert dict(service.ingestor.stats.rejected) == {}
             for a in agents:
-                assert set(a.stats.rejected) <= {"gap"}, a.config.node_id
+                assert dict(a.stats.rejected) == {}, a.config.node_id
                 assert a.stats.reports_dropped == 0, a.config.node_id
 
     asyncio.run(scenario())
