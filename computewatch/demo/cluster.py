@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry
 
-from agent.attribution import JobAttributor
+from agent.attribution_setup import Attribution, register_attribution_metrics
 from agent.config import AgentConfig
 from agent.fakenvml.spec import Scenario
 from agent.jobmeta import JobMetadataDir
@@ -178,12 +178,17 @@ async def start_cluster(
             quorum=QUORUM,
             backoff_min_seconds=0.2,
             backoff_max_seconds=2.0,
+            slurm_show_job_command="",  # the fake nodes have no scontrol
         )
         registry = CollectorRegistry()
+        # The agent's own wiring (computewatch/cli_agent.py), so the demo's
+        # agents export computewatch_agent_attribution_errors_total too.
+        attribution = Attribution(agent_config)
+        register_attribution_metrics(registry, attribution)
         agent = Agent(
             agent_config,
             fake.backend,
-            JobAttributor(fake.procfs_root, node_id=node.id),
+            attribution.attributor,
             JobMetadataDir(fake.metadata_dir),
             node_keys[node.id][0],
             registry=registry,
