@@ -63,7 +63,7 @@ class StopMetrics(Collector):
         engine = self._decisions.engine
         decisions = CounterMetricFamily(
             "computewatch_rule_decisions_total",
-            "Rule decisions (fire, clear, unknown, possibly_crossed) by rule and action.",
+            f"Rule decisions ({', '.join(DecisionKind)}) by rule and action.",
             labels=["rule", "kind", "action"],
         )
         # Every loaded rule's decisions from 0, so increase() sees the first one.

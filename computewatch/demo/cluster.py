@@ -15,8 +15,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry
 
-from agent.actors import load_policy
-from agent.attribution import JobAttributor
+from agent.attribution_setup import Attribution, register_attribution_metrics
 from agent.config import AgentConfig
 from agent.fakenvml.spec import Scenario
 from agent.jobmeta import JobMetadataDir
@@ -171,7 +170,6 @@ async def start_cluster(
         tls_cert=site["collector"].cert,
         tls_key=site["collector"].key,
     )
-    actors = load_policy(actors_file) if actors_file is not None else None
     service, _ = await create_server(config)
     cluster = Cluster(workdir, scenario, service, authorities, regulator, paths)
     if metrics_address:
@@ -199,12 +197,17 @@ async def start_cluster(
             backoff_min_seconds=0.2,
             backoff_max_seconds=2.0,
             actors_file=actors_file,
+            slurm_show_job_command="",  # the fake nodes have no scontrol
         )
         registry = CollectorRegistry()
+        # The agent's own wiring (computewatch/cli_agent.py), so the demo's
+        # agents export computewatch_agent_attribution_errors_total too.
+        attribution = Attribution(agent_config)
+        register_attribution_metrics(registry, attribution)
         agent = Agent(
             agent_config,
             fake.backend,
-            JobAttributor(fake.procfs_root, node_id=node.id, actors=actors),
+            attribution.attributor,
             JobMetadataDir(fake.metadata_dir),
             node_keys[node.id][0],
             registry=registry,

@@ -51,6 +51,8 @@ jobs:
 NO_DATA_HERE = {
     "absent(computewatch_collector_streams_open)": "absent() is empty while the collector is up",
     "computewatch_rule_firing > 0": "no rule fires in this scenario (the job stays under them)",
+    "sum by (node, function) (computewatch_agent_nvml_field_errors)": "the agent exports a"
+    " function only while it fails, and no NVML call fails in this scenario",
 }
 
 # Grafana's variables, as Grafana would expand them here.
