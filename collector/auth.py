@@ -51,6 +51,7 @@ REJECT_LABELS = (
     "missing",
     "malformed",
     "unknown_key",
+    "revoked_key",
     "bad_signature",
     "skew",
     "forbidden",
@@ -125,8 +126,14 @@ class TokenChecker:
         self._clock = clock
         self._skew_ns = int(policy.max_skew_seconds * NANOS)
         self._nonces: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._revoked: set[str] = set()
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
+
+    def revoke(self, keyid: str) -> None:
+        """A key revoked in the log (``KeyLog.on_authority_revoked``): its
+        tokens are refused from now on, whatever roles it was configured with."""
+        self._revoked.add(keyid)
 
     def check(self, method: str, value: str | None) -> Principal:
         """Return the caller, or raise AuthError (PermissionDeniedError if not allowed)."""
@@ -158,6 +165,8 @@ class TokenChecker:
         principal = self._policy.principals.get(token.keyid)
         if principal is None:
             raise _RejectedError("unknown_key", f"key {token.keyid[:16]} is not configured")
+        if token.keyid in self._revoked:
+            raise _RejectedError("revoked_key", f"key {token.keyid[:16]} was revoked in the log")
         try:
             token.verify(method, principal.key)
         except AuthError as exc:
@@ -222,6 +231,10 @@ class AuthInterceptor(_ServerInterceptor):
         self.checker = TokenChecker(policy, clock)
         if registry is not None:
             registry.register(_AuthMetrics(self.checker))
+
+    def revoke(self, keyid: str) -> None:
+        """Refuse ``keyid``'s tokens from now on (it was revoked in the log)."""
+        self.checker.revoke(keyid)
 
     async def intercept_service(
         self,

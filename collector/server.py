@@ -253,7 +253,7 @@ async def _build(
         before_admit=keys.before_admit,
     )
     sessions = Sessions()
-    server = _grpc_server(config, metrics_registry)
+    server = _grpc_server(config, metrics_registry, keys)
     cleanup.push_async_callback(server.stop, 0)
     bind_hooks: list[Callable[[Session], None]] = []
 
@@ -360,7 +360,9 @@ def _tls(config: CollectorConfig) -> ServerTls | None:
     return ServerTls(config.tls_cert, config.tls_key, config.tls_client_ca)
 
 
-def _grpc_server(config: CollectorConfig, metrics_registry: CollectorRegistry) -> grpc.aio.Server:
+def _grpc_server(
+    config: CollectorConfig, metrics_registry: CollectorRegistry, keys: KeyLog
+) -> grpc.aio.Server:
     limit = config.max_envelope_bytes * _GRPC_HEADROOM
     interceptors = []
     if config.require_auth:
@@ -370,7 +372,10 @@ def _grpc_server(config: CollectorConfig, metrics_registry: CollectorRegistry) -
                 "auth is on and no auditor or authority keys are configured:"
                 " every Audit, Status and Control call will be refused"
             )
-        interceptors.append(AuthInterceptor(policy, registry=metrics_registry))
+        interceptor = AuthInterceptor(policy, registry=metrics_registry)
+        # A key revoked in the log gets no token accepted, now or after a restart.
+        keys.on_authority_revoked(interceptor.revoke)
+        interceptors.append(interceptor)
     else:
         log.warning(
             "INSECURE: require_auth = false: anyone who reaches %s reads Audit and Status"

@@ -42,7 +42,9 @@ UNSPECIFIED_REASON = "unspecified"
 
 # Reasons the agent refuses a directive for
 # (``computewatch_agent_directives_refused_total``): the DSSE checks, then
-# the directive's own checks (agent/enforce/verify.py).
+# the directive's own checks (agent/enforce/verify.py), and a collector key
+# rotation the agent will not follow (``key_event``: it does not name the key
+# the agent trusts, or is not a valid two-key event).
 DIRECTIVE_REFUSAL_ERRORS: tuple[type[errors.Error], ...] = (
     errors.DecodeError,
     errors.OversizeError,
@@ -54,6 +56,7 @@ DIRECTIVE_REFUSAL_ERRORS: tuple[type[errors.Error], ...] = (
     errors.CounterError,
     errors.InvalidDirectiveError,
     errors.QuorumError,
+    errors.KeyEventError,
 )
 DIRECTIVE_REFUSAL_REASONS: tuple[str, ...] = tuple(e.reason for e in DIRECTIVE_REFUSAL_ERRORS)
 

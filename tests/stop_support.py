@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from protos import dsse
+from protos.auth import client_interceptors
 from protos.computewatch.v1 import control_pb2, control_pb2_grpc, telemetry_pb2
 from protos.keys import PrivateKey, PublicKey, load_private_key, write_public_key
 from tests.support import Node, StreamClient, stream_proof
@@ -127,10 +128,12 @@ def node_scope(*nodes: str) -> control_pb2.Scope:
 
 
 class Control:
-    """A Control client over a real channel."""
+    """A Control client over a real channel; with ``token_key``, every call
+    carries a token signed by it (for a collector with ``require_auth``)."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
+    def __init__(self, address: str, token_key: PrivateKey | None = None) -> None:
+        interceptors = None if token_key is None else client_interceptors(token_key)
+        self.channel = grpc.aio.insecure_channel(address, interceptors=interceptors)
         self.stub = control_pb2_grpc.ControlStub(self.channel)
 
     async def halt(self, envelope: bytes) -> control_pb2.SubmitResponse:

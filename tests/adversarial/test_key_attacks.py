@@ -214,7 +214,7 @@ def test_subscriber_refuses_a_checkpoint_signed_by_a_key_a_forged_rotation_names
                 await asyncio.sleep(0.01)
             args = ["audit", "subscribe", "--collector", srv.address, "--key"]
             args += [str(keys.auditor_key), "--out", str(copy), "--once"]
-            args += ["--collector-key", str(tmp_path / "trusted.pub")]
+            args += ["--collector-key", str(tmp_path / "trusted.pub"), "--insecure-plaintext"]
             res = await asyncio.to_thread(CliRunner().invoke, cli, args)
             assert res.exit_code == 1, res.output
             assert "checkpoint:" in res.output

@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import grpc
 from click.testing import CliRunner
 from prometheus_client import generate_latest
 
@@ -65,6 +66,7 @@ class DemoLog:
     old_key_reject: str = ""
     revoked_node_reject: str = ""
     second_approval: str = ""
+    revoked_token: str = ""  # the status code a token by the revoked authority got
     metrics: str = ""
     rotation_pushed: bool = False
 
@@ -84,6 +86,7 @@ async def subscribe(address: str, auditor: Path, collector_pub: Path, copy: Path
     """``computewatch audit subscribe --once`` with only the first collector key."""
     args = ["audit", "subscribe", "--collector", address, "--key", str(auditor)]
     args += ["--out", str(copy), "--collector-key", str(collector_pub), "--once"]
+    args += ["--insecure-plaintext"]  # the test collector's explicit opt-out; tokens are on
     for i in range(2):
         args += ["--authority-keys", str(collector_pub.parent / f"authority-{i}.pub")]
     res = await asyncio.to_thread(CliRunner().invoke, cli, args)
@@ -98,7 +101,11 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
     write_private_key(auditor, tmp / "auditor.key")
     write_public_key(auditor.public, tmp / "auditor.pub")
     config = collector_config(
-        tmp, authority_keys=tuple(auth_paths), quorum=2, auditor_keys=(tmp / "auditor.pub",)
+        tmp,
+        authority_keys=tuple(auth_paths),
+        quorum=2,
+        auditor_keys=(tmp / "auditor.pub",),
+        require_auth=True,  # the default: Audit and Control calls carry tokens
     )
     first_key = PrivateKey.generate()
     config.key.unlink()
@@ -136,7 +143,7 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
 
         # An authority approves a halt, then its key is revoked: the approval
         # stops counting, and a later one by the other key is 1 of 2.
-        control = Control(service.address)
+        control = Control(service.address, token_key=auth2)
         halted = await control.halt(manual_halt(auth2, node_scope("node-a")))
         directive_id = halted.directive_ids[0]
         await control.approve(approval(auth1, directive_id))
@@ -144,6 +151,14 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
         auth_rev = await wait_for_entry(config.ledger, keylog.REVOCATION_TYPE, 2)
         second = await control.approve(approval(auth2, directive_id))
         await control.close()
+        revoked = Control(service.address, token_key=auth1)
+        try:
+            await revoked.list()
+        except grpc.aio.AioRpcError as exc:
+            revoked_token = exc.code().name
+        else:
+            revoked_token = "OK"
+        await revoked.close()
         await client.close()
         metrics = generate_latest(service.metrics_registry).decode()
         # The regulator's copy, before the rotation: resumed after it below.
@@ -158,6 +173,7 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
     async with running_collector(config2) as service:
         rotation_index = await wait_for_entry(config.ledger, keylog.ROTATION_TYPE)
         client = StreamClient(service.address)
+        await client.prove(moved)  # the new key proves possession; the stream binds
         await client.send(moved.next([gpu(0)]))
         acked = pushed = False
         for _ in range(50):  # the ack, and the rotation pushed when the stream binds
@@ -188,6 +204,7 @@ async def build_demo_log(tmp: Path, copy: Path) -> DemoLog:
         old_key_reject=old_reject,
         revoked_node_reject=b_reject,
         second_approval=second.message,
+        revoked_token=revoked_token,
         metrics=metrics,
         rotation_pushed=pushed,
     )

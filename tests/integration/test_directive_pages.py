@@ -48,10 +48,12 @@ def test_directives_come_in_pages_and_the_cli_follows_them(tmp_path: Path) -> No
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.ListDirectives(control_pb2.ListDirectivesRequest(page_token="x"))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            args = ["directives", "list", "--collector", service.address, "--page-size", "2"]
-            listed = await asyncio.to_thread(runner.invoke, cli, [*args, "--json"])
+            args = ["directives", "list", "--collector", service.address, "--insecure-plaintext"]
+            listed = await asyncio.to_thread(
+                runner.invoke, cli, [*args, "--page-size", "2", "--json"]
+            )
             assert listed.exit_code == 0, listed.output
-            docs = json.loads(listed.output)
+            docs = json.loads(listed.stdout)  # the plain-text warning goes to stderr
             assert [d["id"] for d in docs] == issued
             await control.close()
 

@@ -59,6 +59,9 @@ def test_key_events_are_logged_honoured_and_verified(tmp_path: Path) -> None:
 
     # The revoked authority's approval no longer counts toward the quorum.
     assert demo.second_approval == "approval 1 of 2 recorded"
+    # Nor does its token open Control (or any call) any more.
+    assert demo.revoked_token == "UNAUTHENTICATED"
+    assert 'computewatch_collector_auth_rejected_total{reason="revoked_key"} 1.0' in demo.metrics
     assert 'computewatch_collector_key_events_total{type="NodeEnrolment"} 2.0' in demo.metrics
     assert 'computewatch_collector_key_events_total{type="KeyHandover"} 1.0' in demo.metrics
     assert 'computewatch_collector_key_events_total{type="KeyRevocation"} 2.0' in demo.metrics

@@ -98,10 +98,11 @@ def test_the_cli_follows_pages_over_grpc(tmp_path: Path) -> None:
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await stub.GetStatus(status_pb2.StatusRequest(page_token="x:1"))
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            args = ["status", "--collector", service.address, "--page-size", "3", "--json"]
+            args = ["status", "--collector", service.address, "--insecure-plaintext"]
+            args += ["--page-size", "3", "--json"]
             result = await asyncio.to_thread(runner.invoke, cli, args)
             assert result.exit_code == 0, result.output
-            doc = json.loads(result.output)
+            doc = json.loads(result.stdout)  # the plain-text warning goes to stderr
             assert [j["job_id"] for j in doc["jobs"]] == [f"job-{i:02d}" for i in range(9)] + [
                 "job-b"
             ]

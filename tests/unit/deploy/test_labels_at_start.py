@@ -34,6 +34,7 @@ from protos.reasons import (
     REPORT_REJECT_REASONS,
     UNSPECIFIED_REASON,
 )
+from tests.tls_support import make_site
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -53,6 +54,7 @@ def _collector_scrape(tmp_path: Path) -> tuple[Samples, dict[str, str]]:
         rule_packs=("demo", "operator-default"),
         auditor_keys=(keys / "auditor.pub",),
         require_auth=True,
+        **make_site(tmp_path / "tls").collector(),  # the shipped default: TLS
     )
 
     async def scrape() -> tuple[Samples, dict[str, str]]:
