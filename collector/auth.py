@@ -57,6 +57,7 @@ REJECT_LABELS = (
     "forbidden",
     "replay",
     "nonce_cache_full",
+    "duplicate",
 )
 
 
