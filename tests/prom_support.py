@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -44,8 +45,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fetch(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def fetch(url: str, timeout: float = 10.0, *, ca: Path | None = None) -> bytes:
+    """GET ``url``; an https URL is verified against the CA certificate ``ca``."""
+    context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
         return bytes(response.read())
 
 

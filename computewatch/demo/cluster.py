@@ -98,9 +98,15 @@ class Cluster:
     agent_metrics: dict[str, str] = field(default_factory=dict)
     _metrics_servers: list[WSGIServer] = field(default_factory=list)
 
+    @property
+    def ca_cert(self) -> Path:
+        """The demo's CA certificate: it signed the collector's TLS certificate
+        (gRPC and /metrics)."""
+        return self.keys.tls / "ca.pem"
+
     def channel(self) -> grpc.aio.Channel:
         """A TLS channel to the collector, trusting the demo's CA."""
-        creds = channel_credentials(self.keys.tls / "ca.pem")
+        creds = channel_credentials(self.ca_cert)
         return grpc.aio.secure_channel(self.collector.address, creds)
 
     async def stop(self) -> None:

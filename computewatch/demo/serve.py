@@ -66,6 +66,7 @@ async def serve_demo(
             workdir / "prometheus",
             cluster.collector_metrics,
             cluster.agent_metrics,
+            collector_ca=cluster.ca_cert,
             scrape_interval=opts.scrape_interval,
         )
         print(
@@ -73,7 +74,15 @@ async def serve_demo(
             f"collector at {cluster.collector.address}",
             file=out,
         )
-        print(instructions(config, cluster.collector_metrics, cluster.agent_metrics), file=out)
+        print(
+            instructions(
+                config,
+                cluster.collector_metrics,
+                cluster.agent_metrics,
+                collector_ca=cluster.ca_cert,
+            ),
+            file=out,
+        )
         out.flush()
         if ready is not None:
             ready(cluster, config)

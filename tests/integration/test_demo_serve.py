@@ -37,7 +37,10 @@ def test_serve_exposes_every_endpoint_and_writes_prometheus_files(tmp_path: Path
 
     def ready(cluster: Cluster, config: Path) -> None:
         assert cluster.collector_metrics is not None
-        seen["collector"] = fetch(f"http://{cluster.collector_metrics}/metrics")
+        # The collector's /metrics is HTTPS by default, signed by the demo's CA.
+        url = f"https://{cluster.collector_metrics}/metrics"
+        seen["collector"] = fetch(url, ca=cluster.ca_cert)
+        seen["ca"] = cluster.ca_cert.read_bytes()
         for node_id, address in cluster.agent_metrics.items():
             seen[node_id] = fetch(f"http://{address}/metrics")
         seen["config"] = config.read_bytes()
@@ -55,11 +58,19 @@ def test_serve_exposes_every_endpoint_and_writes_prometheus_files(tmp_path: Path
     assert (prom_dir / "computewatch-alerts.yml").exists()
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     assert set(jobs) == {"computewatch-collector", "computewatch-agent"}
+    # Prometheus scrapes the collector over HTTPS, verifying it with the demo's CA.
+    collector_job = jobs["computewatch-collector"]
+    assert collector_job["scheme"] == "https"
+    ca_file = Path(collector_job["tls_config"]["ca_file"])
+    assert ca_file.is_absolute()
+    assert ca_file.read_bytes() == seen["ca"]
+    assert "insecure_skip_verify" not in collector_job["tls_config"]
     targets = json.loads((prom_dir / "computewatch-agents.json").read_text())
     # On one host every agent is 127.0.0.1: the node comes from the target's label.
     assert sorted(t["labels"]["node"] for t in targets) == ["n00", "n01"]
     assert all(t["targets"][0].startswith("127.0.0.1:") for t in targets)
     text = out.getvalue()
+    assert "collector /metrics: https://" in text
     assert "prometheus --config.file=" in text
     assert "computewatch.json" in text  # how to load the dashboard
 

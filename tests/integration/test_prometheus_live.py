@@ -30,6 +30,7 @@ from agent.fakenvml.scenario import load_scenario
 from computewatch.demo.cluster import Cluster, start_cluster
 from computewatch.demo.prometheus import write_prometheus_files
 from protos.keys import PrivateKey
+from protos.tls import channel_credentials
 from tests.prom_support import DEPLOY, check_metrics, fetch, free_port, run_tool, tool
 from tests.support import Node, StreamClient
 
@@ -161,6 +162,7 @@ def test_real_prometheus_evaluates_every_dashboard_and_alert_expression(tmp_path
                 tmp_path / "prom",
                 cluster.collector_metrics,
                 cluster.agent_metrics,
+                collector_ca=cluster.ca_cert,
                 scrape_interval="1s",
             )
             run_tool([promtool, "check", "config", str(config)])
@@ -174,6 +176,11 @@ def test_real_prometheus_evaluates_every_dashboard_and_alert_expression(tmp_path
                 )
 
             await _until("every target up", targets_up, 90, log)
+            # The collector is scraped over HTTPS, verified with the demo's CA.
+            scrape_urls = {
+                t["labels"]["job"]: t["scrapeUrl"] for t in p.api("targets")["activeTargets"]
+            }
+            assert scrape_urls["computewatch-collector"].startswith("https://")
 
             def scraped_enough() -> bool:
                 r = p.api("query", query="count_over_time(computewatch_agent_halted_gpus[1m])")
@@ -217,7 +224,7 @@ def test_real_prometheus_evaluates_every_dashboard_and_alert_expression(tmp_path
             forged_alert = "ComputewatchForgedOrConflictingReports"
             assert not firing(forged_alert)
             forger = Node(cluster.nodes[0].node_id, PrivateKey.generate())  # a key nobody enrolled
-            client = StreamClient(cluster.collector.address)
+            client = StreamClient(cluster.collector.address, channel_credentials(cluster.ca_cert))
             try:
                 await client.send(forger.next())
                 reply = await client.receive()
@@ -226,8 +233,11 @@ def test_real_prometheus_evaluates_every_dashboard_and_alert_expression(tmp_path
                 await client.close()
             await _until("the first forged report's alert", lambda: firing(forged_alert), 60, log)
 
-            endpoints = [cluster.collector_metrics, *cluster.agent_metrics.values()]
-            for address in endpoints:
+            # The collector serves /metrics over TLS (its default), the demo's agents plain.
+            url = f"https://{cluster.collector_metrics}/metrics"
+            body = await asyncio.to_thread(fetch, url, ca=cluster.ca_cert)
+            check_metrics(promtool, body, cluster.collector_metrics)
+            for address in cluster.agent_metrics.values():
                 body = await asyncio.to_thread(fetch, f"http://{address}/metrics")
                 check_metrics(promtool, body, address)
         finally:

@@ -22,6 +22,7 @@ from collector.config import CollectorConfig
 from collector.server import create_server
 from protos.keys import PrivateKey, write_private_key
 from tests.prom_support import DEPLOY, check_metrics, fetch, free_port, run_tool, tool
+from tests.tls_support import make_site
 
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
@@ -82,6 +83,8 @@ def test_promtool_check_metrics_is_clean_on_live_endpoints(tmp_path: Path) -> No
         server.server_close()
         thread.join(timeout=5)
 
+    # The collector as shipped: /metrics over TLS with its gRPC certificate.
+    site = make_site(tmp_path / "tls")
     write_private_key(PrivateKey.generate(), tmp_path / "collector.key")
     port = free_port()
     config = CollectorConfig(
@@ -92,12 +95,16 @@ def test_promtool_check_metrics_is_clean_on_live_endpoints(tmp_path: Path) -> No
         grace_seconds=0.1,
         metrics_port=port,
         rule_packs=("demo", "operator-default"),
+        tls_cert=site.server.cert,
+        tls_key=site.server.key,
     )
 
     async def scrape() -> bytes:
         collector, _ = await create_server(config, metrics_registry=CollectorRegistry())
         try:
-            return await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
+            return await asyncio.to_thread(
+                fetch, f"https://127.0.0.1:{port}/metrics", ca=site.ca.cert
+            )
         finally:
             await collector.stop(grace=0)
 
