@@ -25,6 +25,7 @@ import grpc.aio
 from agent.metrics import AgentStats
 from agent.refusal import CONTENT_REASONS
 from agent.spool import Spool
+from agent.targets import TargetRing, parse_targets
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
 from protos.dsse import DEFAULT_MAX_ENVELOPE_BYTES
 from protos.errors import Error
@@ -127,7 +128,9 @@ class StreamClient:
             raise ValueError("expected 0 < backoff_min_seconds <= backoff_max_seconds")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
-        self._target = target
+        # Every collector address; a connection that ends unanswered moves on
+        # to the next (agent.targets: collectors in high availability).
+        self._ring = TargetRing(parse_targets(target))
         self._node_id = node_id
         self._spool = spool
         self._stats = stats
@@ -163,8 +166,14 @@ class StreamClient:
         cap = min(self._backoff_max, self._backoff_min * 2 ** min(attempt, 32))
         return self._rng.uniform(self._backoff_min, cap)
 
+    @property
+    def target(self) -> str:
+        """The collector address the next connection goes to."""
+        return self._ring.current
+
     async def run(self, stop: asyncio.Event) -> None:
         attempt = 0
+        await self._ring.resolve()
         while not stop.is_set():
             if self._connections:
                 self._stats.stream_reconnects += 1
@@ -177,6 +186,12 @@ class StreamClient:
                 self._failures = 0
             else:
                 self._failures += 1
+                # Unanswered: try the next collector (a standby, or a dead one,
+                # ends the stream at once); back off only after a full round.
+                if not self._ring.advance():
+                    log.info("%s: trying collector %s", self._node_id, self._ring.current)
+                    continue
+                await self._ring.resolve()
             delay = self.backoff_delay(attempt)
             attempt += 1
             log.debug("%s: reconnecting in %.2f s", self._node_id, delay)
@@ -187,7 +202,12 @@ class StreamClient:
         """One connection, until it fails or ``stop``; True if the collector
         acknowledged anything on it."""
         session = _Session()
-        async with grpc.aio.insecure_channel(self._target, options=self._options) as channel:
+        target = self._ring.current
+        options: list[tuple[str, int | str]] = list(self._options)
+        authority = self._ring.authority(target)
+        if authority is not None:  # an address a name expanded to: keep the name
+            options.append(("grpc.default_authority", authority))
+        async with grpc.aio.insecure_channel(target, options=options) as channel:
             call = telemetry_pb2_grpc.TelemetryStub(channel).Stream()
             sender = asyncio.create_task(self._send(call, session))
             receiver = asyncio.create_task(self._receive(call, session))
@@ -243,7 +263,7 @@ class StreamClient:
                     logging.DEBUG if quiet else logging.WARNING,
                     "%s: stream to %s ended (failure %d in a row): %s %s",
                     self._node_id,
-                    self._target,
+                    self._ring.current,
                     n,
                     exc.code().name,
                     exc.details(),
