@@ -1,0 +1,24 @@
+"""The failover benchmark runs at a tiny size and its counts hold (never its timings)."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.bench_failover import failover
+from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
+
+
+def test_one_kill_loses_no_acknowledged_entry_and_the_tree_stays_consistent(
+    pg_server: str,  # noqa: F811 - the imported fixture
+) -> None:
+    args = argparse.Namespace(kills=1, rate=100, lease=1.0, renew=0.2, seed=1)
+    result = failover(fresh_database(pg_server), args)
+    assert result["kills"] == 1
+    assert result["acknowledged_then_lost"] == 0
+    assert result["consistency_proofs_verified"] == "1/1"
+    acknowledged = result["acknowledged"]
+    assert isinstance(acknowledged, int)
+    assert acknowledged > 0
+    entries = result["entries_in_log"]
+    assert isinstance(entries, int)
+    assert entries >= acknowledged
