@@ -53,8 +53,20 @@ class LeaderLease:
         self.holder = holder
         self.lease_ns = int(lease_seconds * 1e9)
         self._clock_ns = clock_ns
+        self._url = url
+        self._closed = False
         self._conn = psycopg.connect(url, autocommit=True)
         self.term: int | None = None  # set while this candidate leads
+
+    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        """The connection, opened again after the server dropped it; a failed
+        call raised (the elector counts that as not leading), the next one retries."""
+        if self._conn.closed or self._conn.broken:
+            if self._closed:
+                raise psycopg.OperationalError("the leader lease is closed")
+            log.warning("%s: reconnecting the leader lease", self.holder)
+            self._conn = psycopg.connect(self._url, autocommit=True)
+        return self._conn
 
     @property
     def is_leader(self) -> bool:
@@ -63,15 +75,17 @@ class LeaderLease:
     def _now(self) -> int:
         if self._clock_ns is not None:
             return self._clock_ns()
-        row = self._conn.execute(f"SELECT {_DB_NOW}").fetchone()
+        row = self._connection().execute(f"SELECT {_DB_NOW}").fetchone()
         assert row is not None
         return int(str(row[0]))
 
     def current(self) -> LeaderState | None:
         """The row as committed now (standbys report it as who leads)."""
-        row = self._conn.execute(
-            "SELECT holder, term, expires_unix_nanos FROM leader WHERE id = 1"
-        ).fetchone()
+        row = (
+            self._connection()
+            .execute("SELECT holder, term, expires_unix_nanos FROM leader WHERE id = 1")
+            .fetchone()
+        )
         if row is None:
             return None
         return LeaderState(str(row[0]), int(str(row[1])), int(str(row[2])))
@@ -81,14 +95,19 @@ class LeaderLease:
 
         Renewal keeps the term; a takeover after a lapse raises it by one. A
         renewal that finds another term means this candidate was deposed."""
-        with self._conn.transaction():
+        conn = self._connection()
+        with conn.transaction():
             now = self._now()
-            row = self._conn.execute(
-                "SELECT holder, term, expires_unix_nanos FROM leader WHERE id = 1 FOR UPDATE"
-            ).fetchone()
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT holder, term, expires_unix_nanos FROM leader WHERE id = 1 FOR UPDATE"
+                )
+                .fetchone()
+            )
             expires = now + self.lease_ns
             if row is None:
-                self._conn.execute(
+                self._connection().execute(
                     "INSERT INTO leader(id, holder, term, expires_unix_nanos)"
                     " VALUES (1, %s, 1, %s)",
                     (self.holder, expires),
@@ -105,7 +124,7 @@ class LeaderLease:
                         log.error("deposed: %s leads with term %d", holder, held)
                     self.term = None
                     return None
-                self._conn.execute(
+                self._connection().execute(
                     "UPDATE leader SET holder = %s, term = %s, expires_unix_nanos = %s"
                     " WHERE id = 1",
                     (self.holder, term, expires),
@@ -119,11 +138,12 @@ class LeaderLease:
         """Give the lease up at once (a clean shutdown): a standby need not wait it out."""
         if self.term is None:
             return
-        self._conn.execute(
+        self._connection().execute(
             "UPDATE leader SET expires_unix_nanos = 0 WHERE id = 1 AND holder = %s AND term = %s",
             (self.holder, self.term),
         )
         self.term = None
 
     def close(self) -> None:
+        self._closed = True
         self._conn.close()

@@ -14,6 +14,7 @@ refused (SchemaVersionError).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -24,7 +25,16 @@ from collector.store.migrations import PG_STEPS, VERSION_TABLE, check_version
 from collector.store.tree import load_frontier, tree_rows
 from protos.errors import FencedError, LedgerUnavailableError
 
+log = logging.getLogger(__name__)
+
 _MIGRATION_LOCK = 0x636F6D70  # "comp": pg_advisory_xact_lock key for migrations
+
+
+def _blob(value: object) -> bytes:
+    """A BYTEA column's value (psycopg returns bytes)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise LedgerUnavailableError(f"expected bytes from the database, got {type(value).__name__}")
 
 
 def _redact(url: str) -> str:
@@ -67,6 +77,7 @@ class PgStore:
         except psycopg.Error as exc:
             raise LedgerUnavailableError(f"cannot connect to the ledger at {where}: {exc}") from exc
         self._lock = threading.Lock()
+        self._closed = False
         self._frontier = load_frontier(0, lambda _pos: None)
         try:
             self._version = migrate_pg(self._conn, where)
@@ -79,17 +90,44 @@ class PgStore:
     def size(self) -> int:
         return self._frontier.size
 
+    def _writer(self) -> psycopg.Connection[tuple[object, ...]]:
+        """The write connection, opened again if the server dropped it (a restart,
+        a PostgreSQL failover): the next call after a failure starts afresh."""
+        if self._conn.closed or self._conn.broken:
+            if self._closed:
+                raise LedgerUnavailableError("the ledger store is closed")
+            log.warning("reconnecting the ledger's write connection")
+            self._conn = psycopg.connect(self.url, autocommit=True)
+        return self._conn
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Rows of a read on the read connection; a dropped connection is opened
+        again and the read retried once (reads change nothing)."""
+        with self._lock:
+            for attempt in (0, 1):
+                if self._read.closed or self._read.broken:
+                    if self._closed:
+                        raise LedgerUnavailableError("the ledger store is closed")
+                    self._read = psycopg.connect(self.url, autocommit=True)
+                try:
+                    return self._read.execute(sql.encode(), args).fetchall()
+                except psycopg.OperationalError:
+                    if attempt or not (self._read.closed or self._read.broken):
+                        raise
+                    log.warning("reconnecting the ledger's read connection")
+        raise AssertionError("unreachable")
+
     def schema_version(self) -> int:
         return self._version
 
     def reload(self) -> int:
-        conn = self._conn
+        conn = self._writer()
         row = conn.execute("SELECT COALESCE(MAX(pos) + 1, 0) FROM merkle_node").fetchone()
         count = 0 if row is None else int(str(row[0]))
 
         def node(pos: int) -> bytes | None:
             r = conn.execute("SELECT hash FROM merkle_node WHERE pos = %s", (pos,)).fetchone()
-            return None if r is None else bytes(r[0])
+            return None if r is None else _blob(r[0])
 
         self._frontier = load_frontier(count, node)
         return self._frontier.size
@@ -98,9 +136,8 @@ class PgStore:
         return self._frontier.root()
 
     def merkle_node(self, pos: int) -> bytes | None:
-        with self._lock:
-            r = self._read.execute("SELECT hash FROM merkle_node WHERE pos = %s", (pos,)).fetchone()
-        return None if r is None else bytes(r[0])
+        rows = self._query("SELECT hash FROM merkle_node WHERE pos = %s", (pos,))
+        return _blob(rows[0][0]) if rows else None
 
     def append_batch(
         self, first: int, entries: Sequence[Entry], now_ns: int, *, term: int | None = None
@@ -113,7 +150,8 @@ class PgStore:
             if e.keyid is not None and e.sequence is not None and e.digest is not None:
                 heads[e.keyid] = (e.node_id or "", e.sequence, e.digest, idx)
         nodes, frontier = tree_rows(self._frontier, first, [e.data for e in entries])
-        with self._conn.transaction(), self._conn.cursor() as cur:
+        conn = self._writer()
+        with conn.transaction(), conn.cursor() as cur:
             if term is not None:
                 cur.execute("SELECT holder, term FROM leader WHERE id = 1 FOR SHARE")
                 row = cur.fetchone()
@@ -140,40 +178,34 @@ class PgStore:
         self._frontier = frontier
 
     def stored_sequence(self, keyid: str) -> int:
-        with self._lock:
-            r = self._read.execute(
-                "SELECT last_sequence FROM chain WHERE keyid = %s", (keyid,)
-            ).fetchone()
-        return 0 if r is None else int(str(r[0]))
+        rows = self._query("SELECT last_sequence FROM chain WHERE keyid = %s", (keyid,))
+        return int(str(rows[0][0])) if rows else 0
 
     def chain_heads(self) -> dict[str, ChainHead]:
-        with self._lock:
-            rows = self._read.execute(
-                "SELECT keyid, node_id, last_sequence, last_digest, last_index FROM chain"
-            ).fetchall()
+        rows = self._query(
+            "SELECT keyid, node_id, last_sequence, last_digest, last_index FROM chain"
+        )
         return {
-            str(r[0]): ChainHead(str(r[1]), int(str(r[2])), bytes(r[3]), int(str(r[4])))
+            str(r[0]): ChainHead(str(r[1]), int(str(r[2])), _blob(r[3]), int(str(r[4])))
             for r in rows
         }
 
     def report_index(self, keyid: str, sequence: int) -> int:
-        with self._lock:
-            r = self._read.execute(
-                "SELECT idx FROM log WHERE keyid = %s AND sequence = %s", (keyid, sequence)
-            ).fetchone()
-        return -1 if r is None else int(str(r[0]))
+        rows = self._query(
+            "SELECT idx FROM log WHERE keyid = %s AND sequence = %s", (keyid, sequence)
+        )
+        return int(str(rows[0][0])) if rows else -1
 
     def entries(self, start: int, end: int) -> list[LedgerEntry]:
-        with self._lock:
-            rows = self._read.execute(
-                "SELECT idx, data, payload_type, node_id, sequence, received_unix_nanos"
-                " FROM log WHERE idx >= %s AND idx < %s ORDER BY idx",
-                (start, end),
-            ).fetchall()
+        rows = self._query(
+            "SELECT idx, data, payload_type, node_id, sequence, received_unix_nanos"
+            " FROM log WHERE idx >= %s AND idx < %s ORDER BY idx",
+            (start, end),
+        )
         return [
             LedgerEntry(
                 int(str(r[0])),
-                bytes(r[1]),
+                _blob(r[1]),
                 str(r[2]),
                 None if r[3] is None else str(r[3]),
                 None if r[4] is None else int(str(r[4])),
@@ -220,23 +252,20 @@ class PgStore:
         return kept
 
     def evidence_seen(self, keyid: str, kind: str) -> int:
-        with self._lock:
-            r = self._read.execute(
-                "SELECT count FROM evidence_counts WHERE keyid = %s AND kind = %s", (keyid, kind)
-            ).fetchone()
-        return 0 if r is None else int(str(r[0]))
+        rows = self._query(
+            "SELECT count FROM evidence_counts WHERE keyid = %s AND kind = %s", (keyid, kind)
+        )
+        return int(str(rows[0][0])) if rows else 0
 
     def evidence_count(self, kind: str | None = None) -> int:
-        with self._lock:
-            if kind is None:
-                r = self._read.execute("SELECT COUNT(*) FROM evidence").fetchone()
-            else:
-                r = self._read.execute(
-                    "SELECT COUNT(*) FROM evidence WHERE kind = %s", (kind,)
-                ).fetchone()
-        return 0 if r is None else int(str(r[0]))
+        if kind is None:
+            rows = self._query("SELECT COUNT(*) FROM evidence")
+        else:
+            rows = self._query("SELECT COUNT(*) FROM evidence WHERE kind = %s", (kind,))
+        return int(str(rows[0][0]))
 
     def close(self) -> None:
+        self._closed = True
         self._conn.close()
         with self._lock:
             self._read.close()

@@ -127,3 +127,46 @@ def test_a_write_with_no_leader_row_is_fenced(url: str) -> None:
         assert store.reload() == 0
     finally:
         store.close()
+
+
+def _drop_connections(url: str) -> int:
+    """Terminate every other session on ``url``'s database (a server restart, as
+    the clients see it); the number terminated."""
+    import psycopg
+
+    server, _, name = url.rpartition("/")
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchall()
+    return len(rows)
+
+
+def test_dropped_connections_fail_one_call_then_reconnect(url: str, clock: Clock) -> None:
+    import psycopg
+
+    from collector.store.leader import LeaderLease
+    from collector.store.pg_store import PgStore
+
+    store = PgStore(url)
+    lease = LeaderLease(url, "a", lease_seconds=10, clock_ns=clock)
+    try:
+        term = lease.try_acquire()
+        store.append_batch(0, entries("a", 1, 2), 1, term=term)
+        assert _drop_connections(url) >= 3
+        assert store.stored_sequence("a") == 2  # a read reconnects and retries
+        with pytest.raises(psycopg.OperationalError):
+            store.append_batch(2, entries("a", 3, 1), 2, term=term)  # outcome unknown: fail
+        assert store.reload() == 2  # the recovery re-read reconnects
+        with pytest.raises(psycopg.OperationalError):
+            lease.try_acquire()
+        assert lease.try_acquire() == term  # reconnected: a renewal, same term
+        store.append_batch(2, entries("a", 3, 1), 3, term=term)
+        assert store.stored_sequence("a") == 3
+    finally:
+        store.close()
+        lease.close()
+    with pytest.raises(LedgerUnavailableError, match="closed"):
+        store.stored_sequence("a")
