@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from collector.store.pg_store import migrate_pg
+
 log = logging.getLogger(__name__)
 
 _DB_NOW = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000000)::BIGINT"
@@ -56,6 +58,11 @@ class LeaderLease:
         self._url = url
         self._closed = False
         self._conn = psycopg.connect(url, autocommit=True)
+        try:  # the leader row's table comes with the schema: same version check
+            migrate_pg(self._conn, holder)
+        except BaseException:
+            self._conn.close()
+            raise
         self.term: int | None = None  # set while this candidate leads
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:

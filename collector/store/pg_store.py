@@ -196,6 +196,12 @@ class PgStore:
         )
         return int(str(rows[0][0])) if rows else -1
 
+    def report_bytes(self, keyid: str, sequence: int) -> bytes | None:
+        rows = self._query(
+            "SELECT data FROM log WHERE keyid = %s AND sequence = %s", (keyid, sequence)
+        )
+        return _blob(rows[0][0]) if rows else None
+
     def entries(self, start: int, end: int) -> list[LedgerEntry]:
         rows = self._query(
             "SELECT idx, data, payload_type, node_id, sequence, received_unix_nanos"

@@ -120,6 +120,13 @@ class SqliteStore:
             ).fetchone()
         return -1 if row is None else int(row[0])
 
+    def report_bytes(self, keyid: str, sequence: int) -> bytes | None:
+        with self._lock:
+            row = self._read.execute(
+                "SELECT data FROM log WHERE keyid = ? AND sequence = ?", (keyid, sequence)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
     def entries(self, start: int, end: int) -> list[LedgerEntry]:
         with self._lock:
             rows = self._read.execute(
