@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from collector.store.leader import LeaderLease
@@ -33,11 +34,21 @@ ROLES = ("leader", "standby")
 class Elector:
     """One collector's candidacy; ``role`` is what readiness reports."""
 
-    def __init__(self, lease: LeaderLease, *, renew_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        lease: LeaderLease,
+        *,
+        renew_seconds: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not 0 < renew_seconds * 1e9 < lease.lease_ns:
             raise ValueError("renew_seconds must be positive and shorter than the lease")
         self._lease = lease
         self._renew = renew_seconds
+        self._monotonic = monotonic
+        # Local deadline of the lease last proven: measured from *before* the
+        # renewal was sent, so it never outlasts the lease in the database.
+        self._valid_until = 0.0
         self._listeners: list[Callable[[int | None], None]] = []
         self.term: int | None = None
         self.elections = 0  # times this collector became leader
@@ -46,7 +57,15 @@ class Elector:
 
     @property
     def role(self) -> str:
-        return "leader" if self.term is not None else "standby"
+        return "leader" if self.current_term() is not None else "standby"
+
+    def current_term(self) -> int | None:
+        """The fencing term while the lease is proven, else None: a leader whose
+        renewals stall (a stuck event loop, a slow database) stops sequencing
+        and signing on its own clock before its lease can lapse in the database."""
+        if self.term is None or self._monotonic() >= self._valid_until:
+            return None
+        return self.term
 
     def add_listener(self, callback: Callable[[int | None], None]) -> None:
         """``callback(term)`` on becoming leader, ``callback(None)`` on losing it."""
@@ -55,12 +74,15 @@ class Elector:
     async def step(self) -> int | None:
         """One renewal or takeover attempt; the term held after it."""
         loop = asyncio.get_running_loop()
+        sent = self._monotonic()
         try:
             term = await loop.run_in_executor(None, self._lease.try_acquire)
         except Exception as exc:  # noqa: BLE001 - unreachable database: not leading
             self.errors += 1
             log.warning("leader lease unreachable (%s): acting as standby", exc)
             term = None
+        if term is not None:
+            self._valid_until = sent + self._lease.lease_ns / 1e9
         if term != self.term:
             self.term = term
             if term is not None:

@@ -77,3 +77,26 @@ def test_renew_must_be_shorter_than_the_lease(url: str) -> None:
             Elector(lease, renew_seconds=1)
     finally:
         lease.close()
+
+
+def test_a_leader_whose_renewals_stall_stops_leading_on_its_own_clock(url: str) -> None:
+    lease = LeaderLease(url, "a", lease_seconds=5)
+    now = [100.0]
+    elector = Elector(lease, renew_seconds=1, monotonic=lambda: now[0])
+
+    async def scenario() -> None:
+        assert await elector.step() == 1
+        now[0] += 4.9
+        assert elector.current_term() == 1
+        assert elector.role == "leader"
+        now[0] += 0.1  # 5 s since the renewal was sent: the lease may have lapsed
+        assert elector.current_term() is None
+        assert elector.role == "standby"
+        assert elector.term == 1  # it has not heard otherwise; it just cannot prove it
+        assert await elector.step() == 1  # a renewal proves it again
+        assert elector.current_term() == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        lease.close()
