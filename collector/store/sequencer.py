@@ -52,6 +52,23 @@ class StoreLedger(Ledger):
             retry_min_seconds=retry_min_seconds,
             retry_max_seconds=retry_max_seconds,
         )
+        if term is not None and term() is None:  # a standby: refuse until it leads
+            self._writable = False
+            self.unavailable_reason = "standby"
+
+    def leadership_changed(self, term: int | None) -> None:
+        """An ``Elector`` listener (on the event loop). Losing the lead stops
+        appends at once; gaining it starts the recovery probe, which re-reads
+        the store (the old leader's rows) and tells the state listeners (ingest
+        rebuilds its chain book) before the first append is taken."""
+        if term is None:
+            if self._writable:
+                log.warning("no longer the leader: the ledger stops sequencing")
+                self._set_writable(False, "standby")
+            return
+        if not self._writable and (self._recovery is None or self._recovery.done()):
+            log.warning("leader with term %d: re-reading the ledger before sequencing", term)
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
 
     @property
     def store(self) -> LedgerStore:
