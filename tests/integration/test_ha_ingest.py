@@ -1,74 +1,29 @@
 """Two collectors on one real PostgreSQL: agents stream to the leader, it dies,
 the standby takes over, the agents fail over and nothing is lost or doubled.
 
-Each collector here is the real ingest path (``Ingestor``, ``TelemetryServicer``
-over loopback gRPC) on a ``StoreLedger`` fenced by its ``Elector``; enrolments
-come from a SQLite registry file (``collector serve`` does not run on
-PostgreSQL yet, so the rest of the collector is not assembled here).
+Each collector here is ``collector.store.ha_ingest``: the real ingest path
+(``Ingestor``, ``TelemetryServicer`` over loopback gRPC) on a ``StoreLedger``
+fenced by its ``Elector``; enrolments come from a SQLite registry file
+(``collector serve`` does not run on PostgreSQL yet).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc.aio
-
-from collector.aggregate import Aggregator
-from collector.ingest import Ingestor
 from collector.merkle_log import node_pos
-from collector.registry import Registry
-from collector.sessions import Sessions
-from collector.store.elector import Elector
-from collector.store.leader import LeaderLease
-from collector.store.pg_store import PgStore
-from collector.store.sequencer import StoreLedger
-from collector.telemetry_service import TelemetryServicer
+from collector.store.ha_ingest import HaIngest, start_ha_ingest
 from protos import merkle
-from protos.computewatch.v1 import telemetry_pb2_grpc
 from tests.integration.test_agent_stream import FakeAgent, free_port, until
 from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
 from tests.support import enroll_nodes
 
 
-@dataclass
-class HaCollector:
-    name: str
-    lease: LeaderLease
-    elector: Elector
-    ledger: StoreLedger
-    server: grpc.aio.Server
-
-    async def die(self) -> None:
-        """Gone at once, lease not handed over (as after kill -9)."""
-        await self.elector.stop(resign=False)
-        await self.server.stop(0)
-        await self.ledger.close()
-        self.lease.close()
-
-
-async def start(name: str, url: str, registry_path: Path, port: int) -> HaCollector:
-    lease = LeaderLease(url, name, lease_seconds=1.0)
-    elector = Elector(lease, renew_seconds=0.1)
-    await elector.step()
-    ledger = StoreLedger(
-        PgStore(url), term=elector.current_term, retry_min_seconds=0.02, retry_max_seconds=0.1
+async def start(name: str, url: str, registry_path: Path, port: int) -> HaIngest:
+    return await start_ha_ingest(
+        name, url, registry_path, f"127.0.0.1:{port}", lease_seconds=1.0, renew_seconds=0.1
     )
-    elector.add_listener(ledger.leadership_changed)
-    registry = Registry(registry_path)
-    aggregator = Aggregator()
-    for node_id in registry.node_ids():
-        aggregator.enroll(node_id)
-    ingestor = Ingestor(registry, ledger, aggregator)
-    server = grpc.aio.server()
-    telemetry_pb2_grpc.add_TelemetryServicer_to_server(
-        TelemetryServicer(ingestor, Sessions()), server
-    )
-    assert server.add_insecure_port(f"127.0.0.1:{port}") == port
-    await server.start()
-    elector.start()
-    return HaCollector(name, lease, elector, ledger, server)
 
 
 def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
@@ -95,7 +50,7 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
                 x.seal(5)
             await until(lambda: all(x.spool.acked_sequence == 5 for x in agents))
             head = (a.ledger.store.size, a.ledger.store.root())
-            await a.die()
+            await a.stop(resign=False)  # gone at once, lease left to lapse
             for x in agents:
                 x.seal(4)  # unacknowledged while no collector leads
             await until(lambda: b.elector.role == "leader" and b.ledger.writable, timeout=20)
@@ -121,9 +76,6 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
             for x in agents:
                 x.spool.close()
-            await b.elector.stop()
-            await b.server.stop(0)
-            await b.ledger.close()
-            b.lease.close()
+            await b.stop()
 
     asyncio.run(scenario())

@@ -1,0 +1,95 @@
+"""The ingest side of a collector in high availability, on PostgreSQL.
+
+``start_ha_ingest`` assembles what takes reports from agents, on a
+``StoreLedger`` fenced by this candidate's ``Elector``: the real ``Ingestor``
+and ``TelemetryServicer`` over gRPC, with enrolments from a registry file.
+A standby refuses reports (``ledger_unavailable``: agents move on to the next
+address); on taking the lead the ledger re-reads what the old leader
+committed, ingest rebuilds its chain book, and sequencing resumes.
+
+This is what ``collector serve`` will run on PostgreSQL once the rest of the
+collector (rules, directives, audit, checkpoints) reads the store instead of
+the SQLite file; the HA tests and ``bench/bench_failover.py`` run it today.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc.aio
+
+from collector.aggregate import Aggregator
+from collector.ingest import Ingestor
+from collector.registry import Registry
+from collector.sessions import Sessions
+from collector.store.elector import Elector
+from collector.store.leader import LeaderLease
+from collector.store.pg_store import PgStore
+from collector.store.sequencer import StoreLedger
+from collector.telemetry_service import TelemetryServicer
+from protos.computewatch.v1 import telemetry_pb2_grpc
+from protos.errors import ConfigError
+
+
+@dataclass
+class HaIngest:
+    """One candidate: its lease, elector, ledger and gRPC server."""
+
+    name: str
+    lease: LeaderLease
+    elector: Elector
+    ledger: StoreLedger
+    ingestor: Ingestor
+    server: grpc.aio.Server
+    port: int
+
+    async def stop(self, *, resign: bool = True) -> None:
+        """Stop serving; ``resign=False`` leaves the lease to lapse (as a crash would)."""
+        await self.elector.stop(resign=resign)
+        await self.server.stop(0)
+        await self.ledger.close()
+        self.lease.close()
+
+
+async def start_ha_ingest(
+    name: str,
+    url: str,
+    registry_path: Path,
+    listen: str,
+    *,
+    lease_seconds: float = 5.0,
+    renew_seconds: float = 1.0,
+) -> HaIngest:
+    """Campaign for the lead and serve Telemetry on ``listen``."""
+    lease = LeaderLease(url, name, lease_seconds=lease_seconds)
+    elector = Elector(lease, renew_seconds=renew_seconds)
+    await elector.step()
+    ledger = StoreLedger(
+        PgStore(url), term=elector.current_term, retry_min_seconds=0.02, retry_max_seconds=0.2
+    )
+    elector.add_listener(ledger.leadership_changed)
+    registry = Registry(registry_path)
+    aggregator = Aggregator()
+    for node_id in registry.node_ids():
+        aggregator.enroll(node_id)
+    ingestor = Ingestor(registry, ledger, aggregator)
+    server = grpc.aio.server()
+    telemetry_pb2_grpc.add_TelemetryServicer_to_server(
+        TelemetryServicer(ingestor, Sessions()), server
+    )
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        port = 0
+        reason: object = exc
+    else:
+        reason = "address in use or not local"
+    if port == 0:
+        await elector.stop()
+        await ledger.close()
+        lease.close()
+        raise ConfigError(f"cannot listen on {listen}: {reason}")
+    await server.start()
+    elector.start()
+    return HaIngest(name, lease, elector, ledger, ingestor, server, port)
