@@ -288,7 +288,15 @@ class StreamClient:
             if room > 0:
                 batch = self._spool.pending(after=cursor, limit=room)
                 for sequence, envelope in batch:
-                    await call.write(telemetry_pb2.AgentMessage(envelope=envelope))
+                    try:
+                        await call.write(telemetry_pb2.AgentMessage(envelope=envelope))
+                    except asyncio.InvalidStateError:
+                        # The RPC already ended (the collector died or failed
+                        # over): not a bug; the unacknowledged go on the next stream.
+                        raise _RetryLaterError(
+                            f"the stream to {self._ring.current} ended while sending report"
+                            f" {sequence}: resending from {self._spool.acked_sequence + 1}"
+                        ) from None
                     session.inflight.append(sequence)
                     cursor = sequence
                     self._stats.envelopes_sent += 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+from pathlib import Path
 
 from bench.bench_failover import failover
 from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
@@ -22,3 +24,20 @@ def test_one_kill_loses_no_acknowledged_entry_and_the_tree_stays_consistent(
     entries = result["entries_in_log"]
     assert isinstance(entries, int)
     assert entries >= acknowledged
+
+
+def test_agents_fail_over_with_nothing_lost_or_doubled(
+    tmp_path: Path,
+    pg_server: str,  # noqa: F811 - the imported fixture
+) -> None:
+    from bench.bench_agent_failover import run
+
+    args = argparse.Namespace(agents=3, kills=1, lease=1.0, renew=0.2, settle=0.5)
+    result = asyncio.run(run(fresh_database(pg_server), tmp_path, args))
+    assert result["kills"] == 1
+    assert result["acknowledged_then_lost"] == 0
+    assert result["stored_twice"] == 0
+    assert result["consistency_proofs_verified"] == "1/1"
+    acked = result["reports_acknowledged"]
+    assert isinstance(acked, int)
+    assert acked >= 3 * 2
