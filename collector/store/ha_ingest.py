@@ -14,10 +14,13 @@ the SQLite file; the HA tests and ``bench/bench_failover.py`` run it today.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc.aio
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from collector.aggregate import Aggregator
 from collector.ingest import Ingestor
@@ -28,8 +31,10 @@ from collector.store.leader import LeaderLease
 from collector.store.pg_store import PgStore
 from collector.store.sequencer import StoreLedger
 from collector.telemetry_service import TelemetryServicer
-from protos.computewatch.v1 import telemetry_pb2_grpc
+from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
 from protos.errors import ConfigError
+
+TELEMETRY = telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name
 
 
 @dataclass
@@ -43,6 +48,20 @@ class HaIngest:
     ingestor: Ingestor
     server: grpc.aio.Server
     port: int
+    health: health_aio.HealthServicer
+    _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def _ledger_state(self, writable: bool) -> None:
+        """Readiness: Telemetry is SERVING on the leader only (the agent-facing
+        Service routes to it); the server itself ("") stays SERVING (liveness)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if writable
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.get_running_loop().create_task(self.health.set(TELEMETRY, status))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
 
     async def stop(self, *, resign: bool = True) -> None:
         """Stop serving; ``resign=False`` leaves the lease to lapse (as a crash would)."""
@@ -78,6 +97,8 @@ async def start_ha_ingest(
     telemetry_pb2_grpc.add_TelemetryServicer_to_server(
         TelemetryServicer(ingestor, Sessions()), server
     )
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as exc:
@@ -91,5 +112,12 @@ async def start_ha_ingest(
         lease.close()
         raise ConfigError(f"cannot listen on {listen}: {reason}")
     await server.start()
+    ha = HaIngest(name, lease, elector, ledger, ingestor, server, port, health)
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health.set(
+        TELEMETRY, serving if ledger.writable else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    ledger.add_state_listener(ha._ledger_state)
     elector.start()
-    return HaIngest(name, lease, elector, ledger, ingestor, server, port)
+    return ha

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from collector.merkle_log import node_pos
-from collector.store.ha_ingest import HaIngest, start_ha_ingest
+from collector.store.ha_ingest import TELEMETRY, HaIngest, start_ha_ingest
 from protos import merkle
 from tests.integration.test_agent_stream import FakeAgent, free_port, until
 from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
@@ -24,6 +27,13 @@ async def start(name: str, url: str, registry_path: Path, port: int) -> HaIngest
     return await start_ha_ingest(
         name, url, registry_path, f"127.0.0.1:{port}", lease_seconds=1.0, renew_seconds=0.1
     )
+
+
+async def telemetry_health(port: int) -> str:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        got = await stub.Check(health_pb2.HealthCheckRequest(service=TELEMETRY))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(got.status)
 
 
 def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
@@ -42,6 +52,8 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
         assert (a.elector.role, b.elector.role) == ("leader", "standby")
         assert not b.ledger.writable
         assert b.ledger.unavailable_reason == "standby"
+        assert await telemetry_health(port_a) == "SERVING"  # readiness: leader only
+        assert await telemetry_health(port_b) == "NOT_SERVING"
         stop = asyncio.Event()
         agents = [FakeAgent(n, tmp_path / n.node_id, targets) for n in nodes]
         tasks = [asyncio.create_task(x.client.run(stop)) for x in agents]
@@ -55,6 +67,11 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
                 x.seal(4)  # unacknowledged while no collector leads
             await until(lambda: b.elector.role == "leader" and b.ledger.writable, timeout=20)
             assert b.elector.term == 2
+            for _ in range(100):  # bounded: the status is set by a task just started
+                if await telemetry_health(port_b) == "SERVING":
+                    break
+                await asyncio.sleep(0.02)
+            assert await telemetry_health(port_b) == "SERVING"
             for x in agents:
                 x.seal(2)
             await until(lambda: all(x.spool.acked_sequence == 11 for x in agents), timeout=30)
