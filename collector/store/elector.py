@@ -51,6 +51,7 @@ class Elector:
         self._valid_until = 0.0
         self._listeners: list[Callable[[int | None], None]] = []
         self.term: int | None = None
+        self.last_term = 0  # the last term held, kept after losing it (metrics)
         self.elections = 0  # times this collector became leader
         self.errors = 0  # renewals that could not reach the database
         self._task: asyncio.Task[None] | None = None
@@ -87,6 +88,7 @@ class Elector:
             self.term = term
             if term is not None:
                 self.elections += 1
+                self.last_term = term
             for cb in self._listeners:
                 try:
                     cb(term)

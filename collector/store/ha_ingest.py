@@ -21,12 +21,14 @@ from pathlib import Path
 import grpc.aio
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from collector.aggregate import Aggregator
 from collector.ingest import Ingestor
 from collector.registry import Registry
 from collector.sessions import Sessions
 from collector.store.elector import Elector
+from collector.store.ha_metrics import HaMetrics
 from collector.store.leader import LeaderLease
 from collector.store.pg_store import PgStore
 from collector.store.sequencer import StoreLedger
@@ -79,6 +81,7 @@ async def start_ha_ingest(
     *,
     lease_seconds: float = 5.0,
     renew_seconds: float = 1.0,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> HaIngest:
     """Campaign for the lead and serve Telemetry on ``listen``."""
     lease = LeaderLease(url, name, lease_seconds=lease_seconds)
@@ -88,6 +91,8 @@ async def start_ha_ingest(
         PgStore(url), term=elector.current_term, retry_min_seconds=0.02, retry_max_seconds=0.2
     )
     elector.add_listener(ledger.leadership_changed)
+    if metrics_registry is not None:
+        metrics_registry.register(HaMetrics(elector))
     registry = Registry(registry_path)
     aggregator = Aggregator()
     for node_id in registry.node_ids():

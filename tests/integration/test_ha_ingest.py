@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from collector.merkle_log import node_pos
 from collector.store.ha_ingest import TELEMETRY, HaIngest, start_ha_ingest
@@ -23,9 +24,17 @@ from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
 from tests.support import enroll_nodes
 
 
-async def start(name: str, url: str, registry_path: Path, port: int) -> HaIngest:
+async def start(
+    name: str, url: str, registry_path: Path, port: int, metrics: CollectorRegistry
+) -> HaIngest:
     return await start_ha_ingest(
-        name, url, registry_path, f"127.0.0.1:{port}", lease_seconds=1.0, renew_seconds=0.1
+        name,
+        url,
+        registry_path,
+        f"127.0.0.1:{port}",
+        lease_seconds=1.0,
+        renew_seconds=0.1,
+        metrics_registry=metrics,
     )
 
 
@@ -47,8 +56,12 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
     targets = f"127.0.0.1:{port_a},127.0.0.1:{port_b}"
 
     async def scenario() -> None:
-        a = await start("collector-a", url, registry_path, port_a)
-        b = await start("collector-b", url, registry_path, port_b)
+        metrics_a, metrics_b = CollectorRegistry(), CollectorRegistry()
+        a = await start("collector-a", url, registry_path, port_a, metrics_a)
+        b = await start("collector-b", url, registry_path, port_b, metrics_b)
+        assert metrics_a.get_sample_value("computewatch_collector_leader") == 1
+        assert metrics_b.get_sample_value("computewatch_collector_leader") == 0
+        assert metrics_b.get_sample_value("computewatch_collector_leader_term") == 0
         assert (a.elector.role, b.elector.role) == ("leader", "standby")
         assert not b.ledger.writable
         assert b.ledger.unavailable_reason == "standby"
@@ -67,6 +80,12 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
                 x.seal(4)  # unacknowledged while no collector leads
             await until(lambda: b.elector.role == "leader" and b.ledger.writable, timeout=20)
             assert b.elector.term == 2
+            assert metrics_b.get_sample_value("computewatch_collector_leader") == 1
+            assert metrics_b.get_sample_value("computewatch_collector_leader_term") == 2
+            assert metrics_b.get_sample_value("computewatch_collector_leader_elections_total") == 1
+            assert (
+                metrics_b.get_sample_value("computewatch_collector_leader_lease_errors_total") == 0
+            )
             for _ in range(100):  # bounded: the status is set by a task just started
                 if await telemetry_health(port_b) == "SERVING":
                     break
