@@ -10,15 +10,20 @@ fenced by its ``Elector``; enrolments come from a SQLite registry file
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from agent.enforce.lease import LeaseTracker
+from agent.enforce.verify import DirectiveVerifier
 from collector.merkle_log import node_pos
 from collector.store.ha_ingest import TELEMETRY, HaIngest, start_ha_ingest
 from protos import merkle
+from protos.computewatch.v1 import control_pb2
+from protos.keys import PrivateKey, PublicKey
 from tests.integration.test_agent_stream import FakeAgent, free_port, until
 from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
 from tests.support import enroll_nodes
@@ -113,5 +118,123 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
             for x in agents:
                 x.spool.close()
             await b.stop()
+
+    asyncio.run(scenario())
+
+
+class Seen:
+    """The agent's record of accepted directives (``agent.enforce.verify.SeenCounters``)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.applied: dict[str, int] = {}
+
+    def highest(self, cls: str) -> int:
+        return self.counters.get(cls, 0)
+
+    def applied_counter(self, directive_id: str) -> int | None:
+        return self.applied.get(directive_id)
+
+
+class LeaseHolder:
+    """A fail-closed agent's lease side: the real verifier and lease tracker."""
+
+    def __init__(self, node_id: str, collector_key: PublicKey, lease_seconds: float) -> None:
+        self.verifier = DirectiveVerifier(node_id, collector_key)
+        self.tracker = LeaseTracker(
+            "closed", started_at=time.monotonic(), grace_seconds=lease_seconds
+        )
+        self.seen = Seen()
+        self.counters: list[int] = []
+
+    async def on_directive(self, envelope: bytes) -> None:
+        accepted = self.verifier.check(envelope, now_ns=time.time_ns(), seen=self.seen)
+        d = accepted.directive
+        if accepted.duplicate:
+            return
+        self.seen.counters[accepted.counter_class] = d.counter
+        self.seen.applied[d.id] = d.counter
+        if d.action == control_pb2.ACTION_LEASE:
+            self.tracker.renew(d, time.monotonic())
+            self.counters.append(d.counter)
+
+
+def test_fail_closed_agents_keep_a_valid_lease_across_the_failover(
+    tmp_path: Path,
+    pg_server: str,  # noqa: F811 - the imported fixture
+) -> None:
+    """Database lease 1 s + renewal 0.1 s + reconnect < the agents' 4 s lease:
+    sampled every 20 ms, no fail-closed agent is ever without a valid lease, and
+    the new leader's leases verify with the same key and higher counters."""
+    url = fresh_database(pg_server)
+    registry_path = tmp_path / "enrolments.db"
+    nodes = enroll_nodes(registry_path, ["node-a", "node-b"])
+    key = PrivateKey.generate()
+    port_a, port_b = free_port(), free_port()
+    targets = f"127.0.0.1:{port_a},127.0.0.1:{port_b}"
+    agent_lease = 4.0
+
+    async def start_with_key(name: str, port: int) -> HaIngest:
+        return await start_ha_ingest(
+            name,
+            url,
+            registry_path,
+            f"127.0.0.1:{port}",
+            lease_seconds=1.0,
+            renew_seconds=0.1,
+            key=key,
+            agent_lease_seconds=agent_lease,
+            lease_interval_seconds=0.5,
+        )
+
+    async def scenario() -> None:
+        a = await start_with_key("collector-a", port_a)
+        b = await start_with_key("collector-b", port_b)
+        stop = asyncio.Event()
+        agents = [FakeAgent(n, tmp_path / n.node_id, targets) for n in nodes]
+        holders = [LeaseHolder(n.node_id, key.public, agent_lease) for n in nodes]
+        for agent, holder in zip(agents, holders, strict=True):
+            agent.client.set_directive_handler(holder.on_directive)
+        tasks = [asyncio.create_task(x.client.run(stop)) for x in agents]
+        lapses = 0
+
+        async def watch() -> None:
+            nonlocal lapses
+            while not stop.is_set():
+                now = time.monotonic()
+                lapses += sum(h.tracker.should_halt(now, locally_halted=False) for h in holders)
+                await asyncio.sleep(0.02)
+
+        watcher = asyncio.create_task(watch())
+
+        async def sealing() -> None:
+            while not stop.is_set():
+                for x in agents:
+                    x.seal(1)
+                await asyncio.sleep(0.25)
+
+        sealer = asyncio.create_task(sealing())
+        try:
+            await until(lambda: all(len(h.counters) >= 2 for h in holders), timeout=20)
+            before = [h.counters[-1] for h in holders]
+            await a.stop(resign=False)
+            await until(lambda: b.elector.role == "leader", timeout=20)
+            await until(
+                lambda: all(h.counters[-1] > c + 1 for h, c in zip(holders, before, strict=True)),
+                timeout=20,
+            )
+            assert all(x.client.target == f"127.0.0.1:{port_b}" for x in agents)
+        finally:
+            stop.set()
+            await asyncio.gather(watcher, sealer, return_exceptions=True)
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+            for x in agents:
+                x.spool.close()
+            await b.stop()
+        assert lapses == 0
+        for h in holders:
+            assert h.tracker.leased
+            assert h.verifier.stats.refused == {}
+            assert h.counters == sorted(set(h.counters))  # strictly rising across leaders
 
     asyncio.run(scenario())
