@@ -25,7 +25,7 @@ from protos import merkle
 from protos.computewatch.v1 import control_pb2
 from protos.keys import PrivateKey, PublicKey
 from tests.integration.test_agent_stream import FakeAgent, free_port, until
-from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
+from tests.pg_support import fresh_database
 from tests.support import enroll_nodes
 
 
@@ -52,7 +52,7 @@ async def telemetry_health(port: int) -> str:
 
 def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
     tmp_path: Path,
-    pg_server: str,  # noqa: F811 - the imported fixture
+    pg_server: str,
 ) -> None:
     url = fresh_database(pg_server)
     registry_path = tmp_path / "enrolments.db"
@@ -161,7 +161,7 @@ class LeaseHolder:
 
 def test_fail_closed_agents_keep_a_valid_lease_across_the_failover(
     tmp_path: Path,
-    pg_server: str,  # noqa: F811 - the imported fixture
+    pg_server: str,
 ) -> None:
     """Database lease 1 s + renewal 0.1 s + reconnect < the agents' 4 s lease:
     sampled every 20 ms, no fail-closed agent is ever without a valid lease, and

@@ -7,11 +7,11 @@ import asyncio
 from pathlib import Path
 
 from bench.bench_failover import failover
-from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
+from tests.pg_support import fresh_database
 
 
 def test_one_kill_loses_no_acknowledged_entry_and_the_tree_stays_consistent(
-    pg_server: str,  # noqa: F811 - the imported fixture
+    pg_server: str,
 ) -> None:
     args = argparse.Namespace(kills=1, rate=100, lease=1.0, renew=0.2, seed=1)
     result = failover(fresh_database(pg_server), args)
@@ -28,7 +28,7 @@ def test_one_kill_loses_no_acknowledged_entry_and_the_tree_stays_consistent(
 
 def test_agents_fail_over_with_nothing_lost_or_doubled(
     tmp_path: Path,
-    pg_server: str,  # noqa: F811 - the imported fixture
+    pg_server: str,
 ) -> None:
     from bench.bench_agent_failover import run
 

@@ -9,11 +9,11 @@ import pytest
 from collector.store.elector import Elector
 from collector.store.leader import LeaderLease
 from collector.store.pg_store import PgStore
-from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
+from tests.pg_support import fresh_database
 
 
 @pytest.fixture
-def url(pg_server: str) -> str:  # noqa: F811 - the imported fixture
+def url(pg_server: str) -> str:
     u = fresh_database(pg_server)
     PgStore(u).close()  # migrate
     return u

@@ -10,7 +10,7 @@ from collector.ledger_store import Entry
 from collector.merkle_log import node_pos
 from protos import merkle
 from protos.errors import FencedError, LedgerUnavailableError
-from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
+from tests.pg_support import fresh_database
 
 SECOND = 1_000_000_000
 
@@ -26,7 +26,7 @@ class Clock:
 
 
 @pytest.fixture
-def url(pg_server: str) -> str:  # noqa: F811 - the imported fixture
+def url(pg_server: str) -> str:
     return fresh_database(pg_server)
 
 

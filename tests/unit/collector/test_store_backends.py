@@ -13,7 +13,7 @@ from collector.merkle_log import MerkleLog, node_pos
 from collector.store import SCHEMA_VERSION, LedgerStore, open_store
 from protos import merkle
 from protos.errors import SchemaVersionError, StoreConfigError
-from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
+from tests.pg_support import fresh_database
 
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -18,7 +18,7 @@ from collector.store.sequencer import StoreLedger
 from protos import merkle
 from protos.errors import LogError
 from protos.keys import PrivateKey
-from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
+from tests.pg_support import fresh_database
 
 
 def report(key: str, seq: int) -> Entry:
@@ -48,7 +48,7 @@ def sqlite_ledger(path: Path) -> tuple[int, bytes]:
 
 def test_the_copy_keeps_every_row_and_the_tree_and_the_leader_goes_on(
     tmp_path: Path,
-    pg_server: str,  # noqa: F811 - the imported fixture
+    pg_server: str,
 ) -> None:
     path = tmp_path / "ledger.db"
     size, root = sqlite_ledger(path)
@@ -80,7 +80,7 @@ def test_the_copy_keeps_every_row_and_the_tree_and_the_leader_goes_on(
 
 def test_a_tree_that_does_not_match_the_log_is_not_copied(
     tmp_path: Path,
-    pg_server: str,  # noqa: F811 - the imported fixture
+    pg_server: str,
 ) -> None:
     path = tmp_path / "ledger.db"
     sqlite_ledger(path)
@@ -98,7 +98,7 @@ def test_a_tree_that_does_not_match_the_log_is_not_copied(
 
 def test_the_cli_copies_and_names_the_leader(
     tmp_path: Path,
-    pg_server: str,  # noqa: F811 - the imported fixture
+    pg_server: str,
 ) -> None:
     from click.testing import CliRunner
 

@@ -12,7 +12,7 @@ from collector.store import open_store
 from collector.store.sequencer import StoreLedger
 from protos import merkle
 from protos.errors import LedgerUnavailableError
-from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
+from tests.pg_support import fresh_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -61,7 +61,7 @@ def test_appends_resolve_after_commit_in_groups_and_read_back(store_url: str) ->
 
 
 def test_a_deposed_leader_fails_stop_and_resumes_only_when_it_leads_again(
-    pg_server: str,  # noqa: F811 - the imported fixture
+    pg_server: str,
 ) -> None:
     from collector.store.leader import LeaderLease
 

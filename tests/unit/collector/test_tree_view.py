@@ -11,7 +11,7 @@ from collector.store import open_store
 from collector.store.tree_view import TreeView
 from protos import merkle
 from protos.errors import LogError
-from tests.pg_support import fresh_database, pg_server  # noqa: F401 - a fixture
+from tests.pg_support import fresh_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
