@@ -15,8 +15,7 @@ the SQLite file; the HA tests and ``bench/bench_failover.py`` run it today.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,21 +25,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from collector.aggregate import Aggregator
-from collector.directives import DirectiveBook
 from collector.ingest import Ingestor
-from collector.leases import LeaseIssuer
 from collector.registry import Registry
 from collector.sessions import Sessions
 from collector.store.elector import Elector
 from collector.store.ha_metrics import HaMetrics
+from collector.store.ha_stop import HaStop
 from collector.store.leader import LeaderLease
 from collector.store.pg_store import PgStore
 from collector.store.sequencer import StoreLedger
 from collector.telemetry_service import TelemetryServicer
-from protos import dsse
-from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
+from protos.computewatch.v1 import control_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc
 from protos.errors import ConfigError
-from protos.keys import PrivateKey
+from protos.keys import PrivateKey, PublicKey
 
 TELEMETRY = telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name
 
@@ -57,7 +54,7 @@ class HaIngest:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
-    leases: Leases | None = None
+    leases: HaStop | None = None
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def _ledger_state(self, writable: bool) -> None:
@@ -94,12 +91,18 @@ async def start_ha_ingest(
     key: PrivateKey | None = None,
     agent_lease_seconds: float = 10.0,
     lease_interval_seconds: float = 1.0,
+    authorities: Mapping[str, PublicKey] | None = None,
+    quorum: int = 2,
 ) -> HaIngest:
     """Campaign for the lead and serve Telemetry on ``listen``. With ``key``
     (the collector key, the same on every candidate) the leader also signs a
     LEASE to every healthy node each ``lease_interval_seconds``, valid
     ``agent_lease_seconds``; a new leader first replays the directives in the
-    store, so lease counters go on rising across a failover."""
+    store, so lease counters go on rising across a failover. With
+    ``authorities`` too, the Control service takes manual halts and approvals
+    (``quorum`` distinct keys resume a halt) on the leader, and a new leader
+    replays them: a halt in force stays in force, and a RESUME whose quorum
+    was reached is issued by whichever collector leads."""
     lease = LeaderLease(url, name, lease_seconds=lease_seconds)
     elector = Elector(lease, renew_seconds=renew_seconds)
     await elector.step()
@@ -115,15 +118,18 @@ async def start_ha_ingest(
         aggregator.enroll(node_id)
     ingestor = Ingestor(registry, ledger, aggregator)
     sessions = Sessions()
-    leases: Leases | None = None
+    leases: HaStop | None = None
     if key is not None:
-        leases = Leases(
+        leases = HaStop(
             key,
             ledger,
             sessions,
             aggregator,
             agent_lease_seconds=agent_lease_seconds,
             interval_seconds=lease_interval_seconds,
+            authorities=authorities or {},
+            quorum=quorum,
+            node_ids=registry.node_ids,
         )
     server = grpc.aio.server()
     telemetry_pb2_grpc.add_TelemetryServicer_to_server(
@@ -132,6 +138,8 @@ async def start_ha_ingest(
         ),
         server,
     )
+    if leases is not None and leases.control is not None:
+        control_pb2_grpc.add_ControlServicer_to_server(leases.control, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     try:
@@ -159,61 +167,3 @@ async def start_ha_ingest(
         leases.start()
     elector.start()
     return ha
-
-
-class Leases:
-    """The leader's lease round, on a directive book that follows the store."""
-
-    def __init__(
-        self,
-        key: PrivateKey,
-        ledger: StoreLedger,
-        sessions: Sessions,
-        aggregator: Aggregator,
-        *,
-        agent_lease_seconds: float,
-        interval_seconds: float,
-    ) -> None:
-        self._ledger = ledger
-        self.book = DirectiveBook(key, ledger, sessions, lease_seconds=agent_lease_seconds)
-        self.issuer = LeaseIssuer(
-            book=self.book,
-            sessions=sessions,
-            aggregator=aggregator,
-            interval_seconds=interval_seconds,
-        )
-        self._interval = interval_seconds
-        self._replayed = 0
-        self._task: asyncio.Task[None] | None = None
-        ledger.add_state_listener(self._ledger_state)
-        if ledger.writable:
-            self._catch_up()
-
-    def _ledger_state(self, writable: bool) -> None:
-        if writable:  # a new leader: what the others signed comes first
-            self._catch_up()
-
-    def _catch_up(self) -> None:
-        """Replay every directive committed since the last replay (counters only
-        ever rise: ``Counters.observe`` keeps the maximum)."""
-        size = self._ledger.size
-        for start in range(self._replayed, size, 1024):
-            for entry in self._ledger.entries(start, min(size, start + 1024)):
-                if entry.payload_type == dsse.DIRECTIVE_TYPE:
-                    self.book.restore(entry)
-        self._replayed = size
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval / 4)
-            if self._ledger.writable:
-                self.issuer(time.time())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

@@ -19,13 +19,23 @@ from prometheus_client import CollectorRegistry
 
 from agent.enforce.lease import LeaseTracker
 from agent.enforce.verify import DirectiveVerifier
+from collector.ledger_store import LedgerEntry
 from collector.merkle_log import node_pos
 from collector.store.ha_ingest import TELEMETRY, HaIngest, start_ha_ingest
+from collector.store.pg_store import PgStore
 from protos import merkle
 from protos.computewatch.v1 import control_pb2
 from protos.keys import PrivateKey, PublicKey
 from tests.integration.test_agent_stream import FakeAgent, free_port, until
 from tests.pg_support import fresh_database
+from tests.stop_support import (
+    Control,
+    approval,
+    authorities,
+    manual_halt,
+    node_scope,
+    open_directive,
+)
 from tests.support import enroll_nodes
 
 
@@ -238,3 +248,128 @@ def test_fail_closed_agents_keep_a_valid_lease_across_the_failover(
             assert h.counters == sorted(set(h.counters))  # strictly rising across leaders
 
     asyncio.run(scenario())
+
+
+class Obeying(LeaseHolder):
+    """The agent's directive side with authority keys: every HALT and RESUME it accepts."""
+
+    def __init__(self, node_id: str, collector_key: PublicKey, authority: list[PublicKey]) -> None:
+        super().__init__(node_id, collector_key, 30.0)
+        self.verifier = DirectiveVerifier(
+            node_id, collector_key, authority_keys=authority, quorum=2
+        )
+        self.actions: list[tuple[int, str]] = []  # (action, directive id)
+
+    async def on_directive(self, envelope: bytes) -> None:
+        await super().on_directive(envelope)
+        d = open_directive(envelope, self.verifier_key)
+        if d.action != control_pb2.ACTION_LEASE and (d.action, d.id) not in self.actions:
+            self.actions.append((d.action, d.id))
+
+    verifier_key: PublicKey
+
+
+def test_a_halt_in_force_survives_the_failover_and_a_quorum_resume_after_it_is_obeyed(
+    tmp_path: Path,
+    pg_server: str,
+) -> None:
+    url = fresh_database(pg_server)
+    registry_path = tmp_path / "enrolments.db"
+    nodes = enroll_nodes(registry_path, ["node-a", "node-b"])
+    key = PrivateKey.generate()
+    auth_keys, _ = authorities(tmp_path, 3)
+    by_keyid = {k.keyid: k.public for k in auth_keys}
+    port_a, port_b = free_port(), free_port()
+    targets = f"127.0.0.1:{port_a},127.0.0.1:{port_b}"
+
+    async def candidate(name: str, port: int) -> HaIngest:
+        return await start_ha_ingest(
+            name,
+            url,
+            registry_path,
+            f"127.0.0.1:{port}",
+            lease_seconds=1.0,
+            renew_seconds=0.1,
+            key=key,
+            agent_lease_seconds=30.0,
+            lease_interval_seconds=0.5,
+            authorities=by_keyid,
+            quorum=2,
+        )
+
+    async def scenario() -> None:
+        a = await candidate("collector-a", port_a)
+        b = await candidate("collector-b", port_b)
+        stop = asyncio.Event()
+        agents = [FakeAgent(n, tmp_path / n.node_id, targets) for n in nodes]
+        holders = [Obeying(n.node_id, key.public, [k.public for k in auth_keys]) for n in nodes]
+        for agent, holder in zip(agents, holders, strict=True):
+            holder.verifier_key = key.public
+            agent.client.set_directive_handler(holder.on_directive)
+        tasks = [asyncio.create_task(x.client.run(stop)) for x in agents]
+        control_a, control_b = Control(f"127.0.0.1:{port_a}"), Control(f"127.0.0.1:{port_b}")
+
+        async def sealing() -> None:
+            while not stop.is_set():
+                for x in agents:
+                    x.seal(1)
+                await asyncio.sleep(0.25)
+
+        sealer = asyncio.create_task(sealing())
+        try:
+            await until(lambda: all(h.counters for h in holders), timeout=20)  # bound, leased
+            halted = await control_a.halt(manual_halt(auth_keys[0], node_scope("node-a", "node-b")))
+            (halt_id,) = halted.directive_ids
+            await until(lambda: all((1, halt_id) in h.actions for h in holders), timeout=20)
+            first = await control_a.approve(approval(auth_keys[1], halt_id))
+            assert list(first.directive_ids) == []  # 1 of 2: not yet
+            await a.stop(resign=False)  # the leader dies with the halt in force
+            await until(lambda: b.elector.role == "leader" and b.ledger.writable, timeout=20)
+            in_force = [
+                open_directive(r.envelope, key.public).id
+                for r in await control_b.list(in_force_only=True)
+            ]
+            assert halt_id in in_force  # the halt stays in force on the new leader
+            sealed = [x.spool.last_sequence for x in agents]
+            await until(  # the agents stream to the new leader (their sessions are bound)
+                lambda: all(
+                    x.spool.acked_sequence >= s for x, s in zip(agents, sealed, strict=True)
+                ),
+                timeout=20,
+            )
+            second = await control_b.approve(approval(auth_keys[2], halt_id))
+            (resume_id,) = second.directive_ids  # quorum: one approval each side of the failover
+            resume = control_pb2.ACTION_RESUME
+            await until(lambda: all((resume, resume_id) in h.actions for h in holders), timeout=20)
+            for h in holders:
+                assert h.verifier.stats.refused == {}
+                assert [act for act, _ in h.actions] == [control_pb2.ACTION_HALT, resume]
+            in_force = [
+                open_directive(r.envelope, key.public).id
+                for r in await control_b.list(in_force_only=True)
+            ]
+            assert halt_id not in in_force
+        finally:
+            stop.set()
+            await asyncio.gather(sealer, return_exceptions=True)
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+            for x in agents:
+                x.spool.close()
+            await control_a.close()
+            await control_b.close()
+            await b.stop()
+        rows = [(e.node_id, e.sequence) for e in stored_entries(url) if e.sequence is not None]
+        assert len(rows) == len(set(rows))  # every acknowledged report once
+        for x in agents:
+            acked = x.spool.acked_sequence
+            assert {(x.node.node_id, s) for s in range(1, acked + 1)} <= set(rows)
+
+    asyncio.run(scenario())
+
+
+def stored_entries(url: str) -> list[LedgerEntry]:
+    store = PgStore(url)
+    try:
+        return store.entries(0, store.reload())
+    finally:
+        store.close()
