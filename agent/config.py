@@ -41,7 +41,8 @@ class AgentConfig:
     node_id: str
     # Node private key (PEM, mode 0600): signs every report.
     key: Path
-    # Collector address, HOST:PORT.
+    # Collector address, HOST:PORT; several, comma-separated, for collectors in
+    # high availability (the agent finds the leader; a name may resolve to several).
     collector: str = "127.0.0.1:7443"
     # Collector public key: verifies directives and leases.
     collector_key: Path | None = None
@@ -127,8 +128,10 @@ class AgentConfig:
                 self.node_id,
                 "1-128 characters of letters, digits, '-', '_', '.', ':'",
             )
-        if not _host_port(self.collector):
-            raise _ValueError("collector", self.collector, "HOST:PORT with port 1..65535")
+        if not all(_host_port(t.strip()) for t in self.collector.split(",")):
+            raise _ValueError(
+                "collector", self.collector, "HOST:PORT[,HOST:PORT...] with ports 1..65535"
+            )
         if not 0.0 < self.interval_seconds <= MAX_INTERVAL_SECONDS:
             raise _ValueError(
                 "interval_seconds",

@@ -25,6 +25,7 @@ import grpc.aio
 from agent.metrics import AgentStats
 from agent.refusal import CONTENT_REASONS
 from agent.spool import Spool
+from agent.targets import TargetRing, parse_targets
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
 from protos.dsse import DEFAULT_MAX_ENVELOPE_BYTES
@@ -139,7 +140,9 @@ class StreamClient:
             raise ValueError("expected 0 < backoff_min_seconds <= backoff_max_seconds")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
-        self._target = target
+        # Every collector address; a connection that ends unanswered moves on
+        # to the next (agent.targets: collectors in high availability).
+        self._ring = TargetRing(parse_targets(target))
         self._node_id = node_id
         self._key = key
         self._credentials = credentials
@@ -177,8 +180,14 @@ class StreamClient:
         cap = min(self._backoff_max, self._backoff_min * 2 ** min(attempt, 32))
         return self._rng.uniform(self._backoff_min, cap)
 
+    @property
+    def target(self) -> str:
+        """The collector address the next connection goes to."""
+        return self._ring.current
+
     async def run(self, stop: asyncio.Event) -> None:
         attempt = 0
+        await self._ring.resolve()
         while not stop.is_set():
             if self._connections:
                 self._stats.stream_reconnects += 1
@@ -191,6 +200,12 @@ class StreamClient:
                 self._failures = 0
             else:
                 self._failures += 1
+                # Unanswered: try the next collector (a standby, or a dead one,
+                # ends the stream at once); back off only after a full round.
+                if not self._ring.advance():
+                    log.info("%s: trying collector %s", self._node_id, self._ring.current)
+                    continue
+                await self._ring.resolve()
             delay = self.backoff_delay(attempt)
             attempt += 1
             log.debug("%s: reconnecting in %.2f s", self._node_id, delay)
@@ -201,10 +216,11 @@ class StreamClient:
         """One connection, until it fails or ``stop``; True if the collector
         acknowledged anything on it."""
         session = _Session()
+        target = self._ring.current
         try:
-            channel = self._channel()
+            channel = self._channel(target)
         except Error as exc:  # unreadable TLS files: retried after the backoff
-            log.warning("%s: cannot connect to %s: %s", self._node_id, self._target, exc)
+            log.warning("%s: cannot connect to %s: %s", self._node_id, target, exc)
             return False
         async with channel:
             call = telemetry_pb2_grpc.TelemetryStub(channel).Stream()
@@ -224,13 +240,17 @@ class StreamClient:
             self._report_end(sender, receiver, stop)
         return session.exchanged
 
-    def _channel(self) -> grpc.aio.Channel:
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        options: list[tuple[str, int | str]] = list(self._options)
+        authority = self._ring.authority(target)
+        if authority is not None:  # an address a name expanded to: keep the name (TLS too)
+            options.append(("grpc.default_authority", authority))
         creds = self._credentials
         if creds is None:
-            return grpc.aio.insecure_channel(self._target, options=self._options)
+            return grpc.aio.insecure_channel(target, options=options)
         if callable(creds):
             creds = creds()
-        return grpc.aio.secure_channel(self._target, creds, options=self._options)
+        return grpc.aio.secure_channel(target, creds, options=options)
 
     async def _drain_on_stop(
         self,
@@ -270,7 +290,7 @@ class StreamClient:
                     logging.DEBUG if quiet else logging.WARNING,
                     "%s: stream to %s ended (failure %d in a row): %s %s",
                     self._node_id,
-                    self._target,
+                    self._ring.current,
                     n,
                     exc.code().name,
                     exc.details(),
@@ -298,7 +318,15 @@ class StreamClient:
             if room > 0:
                 batch = self._spool.pending(after=cursor, limit=room)
                 for sequence, envelope in batch:
-                    await call.write(telemetry_pb2.AgentMessage(envelope=envelope))
+                    try:
+                        await call.write(telemetry_pb2.AgentMessage(envelope=envelope))
+                    except asyncio.InvalidStateError:
+                        # The RPC already ended (the collector died or failed
+                        # over): not a bug; the unacknowledged go on the next stream.
+                        raise _RetryLaterError(
+                            f"the stream to {self._ring.current} ended while sending report"
+                            f" {sequence}: resending from {self._spool.acked_sequence + 1}"
+                        ) from None
                     session.inflight.append(sequence)
                     cursor = sequence
                     self._stats.envelopes_sent += 1

@@ -94,14 +94,10 @@ class Ledger:
         """``retry_*``: the recovery probe's backoff after a failed write."""
         if not 0 < retry_min_seconds <= retry_max_seconds:
             raise ValueError("expected 0 < retry_min_seconds <= retry_max_seconds")
-        init_db(path)
         self.path = path
-        self._conn = connect(path)
-        self._read = connect(path, readonly=True)
         self._read_lock = threading.Lock()
-        # Small synchronous writes from the event loop (evidence), never the writer's.
-        self._side = connect(path)
         self._side_lock = threading.Lock()
+        self._open(path)
         self._tree = tree
         self._max_batch = max_batch
         self._clock_ns = clock_ns
@@ -110,8 +106,7 @@ class Ledger:
         self._flush_task: asyncio.Task[None] | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
         self._listeners: list[Callable[[int], None]] = []
-        row = self._conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log").fetchone()
-        self._size: int = row[0]
+        self._size: int = self._committed_size()
         self.batches = 0
         self.batched_entries = 0
         # Failed transactions by reason (collector.sqlite_faults.WRITE_ERROR_REASONS).
@@ -125,6 +120,19 @@ class Ledger:
         self._recovery: asyncio.Task[None] | None = None
         # Bytes the recovery probe must be able to commit: room for the failed batch.
         self._probe_bytes = 0
+
+    def _open(self, path: Path) -> None:
+        """Create or open the SQLite file (``collector.store.StoreLedger`` opens
+        another backend instead)."""
+        init_db(path)
+        self._conn = connect(path)
+        self._read = connect(path, readonly=True)
+        # Small synchronous writes from the event loop (evidence), never the writer's.
+        self._side = connect(path)
+
+    def _committed_size(self) -> int:
+        row = self._conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log").fetchone()
+        return int(row[0])
 
     def attach_tree(self, tree: TreeWriter) -> None:
         """Write ``tree``'s rows in every transaction from now on (before the first append)."""

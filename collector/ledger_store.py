@@ -137,6 +137,10 @@ def init_db(path: Path) -> None:
         conn = connect(path)
         try:
             conn.executescript(SCHEMA)
+            # Versioned schema, checked at start (collector.store.migrations).
+            from collector.store.migrations import migrate_sqlite
+
+            migrate_sqlite(conn, str(path))
         finally:
             conn.close()
     except (OSError, sqlite3.Error) as exc:

@@ -66,6 +66,9 @@ def _register() -> None:
     from computewatch import cli_bench
 
     cli.add_command(cli_bench.bench)
+    from computewatch import cli_ledger
+
+    cli.add_command(cli_ledger.ledger)
 
 
 _register()

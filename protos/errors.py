@@ -327,3 +327,25 @@ class PermissionDeniedError(AuthError):
     """An authenticated caller's role does not allow this method."""
 
     reason = "permission_denied"
+
+
+# --- storage backends and leadership (collector in high availability) -------------
+class SchemaVersionError(ConfigError):
+    """The ledger database carries a schema version this collector does not
+    know (written by a newer release): it refuses to start rather than guess."""
+
+    reason = "schema_version"
+
+
+class StoreConfigError(ConfigError):
+    """The ledger URL names no backend we have, or its driver is not installed."""
+
+    reason = "store_config"
+
+
+class FencedError(LedgerUnavailableError):
+    """This collector is no longer the leader: another one took the lease with a
+    higher term, so the database refused this write (fencing token). Resend to
+    the current leader."""
+
+    reason = "fenced"

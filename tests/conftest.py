@@ -3,6 +3,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, settings
 
+# pg_server: one real PostgreSQL for the whole session (tests/pg_support.py).
+pytest_plugins = ["tests.pg_support"]
+
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

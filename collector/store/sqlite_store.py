@@ -1,0 +1,196 @@
+"""The embedded backend: the ledger's SQLite file behind ``LedgerStore``.
+
+Same file, schema and transactions as ``collector.ledger.Ledger`` (which keeps
+its own connections and group commit); this class lets code and tests written
+against ``LedgerStore`` run on the single-host default unchanged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from collector.ledger_store import ChainHead, Entry, LedgerEntry, connect, init_db
+from collector.sqlite_faults import rollback_after
+from collector.store.tree import load_frontier, tree_rows
+
+
+class SqliteStore:
+    """``LedgerStore`` on one SQLite file."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        init_db(path)  # creates the tables and migrates (collector.ledger_store)
+        self.path = path
+        self._conn = connect(path)
+        self._read = connect(path, readonly=True)
+        self._lock = threading.Lock()
+        self._frontier = load_frontier(0, lambda _pos: None)
+        self.reload()
+
+    @property
+    def size(self) -> int:
+        return self._frontier.size
+
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._read.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0])
+
+    def reload(self) -> int:
+        count = int(
+            self._conn.execute("SELECT COALESCE(MAX(pos) + 1, 0) FROM merkle_node").fetchone()[0]
+        )
+        self._frontier = load_frontier(count, self._node_on(self._conn))
+        return self._frontier.size
+
+    def root(self) -> bytes:
+        return self._frontier.root()
+
+    @staticmethod
+    def _node_on(conn: sqlite3.Connection) -> Callable[[int], bytes | None]:
+        def node(pos: int) -> bytes | None:
+            row = conn.execute("SELECT hash FROM merkle_node WHERE pos = ?", (pos,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return node
+
+    def merkle_node(self, pos: int) -> bytes | None:
+        with self._lock:
+            row = self._read.execute(
+                "SELECT hash FROM merkle_node WHERE pos = ?", (pos,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def append_batch(
+        self, first: int, entries: Sequence[Entry], now_ns: int, *, term: int | None = None
+    ) -> None:
+        del term  # one writer per file: nothing to fence
+        rows = []
+        heads: dict[str, tuple[str, int, bytes, int]] = {}
+        for i, e in enumerate(entries):
+            idx = first + i
+            rows.append((idx, e.data, e.payload_type, e.node_id, e.keyid, e.sequence, now_ns))
+            if e.keyid is not None and e.sequence is not None and e.digest is not None:
+                heads[e.keyid] = (e.node_id or "", e.sequence, e.digest, idx)
+        nodes, frontier = tree_rows(self._frontier, first, [e.data for e in entries])
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO log(idx, data, payload_type, node_id, keyid, sequence,"
+                " received_unix_nanos) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.executemany(
+                "INSERT INTO chain(keyid, node_id, last_sequence, last_digest, last_index)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(keyid) DO UPDATE SET"
+                " last_sequence = excluded.last_sequence, last_digest = excluded.last_digest,"
+                " last_index = excluded.last_index",
+                [(k, *v) for k, v in heads.items()],
+            )
+            conn.executemany("INSERT INTO merkle_node(pos, hash) VALUES (?, ?)", nodes)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            rollback_after(conn, exc)
+            raise
+        self._frontier = frontier
+
+    def stored_sequence(self, keyid: str) -> int:
+        with self._lock:
+            row = self._read.execute(
+                "SELECT last_sequence FROM chain WHERE keyid = ?", (keyid,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def chain_heads(self) -> dict[str, ChainHead]:
+        with self._lock:
+            rows = self._read.execute(
+                "SELECT keyid, node_id, last_sequence, last_digest, last_index FROM chain"
+            ).fetchall()
+        return {r[0]: ChainHead(r[1], r[2], bytes(r[3]), r[4]) for r in rows}
+
+    def report_index(self, keyid: str, sequence: int) -> int:
+        with self._lock:
+            row = self._read.execute(
+                "SELECT idx FROM log WHERE keyid = ? AND sequence = ?", (keyid, sequence)
+            ).fetchone()
+        return -1 if row is None else int(row[0])
+
+    def report_bytes(self, keyid: str, sequence: int) -> bytes | None:
+        with self._lock:
+            row = self._read.execute(
+                "SELECT data FROM log WHERE keyid = ? AND sequence = ?", (keyid, sequence)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def entries(self, start: int, end: int) -> list[LedgerEntry]:
+        with self._lock:
+            rows = self._read.execute(
+                "SELECT idx, data, payload_type, node_id, sequence, received_unix_nanos"
+                " FROM log WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, end),
+            ).fetchall()
+        return [LedgerEntry(r[0], bytes(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+    def record_evidence(
+        self,
+        kind: str,
+        node_id: str | None,
+        sequence: int | None,
+        accepted: bytes | None,
+        offending: bytes,
+        *,
+        keyid: str,
+        keep: int,
+        now_ns: int,
+    ) -> bool:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?", (keyid, kind)
+            ).fetchone()
+            kept = (0 if row is None else int(row[0])) < keep
+            if kept:
+                conn.execute(
+                    "INSERT INTO evidence(kind, node_id, sequence, accepted_data,"
+                    " offending_data, detected_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
+                    (kind, node_id, sequence, accepted, offending, now_ns),
+                )
+            conn.execute(
+                "INSERT INTO evidence_counts(keyid, kind, count, last_unix_nanos)"
+                " VALUES (?, ?, 1, ?) ON CONFLICT(keyid, kind)"
+                " DO UPDATE SET count = count + 1, last_unix_nanos = excluded.last_unix_nanos",
+                (keyid, kind, now_ns),
+            )
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            rollback_after(conn, exc)
+            raise
+        return kept
+
+    def evidence_seen(self, keyid: str, kind: str) -> int:
+        with self._lock:
+            row = self._read.execute(
+                "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?", (keyid, kind)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def evidence_count(self, kind: str | None = None) -> int:
+        with self._lock:
+            if kind is None:
+                row = self._read.execute("SELECT COUNT(*) FROM evidence").fetchone()
+            else:
+                row = self._read.execute(
+                    "SELECT COUNT(*) FROM evidence WHERE kind = ?", (kind,)
+                ).fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        self._conn.close()
+        with self._lock:
+            self._read.close()

@@ -1,0 +1,77 @@
+"""``computewatch ledger``: move a ledger to PostgreSQL, and see who leads it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from computewatch.clitools import translate_errors
+
+_URL_ENV = "COMPUTEWATCH_LEDGER_URL"
+T = TypeVar("T")
+
+
+@click.group()
+def ledger() -> None:
+    """The ledger's database: copy to PostgreSQL, leadership."""
+
+
+@ledger.command("copy")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The single-node SQLite ledger (stop its collector first).",
+)
+@click.option(
+    "--to",
+    "url",
+    required=True,
+    envvar=_URL_ENV,
+    help=f"postgresql://... of an empty database (or ${_URL_ENV}).",
+)
+@translate_errors
+def copy(source: Path, url: str) -> None:
+    """Copy every row of a SQLite ledger into PostgreSQL and check the Merkle root."""
+    from collector.store.copy import copy_ledger
+
+    result = _pg(lambda: copy_ledger(source, url))
+    rows = ", ".join(f"{table} {n}" for table, n in result.rows.items())
+    click.echo(f"copied {result.entries} entries, root {result.root.hex()} ({rows})")
+
+
+@ledger.command("leader")
+@click.option("--url", required=True, envvar=_URL_ENV, help=f"postgresql://... (or ${_URL_ENV}).")
+@translate_errors
+def leader(url: str) -> None:
+    """Which collector holds the leader lease, with which fencing term."""
+    from collector.store.leader import LeaderLease
+
+    def read() -> str:
+        lease = LeaderLease(url, "computewatch-cli", lease_seconds=1)
+        try:
+            state = lease.current()
+        finally:
+            lease.close()
+        if state is None:
+            return "no collector has led this ledger yet"
+        return (
+            f"leader {state.holder} term {state.term}"
+            f" lease until {state.expires_unix_nanos} (unix ns, database clock)"
+        )
+
+    click.echo(_pg(read))
+
+
+def _pg(call: Callable[[], T]) -> T:
+    """psycopg's connection errors as one line, like our own errors."""
+    import psycopg
+
+    try:
+        return call()
+    except psycopg.Error as exc:
+        raise click.ClickException(f"postgresql: {exc}".splitlines()[0]) from exc
