@@ -81,6 +81,11 @@ class KeyPaths:
         """The demo's private CA and certificates (``computewatch tls init``)."""
         return self.root / "tls"
 
+    @property
+    def tls_ca(self) -> Path:
+        """The demo CA's certificate: clients (the regulator, authorities) trust it."""
+        return self.tls / "ca.pem"
+
 
 @dataclass
 class Cluster:
@@ -100,7 +105,7 @@ class Cluster:
 
     def channel(self) -> grpc.aio.Channel:
         """A TLS channel to the collector, trusting the demo's CA."""
-        creds = channel_credentials(self.keys.tls / "ca.pem")
+        creds = channel_credentials(self.keys.tls_ca)
         return grpc.aio.secure_channel(self.collector.address, creds)
 
     async def stop(self) -> None:
