@@ -209,13 +209,11 @@ class DirectiveBook:
         which is log order, so each node sees counters increase.
         """
         now = self._clock_ns()
-        scope = control_pb2.Scope(
-            kind=scope.kind,
-            node_ids=scope.node_ids,
-            job_ids=scope.job_ids,
-            gpu_uuids=scope.gpu_uuids,
-            cluster=self.cluster,
-        )
+        # A copy of every target (actor_ids included), stamped with this cluster.
+        stamped = control_pb2.Scope()
+        stamped.CopyFrom(scope)
+        stamped.cluster = self.cluster
+        scope = stamped
         validity = self._lease_seconds if action == control_pb2.ACTION_LEASE else self._validity
         directive = control_pb2.Directive(
             id=uuid.uuid4().hex,

@@ -1,5 +1,6 @@
 """A regulator beside the demo: `computewatch audit subscribe --follow` in its
-own process with nothing but public keys (and its own token key), then
+own process with nothing but public keys (its own token key, and the demo CA's
+certificate to check the collector's TLS certificate), then
 `computewatch audit verify` on its copy once the demo ends."""
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Auditor:
     def subscribe_command(self) -> list[str]:
         return _cli(
             "audit", "subscribe", "--collector", self._address, "--out", str(self.out),
-            "--key", str(self._keys.regulator), *self._trust(), "--follow",
+            "--key", str(self._keys.regulator), "--tls-ca", str(self._keys.tls_ca),
+            *self._trust(), "--follow",
         )  # fmt: skip
 
     def verify_command(self) -> list[str]:

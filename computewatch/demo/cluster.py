@@ -81,6 +81,11 @@ class KeyPaths:
         """The demo's private CA and certificates (``computewatch tls init``)."""
         return self.root / "tls"
 
+    @property
+    def tls_ca(self) -> Path:
+        """The demo CA's certificate: clients (the regulator, authorities) trust it."""
+        return self.tls / "ca.pem"
+
 
 @dataclass
 class Cluster:

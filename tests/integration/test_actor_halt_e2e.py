@@ -11,8 +11,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import grpc
-
 from agent.actors import load_policy
 from agent.fakenvml.scenario import load_scenario
 from computewatch.demo.cluster import AUTHORITIES, Cluster, start_cluster
@@ -100,7 +98,7 @@ def test_an_actor_halt_stops_all_its_jobs_and_a_quorum_lifts_it(tmp_path: Path) 
             rule_packs=(str(tmp_path / "pack.yaml"),),
             actors_file=tmp_path / "actors.yaml",
         )
-        channel = grpc.aio.insecure_channel(cluster.collector.address)
+        channel = cluster.channel()
         control = control_pb2_grpc.ControlStub(channel)
         status = status_pb2_grpc.StatusStub(channel)
         ministry = cluster.authority_keys[AUTHORITIES[0]]

@@ -65,6 +65,7 @@ def test_a_regulator_totals_actors_over_two_collectors_logs(tmp_path: Path) -> N
                     "--key", str(keys.regulator), "--out", str(copy),
                     "--collector-key", str(keys.collector_pub), "--node-keys", str(keys.nodes),
                     "--authority-keys", str(keys.authorities), "--once",
+                    "--tls-ca", str(keys.tls_ca),
                 ]  # fmt: skip
                 res = await asyncio.to_thread(CliRunner().invoke, cli, args)
                 assert res.exit_code == 0, res.output

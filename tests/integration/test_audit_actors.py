@@ -123,7 +123,7 @@ def test_one_organisation_is_seen_once_across_two_operators(tmp_path: Path) -> N
                 res = await invoke(
                     "audit", "subscribe", "--collector", srv.address,
                     "--key", str(keys.auditor_key), "--out", str(tmp_path / f"copy-{name}"),
-                    *keys.cli_trust_args(), "--once",
+                    *keys.cli_trust_args(), "--once", "--insecure-plaintext",
                     "--authority-keys", str(tmp_path / name / "authority.pub"),
                 )  # fmt: skip
                 assert res.exit_code == 0, res.output

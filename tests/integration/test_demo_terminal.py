@@ -186,9 +186,14 @@ def test_at_80x24_the_header_stays_and_ctrl_c_prints_the_partial_summary(
     assert float(str(result["duration_seconds"])) < 50
     assert "INTERRUPTED: partial" in history
     assert "jobs:" in history
-    # The log went to the workdir: the start-up "no data yet" line, once.
+    # The log went to the workdir: the start-up "no data yet" line, once for
+    # the demo's collector (the only one with the fast pack), and at most once
+    # for the second operator's (provider-b: its 2 nodes may report before its
+    # first tick, and then it has no such line).
     log = (tmp_path / "w" / "demo.log").read_text()
-    assert log.count("no data yet: ") == 1, log
+    no_data = [ln for ln in log.splitlines() if "no data yet: " in ln]
+    assert len([ln for ln in no_data if "fast-density" in ln]) == 1, log
+    assert len(no_data) <= 2, log
     assert "rule op-node-silent cannot be evaluated" not in log, log
 
 

@@ -96,6 +96,31 @@ def test_a_directive_is_logged_before_it_is_pushed_to_the_nodes_in_scope(tmp_pat
     run(tmp_path, body)
 
 
+def test_the_issued_scope_keeps_every_target_and_names_the_cluster(tmp_path: Path) -> None:
+    async def body(ledger: Ledger, sessions: Sessions) -> None:
+        book = DirectiveBook(KEY, ledger, sessions, lease_seconds=10.0, cluster="site-1")
+        a = bound(sessions, "a")
+        scope = control_pb2.Scope(
+            kind=control_pb2.SCOPE_KIND_ACTOR,
+            actor_ids=["c:" + "ab" * 16],
+            job_ids=["j1", "j2"],
+            node_ids=["a"],
+        )
+        directive = await book.issue(HALT, scope, rule_id="actor-rule", reason="split run")
+        # What is logged and pushed names the actor (an agent refuses an
+        # ACTOR scope without one) and the cluster, and nothing else changed.
+        expected = control_pb2.Scope()
+        expected.CopyFrom(scope)
+        expected.cluster = "site-1"
+        assert directive.scope == expected
+        (entry,) = ledger.entries(0, 1)
+        assert open_directive(entry.data, KEY.public).scope == expected
+        assert queued(a) == [directive]
+        assert scope.cluster == ""  # the caller's scope is not modified
+
+    run(tmp_path, body)
+
+
 def test_on_bind_sends_what_is_in_force_in_counter_order(tmp_path: Path) -> None:
     async def body(ledger: Ledger, sessions: Sessions) -> None:
         book = DirectiveBook(KEY, ledger, sessions, lease_seconds=10.0)
