@@ -107,7 +107,7 @@ class Cluster:
     def ca_cert(self) -> Path:
         """The demo's CA certificate: it signed the collector's TLS certificate
         (gRPC and /metrics)."""
-        return self.keys.tls / "ca.pem"
+        return self.keys.tls_ca
 
     def channel(self) -> grpc.aio.Channel:
         """A TLS channel to the collector, trusting the demo's CA."""
