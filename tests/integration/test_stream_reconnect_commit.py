@@ -85,6 +85,8 @@ def test_resend_on_a_new_stream_is_acked_when_the_old_stream_ended_mid_commit(
 
     asyncio.run(scenario())
     conn = sqlite3.connect(config.ledger)
-    rows = conn.execute("SELECT node_id, sequence FROM log ORDER BY node_id, sequence").fetchall()
+    rows = conn.execute(
+        "SELECT node_id, sequence FROM log WHERE sequence IS NOT NULL ORDER BY node_id, sequence"
+    ).fetchall()  # reports only: the log also holds the nodes' enrolments
     conn.close()
     assert rows == [(n, s) for n in ("node-a", "node-b") for s in (1, 2, 3)]
