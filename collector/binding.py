@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2
@@ -26,6 +27,9 @@ from protos.errors import (
 )
 from protos.keys import PublicKey
 
+if TYPE_CHECKING:
+    from collector.registry import Registry
+
 NONCE_BYTES = 32
 # A proof is a small envelope; anything larger is not one.
 MAX_PROOF_BYTES = 4096
@@ -33,6 +37,12 @@ MAX_PROOF_BYTES = 4096
 
 def new_challenge() -> telemetry_pb2.Challenge:
     return telemetry_pb2.Challenge(nonce=os.urandom(NONCE_BYTES))
+
+
+def registry_key_node(registry: Registry, keyid: str) -> tuple[PublicKey, str] | None:
+    """``key_node`` over an enrolment registry: (enrolled key, node id), or None."""
+    node = registry.by_keyid(keyid)
+    return None if node is None else (node.key, node.node_id)
 
 
 def verify_proof(

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from collector.aggregate import Aggregator
 from collector.audit_wiring import AuditHandle, start_audit
 from collector.auth import AuthInterceptor, AuthPolicy
+from collector.binding import registry_key_node
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
 from collector.jobbounds import JobLimits
@@ -49,7 +50,7 @@ from protos.computewatch.v1 import (
     telemetry_pb2_grpc,
 )
 from protos.errors import ConfigError, LedgerUnavailableError, VerificationError
-from protos.keys import PrivateKey, PublicKey, load_private_key
+from protos.keys import PrivateKey, load_private_key
 from protos.tls import ServerTls, warn_plaintext
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ async def _build(
             sessions,
             max_in_flight=config.max_in_flight_per_stream,
             on_bind=on_bind,
-            key_node=functools.partial(_key_node, registry),
+            key_node=functools.partial(registry_key_node, registry),
         ),
         server,
     )
@@ -346,11 +347,6 @@ async def _build(
         replayed,
     )
     return collector
-
-
-def _key_node(registry: Registry, keyid: str) -> tuple[PublicKey, str] | None:
-    node = registry.by_keyid(keyid)
-    return None if node is None else (node.key, node.node_id)
 
 
 def _tls(config: CollectorConfig) -> ServerTls | None:

@@ -15,6 +15,7 @@ the SQLite file; the HA tests and ``bench/bench_failover.py`` run it today.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from collector.aggregate import Aggregator
+from collector.binding import registry_key_node
 from collector.ingest import Ingestor
 from collector.registry import Registry
 from collector.sessions import Sessions
@@ -38,6 +40,7 @@ from collector.telemetry_service import TelemetryServicer
 from protos.computewatch.v1 import control_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc
 from protos.errors import ConfigError
 from protos.keys import PrivateKey, PublicKey
+from protos.tls import ServerTls, warn_plaintext
 
 TELEMETRY = telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name
 
@@ -56,6 +59,7 @@ class HaIngest:
     health: health_aio.HealthServicer
     leases: HaStop | None = None
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _stopped: bool = False
 
     def _ledger_state(self, writable: bool) -> None:
         """Readiness: Telemetry is SERVING on the leader only (the agent-facing
@@ -70,13 +74,28 @@ class HaIngest:
         task.add_done_callback(self._health_tasks.discard)
 
     async def stop(self, *, resign: bool = True) -> None:
-        """Stop serving; ``resign=False`` leaves the lease to lapse (as a crash would)."""
-        await self.elector.stop(resign=resign)
-        if self.leases is not None:
-            await self.leases.stop()
-        await self.server.stop(0)
-        await self.ledger.close()
-        self.lease.close()
+        """Stop serving; ``resign=False`` leaves the lease to lapse (as a crash would).
+        Every PostgreSQL connection and the gRPC server are closed here, so
+        nothing is left for the garbage collector (after the loop is gone).
+        A second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            await self.elector.stop(resign=resign)
+            if self.leases is not None:
+                await self.leases.stop()
+            for task in list(self._health_tasks):
+                task.cancel()
+            await asyncio.gather(*self._health_tasks, return_exceptions=True)
+        finally:
+            try:
+                await self.server.stop(0)
+            finally:
+                try:
+                    await self.ledger.close()
+                finally:
+                    self.lease.close()
 
 
 async def start_ha_ingest(
@@ -93,6 +112,9 @@ async def start_ha_ingest(
     lease_interval_seconds: float = 1.0,
     authorities: Mapping[str, PublicKey] | None = None,
     quorum: int = 2,
+    tls: ServerTls | None = None,
+    insecure_plaintext: bool = False,
+    cluster: str = "default",
 ) -> HaIngest:
     """Campaign for the lead and serve Telemetry on ``listen``. With ``key``
     (the collector key, the same on every candidate) the leader also signs a
@@ -102,12 +124,33 @@ async def start_ha_ingest(
     ``authorities`` too, the Control service takes manual halts and approvals
     (``quorum`` distinct keys resume a halt) on the leader, and a new leader
     replays them: a halt in force stays in force, and a RESUME whose quorum
-    was reached is issued by whichever collector leads."""
+    was reached is issued by whichever collector leads.
+
+    The same secure defaults as ``collector serve``: Telemetry and Control are
+    served over ``tls`` (required unless ``insecure_plaintext``, an explicit
+    opt-out that is logged loudly); every stream is bound only by the agent's
+    proof for the collector's challenge (``collector.binding``); and every
+    directive names ``cluster`` (agents refuse other clusters')."""
+    if tls is None and not insecure_plaintext:
+        raise ConfigError(
+            f"the HA collector on {listen} needs TLS (a certificate and key),"
+            " or insecure_plaintext to opt out explicitly"
+        )
+    if tls is not None and insecure_plaintext:
+        raise ConfigError("TLS and insecure_plaintext exclude each other: choose one")
+    if tls is None:
+        warn_plaintext(f"the HA collector {name} on {listen}")
     lease = LeaderLease(url, name, lease_seconds=lease_seconds)
     elector = Elector(lease, renew_seconds=renew_seconds)
-    await elector.step()
+    try:
+        await elector.step()
+        store = PgStore(url)
+    except BaseException:
+        await elector.stop()
+        lease.close()
+        raise
     ledger = StoreLedger(
-        PgStore(url), term=elector.current_term, retry_min_seconds=0.02, retry_max_seconds=0.2
+        store, term=elector.current_term, retry_min_seconds=0.02, retry_max_seconds=0.2
     )
     elector.add_listener(ledger.leadership_changed)
     if metrics_registry is not None:
@@ -130,11 +173,15 @@ async def start_ha_ingest(
             authorities=authorities or {},
             quorum=quorum,
             node_ids=registry.node_ids,
+            cluster=cluster,
         )
     server = grpc.aio.server()
     telemetry_pb2_grpc.add_TelemetryServicer_to_server(
         TelemetryServicer(
-            ingestor, sessions, on_bind=None if leases is None else leases.book.on_bind
+            ingestor,
+            sessions,
+            on_bind=None if leases is None else leases.book.on_bind,
+            key_node=functools.partial(registry_key_node, registry),
         ),
         server,
     )
@@ -143,14 +190,20 @@ async def start_ha_ingest(
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     try:
-        port = server.add_insecure_port(listen)
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, tls.credentials())
     except RuntimeError as exc:
         port = 0
         reason: object = exc
     else:
         reason = "address in use or not local"
     if port == 0:
+        if leases is not None:
+            await leases.stop()
         await elector.stop()
+        await server.stop(0)
         await ledger.close()
         lease.close()
         raise ConfigError(f"cannot listen on {listen}: {reason}")

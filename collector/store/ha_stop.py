@@ -52,9 +52,12 @@ class HaStop:
         authorities: Mapping[str, PublicKey],
         quorum: int,
         node_ids: Callable[[], list[str]],
+        cluster: str = "default",
     ) -> None:
         self._ledger = ledger
-        self.book = DirectiveBook(key, ledger, sessions, lease_seconds=agent_lease_seconds)
+        self.book = DirectiveBook(
+            key, ledger, sessions, lease_seconds=agent_lease_seconds, cluster=cluster
+        )
         self.issuer = LeaseIssuer(
             self.book, sessions, aggregator, interval_seconds=interval_seconds
         )

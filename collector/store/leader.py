@@ -72,6 +72,7 @@ class LeaderLease:
             if self._closed:
                 raise psycopg.OperationalError("the leader lease is closed")
             log.warning("%s: reconnecting the leader lease", self.holder)
+            self._conn.close()  # broken: closed now, not by the garbage collector
             self._conn = psycopg.connect(self._url, autocommit=True)
         return self._conn
 

@@ -97,6 +97,7 @@ class PgStore:
             if self._closed:
                 raise LedgerUnavailableError("the ledger store is closed")
             log.warning("reconnecting the ledger's write connection")
+            self._conn.close()  # broken: closed now, not by the garbage collector
             self._conn = psycopg.connect(self.url, autocommit=True)
         return self._conn
 
@@ -108,6 +109,7 @@ class PgStore:
                 if self._read.closed or self._read.broken:
                     if self._closed:
                         raise LedgerUnavailableError("the ledger store is closed")
+                    self._read.close()
                     self._read = psycopg.connect(self.url, autocommit=True)
                 try:
                     return self._read.execute(sql.encode(), args).fetchall()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import grpc.aio
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
@@ -25,7 +26,9 @@ from collector.store.ha_ingest import TELEMETRY, HaIngest, start_ha_ingest
 from collector.store.pg_store import PgStore
 from protos import merkle
 from protos.computewatch.v1 import control_pb2
+from protos.errors import ConfigError
 from protos.keys import PrivateKey, PublicKey
+from protos.tls import ServerTls
 from tests.integration.test_agent_stream import FakeAgent, free_port, until
 from tests.pg_support import fresh_database
 from tests.stop_support import (
@@ -37,10 +40,11 @@ from tests.stop_support import (
     open_directive,
 )
 from tests.support import enroll_nodes
+from tests.tls_support import Site, make_site
 
 
 async def start(
-    name: str, url: str, registry_path: Path, port: int, metrics: CollectorRegistry
+    name: str, url: str, registry_path: Path, port: int, metrics: CollectorRegistry, site: Site
 ) -> HaIngest:
     return await start_ha_ingest(
         name,
@@ -50,11 +54,12 @@ async def start(
         lease_seconds=1.0,
         renew_seconds=0.1,
         metrics_registry=metrics,
+        tls=ServerTls(site.server.cert, site.server.key),
     )
 
 
-async def telemetry_health(port: int) -> str:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+async def telemetry_health(port: int, site: Site) -> str:
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", site.credentials()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         got = await stub.Check(health_pb2.HealthCheckRequest(service=TELEMETRY))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(got.status)
@@ -69,23 +74,31 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
     nodes = enroll_nodes(registry_path, ["node-a", "node-b", "node-c"])
     port_a, port_b = free_port(), free_port()
     targets = f"127.0.0.1:{port_a},127.0.0.1:{port_b}"
+    site = make_site(tmp_path / "tls")  # the secure default: TLS, streams bound by proof
 
     async def scenario() -> None:
         metrics_a, metrics_b = CollectorRegistry(), CollectorRegistry()
-        a = await start("collector-a", url, registry_path, port_a, metrics_a)
-        b = await start("collector-b", url, registry_path, port_b, metrics_b)
+        a = await start("collector-a", url, registry_path, port_a, metrics_a, site)
+        try:
+            b = await start("collector-b", url, registry_path, port_b, metrics_b, site)
+        except BaseException:
+            await a.stop()
+            raise
         assert metrics_a.get_sample_value("computewatch_collector_leader") == 1
         assert metrics_b.get_sample_value("computewatch_collector_leader") == 0
         assert metrics_b.get_sample_value("computewatch_collector_leader_term") == 0
         assert (a.elector.role, b.elector.role) == ("leader", "standby")
         assert not b.ledger.writable
         assert b.ledger.unavailable_reason == "standby"
-        assert await telemetry_health(port_a) == "SERVING"  # readiness: leader only
-        assert await telemetry_health(port_b) == "NOT_SERVING"
         stop = asyncio.Event()
-        agents = [FakeAgent(n, tmp_path / n.node_id, targets) for n in nodes]
+        agents = [
+            FakeAgent(n, tmp_path / n.node_id, targets, credentials=site.credentials())
+            for n in nodes
+        ]
         tasks = [asyncio.create_task(x.client.run(stop)) for x in agents]
         try:
+            assert await telemetry_health(port_a, site) == "SERVING"  # readiness: leader only
+            assert await telemetry_health(port_b, site) == "NOT_SERVING"
             for x in agents:
                 x.seal(5)
             await until(lambda: all(x.spool.acked_sequence == 5 for x in agents))
@@ -102,14 +115,16 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
                 metrics_b.get_sample_value("computewatch_collector_leader_lease_errors_total") == 0
             )
             for _ in range(100):  # bounded: the status is set by a task just started
-                if await telemetry_health(port_b) == "SERVING":
+                if await telemetry_health(port_b, site) == "SERVING":
                     break
                 await asyncio.sleep(0.02)
-            assert await telemetry_health(port_b) == "SERVING"
+            assert await telemetry_health(port_b, site) == "SERVING"
             for x in agents:
                 x.seal(2)
             await until(lambda: all(x.spool.acked_sequence == 11 for x in agents), timeout=30)
             assert all(x.client.target == f"127.0.0.1:{port_b}" for x in agents)
+            # every stream's proof answered its challenge, on both leaders
+            assert not any(x.stats.rejected.get("stream_binding") for x in agents)
             rows = [(e.node_id, e.sequence) for e in b.ledger.entries(0, 10_000)]
             assert len(rows) == len(set(rows)) == 33
             assert sorted(rows) == sorted((n.node_id, s) for n in nodes for s in range(1, 12))
@@ -127,6 +142,7 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
             for x in agents:
                 x.spool.close()
+            await a.stop(resign=False)  # a no-op when the test already stopped it
             await b.stop()
 
     asyncio.run(scenario())
@@ -195,6 +211,7 @@ def test_fail_closed_agents_keep_a_valid_lease_across_the_failover(
             key=key,
             agent_lease_seconds=agent_lease,
             lease_interval_seconds=0.5,
+            insecure_plaintext=True,  # about leases, not transport (test 1 runs TLS)
         )
 
     async def scenario() -> None:
@@ -240,6 +257,7 @@ def test_fail_closed_agents_keep_a_valid_lease_across_the_failover(
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
             for x in agents:
                 x.spool.close()
+            await a.stop(resign=False)  # a no-op when the test already stopped it
             await b.stop()
         assert lapses == 0
         for h in holders:
@@ -295,6 +313,7 @@ def test_a_halt_in_force_survives_the_failover_and_a_quorum_resume_after_it_is_o
             lease_interval_seconds=0.5,
             authorities=by_keyid,
             quorum=2,
+            insecure_plaintext=True,  # about halts, not transport (test 1 runs TLS)
         )
 
     async def scenario() -> None:
@@ -357,6 +376,7 @@ def test_a_halt_in_force_survives_the_failover_and_a_quorum_resume_after_it_is_o
                 x.spool.close()
             await control_a.close()
             await control_b.close()
+            await a.stop(resign=False)  # a no-op when the test already stopped it
             await b.stop()
         rows = [(e.node_id, e.sequence) for e in stored_entries(url) if e.sequence is not None]
         assert len(rows) == len(set(rows))  # every acknowledged report once
@@ -373,3 +393,17 @@ def stored_entries(url: str) -> list[LedgerEntry]:
         return store.entries(0, store.reload())
     finally:
         store.close()
+
+
+def test_the_ha_collector_needs_tls_or_an_explicit_plaintext_opt_out(
+    tmp_path: Path, pg_server: str
+) -> None:
+    url = fresh_database(pg_server)
+    registry_path = tmp_path / "enrolments.db"
+    enroll_nodes(registry_path, ["node-a"])
+
+    async def scenario() -> None:
+        with pytest.raises(ConfigError, match="TLS"):
+            await start_ha_ingest("collector-a", url, registry_path, f"127.0.0.1:{free_port()}")
+
+    asyncio.run(scenario())
