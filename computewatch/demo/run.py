@@ -263,7 +263,10 @@ def summary(
         "cluster": {
             "installed_flops": st.installed_flops,
             "allocated_flops": st.allocated_flops,
-            "achieved_flops": st.achieved_flops,
+            # An interval: the estimate is null when no live node measures anything.
+            "achieved_flops": st.achieved_flops_estimate
+            if st.HasField("achieved_flops_estimate")
+            else None,
             "achieved_flops_upper_bound": st.achieved_flops_upper_bound,
             "cumulative_flop": {
                 "estimate": st.cumulative_flop,
@@ -455,7 +458,8 @@ def print_summary(result: dict[str, Any], out: TextIO) -> None:
         f" {sum(result['rejected_by_reason'].values())}"
         f" {result['rejected_by_reason'] or ''}, log size {result['log_size']}",
         f"  cluster installed {si(c['installed_flops'], 'FLOP/s')}, allocated"
-        f" {si(c['allocated_flops'], 'FLOP/s')}, achieved {si(c['achieved_flops'], 'FLOP/s')}",
+        f" {si(c['allocated_flops'], 'FLOP/s')}, achieved"
+        f" {interval(c['achieved_flops'], c['achieved_flops_upper_bound'], 'FLOP/s')}",
         "  jobs:",
         *(
             f"    {j['job_id']:<38} "

@@ -30,6 +30,13 @@ def test_demo_halts_resumes_and_summarises(tmp_path: Path) -> None:
     assert result["gpus"] == 128
     assert result["gpus_lost"] == 1
     assert result["gpus_unknown_model"] == 8
+    # The cluster's achieved rate is an interval: null when unmeasured, never a bare 0 under a
+    # positive bound.
+    cluster = result["cluster"]
+    assert cluster["achieved_flops_upper_bound"] > 0
+    assert cluster["achieved_flops"] is None or cluster["achieved_flops"] > 0
+    # A measured 0 is shown with its bound ("0 FLOP/s (<= ...)"), never bare.
+    assert not any(ln.rstrip().endswith("achieved 0 FLOP/s") for ln in out.getvalue().splitlines())
     assert result["silent_nodes"] == ["l40s-00"]
     assert result["rejected_by_reason"] == {}
     assert result["reports_accepted"] > 16 * 40
