@@ -335,8 +335,9 @@ class FakeNvml(GpmCalls, MigCalls, SampleCalls):
     @staticmethod
     def _refuse_mig_parent(g: GpuState) -> None:
         # nvml.h nvmlDeviceGet/SetComputeMode: "If MIG is enabled on a GPU, device
-        # must be MIG device handle"; a parent handle is a device that "does not
-        # support this feature": NVML_ERROR_NOT_SUPPORTED.
+        # must be MIG device handle". nvml.h names no return code for a parent
+        # handle; NOT_SUPPORTED is this fake's choice, unverified on a driver
+        # (agent/nvml/control.py treats any NVMLError there as a refusal).
         if g.spec.mig and g.mig is None:
             _raise(_pynvml.NVML_ERROR_NOT_SUPPORTED)
 
