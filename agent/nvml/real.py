@@ -45,6 +45,7 @@ from agent.nvml.gpm import Gpm, GpmReadError, GpmState
 from agent.nvml.mig import MigDevice, MigEnumerator, MigSampling
 from agent.nvml.samples import (
     ERROR_TEXT_MAX,
+    error_code,
     is_placeholder,
     note,
     placeholder_uuid,
@@ -128,8 +129,7 @@ class NvmlBackend(MigSampling, NvmlControl):
             log.error("process lists disabled: %s", self._procs_refused)
 
     def _code(self, exc: BaseException) -> int:
-        value = getattr(exc, "value", -1)
-        return value if isinstance(value, int) else -1
+        return error_code(exc)
 
     # --- initialisation -------------------------------------------------------------
     def _init(self) -> Snapshot | None:

@@ -26,6 +26,12 @@ class GpuReadError(Exception):
         self.error = error
 
 
+def error_code(exc: BaseException) -> int:
+    """The NVML return code of a pynvml ``NVMLError`` (``value``), or -1."""
+    value = getattr(exc, "value", -1)
+    return value if isinstance(value, int) else -1
+
+
 def placeholder_uuid(index: int, bus_id: str = "") -> str:
     """``unreadable:<PCI bus id>``, or ``unreadable:index-<n>`` when the bus id is unknown.
 

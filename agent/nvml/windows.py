@@ -36,6 +36,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from agent.nvml.samples import error_code
 from protos.computewatch.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,7 @@ class Windows:
         self._absent = absent
 
     def _code(self, exc: BaseException) -> int:
-        value = getattr(exc, "value", -1)
-        return value if isinstance(value, int) else -1
+        return error_code(exc)
 
     def utilization(self, handle: Any, state: WindowState, s: telemetry_pb2.GpuSample) -> None:
         """Fill ``utilization_gpu_percent`` and ``activity_window_seconds``.
