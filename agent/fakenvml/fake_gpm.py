@@ -31,10 +31,11 @@ _GPM_METRICS = {
 }
 # nvml.h (nvmlGpmSampleGet, nvmlGpmMigSampleGet, nvmlGpmMetricsGet): "The interval
 # between two nvmlGpmSampleGet() calls should be greater than 100ms due to the
-# internal sample refresh rate." No error is documented for a shorter pair: the
-# counters have not been refreshed, so the fake answers NVML_SUCCESS with 0 %
-# for every metric of a pair taken less than this apart (a wrong figure that a
-# caller must avoid, as on a GPU).
+# internal sample refresh rate." No error and no value is documented for a
+# shorter pair. The fake answers NVML_SUCCESS with 0 % for every metric of a
+# pair taken less than this apart: its own stand-in for "not refreshed", not a
+# driver's observed answer; the point is a wrong figure a caller must avoid
+# (agent/nvml/gpm.py skips such a pair).
 GPM_MIN_INTERVAL = 0.1
 
 
