@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from agent.correct import correct, minimal
+from agent.correct import correct, minimal, seal_bounded
 from agent.metrics import AgentStats
 from agent.spool import Refused, Spool
 from protos import dsse
@@ -122,7 +122,13 @@ class RefusalHandler:
         report = self._corrected(_report(refused_env), attempt, reason, message, now_ns)
         report.replaces_refused_digest = dsse.digest(refused_env)
         report.refused_reason = reason[:64]
-        envelopes = [dsse.seal(report, self._key)]
+        try:
+            # The added digest and reason must not push it over the collector's size limit.
+            first, _notes = seal_bounded(report, self._key)
+        except InvalidReportError as exc:
+            log.error("%s: report %d cannot be replaced: %s", self._node_id, sequence, exc)  # noqa: TRY400
+            return False
+        envelopes = [first]
         for _, later in rows[1:]:
             nxt = _report(later)
             nxt.previous_digest = dsse.digest(envelopes[-1])
