@@ -273,9 +273,6 @@ class Aggregator:
         interval = max(self._expected_interval, *node.recent_intervals, node.interval)
         return now - node.last_received > self._silent_after * interval
 
-    def live_nodes(self, now: float) -> list[NodeState]:
-        return [n for n in list(self.nodes.values()) if n.reports and not self.is_silent(n, now)]
-
     def snapshot(self, now: float) -> Snapshot:
         """Every figure at ``now``. Safe to call from the metrics thread while
         the event loop ingests: it iterates over copies of the live dicts
