@@ -119,6 +119,8 @@ class Aggregator:
         self._charge_gap(node, previous_gpus, gap, log_index)
 
         per_job: dict[str, NodeShare] = {}
+        # Jobs holding a GPU of this node whose figures are bounded by utilization.
+        bounded: set[str] = set()
         for fig in node.gpus:
             w = window_flop(fig, interval)
             if mig.counts_in_totals(fig):
@@ -144,13 +146,13 @@ class Aggregator:
                 job.unmeasured_gpu_seconds += w.unmeasured_seconds
                 job.methods.add(fig.method)
                 if fig.method == METHOD_UTILIZATION:
-                    job.upper_nodes.add(node.node_id)
+                    bounded.add(name)
         for job_id, acc in per_job.items():
             job = self._job(job_id)
             job.per_node[node.node_id] = acc
-            if not any(
-                fig.method == METHOD_UTILIZATION and job_id in fig.jobs for fig in node.gpus
-            ):
+            if job_id in bounded:
+                job.upper_nodes.add(node.node_id)
+            else:
                 job.upper_nodes.discard(node.node_id)
             job.evidence.append(log_index)
         gone = node.jobs - per_job.keys()
@@ -270,9 +272,6 @@ class Aggregator:
             return False
         interval = max(self._expected_interval, *node.recent_intervals, node.interval)
         return now - node.last_received > self._silent_after * interval
-
-    def live_nodes(self, now: float) -> list[NodeState]:
-        return [n for n in list(self.nodes.values()) if n.reports and not self.is_silent(n, now)]
 
     def snapshot(self, now: float) -> Snapshot:
         """Every figure at ``now``. Safe to call from the metrics thread while

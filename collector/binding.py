@@ -68,10 +68,16 @@ def _verify(
     nonce: bytes,
     key_node: Callable[[str], tuple[PublicKey, str] | None],
 ) -> str:
+    # What the signature was checked against: the same synchronous call, so
+    # no enrolment can change between the check and reading the node id.
+    resolved: dict[str, tuple[PublicKey, str]] = {}
 
     def resolve(keyid: str) -> PublicKey | None:
         found = key_node(keyid)
-        return None if found is None else found[0]
+        if found is None:
+            return None
+        resolved[keyid] = found
+        return found[0]
 
     try:
         verified = dsse.verify(
@@ -80,7 +86,7 @@ def _verify(
     except UnknownKeyError as exc:
         raise UnknownNodeError(f"stream proof: no enrolled node holds the key: {exc}") from exc
     proof = verified.parse(telemetry_pb2.StreamProof)
-    found = key_node(verified.signer.keyid)
+    found = resolved.get(verified.signer.keyid) or key_node(verified.signer.keyid)
     if found is None:
         raise UnknownNodeError(f"key {verified.signer.keyid[:16]} is no longer enrolled")
     node_id = found[1]

@@ -159,6 +159,8 @@ class Ingestor:
         self._in_flight: dict[tuple[str, int], tuple[asyncio.Future[int], bytes]] = {}
         self.stats = IngestStats()
         self._reject_log = _RejectLog()
+        # (key id, kind) whose kept evidence is full: later conflicts are counted only.
+        self._evidence_full: set[tuple[str, str]] = set()
         self.resyncs = 0
         ledger.add_state_listener(self._ledger_state)
 
@@ -277,19 +279,24 @@ class Ingestor:
             return self._duplicate(node.node_id, keyid, report.sequence)
         except (EquivocationError, RollbackError) as exc:
             # Two different signed statements for one sequence: keep both.
-            seen = self._ledger.evidence_seen(keyid, exc.reason)
+            # Counts only grow: once read as full, a (key, kind) stays full, and
+            # each later conflict from that key costs its counting write, no reads.
+            slot = (keyid, exc.reason)
+            full = slot in self._evidence_full or (
+                self._ledger.evidence_seen(keyid, exc.reason) >= self._evidence_per_key
+            )
             kept = self._ledger.record_evidence(
                 exc.reason,
                 node.node_id,
                 report.sequence,
                 # Read the accepted bytes only for evidence that keeps them.
-                self._accepted_bytes(keyid, report.sequence)
-                if seen < self._evidence_per_key
-                else None,
+                None if full else self._accepted_bytes(keyid, report.sequence),
                 data,
                 keyid=keyid,
                 keep=self._evidence_per_key,
             )
+            if full:
+                self._evidence_full.add(slot)
             if not kept:
                 self.stats.evidence_counted_only += 1
             self._aggregator.note_chain_break(node.node_id)

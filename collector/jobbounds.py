@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from itertools import islice
 
 from protos.errors import ConfigError, JobStatesLimitError, NodeJobsLimitError
 
@@ -105,7 +106,7 @@ class JobBounds:
         drop: list[str] = []
         over = len(mine) + len(new) - self.limits.max_jobs_per_node
         if over > 0:
-            drop = [j for j in self._ended if j in mine and j not in wanted][:over]
+            drop = list(islice((j for j in self._ended if j in mine and j not in wanted), over))
             if len(drop) < over:
                 raise NodeJobsLimitError(
                     f"node {node_id} would hold {len(mine) + len(new)} jobs; the limit is"
@@ -115,7 +116,9 @@ class JobBounds:
         over = held - len(drop) + fresh - self.limits.max_job_states
         if over > 0:
             dropping = set(drop)
-            more = [j for j in self._ended if j not in dropping and j not in wanted][:over]
+            more = list(
+                islice((j for j in self._ended if j not in dropping and j not in wanted), over)
+            )
             if len(more) < over:
                 raise JobStatesLimitError(
                     f"the collector holds {held} job states (limit"

@@ -198,6 +198,7 @@ def test_conflicting_reports_keep_one_evidence_row_per_key_and_a_count(tmp_path:
                 assert msg.reject.reason == "equivocation"
             await _other_node_is_acknowledged(service, b, cb)
             assert service.ledger.evidence_seen(a.key.keyid, "equivocation") == 20
+            assert service.ledger.evidence_count("equivocation") == 1
             assert service.ingestor.stats.evidence_counted_only == 19
             metrics = generate_latest(service.metrics_registry).decode()
             assert "computewatch_collector_evidence_not_kept_total 19.0" in metrics
