@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from protos.errors import ConfigError
 CA_DAYS = 3650
 LEAF_DAYS = 30
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+# A leaf's name is also its file name in the CA directory: no path parts,
+# no leading dot or dash, at most 64 characters (the X.509 CN limit).
+_LEAF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,11 @@ def issue(
     days: int = LEAF_DAYS,
 ) -> Issued:
     """A leaf for ``name`` signed by the CA in ``directory``."""
+    if not _LEAF_NAME.fullmatch(name) or name == "ca":
+        raise ConfigError(
+            f"name {name!r}: expected 1-64 of A-Z a-z 0-9 . _ - (not starting with . _ -),"
+            " and not 'ca'"
+        )
     if not (server or client):
         raise ConfigError("a certificate must be for a server, a client or both")
     if days < 1:
