@@ -30,6 +30,12 @@ LOOPBACK = ("localhost", "127.0.0.1", "::1")
 # A leaf's name is also its file name in the CA directory: no path parts,
 # no leading dot or dash, at most 64 characters (the X.509 CN limit).
 _LEAF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A SAN DNS name: dot-separated labels of letters, digits and inner hyphens,
+# optionally a leading wildcard label.
+_HOSTNAME = re.compile(
+    r"(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ def _san(hosts: tuple[str, ...]) -> x509.SubjectAlternativeName:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
+            if not _HOSTNAME.fullmatch(host) or len(host) > 253:
+                raise ConfigError(f"host {host!r}: expected a DNS name or an IP address") from None
             names.append(x509.DNSName(host))
     return x509.SubjectAlternativeName(names)
 
@@ -160,6 +168,7 @@ def init_site(
     directory: Path, hosts: tuple[str, ...] = (), *, days: int = LEAF_DAYS, force: bool = False
 ) -> dict[str, Issued]:
     """CA, a collector server certificate and a client certificate (agents, authorities)."""
+    _san((*hosts, *LOOPBACK))  # a bad --host is refused before any file is written
     return {
         "ca": init_ca(directory, force=force),
         "collector": issue(directory, "collector", hosts, days=days),

@@ -96,3 +96,12 @@ def test_issue_refuses_a_name_that_is_not_a_plain_file_name(tmp_path: Path) -> N
         assert len(res.output.strip().splitlines()) == 1, res.output
     assert (site / "ca.key").read_bytes() == ca_key
     assert not (tmp_path / "outside.pem").exists()
+
+
+def test_a_host_that_is_neither_a_dns_name_nor_an_address_is_refused(tmp_path: Path) -> None:
+    for host in ("", "bad host!", "a..b", "-lead.example"):
+        res = CliRunner().invoke(cli, ["tls", "init", str(tmp_path / "tls"), "--host", host])
+        assert res.exit_code == 1, (host, res.output)
+        assert res.output.startswith("Error: config: host "), (host, res.output)
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert not (tmp_path / "tls" / "ca.key").exists()
