@@ -54,7 +54,7 @@ def as_json(results: list[LogResult], totals: list[ActorTotal]) -> dict[str, Any
 @click.command("actors")
 @click.argument("logs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json_out", is_flag=True, help="Print one JSON document.")
-@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
 @translate_errors
 def actors(*, logs_file: Path, as_json_out: bool, threads: int) -> None:
     """Verify several operators' logs and total each actor's FLOP across them.

@@ -168,10 +168,12 @@ def enroll(ledger: Path, node_id: str, public_key: Path, replace: bool) -> None:
     click.echo(f"enrolled {node.node_id} key {node.key.keyid}")
 
 
+# Revocations and handovers change an existing ledger: a mistyped path is an
+# error, not a new empty ledger created beside the real one.
 _LEDGER = click.option(
     "--ledger",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar=_env("ledger"),
 )
 

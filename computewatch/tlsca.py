@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,15 @@ from protos.errors import ConfigError
 CA_DAYS = 3650
 LEAF_DAYS = 30
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+# A leaf's name is also its file name in the CA directory: no path parts,
+# no leading dot or dash, at most 64 characters (the X.509 CN limit).
+_LEAF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A SAN DNS name: dot-separated labels of letters, digits and inner hyphens,
+# optionally a leading wildcard label.
+_HOSTNAME = re.compile(
+    r"(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ def _san(hosts: tuple[str, ...]) -> x509.SubjectAlternativeName:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
+            if not _HOSTNAME.fullmatch(host) or len(host) > 253:
+                raise ConfigError(f"host {host!r}: expected a DNS name or an IP address") from None
             names.append(x509.DNSName(host))
     return x509.SubjectAlternativeName(names)
 
@@ -111,6 +123,11 @@ def issue(
     days: int = LEAF_DAYS,
 ) -> Issued:
     """A leaf for ``name`` signed by the CA in ``directory``."""
+    if not _LEAF_NAME.fullmatch(name) or name == "ca":
+        raise ConfigError(
+            f"name {name!r}: expected 1-64 of A-Z a-z 0-9 . _ - (not starting with . _ -),"
+            " and not 'ca'"
+        )
     if not (server or client):
         raise ConfigError("a certificate must be for a server, a client or both")
     if days < 1:
@@ -151,6 +168,7 @@ def init_site(
     directory: Path, hosts: tuple[str, ...] = (), *, days: int = LEAF_DAYS, force: bool = False
 ) -> dict[str, Issued]:
     """CA, a collector server certificate and a client certificate (agents, authorities)."""
+    _san((*hosts, *LOOPBACK))  # a bad --host is refused before any file is written
     return {
         "ca": init_ca(directory, force=force),
         "collector": issue(directory, "collector", hosts, days=days),

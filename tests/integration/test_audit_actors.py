@@ -252,3 +252,11 @@ def test_a_bad_logs_file_is_refused_naming_the_entry(
     res = CliRunner().invoke(cli, ["audit", "actors", str(path)])
     assert res.exit_code == 1
     assert "logs file" in res.output
+
+
+def test_threads_below_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "logs.yaml"
+    path.write_text("logs: []\n")
+    res = CliRunner().invoke(cli, ["audit", "actors", str(path), "--threads", "0"])
+    assert res.exit_code == 2, res.output
+    assert "Invalid value for '--threads'" in res.output

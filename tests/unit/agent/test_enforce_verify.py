@@ -230,7 +230,8 @@ def test_a_quorum_larger_than_the_distinct_keys_is_a_configuration_error() -> No
 
 def test_check_counts_refusals_per_reason() -> None:
     v = verifier()
-    for data in (b"junk", dsse.seal(directive(nodes=(OTHER,)), COLLECTOR)):
-        with pytest.raises(Exception):  # noqa: B017, PT011
+    cases = ((b"junk", DecodeError), (dsse.seal(directive(nodes=(OTHER,)), COLLECTOR), ScopeError))
+    for data, error in cases:
+        with pytest.raises(error):
             v.check(data, now_ns=T0, seen=EnforcementRecord())
     assert v.stats.refused == {"decode": 1, "out_of_scope": 1}

@@ -227,9 +227,7 @@ def test_an_actor_scope_reaches_every_known_node_and_names_its_running_jobs() ->
         resolver.requested(control_pb2.Scope(kind=control_pb2.SCOPE_KIND_ACTOR, actor_ids=["acme"]))
 
 
-def test_status_lists_every_actor_and_metrics_keep_the_top_n(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_status_lists_every_actor_and_metrics_keep_the_top_n() -> None:
     agg = Aggregator()
     split_run(agg, 2)
     st = build_status(agg, IngestStats(), 0, 1021.0)

@@ -53,3 +53,20 @@ def test_handover_and_revocations_through_the_cli(tmp_path: Path) -> None:
     )  # fmt: skip
     assert code == 1
     assert "can never be enrolled again" in out
+
+
+def test_revoke_and_handover_refuse_a_ledger_that_does_not_exist(tmp_path: Path) -> None:
+    """A mistyped --ledger is one line and exit 2, not a new empty ledger."""
+    typo = tmp_path / "typo.db"
+    assert _run("keys", "generate", "--out", str(tmp_path / "k.key"))[0] == 0
+    env = tmp_path / "k.key.pub"
+    for args in (
+        ("nodes", "revoke", "--ledger", str(typo), "--node-id", "node-a"),
+        ("nodes", "revoke-authority", "--ledger", str(typo), "--key", str(env)),
+        ("nodes", "handover", "--ledger", str(typo), str(env)),
+    ):
+        code, out = _run(*args)
+        assert code == 2, (args, out)
+        assert "Error: Invalid value for '--ledger'" in out, out
+        assert "does not exist" in out, out
+    assert not typo.exists()

@@ -81,3 +81,27 @@ def test_collector_serve_refuses_plain_text_and_auth_off_unless_opted_out(tmp_pa
     )
     assert no_auth.exit_code == 1
     assert "require_auth = false with auditor_keys" in no_auth.output
+
+
+def test_issue_refuses_a_name_that_is_not_a_plain_file_name(tmp_path: Path) -> None:
+    """NAME becomes NAME.pem/NAME.key in the CA directory: a path, an empty
+    name or ``ca`` (which would overwrite the CA's own key) is one typed line."""
+    site = tmp_path / "tls"
+    assert CliRunner().invoke(cli, ["tls", "init", str(site)]).exit_code == 0
+    ca_key = (site / "ca.key").read_bytes()
+    for name in ("", "../outside", "a/b", ".hidden", "ca", "x" * 65):
+        res = CliRunner().invoke(cli, ["tls", "issue", str(site), "--", name])
+        assert res.exit_code == 1, (name, res.output)
+        assert res.output.startswith("Error: config: name "), (name, res.output)
+        assert len(res.output.strip().splitlines()) == 1, res.output
+    assert (site / "ca.key").read_bytes() == ca_key
+    assert not (tmp_path / "outside.pem").exists()
+
+
+def test_a_host_that_is_neither_a_dns_name_nor_an_address_is_refused(tmp_path: Path) -> None:
+    for host in ("", "bad host!", "a..b", "-lead.example"):
+        res = CliRunner().invoke(cli, ["tls", "init", str(tmp_path / "tls"), "--host", host])
+        assert res.exit_code == 1, (host, res.output)
+        assert res.output.startswith("Error: config: host "), (host, res.output)
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert not (tmp_path / "tls" / "ca.key").exists()
