@@ -214,6 +214,11 @@ class Cluster:
         last, acked = rows[0]
         return int(last), int(acked)  # type: ignore[call-overload]
 
+    def spool_pending(self) -> set[int]:
+        """Sequences still in the agent's spool (sealed, not yet acknowledged: resent later)."""
+        rows = _read(self.spool, "SELECT sequence FROM pending")
+        return {int(r[0]) for r in rows}  # type: ignore[call-overload]
+
     def stored(self) -> list[tuple[int, bytes]]:
         rows = _read(
             self.ledger,
@@ -338,7 +343,9 @@ def run(
         last, acked = cluster.spool_head()
         seqs = [s for s, _ in cluster.stored()]
         result.reports_sealed, result.reports_acked = last, acked
-        missing = sorted(set(range(1, last + 1)) - set(seqs))
+        # A report sealed between the drain check and the kill is still in the spool: it is
+        # resent on the next start, not lost. Lost is sealed, not stored and not spooled.
+        missing = sorted(set(range(1, last + 1)) - set(seqs) - cluster.spool_pending())
         result.reports_lost = max(result.reports_lost, len(missing))
         result.duplicates = max(result.duplicates, len(seqs) - len(set(seqs)))
         if missing:
