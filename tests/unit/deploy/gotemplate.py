@@ -297,7 +297,10 @@ FUNCS: Mapping[str, Callable[..., object]] = {
     "omit": lambda d, *keys: {k: v for k, v in (d or {}).items() if k not in keys},
     "sha256sum": lambda s: hashlib.sha256(s.encode()).hexdigest(),
     "list": lambda *a: list(a),
-    "index": lambda coll, *keys: functools.reduce(lambda c, k: c[k], keys, coll),
+    # Go's index: a missing map key gives the zero value (nil here).
+    "index": lambda coll, *keys: functools.reduce(
+        lambda c, k: c.get(k) if isinstance(c, dict) else c[k], keys, coll
+    ),
     "float64": lambda v: float(v or 0),
     "addf": lambda *a: float(sum(float(x or 0) for x in a)),
 }

@@ -204,6 +204,31 @@ def test_ha_services_let_agents_find_the_leader_and_readers_use_any(tmp_path: Pa
     assert not monitor.items() <= reads["metadata"]["labels"].items()
 
 
+def test_ha_agents_reconnect_within_the_lease(tmp_path: Path) -> None:
+    from agent.config import load_agent_config
+    from collector.config import CollectorConfig
+
+    def agent_of(values: dict[str, Any]) -> Any:
+        return load_agent_config(
+            toml_of(manifests(values), "-agent", "agent.toml", tmp_path),
+            {"node_id": "gpu-1", "key": "/k"},
+        )
+
+    docs = manifests(HA)
+    ha = collector_toml(docs)["ha"]
+    lease = collector_toml(docs)["collector"]["lease_seconds"]
+    agent = agent_of(HA)
+    # Worst case: the lease lapses, a standby notices, the agent's next try
+    # comes at most one backoff later, and the new leader renews within a tick.
+    tick = CollectorConfig.tick_seconds
+    failover = ha["leader_lease_seconds"] + ha["renew_seconds"]
+    assert failover + agent.backoff_max_seconds + tick < lease
+    # The single-node form keeps the agent's own default; an explicit value wins.
+    assert agent_of({}).backoff_max_seconds == 30.0
+    own = {**HA, "agent": {"config": {"backoff_max_seconds": 1.0}}}
+    assert agent_of(own).backoff_max_seconds == 1.0
+
+
 def test_ha_budget_and_anti_affinity_keep_a_candidate_up() -> None:
     docs = manifests(HA)
     pod = one(docs, "Deployment")["spec"]["template"]
