@@ -253,6 +253,18 @@ def test_agent_example_config_loads() -> None:
     assert config.node_id
 
 
+def test_agent_example_shows_several_collectors() -> None:
+    from agent.config import load_agent_config
+    from agent.targets import TargetRing
+
+    path = DEPLOY / "agent.example.toml"
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    (example,) = [line for line in lines if line.startswith("# collector = ")]
+    several = tomllib.loads(example.removeprefix("# "))["collector"]
+    config = load_agent_config(path, {"collector": several})
+    assert len(TargetRing([config.collector]).configured) == 2
+
+
 def test_ports_agree_across_deploy_files() -> None:
     values = yaml.safe_load((DEPLOY / "helm" / "computewatch" / "values.yaml").read_text())
     collector = tomllib.loads((DEPLOY / "collector.example.toml").read_text())["collector"]
