@@ -157,3 +157,9 @@ def health(
     click.echo(line)
     if not ok:
         raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    # ``python -m computewatch.cli_health``: the probe without importing every
+    # other command group (what the chart's exec probes run, every few seconds).
+    health(prog_name="computewatch collector health")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -21,6 +23,7 @@ from tests.support import collector_config, running_collector
 from tests.tls_support import make_site
 
 SERVICE_NAME = "cw-computewatch-collector.computewatch.svc"
+STATUS = "computewatch.v1.Status"
 
 
 def service_certificate(site_dir: Path) -> Issued:
@@ -121,6 +124,17 @@ def test_health_answers_per_service_over_tls(tmp_path: Path) -> None:
             untrusted = await asyncio.to_thread(probe, "--config", str(toml))
             assert untrusted.exit_code == 1
             assert "UNAVAILABLE" in untrusted.output
+            # The light entry point the chart's probes run: the same command.
+            module = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "computewatch.cli_health", *base, "--service", STATUS],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert module.returncode == 0, module.stderr
+            assert module.stdout == f"{STATUS}: SERVING\n"
             # An explicit address and no config: the same answer.
             direct = await asyncio.to_thread(
                 probe, "--address", service.address, "--tls-ca", str(site.ca.cert)

@@ -43,13 +43,16 @@ def collector_toml(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def probe_args(probe: dict[str, Any]) -> dict[str, str]:
     """The exec probe's options, each checked to be one the real command has."""
+    from computewatch import cli_health
     from computewatch.cli import cli
 
     argv = probe["exec"]["command"]
-    assert argv[:3] == ["computewatch", "collector", "health"]
+    # `computewatch collector health`, through its light entry point.
+    assert argv[:3] == ["python", "-m", cli_health.__name__]
     group = cli.commands["collector"]
     assert isinstance(group, click.Group)
-    known = {opt for p in group.commands["health"].params for opt in p.opts}
+    assert group.commands["health"] is cli_health.health
+    known = {opt for p in cli_health.health.params for opt in p.opts}
     pairs = argv[3:]
     assert len(pairs) % 2 == 0, pairs
     options = dict(zip(pairs[::2], pairs[1::2], strict=True))

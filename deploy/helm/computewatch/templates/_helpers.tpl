@@ -30,7 +30,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* One collector probe in the PostgreSQL form: (list $ "service name").
 Plain text: the kubelet's own gRPC probe. TLS: `computewatch collector health`
-over the collector's TLS (kubelet gRPC probes cannot speak TLS). */}}
+over the collector's TLS (kubelet gRPC probes cannot speak TLS), run as
+`python -m computewatch.cli_health`, which skips loading the other commands. */}}
 {{- define "computewatch.collectorProbe" -}}
 {{- $root := index . 0 -}}
 {{- $service := index . 1 -}}
@@ -41,9 +42,9 @@ grpc:
 {{- else -}}
 exec:
   command:
-    - computewatch
-    - collector
-    - health
+    - python
+    - -m
+    - computewatch.cli_health
     - --config
     - /etc/computewatch/collector.toml
     - --tls-ca
