@@ -76,6 +76,7 @@ class AuditHandle:
         store: Db,
         *,
         tick: float,
+        leading: Callable[[], bool] | None = None,
     ) -> None:
         self.servicer = servicer
         self.checkpointer = checkpointer
@@ -84,12 +85,15 @@ class AuditHandle:
         self._reader = reader
         self._store = store
         self._tick = tick
+        self._leading = leading
         self._task = asyncio.create_task(self._run(), name="audit-checkpoints")
 
     async def _run(self) -> None:
         cps = self.checkpointer
         while True:
             try:
+                if self._leading is not None and self._leading() != cps.writer:
+                    await asyncio.to_thread(cps.set_writer, not cps.writer)
                 signed = await asyncio.to_thread(cps.maybe_checkpoint)
             except _FAILURES:
                 self.checkpoint_failures += 1
@@ -125,6 +129,7 @@ async def start_audit(
     origin: str,
     *,
     writer: bool = True,
+    leading: Callable[[], bool] | None = None,
     fence: Callable[[Db], None] | None = None,
     checkpoint_interval_seconds: float,
     min_checkpoint_interval_seconds: float = 1.0,
@@ -142,9 +147,13 @@ async def start_audit(
     ``min_checkpoint_interval_seconds`` while entries arrive, and at least
     every ``checkpoint_interval_seconds`` regardless, each write fenced by
     ``fence`` (``Checkpointer``); a reader (an HA standby) refreshes its tree
-    and serves and publishes the checkpoints the leader stored.
+    and serves and publishes the checkpoints the leader stored. ``leading``
+    (in HA, e.g. ``lambda: collector.leading``) overrides ``writer``: it is
+    asked every tick and the checkpointer switches role when it changes.
     """
     limits = limits or AuditLimits()
+    if leading is not None:
+        writer = leading()
     store = open_db(location)
     try:
         checkpointer = Checkpointer(
@@ -170,7 +179,7 @@ async def start_audit(
     servicer = AuditServicer(merkle, checkpointer, reader, hub, limits)
     audit_pb2_grpc.add_AuditServicer_to_server(servicer, server)
     tick = max(0.01, min(min_checkpoint_interval_seconds, checkpoint_interval_seconds))
-    handle = AuditHandle(servicer, checkpointer, hub, reader, store, tick=tick)
+    handle = AuditHandle(servicer, checkpointer, hub, reader, store, tick=tick, leading=leading)
     if registry is not None:
         registry.register(_AuditMetrics(handle, merkle))
     return handle

@@ -221,6 +221,11 @@ class Checkpointer:
             self._latest = found
         return found
 
+    def reload(self) -> cpmod.SignedCheckpoint | None:
+        """``refresh()``, then the newest checkpoint known (new or not)."""
+        self.refresh()
+        return self._latest
+
     def _refresh_tree(self) -> None:
         if isinstance(self._merkle, Refreshable):
             self._merkle.refresh()

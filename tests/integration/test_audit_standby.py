@@ -1,7 +1,7 @@
 """The Audit service of a collector that does not write the ledger (an HA
 standby): over real loopback gRPC it serves the entries, proofs and
-checkpoints another collector wrote, read from the shared database, on
-SQLite and a real PostgreSQL alike."""
+checkpoints another collector wrote, read from the shared database, and
+signs on from them once it leads; on SQLite and a real PostgreSQL alike."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ def test_a_standby_serves_what_the_leader_wrote(location: Location) -> None:
         leader_tree.refresh()
         return leader_cps.sign_now()
 
+    leads = [False]
+
     async def scenario() -> None:
         leader_writes(0, 25)
         standby_store = open_store(str(location))
@@ -56,7 +58,7 @@ def test_a_standby_serves_what_the_leader_wrote(location: Location) -> None:
             TreeView(standby_store),
             key,
             ORIGIN,
-            writer=False,
+            leading=lambda: leads[0],
             checkpoint_interval_seconds=0.05,
             min_checkpoint_interval_seconds=0.01,
         )
@@ -70,7 +72,7 @@ def test_a_standby_serves_what_the_leader_wrote(location: Location) -> None:
                 assert cp.size == 25
                 # The leader goes on; the standby follows within a few ticks.
                 newer = leader_writes(25, 15)
-                for _ in range(300):
+                for _ in range(1000):
                     latest = handle.checkpointer.latest()
                     if latest is not None and latest.size == 40:
                         break
@@ -93,6 +95,19 @@ def test_a_standby_serves_what_the_leader_wrote(location: Location) -> None:
                 assert handle.checkpointer.signed_total == 0
                 with pytest.raises(LogError, match="not the leader"):
                     handle.checkpointer.sign_now()
+                # The leader dies; this collector takes the lead and signs on
+                # from the leader's last checkpoint.
+                leads[0] = True
+                for _ in range(1000):
+                    if handle.checkpointer.signed_total:
+                        break
+                    await asyncio.sleep(0.01)
+                own = handle.checkpointer.latest()
+                assert own is not None
+                assert handle.checkpointer.writer
+                assert own.size == 40
+                assert own.root == tree.root()
+                assert own.timestamp_unix_nanos > newer.timestamp_unix_nanos
         finally:
             await server.stop(0)
             await handle.close()
