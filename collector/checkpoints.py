@@ -29,6 +29,7 @@ lock, so call ``maybe_checkpoint`` and ``covering`` off the event loop.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -79,7 +80,7 @@ class Checkpointer:
         merkle: TreeHead,
         key: PrivateKey,
         origin: str,
-        db: Db,
+        db: Db | sqlite3.Connection,
         clock: Callable[[], int] = time.time_ns,
         *,
         writer: bool = True,
@@ -93,6 +94,8 @@ class Checkpointer:
         """``previous_keys``: collector keys rotated out (announced in the log),
         under which the stored latest checkpoint may be signed. ``writer``:
         this collector signs and stores checkpoints (else it only reads them);
+        ``db`` may also be a bare SQLite connection opened with
+        ``isolation_level=None`` (the table is created on it);
         ``fence(db)``: called first in every write transaction, raises to
         refuse it (``collector.store.sql.check_term``)."""
         if interval_seconds <= 0 or min_interval_seconds < 0 or history_stride < 1:
@@ -106,6 +109,9 @@ class Checkpointer:
         self.verifier = cpmod.NoteVerifier(self._name, key.public)
         self._previous = [cpmod.NoteVerifier(self._name, k) for k in previous_keys]
         cpmod.Checkpoint(origin, 0, bytes(32), 0)  # validates the origin early
+        if isinstance(db, sqlite3.Connection):  # a bare SQLite connection (autocommit)
+            db.execute(SCHEMA)
+            db = Db(db, "sqlite", "the checkpoint store")
         self._db = db
         self._writer = writer
         self._fence = fence

@@ -220,3 +220,25 @@ def test_a_fenced_write_stores_nothing(fx: Fixture) -> None:
         deposed.sign_now()
     assert deposed.latest() == first
     assert fx.db.execute("SELECT size FROM checkpoint") == [(0,)]
+
+
+def test_a_bare_sqlite_connection_is_a_store_too(tmp_path: Path) -> None:
+    """The single collector's way before the portable layer: its MerkleLog's
+    own connection, the checkpoint table created on it."""
+    import sqlite3
+
+    from collector.merkle_log import MerkleLog
+
+    conn = sqlite3.connect(tmp_path / "l.db", isolation_level=None, check_same_thread=False)
+    try:
+        tree = MerkleLog(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        tree.append_leaves(conn, 0, [b"a", b"b"])
+        conn.execute("COMMIT")
+        tree.committed()
+        key = PrivateKey.generate()
+        signed = Checkpointer(tree, key, ORIGIN, conn).sign_now()
+        assert Checkpointer(tree, key, ORIGIN, conn).latest() == signed
+        assert signed.size == 2
+    finally:
+        conn.close()
