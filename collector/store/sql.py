@@ -279,6 +279,10 @@ def _check(db: Db) -> None:
     """SchemaVersionError for a schema newer than this release; a database that
     is not a computewatch ledger at all is a ConfigError."""
     try:
+        if db.dialect == "sqlite" and not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ):
+            return  # a ledger from before versions, read only: its collector migrates it
         row = db.one("SELECT MAX(version) FROM schema_version")
     except DatabaseError as exc:
         raise ConfigError(f"{db.where}: not a computewatch ledger ({exc})") from exc
