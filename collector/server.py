@@ -49,7 +49,7 @@ from protos.computewatch.v1 import (
     telemetry_pb2,
     telemetry_pb2_grpc,
 )
-from protos.errors import ConfigError, LedgerUnavailableError, VerificationError
+from protos.errors import ConfigError, DatabaseError, LedgerUnavailableError, VerificationError
 from protos.keys import PrivateKey, load_private_key
 from protos.tls import ServerTls, warn_plaintext
 
@@ -199,9 +199,11 @@ async def create_server(
         async with contextlib.AsyncExitStack() as cleanup:
             collector = await _build(config, metrics_registry or CollectorRegistry(), cleanup)
             cleanup.pop_all()  # started: the Collector owns it all now
-    except (sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, OSError, DatabaseError) as exc:
+        # DatabaseError: the same driver errors, typed by collector.store.sql.
+        reason = write_error_reason(exc.__cause__ or exc)
         raise LedgerUnavailableError(
-            f"cannot start on the ledger {config.ledger} ({write_error_reason(exc)}: {exc})"
+            f"cannot start on the ledger {config.ledger} ({reason}: {exc})"
         ) from exc
     return collector, collector.port
 
