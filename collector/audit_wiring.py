@@ -57,6 +57,7 @@ class AuditHandle:
         store: sqlite3.Connection,
         *,
         tick: float,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.servicer = servicer
         self.checkpointer = checkpointer
@@ -65,11 +66,15 @@ class AuditHandle:
         self._reader = reader
         self._store = store
         self._tick = tick
+        self._leading = leading
         self._task = asyncio.create_task(self._run(), name="audit-checkpoints")
 
     async def _run(self) -> None:
         cps = self.checkpointer
         while True:
+            if not self._leading():  # only the leader signs checkpoints
+                await asyncio.sleep(self._tick)
+                continue
             try:
                 signed = await asyncio.to_thread(cps.maybe_checkpoint)
             except (Error, sqlite3.Error):
@@ -105,13 +110,15 @@ async def start_audit(
     clock: Callable[[], int] = time.time_ns,
     registry: CollectorRegistry | None = None,
     previous_keys: Sequence[PublicKey] = (),
+    leading: Callable[[], bool] = lambda: True,
 ) -> AuditHandle:
     """Register the Audit service on ``server`` and start checkpointing.
 
     ``merkle`` is the ledger's MerkleLog; ``key`` the collector key (signs
     checkpoints under key name ``origin``). A checkpoint is signed at most
     every ``min_checkpoint_interval_seconds`` while entries arrive, and at
-    least every ``checkpoint_interval_seconds`` regardless.
+    least every ``checkpoint_interval_seconds`` regardless; only while
+    ``leading()`` (in high availability, the leader alone signs).
     """
     limits = limits or AuditLimits()
     store = sqlite3.connect(ledger_path, isolation_level=None, check_same_thread=False)
@@ -128,7 +135,8 @@ async def start_audit(
             history_stride=limits.round_entries,
             previous_keys=previous_keys,
         )
-        await asyncio.to_thread(checkpointer.maybe_checkpoint)
+        if leading():
+            await asyncio.to_thread(checkpointer.maybe_checkpoint)
         reader = LogReader(ledger_path)
     except BaseException:
         # A refused start (another key or origin, a rewritten ledger) leaves nothing open.
@@ -138,7 +146,7 @@ async def start_audit(
     servicer = AuditServicer(merkle, checkpointer, reader, hub, limits)
     audit_pb2_grpc.add_AuditServicer_to_server(servicer, server)
     tick = max(0.01, min(min_checkpoint_interval_seconds, checkpoint_interval_seconds))
-    handle = AuditHandle(servicer, checkpointer, hub, reader, store, tick=tick)
+    handle = AuditHandle(servicer, checkpointer, hub, reader, store, tick=tick, leading=leading)
     if registry is not None:
         registry.register(_AuditMetrics(handle, merkle))
     return handle
