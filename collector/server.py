@@ -156,7 +156,9 @@ class Collector:
         host = self.config.listen.rpartition(":")[0]
         return f"{host}:{self.port}"
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, *, resign: bool = True) -> None:
+        """Stop serving and close everything. On PostgreSQL the leader hands the
+        lease over at once; ``resign=False`` leaves it to lapse (as a crash would)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -169,7 +171,7 @@ class Collector:
         if self.audit is not None:
             await self.audit.close()
         if self.ha is not None:  # hand the lease over at once: a standby need not wait
-            await self.ha.elector.stop(resign=True)
+            await self.ha.elector.stop(resign=resign)
         for task in list(self._health_tasks):
             task.cancel()
         await asyncio.gather(*self._health_tasks, return_exceptions=True)
