@@ -7,9 +7,10 @@ users run) and ``--agents`` agents in this process (a real ``Spool`` and
 Each round kills the leader with SIGKILL, measures the time until the
 standby sequences (the first acknowledgement of a report sealed after the
 kill) and until every agent has caught up (its acknowledgements reach what it
-had sealed at the kill), then restarts the dead one as the new standby. At the end every acknowledged report must be in the ledger exactly
-once, and a consistency proof from the tree head before each kill to the one
-after it must verify.
+had sealed at the kill), then restarts the dead one as the new standby. At
+the end every acknowledged report must be in the ledger exactly once, and a
+consistency proof from the tree head before each kill to the one after it
+must verify.
 
     python -m bench.bench_agent_failover --agents 200 --kills 10
 """
