@@ -198,6 +198,8 @@ class CollectorConfig:
 
     def _check_ledger(self) -> None:
         ledger = self.ledger
+        if isinstance(ledger, str) and ledger.startswith("sqlite:///"):
+            ledger = ledger.removeprefix("sqlite://")  # sqlite:///abs/path: the file
         if isinstance(ledger, str) and not is_database_url(ledger):
             if "://" in ledger:
                 raise SettingError("ledger", ledger, "a file path or a postgresql:// URL")
@@ -220,6 +222,11 @@ class CollectorConfig:
         if self.on_database or not isinstance(self.ledger, Path):
             raise ConfigError("this needs a SQLite ledger file; the ledger is PostgreSQL")
         return self.ledger
+
+    def ledger_location(self) -> str | Path:
+        """What the collector's tables open (``collector.store.sql``): the SQLite
+        file, or the PostgreSQL URL (read from ``ledger_url_file`` now)."""
+        return self.database_url() if self.on_database else self.ledger_path
 
     def database_url(self) -> str:
         """The PostgreSQL URL: ``ledger_url_file``'s content (read now, so a

@@ -120,6 +120,7 @@ class Collector:
     # The leader election on PostgreSQL (None on SQLite: one collector, always leading).
     ha: HaParts | None = None
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _stopped: bool = False
 
     @property
     def leading(self) -> bool:

@@ -24,10 +24,13 @@ def test_a_path_stays_a_path_and_a_url_a_url(tmp_path: Path) -> None:
     assert sqlite.ledger == Path("/var/l.db")
     assert sqlite.ledger_path == Path("/var/l.db")
     assert not sqlite.on_database
+    assert sqlite.ledger_location() == Path("/var/l.db")
+    url_form = load_collector_config(_write(tmp_path, 'ledger = "sqlite:///var/l.db"\n'))
+    assert url_form.ledger == Path("/var/l.db")
     pg = load_collector_config(_write(tmp_path, f'ledger = "{URL}"\n'))
     assert pg.ledger == URL  # not mangled into a Path
     assert pg.on_database
-    assert pg.database_url() == URL
+    assert pg.database_url() == URL == pg.ledger_location()
     assert "secret" not in pg.ledger_name()
     assert pg.ha.candidate == socket.gethostname()
     assert (pg.ha.leader_lease_seconds, pg.ha.renew_seconds) == (5.0, 1.0)
