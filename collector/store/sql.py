@@ -1,0 +1,284 @@
+"""Portable SQL for the collector's own tables, on SQLite or PostgreSQL.
+
+Enrolments, key events, retired keys and checkpoints live in the same
+database as the ledger: the SQLite file, or the PostgreSQL database that
+several collectors share. ``open_db(location)`` takes what ``open_store``
+takes (``sqlite:///abs/path``, a bare path, ``postgresql://...``) and returns
+a ``Db``: statements written once, with ``?`` placeholders, in the subset
+both engines run (``INSERT ... ON CONFLICT DO NOTHING/DO UPDATE``, BLOB/BYTEA
+columns created by the versioned migrations). Byte columns come back as
+``bytes`` from both; a driver error (``DB_ERRORS``) comes back as our
+``DatabaseError`` with the driver's error chained, a lost connection as
+``LedgerUnavailableError``.
+
+A writable handle migrates the schema first (``collector.store.migrations``);
+a read-only one only checks the version: either way a schema newer than this
+release is refused with SchemaVersionError. One lock serialises a handle's
+statements, and ``transaction()`` holds it to the end, so a handle may be
+shared by threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from collector.store.migrations import check_version
+from protos.errors import (
+    ConfigError,
+    DatabaseError,
+    LedgerUnavailableError,
+    StoreConfigError,
+)
+
+log = logging.getLogger(__name__)
+
+Location = str | Path
+Row = tuple[Any, ...]
+Dialect = Literal["sqlite", "postgresql"]
+
+try:  # the optional extra: only PostgreSQL locations need it
+    import psycopg
+except ImportError:  # pragma: no cover - exercised where psycopg is absent
+    psycopg = None  # type: ignore[assignment]
+
+# Every driver error either backend raises.
+DB_ERRORS: tuple[type[Exception], ...] = (
+    (sqlite3.Error,) if psycopg is None else (sqlite3.Error, psycopg.Error)
+)
+
+
+def is_postgres(location: Location) -> bool:
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_path(location: Location) -> Path:
+    """The file a SQLite location names; StoreConfigError for any other scheme."""
+    if isinstance(location, Path):
+        return location
+    if location.startswith("sqlite://"):
+        path = location.removeprefix("sqlite://")
+        if not path.startswith("/"):
+            raise StoreConfigError(f"sqlite URL {location!r} must be sqlite:///absolute/path")
+        return Path(path)
+    if "://" in location:
+        raise StoreConfigError(
+            f"ledger URL {redact(location)!r}: the scheme names no backend"
+            " (sqlite:// or postgresql://)"
+        )
+    return Path(location)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    head, sep, tail = url.partition("@")
+    if not sep:
+        return url
+    scheme, _, cred = head.partition("://")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}://{user}@{tail}"
+
+
+def describe(location: Location) -> str:
+    """Where ``location`` points, fit for a message (no password)."""
+    if isinstance(location, str) and is_postgres(location):
+        return redact(location)
+    return str(sqlite_path(location))
+
+
+def _pg_sql(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class Db:
+    """One connection to the collector's database (see the module docstring)."""
+
+    def __init__(self, conn: Any, dialect: Dialect, where: str, url: str | None = None) -> None:
+        self._conn = conn
+        self.dialect: Dialect = dialect
+        self.where = where
+        self._url = url
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    # -- statements ------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        """Run one statement; its rows (empty for a statement that returns none)."""
+        with self._lock:
+            try:
+                return self._run(sql, params)
+            except DB_ERRORS as exc:
+                if self._reconnect_for_retry(sql):
+                    try:
+                        return self._run(sql, params)
+                    except DB_ERRORS as again:
+                        raise self._mapped(again) from again
+                raise self._mapped(exc) from exc
+
+    def one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        """The first row, or None."""
+        rows = self.execute(sql, params)
+        return rows[0] if rows else None
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        with self._lock:
+            try:
+                if self.dialect == "sqlite":
+                    self._conn.executemany(sql, rows)
+                else:
+                    with self._conn.cursor() as cur:
+                        cur.executemany(_pg_sql(sql).encode(), rows)
+            except DB_ERRORS as exc:
+                raise self._mapped(exc) from exc
+
+    def _run(self, sql: str, params: Sequence[object]) -> list[Row]:
+        if self.dialect == "sqlite":
+            cur = self._conn.execute(sql, params)
+            try:
+                rows: list[Row] = cur.fetchall()
+                return rows
+            finally:
+                cur.close()
+        with self._conn.cursor() as cur:
+            cur.execute(_pg_sql(sql).encode(), params)
+            if cur.description is None:
+                return []
+            return [
+                tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                for row in cur.fetchall()
+            ]
+
+    def _reconnect_for_retry(self, sql: str) -> bool:
+        """A PostgreSQL read outside a transaction whose connection dropped (a
+        server restart, a PostgreSQL failover) is run again once on a new one."""
+        if self.dialect != "postgresql" or self._depth or self._url is None:
+            return False
+        if not (self._conn.closed or self._conn.broken):
+            return False
+        if not sql.lstrip().upper().startswith("SELECT"):
+            return False
+        log.warning("reconnecting to the collector database at %s", self.where)
+        self._conn.close()
+        try:
+            self._conn = _pg_connect(self._url, self.where)
+        except LedgerUnavailableError:
+            return False
+        return True
+
+    def _mapped(self, exc: Exception) -> Exception:
+        if self.dialect == "postgresql" and (self._conn.closed or self._conn.broken):
+            return LedgerUnavailableError(f"the collector database at {self.where} is gone: {exc}")
+        return DatabaseError(f"{self.where}: {exc}")
+
+    # -- transactions ----------------------------------------------------------
+    @property
+    def in_transaction(self) -> bool:
+        if self.dialect == "sqlite":
+            return bool(self._conn.in_transaction)
+        status = self._conn.info.transaction_status
+        return bool(status != psycopg.pq.TransactionStatus.IDLE)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE on SQLite, so it takes the write
+        lock at once; BEGIN on PostgreSQL): committed at the end of the block,
+        rolled back on any exception, the rollback only while one is open
+        (SQLite ends some by itself, e.g. on SQLITE_FULL) and never masking it."""
+        with self._lock:
+            if self._depth:
+                raise DatabaseError("transactions do not nest")
+            self.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+            self._depth = 1
+            try:
+                yield
+                self.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback_after(exc)
+                raise
+            finally:
+                self._depth = 0
+
+    def _rollback_after(self, error: BaseException) -> None:
+        if self.dialect == "postgresql" and (self._conn.closed or self._conn.broken):
+            return  # the server ended it with the connection
+        if not self.in_transaction:
+            return  # SQLite already rolled it back
+        try:
+            self._conn.execute("ROLLBACK")
+        except DB_ERRORS as exc:
+            log.warning("rollback after %r failed too: %s", error, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _pg_connect(url: str, where: str) -> Any:
+    if psycopg is None:
+        raise StoreConfigError(
+            "the ledger URL is PostgreSQL but psycopg is not installed;"
+            " install computewatch[postgres]"
+        )
+    try:
+        return psycopg.connect(url, autocommit=True)
+    except psycopg.Error as exc:
+        raise LedgerUnavailableError(f"cannot connect to the ledger at {where}: {exc}") from exc
+
+
+def open_db(location: Location, *, readonly: bool = False) -> Db:
+    """A handle on the collector's database at ``location``.
+
+    Writable: created (SQLite) and migrated to this release's schema.
+    ``readonly``: must exist already (ConfigError otherwise); its schema
+    version is checked, never changed, and on SQLite nothing can be written.
+    """
+    if is_postgres(location):
+        assert isinstance(location, str)
+        where = redact(location)
+        conn = _pg_connect(location, where)
+        db = Db(conn, "postgresql", where, location)
+        if not readonly:
+            from collector.store.pg_store import migrate_pg
+
+            try:
+                migrate_pg(conn, where)
+            except BaseException:
+                db.close()
+                raise
+            return db
+    else:
+        path = sqlite_path(location)
+        from collector.ledger_store import connect, init_db
+
+        if readonly:
+            if not path.exists():
+                raise ConfigError(f"{path}: no such ledger; enroll a node first")
+            try:
+                conn = connect(path, readonly=True)
+            except sqlite3.Error as exc:
+                raise LedgerUnavailableError(f"cannot open the ledger {path}: {exc}") from exc
+        else:
+            init_db(path)  # creates the file and migrates
+            conn = connect(path)
+        db = Db(conn, "sqlite", str(path))
+    try:
+        _check(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _check(db: Db) -> None:
+    """SchemaVersionError for a schema newer than this release; a database that
+    is not a computewatch ledger at all is a ConfigError."""
+    try:
+        row = db.one("SELECT MAX(version) FROM schema_version")
+    except DatabaseError as exc:
+        raise ConfigError(f"{db.where}: not a computewatch ledger ({exc})") from exc
+    check_version(0 if row is None or row[0] is None else int(row[0]), db.where)
