@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import grpc
 
+from collector.store.sql import Db, open_db
 from protos import checkpoint as cpmod
 from protos.checkpoint import RESUME_FROM_KEY
 from protos.computewatch.v1 import audit_pb2, audit_pb2_grpc
@@ -77,17 +78,47 @@ class CheckpointSource(Protocol):
 
 
 class LogReader:
-    """Reads entry bytes from the ledger's ``log`` table (own read-only connection)."""
+    """Reads entry bytes from the ledger's ``log`` table (own read-only connection):
+    a SQLite file, or (a URL) the PostgreSQL database collectors share."""
 
-    def __init__(self, ledger_path: Path) -> None:
-        self._conn = sqlite3.connect(
-            f"file:{ledger_path}?mode=ro", uri=True, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA busy_timeout=5000")
+    _PAGE = 256  # rows per PostgreSQL read: entries() stops at max_bytes anyway
+
+    def __init__(self, ledger: Path | str) -> None:
+        self._db: Db | None = None
+        if isinstance(ledger, str):
+            self._db = open_db(ledger, readonly=True)
+        else:
+            self._conn = sqlite3.connect(
+                f"file:{ledger}?mode=ro", uri=True, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA busy_timeout=5000")
         self._lock = threading.Lock()
+
+    def _db_entries(self, db: Db, start: int, end: int, max_bytes: int) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        total = 0
+        pos = start
+        while pos < end:
+            rows = db.execute(
+                "SELECT idx, data FROM log WHERE idx >= ? AND idx < ? ORDER BY idx LIMIT ?",
+                (pos, end, self._PAGE),
+            )
+            for idx, data in rows:
+                if out and total + len(data) > max_bytes:
+                    return out
+                if int(idx) != start + len(out):
+                    raise LogError(f"log entry {start + len(out)} is missing from the ledger")
+                out.append((int(idx), bytes(data)))
+                total += len(data)
+            if len(rows) < self._PAGE:
+                break
+            pos = start + len(out)
+        return out
 
     def entries(self, start: int, end: int, max_bytes: int) -> list[tuple[int, bytes]]:
         """Entries ``[start, end)`` in order, stopping before ``max_bytes`` (at least one)."""
+        if self._db is not None:
+            return self._db_entries(self._db, start, end, max_bytes)
         out: list[tuple[int, bytes]] = []
         total = 0
         with self._lock:
@@ -105,6 +136,9 @@ class LogReader:
         return out
 
     def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            return
         with self._lock:
             self._conn.close()
 

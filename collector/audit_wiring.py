@@ -16,15 +16,22 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from collector.audit_service import AuditLimits, AuditServicer, LogReader, SubscriptionHub
+from collector.audit_service import (
+    AuditLimits,
+    AuditServicer,
+    LogReader,
+    MerkleReader,
+    SubscriptionHub,
+)
 from collector.auth import AuthInterceptor, AuthPolicy
-from collector.checkpoints import Checkpointer
-from collector.merkle_log import MerkleLog
+from collector.checkpoints import Checkpointer, TreeHead
+from collector.store.sql import Db, open_db
 from protos.computewatch.v1 import audit_pb2_grpc
 from protos.errors import Error
 from protos.keys import PrivateKey, PublicKey
@@ -54,7 +61,7 @@ class AuditHandle:
         checkpointer: Checkpointer,
         hub: SubscriptionHub,
         reader: LogReader,
-        store: sqlite3.Connection,
+        store: sqlite3.Connection | Db,
         *,
         tick: float,
         leading: Callable[[], bool] = lambda: True,
@@ -77,7 +84,7 @@ class AuditHandle:
                 continue
             try:
                 signed = await asyncio.to_thread(cps.maybe_checkpoint)
-            except (Error, sqlite3.Error):
+            except (Error, sqlite3.Error):  # a DatabaseError is an Error
                 self.checkpoint_failures += 1
                 log.exception("signing a checkpoint failed")
             else:
@@ -97,10 +104,15 @@ class AuditHandle:
         self._store.close()
 
 
+class AuditTree(TreeHead, MerkleReader, Protocol):
+    """What the Audit service reads of the Merkle log: ``MerkleLog`` on SQLite,
+    ``collector.store.tree_view.TreeView`` on PostgreSQL."""
+
+
 async def start_audit(
     server: grpc.aio.Server,
-    ledger_path: Path,
-    merkle: MerkleLog,
+    ledger: Path | str,
+    merkle: AuditTree,
     key: PrivateKey,
     origin: str,
     *,
@@ -114,16 +126,22 @@ async def start_audit(
 ) -> AuditHandle:
     """Register the Audit service on ``server`` and start checkpointing.
 
-    ``merkle`` is the ledger's MerkleLog; ``key`` the collector key (signs
+    ``ledger`` is the SQLite file or the PostgreSQL URL the checkpoints and
+    log rows are read from; ``merkle`` the ledger's tree; ``key`` the collector key (signs
     checkpoints under key name ``origin``). A checkpoint is signed at most
     every ``min_checkpoint_interval_seconds`` while entries arrive, and at
     least every ``checkpoint_interval_seconds`` regardless; only while
     ``leading()`` (in high availability, the leader alone signs).
     """
     limits = limits or AuditLimits()
-    store = sqlite3.connect(ledger_path, isolation_level=None, check_same_thread=False)
+    store: sqlite3.Connection | Db
+    if isinstance(ledger, str):
+        store = open_db(ledger)
+    else:
+        store = sqlite3.connect(ledger, isolation_level=None, check_same_thread=False)
     try:
-        store.execute("PRAGMA busy_timeout=5000")
+        if isinstance(store, sqlite3.Connection):
+            store.execute("PRAGMA busy_timeout=5000")
         checkpointer = Checkpointer(
             merkle,
             key,
@@ -137,7 +155,7 @@ async def start_audit(
         )
         if leading():
             await asyncio.to_thread(checkpointer.maybe_checkpoint)
-        reader = LogReader(ledger_path)
+        reader = LogReader(ledger)
     except BaseException:
         # A refused start (another key or origin, a rewritten ledger) leaves nothing open.
         store.close()
@@ -153,7 +171,7 @@ async def start_audit(
 
 
 class _AuditMetrics(Collector):
-    def __init__(self, handle: AuditHandle, merkle: MerkleLog) -> None:
+    def __init__(self, handle: AuditHandle, merkle: TreeHead) -> None:
         self._h = handle
         self._merkle = merkle
 

@@ -10,7 +10,8 @@ no longer hash to the last checkpoint's root (a rewritten ledger), raises
 LogError at start-up.
 
 Checkpoints are stored in ``checkpoint(size PRIMARY KEY, timestamp, note)``
-on ``store_conn``: the newest one always, and one per ``history_stride``
+on ``store_conn`` (a SQLite connection, or a ``collector.store.sql.Db`` on
+either backend): the newest one always, and one per ``history_stride``
 entries before it (the last signed in each stride), so a subscriber catching
 up from index 0 gets a covering checkpoint every few thousand entries.
 Methods may be called from any thread (one lock guards ``store_conn``, which
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from collector.sqlite_faults import rollback_after
+from collector.store.sql import Db
 from protos import checkpoint as cpmod
 from protos.errors import CheckpointError, LogError
 from protos.keys import PrivateKey, PublicKey
@@ -66,7 +67,7 @@ class Checkpointer:
         merkle: TreeHead,
         key: PrivateKey,
         origin: str,
-        store_conn: sqlite3.Connection,
+        store_conn: sqlite3.Connection | Db,
         clock: Callable[[], int] = time.time_ns,
         *,
         interval_seconds: float = 10.0,
@@ -88,7 +89,9 @@ class Checkpointer:
         self.verifier = cpmod.NoteVerifier(self._name, key.public)
         self._previous = [cpmod.NoteVerifier(self._name, k) for k in previous_keys]
         cpmod.Checkpoint(origin, 0, bytes(32), 0)  # validates the origin early
-        self._conn = store_conn
+        if isinstance(store_conn, sqlite3.Connection):
+            store_conn = Db(store_conn, "sqlite", "the checkpoint store")
+        self._db = store_conn
         self._clock = clock
         self._interval_ns = int(interval_seconds * NANOS)
         self._min_interval_ns = int(min_interval_seconds * NANOS)
@@ -96,9 +99,8 @@ class Checkpointer:
         self.signed_total = 0
         self._lock = threading.Lock()
         self._closed = False
-        store_conn.execute(SCHEMA)
-        if store_conn.in_transaction:
-            store_conn.commit()
+        if store_conn.dialect == "sqlite":  # PostgreSQL's migrations made the table
+            store_conn.execute(SCHEMA)
         self._latest = self._load_latest()
 
     @property
@@ -106,6 +108,21 @@ class Checkpointer:
         return self._origin
 
     def latest(self) -> cpmod.SignedCheckpoint | None:
+        return self._latest
+
+    def reload(self) -> cpmod.SignedCheckpoint | None:
+        """Re-read the newest stored checkpoint (collectors in high availability:
+        another leader may have signed since; call on a gain of the lead before
+        signing, and on a standby before serving it)."""
+        row = self._db.one("SELECT note FROM checkpoint ORDER BY size DESC LIMIT 1")
+        if row is None:
+            return self._latest
+        latest = cpmod.open_note(
+            bytes(row[0]), [self.verifier, *self._previous], origin=self._origin
+        )
+        with self._lock:
+            if self._latest is None or latest.size >= self._latest.size:
+                self._latest = latest
         return self._latest
 
     def due_in(self, now_ns: int | None = None) -> float:
@@ -167,27 +184,26 @@ class Checkpointer:
         with self._lock:
             if self._closed:
                 return None
-            row = self._conn.execute(
+            row = self._db.one(
                 "SELECT note FROM checkpoint WHERE size > ? AND size <= ?"
                 " ORDER BY size DESC LIMIT 1",
                 (after, upto),
-            ).fetchone()
+            )
             if row is None:
-                row = self._conn.execute(
+                row = self._db.one(
                     "SELECT note FROM checkpoint WHERE size > ? ORDER BY size LIMIT 1", (after,)
-                ).fetchone()
+                )
         if row is None:
             return None
         return cpmod.open_note(bytes(row[0]), [self.verifier], origin=self._origin)
 
     # -- storage -----------------------------------------------------------------
     def _store(self, signed: cpmod.SignedCheckpoint, last: cpmod.SignedCheckpoint | None) -> None:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "INSERT OR REPLACE INTO checkpoint(size, timestamp_unix_nanos, note)"
-                " VALUES (?, ?, ?)",
+        with self._db.transaction():
+            self._db.execute(
+                "INSERT INTO checkpoint(size, timestamp_unix_nanos, note) VALUES (?, ?, ?)"
+                " ON CONFLICT(size) DO UPDATE SET"
+                " timestamp_unix_nanos = excluded.timestamp_unix_nanos, note = excluded.note",
                 (signed.size, signed.timestamp_unix_nanos, signed.note),
             )
             if (
@@ -195,16 +211,10 @@ class Checkpointer:
                 and last.size != signed.size
                 and last.size // self._stride == signed.size // self._stride
             ):
-                conn.execute("DELETE FROM checkpoint WHERE size = ?", (last.size,))
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            rollback_after(conn, exc)  # SQLite may have rolled back already (SQLITE_FULL)
-            raise
+                self._db.execute("DELETE FROM checkpoint WHERE size = ?", (last.size,))
 
     def _load_latest(self) -> cpmod.SignedCheckpoint | None:
-        row = self._conn.execute(
-            "SELECT note FROM checkpoint ORDER BY size DESC LIMIT 1"
-        ).fetchone()
+        row = self._db.one("SELECT note FROM checkpoint ORDER BY size DESC LIMIT 1")
         if row is None:
             return None
         try:

@@ -35,7 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from collector.aggregate import Aggregator
-from collector.audit_wiring import AuditHandle, start_audit
+from collector.audit_wiring import AuditHandle, AuditTree, start_audit
 from collector.auth import AuthInterceptor, AuthPolicy
 from collector.binding import registry_key_node
 from collector.config import CollectorConfig
@@ -56,6 +56,7 @@ from collector.tls_metrics import TlsMetrics
 
 if TYPE_CHECKING:
     from collector.store.candidacy import HaParts
+    from collector.store.pg_store import PgStore
 from protos import dsse
 from protos.computewatch.v1 import (
     audit_pb2,
@@ -121,6 +122,8 @@ class Collector:
     ha: HaParts | None = None
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _stopped: bool = False
+    # PostgreSQL: the Audit tree's own store (closed last).
+    _tree_store: PgStore | None = None
 
     @property
     def leading(self) -> bool:
@@ -159,7 +162,11 @@ class Collector:
 
     async def stop(self, grace: float | None = None, *, resign: bool = True) -> None:
         """Stop serving and close everything. On PostgreSQL the leader hands the
-        lease over at once; ``resign=False`` leaves it to lapse (as a crash would)."""
+        lease over at once; ``resign=False`` leaves it to lapse (as a crash would).
+        A second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -177,6 +184,8 @@ class Collector:
             task.cancel()
         await asyncio.gather(*self._health_tasks, return_exceptions=True)
         await self.ledger.close()
+        if self._tree_store is not None:
+            self._tree_store.close()
         if self.ha is not None:
             self.ha.lease.close()
         if self.merkle is not None:
@@ -301,9 +310,10 @@ async def _build(
     config: CollectorConfig, metrics_registry: CollectorRegistry, cleanup: contextlib.AsyncExitStack
 ) -> Collector:
     key = load_private_key(config.key)
+    location = config.ledger_location()  # the URL file is read once, here
     ledger, merkle, ha = await _open_ledger(config, cleanup)
-    registry = _registry(config)
-    keys = KeyLog(config.ledger_path, ledger, registry, key, poll_seconds=config.key_poll_seconds)
+    registry = Registry(location)
+    keys = KeyLog(location, ledger, registry, key, poll_seconds=config.key_poll_seconds)
     cleanup.callback(keys.close)
     previous = [load_private_key(p) for p in config.previous_keys]
     if previous:
@@ -427,10 +437,20 @@ async def _build(
     )
     keys.on_authority_revoked(collector.stop_protocol.control.revoke_authority)
     bind_hooks.insert(0, keys.send_rotations)  # before the directives in force
+    tree: AuditTree
+    if merkle is not None:
+        tree = merkle
+    else:  # its own connections: never the writer's frontier
+        from collector.store.pg_store import PgStore
+        from collector.store.tree_view import TreeView
+
+        tree_store = PgStore(str(location))
+        cleanup.callback(tree_store.close)
+        view = tree = TreeView(tree_store)
     collector.audit = await start_audit(
         server,
-        config.ledger_path,
-        _tree(merkle),
+        location,
+        tree,
         key,
         config.log_origin,
         checkpoint_interval_seconds=config.checkpoint_interval_seconds,
@@ -439,6 +459,18 @@ async def _build(
         leading=lambda: collector.leading,
     )
     cleanup.push_async_callback(collector.audit.close)
+    if merkle is None:
+        checkpointer = collector.audit.checkpointer
+
+        def follow_tree(_now: float | None = None) -> None:
+            """The committed tree and the newest checkpoint, as the database has them:
+            every tick, and on a gain of the lead before anything is signed."""
+            view.refresh()
+            checkpointer.reload()
+
+        collector.tick_hooks.insert(0, follow_tree)
+        ledger.add_state_listener(lambda writable: follow_tree() if writable else None)
+        collector._tree_store = tree_store
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     for name in ("", *READ_SERVICES):
@@ -470,16 +502,6 @@ async def _build(
         "" if ha is None else f"; {ha.lease.holder}: {ha.elector.role}",
     )
     return collector
-
-
-def _registry(config: CollectorConfig) -> Registry:
-    return Registry(config.ledger_path)
-
-
-def _tree(merkle: MerkleLog | None) -> MerkleLog:
-    if merkle is None:
-        raise ConfigError("the Audit service on PostgreSQL needs the portable checkpoint store")
-    return merkle
 
 
 def _tls(config: CollectorConfig) -> ServerTls | None:
