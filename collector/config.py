@@ -188,6 +188,11 @@ class CollectorConfig:
                 f"at most the {len(self.authority_keys)} authority keys configured"
                 " (else a halt could never be lifted)",
             )
+
+    def check_failover(self) -> None:
+        """On PostgreSQL: ConfigError unless a failover (the database lease plus one
+        renewal) ends before the agents' signed leases do. Checked once ``[ha]``
+        is merged in (``load_collector_config``) and again at start."""
         failover = self.ha.leader_lease_seconds + self.ha.renew_seconds
         if self.on_database and failover >= self.lease_seconds:
             raise ConfigError(
@@ -267,6 +272,7 @@ def load_collector_config(
     ``[ha]`` (a table of its own, only with a PostgreSQL ledger)."""
     config = load_section(CollectorConfig, path, "collector", overrides)
     if path is None or "ha" not in read_toml(path):
+        config.check_failover()
         return config
     if not config.on_database:
         raise ConfigError(
@@ -275,6 +281,8 @@ def load_collector_config(
         )
     ha = load_section(HaConfig, path, "ha")
     try:
-        return dataclasses.replace(config, ha=ha)
+        config = dataclasses.replace(config, ha=ha)
+        config.check_failover()
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    return config

@@ -37,6 +37,7 @@ class HaParts:
 async def open_candidacy(config: CollectorConfig) -> tuple[HaParts, StoreLedger]:
     """Campaign once and open the fenced ledger; raises ConfigError on a bad
     URL file and LedgerUnavailableError when the database cannot be reached."""
+    config.check_failover()
     url = config.database_url()
     ha = config.ha
     try:

@@ -61,6 +61,26 @@ def reports(url: str) -> list[telemetry_pb2.NodeReport]:
     return out
 
 
+def log_size(url: str) -> int:
+    store = PgStore(url)
+    try:
+        return store.reload()
+    finally:
+        store.close()
+
+
+def copy_checkpoint_size(copy: Path) -> int:
+    """Tree size of the newest checkpoint in the auditor's local copy."""
+    conn = sqlite3.connect(copy / "audit.db")
+    try:
+        (size,) = conn.execute(
+            "SELECT size FROM checkpoint ORDER BY timestamp_unix_nanos DESC, id DESC LIMIT 1"
+        ).fetchone()
+    finally:
+        conn.close()
+    return int(size)
+
+
 def latest(url: str) -> dict[str, telemetry_pb2.NodeReport]:
     return {r.node_id: r for r in reports(url)}
 
@@ -98,7 +118,7 @@ def test_kill_9_of_the_leader_with_a_halt_in_force(tmp_path: Path, pg_server: st
     trust = [
         "--collector-key", str(tmp_path / "collector.key.pub"),
         "--node-keys", str(tmp_path / "node-keys"),
-        "--authority-keys", *[str(p.with_suffix(".pub")) for p in cluster.authority_keys],
+        *[f"--authority-keys={p.with_suffix('.pub')}" for p in cluster.authority_keys],
     ]  # fmt: skip
     copy = tmp_path / "audit-copy"
 
@@ -159,7 +179,10 @@ def test_kill_9_of_the_leader_with_a_halt_in_force(tmp_path: Path, pg_server: st
             "both agents report the halt in force",
         )
         subscribe(a.address)  # the last checkpoint before the failover
+        before = copy_checkpoint_size(copy)
         cluster.kill(a)  # kill -9 with the halt in force
+        size_at_kill = log_size(url)
+        assert before <= size_at_kill
         killed_at = len(reports(url))
         new = cluster.wait_leader(30, other_than=a)
         assert new is b
@@ -184,6 +207,7 @@ def test_kill_9_of_the_leader_with_a_halt_in_force(tmp_path: Path, pg_server: st
             "both agents obey the RESUME",
         )
         subscribe(b.address)  # consistency from the old leader's checkpoint to the new one's
+        assert copy_checkpoint_size(copy) > size_at_kill  # signed by the new leader
         verified = cluster.cli("audit", "verify", str(copy), *trust)
         assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
