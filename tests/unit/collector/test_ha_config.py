@@ -95,7 +95,10 @@ def test_wrong_combinations_are_one_clear_line(tmp_path: Path, body: str, messag
 
 
 def test_a_short_ha_lease_allows_short_agent_leases(tmp_path: Path) -> None:
-    body = f'ledger = "{URL}"\nlease_seconds = 4.0\n[ha]\nleader_lease_seconds = 1.0\nrenew_seconds = 0.2\n'
+    body = (
+        f'ledger = "{URL}"\nlease_seconds = 4.0\n'
+        "[ha]\nleader_lease_seconds = 1.0\nrenew_seconds = 0.2\n"
+    )
     assert load_collector_config(_write(tmp_path, body)).lease_seconds == 4.0
 
 
