@@ -31,7 +31,7 @@ from typing import Protocol
 
 from collector.store.sql import Db
 from protos import checkpoint as cpmod
-from protos.errors import CheckpointError, LogError
+from protos.errors import CheckpointError, DatabaseError, LogError
 from protos.keys import PrivateKey, PublicKey
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,9 @@ class Checkpointer:
         self.verifier = cpmod.NoteVerifier(self._name, key.public)
         self._previous = [cpmod.NoteVerifier(self._name, k) for k in previous_keys]
         cpmod.Checkpoint(origin, 0, bytes(32), 0)  # validates the origin early
+        # Given a SQLite connection, failures raise the driver's own error (as
+        # before the portable layer); given a Db, its typed DatabaseError.
+        self._driver_errors = isinstance(store_conn, sqlite3.Connection)
         if isinstance(store_conn, sqlite3.Connection):
             store_conn = Db(store_conn, "sqlite", "the checkpoint store")
         self._db = store_conn
@@ -199,6 +202,14 @@ class Checkpointer:
 
     # -- storage -----------------------------------------------------------------
     def _store(self, signed: cpmod.SignedCheckpoint, last: cpmod.SignedCheckpoint | None) -> None:
+        try:
+            self._write(signed, last)
+        except DatabaseError as exc:
+            if self._driver_errors and isinstance(exc.__cause__, sqlite3.Error):
+                raise exc.__cause__ from None
+            raise
+
+    def _write(self, signed: cpmod.SignedCheckpoint, last: cpmod.SignedCheckpoint | None) -> None:
         with self._db.transaction():
             self._db.execute(
                 "INSERT INTO checkpoint(size, timestamp_unix_nanos, note) VALUES (?, ?, ?)"

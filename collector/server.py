@@ -316,8 +316,10 @@ async def _build(
     keys = KeyLog(location, ledger, registry, key, poll_seconds=config.key_poll_seconds)
     cleanup.callback(keys.close)
     previous = [load_private_key(p) for p in config.previous_keys]
-    if previous:
+    if previous and ledger.writable:
         await keys.rotate_from(previous[-1])
+    elif previous:  # a standby: the leader (same config) logs the rotation
+        log.warning("previous_keys: this standby leaves logging the key rotation to the leader")
     previous_keys = [k.public for k in previous]
     keys.poll()  # enrolments and revocations made while the collector was down
     keys.backfill()
