@@ -57,6 +57,7 @@ from collector.tls_metrics import TlsMetrics
 if TYPE_CHECKING:
     from collector.store.candidacy import HaParts
     from collector.store.pg_store import PgStore
+    from collector.store.sql import Db
 from protos import dsse
 from protos.computewatch.v1 import (
     audit_pb2,
@@ -66,7 +67,7 @@ from protos.computewatch.v1 import (
     telemetry_pb2,
     telemetry_pb2_grpc,
 )
-from protos.errors import ConfigError, LedgerUnavailableError, VerificationError
+from protos.errors import ConfigError, DatabaseError, LedgerUnavailableError, VerificationError
 from protos.keys import PrivateKey, load_private_key
 from protos.tls import ServerTls, warn_plaintext
 
@@ -273,9 +274,11 @@ async def create_server(
         async with contextlib.AsyncExitStack() as cleanup:
             collector = await _build(config, metrics_registry or CollectorRegistry(), cleanup)
             cleanup.pop_all()  # started: the Collector owns it all now
-    except (sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, OSError, DatabaseError) as exc:
+        # DatabaseError: the same driver errors, typed by collector.store.sql.
+        reason = write_error_reason(exc.__cause__ or exc)
         raise LedgerUnavailableError(
-            f"cannot start on the ledger {config.ledger_name()} ({write_error_reason(exc)}: {exc})"
+            f"cannot start on the ledger {config.ledger_name()} ({reason}: {exc})"
         ) from exc
     return collector, collector.port
 
@@ -459,19 +462,18 @@ async def _build(
         registry=metrics_registry,
         previous_keys=previous_keys,
         leading=lambda: collector.leading,
+        fence=None if ha is None else _fence(ha),
     )
     cleanup.push_async_callback(collector.audit.close)
     if merkle is None:
-        checkpointer = collector.audit.checkpointer
 
-        def follow_tree(_now: float | None = None) -> None:
-            """The committed tree and the newest checkpoint, as the database has them:
-            every tick, and on a gain of the lead before anything is signed."""
-            view.refresh()
-            checkpointer.reload()
+        def follow_tree(_now: float) -> None:
+            """The leader's checkpoints cover the tree as committed at the last tick
+            (a standby's checkpointer refreshes the tree itself)."""
+            if collector.leading:
+                view.refresh()
 
         collector.tick_hooks.insert(0, follow_tree)
-        ledger.add_state_listener(lambda writable: follow_tree() if writable else None)
         collector._tree_store = tree_store
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
@@ -504,6 +506,16 @@ async def _build(
         "" if ha is None else f"; {ha.lease.holder}: {ha.elector.role}",
     )
     return collector
+
+
+def _fence(ha: HaParts) -> Callable[[Db], None]:
+    """Checkpoint writes carry the leader term, checked in their transaction."""
+    from collector.store.sql import check_term
+
+    def fence(db: Db) -> None:
+        check_term(db, ha.elector.current_term())
+
+    return fence
 
 
 def _tls(config: CollectorConfig) -> ServerTls | None:

@@ -32,6 +32,7 @@ from collector.store.migrations import check_version
 from protos.errors import (
     ConfigError,
     DatabaseError,
+    FencedError,
     LedgerUnavailableError,
     StoreConfigError,
 )
@@ -278,7 +279,27 @@ def _check(db: Db) -> None:
     """SchemaVersionError for a schema newer than this release; a database that
     is not a computewatch ledger at all is a ConfigError."""
     try:
+        if db.dialect == "sqlite" and not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ):
+            return  # a ledger from before versions, read only: its collector migrates it
         row = db.one("SELECT MAX(version) FROM schema_version")
     except DatabaseError as exc:
         raise ConfigError(f"{db.where}: not a computewatch ledger ({exc})") from exc
     check_version(0 if row is None or row[0] is None else int(row[0]), db.where)
+
+
+def check_term(db: Db, term: int | None) -> None:
+    """Inside a write transaction on the shared database: FencedError unless the
+    ``leader`` row (``collector.store.leader``) holds fencing term ``term``. The
+    row is taken FOR SHARE, so a takeover waits for this transaction and the
+    new leader reads what it wrote. A SQLite file has one writer: no check."""
+    if db.dialect != "postgresql":
+        return
+    row = db.one("SELECT holder, term FROM leader WHERE id = 1 FOR SHARE")
+    held = None if row is None else int(row[1])
+    if term is None or held != term:
+        raise FencedError(
+            f"write with fencing term {term} refused: the leader row holds term {held}"
+            f" ({None if row is None else row[0]}); this collector is not the leader"
+        )

@@ -119,6 +119,9 @@ def test_the_cli_copies_and_names_the_leader(
     _, root = sqlite_ledger(path)
     url = fresh_database(pg_server)
     runner = CliRunner()
+    neither = runner.invoke(cli, ["ledger", "copy", "--from", str(path)])
+    assert neither.exit_code == 2
+    assert "exactly one of --to and --to-file" in neither.output
     out = runner.invoke(cli, ["ledger", "copy", "--from", str(path), "--to", url])
     assert out.exit_code == 0, out.output
     assert f"copied 30 entries, root {root.hex()}" in out.output
@@ -127,9 +130,14 @@ def test_the_cli_copies_and_names_the_leader(
     )
     assert again.exit_code == 1
     assert "log: the destination's log table is not empty" in again.output
-    shown = runner.invoke(cli, ["ledger", "leader", "--url", url])
-    assert shown.exit_code == 0
+    url_file = tmp_path / "ledger.url"
+    url_file.write_text(url + "\n")
+    shown = runner.invoke(cli, ["ledger", "leader", "--url-file", str(url_file)])
+    assert shown.exit_code == 0, shown.output
     assert "no collector has led" in shown.output
+    both = runner.invoke(cli, ["ledger", "leader", "--url", url, "--url-file", str(url_file)])
+    assert both.exit_code == 2
+    assert "exactly one of --url and --url-file" in both.output
     lease = LeaderLease(url, "collector-a", lease_seconds=30)
     try:
         lease.try_acquire()

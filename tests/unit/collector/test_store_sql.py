@@ -174,3 +174,23 @@ def test_an_unreachable_postgresql_is_ledger_unavailable_without_the_password() 
     with pytest.raises(LedgerUnavailableError, match="cannot connect") as info:
         open_db("postgresql://cw:hunter2@127.0.0.1:1/none?connect_timeout=2")
     assert "hunter2" not in str(info.value)
+
+
+def test_a_ledger_from_before_versions_is_read_as_it_is(tmp_path: Path) -> None:
+    """``nodes list`` on a ledger no collector of this release has opened yet:
+    read only, nothing to refuse, nothing written."""
+    path = tmp_path / "old.db"
+    enroll(path, "node-a", PrivateKey.generate().public)
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE schema_version")
+    conn.commit()
+    conn.close()
+    assert [n.node_id for n in list_nodes(path)] == ["node-a"]
+    conn = sqlite3.connect(path)
+    try:
+        assert (
+            conn.execute("SELECT name FROM sqlite_master WHERE name = 'schema_version'").fetchall()
+            == []
+        )
+    finally:
+        conn.close()
