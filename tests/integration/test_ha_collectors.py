@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import grpc.aio
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
@@ -346,6 +347,9 @@ def test_a_halt_in_force_survives_the_failover_and_a_quorum_resume_after_it_is_o
         sealer = asyncio.create_task(sealing())
         try:
             await until(lambda: all(h.counters for h in holders), timeout=20)  # bound, leased
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # a standby writes nothing
+                await control_b.halt(manual_halt(auth_keys[0], node_scope("node-a")))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             halted = await control_a.halt(manual_halt(auth_keys[0], node_scope("node-a", "node-b")))
             (halt_id,) = halted.directive_ids
             await until(lambda: all((1, halt_id) in h.actions for h in holders), timeout=20)
