@@ -15,7 +15,9 @@ A writable handle migrates the schema first (``collector.store.migrations``);
 a read-only one only checks the version: either way a schema newer than this
 release is refused with SchemaVersionError. One lock serialises a handle's
 statements, and ``transaction()`` holds it to the end, so a handle may be
-shared by threads.
+shared by threads. A PostgreSQL connection the server dropped is opened again:
+a read (or BEGIN) at once, a write's error stands and the next statement
+reconnects.
 """
 
 from __future__ import annotations
@@ -111,15 +113,17 @@ class Db:
     def execute(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         """Run one statement; its rows (empty for a statement that returns none)."""
         with self._lock:
+            self._ready()
             try:
                 return self._run(sql, params)
             except DB_ERRORS as exc:
-                if self._reconnect_for_retry(sql):
-                    try:
-                        return self._run(sql, params)
-                    except DB_ERRORS as again:
-                        raise self._mapped(again) from again
-                raise self._mapped(exc) from exc
+                if not self._retryable(sql):
+                    raise self._mapped(exc) from exc
+                try:
+                    self._reconnect()
+                    return self._run(sql, params)
+                except DB_ERRORS as again:
+                    raise self._mapped(again) from again
 
     def one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
         """The first row, or None."""
@@ -128,6 +132,7 @@ class Db:
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         with self._lock:
+            self._ready()
             try:
                 if self.dialect == "sqlite":
                     self._conn.executemany(sql, rows)
@@ -154,22 +159,33 @@ class Db:
                 for row in cur.fetchall()
             ]
 
-    def _reconnect_for_retry(self, sql: str) -> bool:
-        """A PostgreSQL read outside a transaction whose connection dropped (a
-        server restart, a PostgreSQL failover) is run again once on a new one."""
-        if self.dialect != "postgresql" or self._depth or self._url is None:
-            return False
-        if not (self._conn.closed or self._conn.broken):
-            return False
-        if not sql.lstrip().upper().startswith("SELECT"):
-            return False
+    def _dropped(self) -> bool:
+        """A PostgreSQL connection outside a transaction that the server dropped
+        (a restart, a PostgreSQL failover), and that we can open again."""
+        return (
+            self.dialect == "postgresql"
+            and not self._depth
+            and self._url is not None
+            and bool(self._conn.closed or self._conn.broken)
+        )
+
+    def _ready(self) -> None:
+        """A connection known to be dropped is opened again before the next
+        statement is sent: nothing of that statement reached the server."""
+        if self._dropped():
+            self._reconnect()
+
+    def _retryable(self, sql: str) -> bool:
+        """A read (or a BEGIN) whose connection dropped under it runs again once
+        on a new one; a write's outcome is unknown, so its error stands (the
+        next statement reconnects)."""
+        return self._dropped() and sql.lstrip().upper().startswith(("SELECT", "BEGIN"))
+
+    def _reconnect(self) -> None:
+        assert self._url is not None
         log.warning("reconnecting to the collector database at %s", self.where)
         self._conn.close()
-        try:
-            self._conn = _pg_connect(self._url, self.where)
-        except LedgerUnavailableError:
-            return False
-        return True
+        self._conn = _pg_connect(self._url, self.where)
 
     def _mapped(self, exc: Exception) -> Exception:
         if self.dialect == "postgresql" and (self._conn.closed or self._conn.broken):

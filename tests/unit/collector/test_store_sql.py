@@ -194,3 +194,33 @@ def test_a_ledger_from_before_versions_is_read_as_it_is(tmp_path: Path) -> None:
         )
     finally:
         conn.close()
+
+
+def test_a_dropped_postgresql_connection_is_opened_again(pg_server: str) -> None:
+    """The server ends the connection (a restart, a failover): a read is run
+    again at once on a new one; a write in flight fails as unavailable (its
+    outcome is unknown) and the next statement reconnects."""
+    import psycopg
+
+    from tests.pg_support import fresh_database
+
+    url = fresh_database(pg_server)
+    db = open_db(url)
+
+    def drop() -> None:
+        pid = db.one("SELECT pg_backend_pid()")
+        assert pid is not None
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid[0],))
+
+    try:
+        drop()
+        assert keystore.version(db) == 0  # a read: retried on a new connection
+        drop()
+        with pytest.raises(LedgerUnavailableError, match="is gone"):
+            keystore.bump(db)  # a write: its error stands
+        with db.transaction():  # the next one reconnects before it begins
+            keystore.bump(db)
+        assert keystore.version(db) == 1
+    finally:
+        db.close()
