@@ -253,15 +253,6 @@ def report_replayer(
     return feed
 
 
-def replay(ledger: Ledger, aggregator: Aggregator, *, max_envelope_bytes: int) -> int:
-    """Rebuild aggregates from committed reports (tests and benches call it)."""
-    follower = LogFollower(ledger)
-    feed = report_replayer(aggregator, max_envelope_bytes=max_envelope_bytes)
-    follower.add("reports", (dsse.REPORT_TYPE,), feed)
-    follower.catch_up()
-    return follower.fed["reports"]
-
-
 async def create_server(
     config: CollectorConfig,
     *,
