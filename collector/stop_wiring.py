@@ -220,8 +220,14 @@ async def install_stop_protocol(
     parts.metrics_registry.register(StopMetrics(decisions, book, tracker, leases, control))
 
     def ledger_state(writable: bool) -> None:
-        if writable:
-            handle.gained_lead()
+        if not writable:
+            return
+        # Halts another leader issued (replayed just now) are judged from here on.
+        now = time.time()
+        for record in book.in_force():
+            if record.action in RESUMABLE and not tracker.tracks(record.directive.id):
+                tracker.track(record, now, from_index=ledger.size)
+        handle.gained_lead()
 
     ledger.add_state_listener(ledger_state)
     resumed = await control.resume_ready() if ledger.writable else []

@@ -362,6 +362,8 @@ def test_a_halt_in_force_survives_the_failover_and_a_quorum_resume_after_it_is_o
                 for r in await control_b.list(in_force_only=True)
             ]
             assert halt_id in in_force  # the halt stays in force on the new leader
+            assert b.stop_protocol is not None
+            assert b.stop_protocol.tracker.tracks(halt_id)  # its effect is judged there too
             sealed = [x.spool.last_sequence for x in agents]
             await until(  # the agents stream to the new leader (their sessions are bound)
                 lambda: all(
