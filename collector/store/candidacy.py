@@ -43,9 +43,9 @@ async def open_candidacy(config: CollectorConfig) -> tuple[HaParts, StoreLedger]
     try:
         lease = LeaderLease(url, ha.candidate, lease_seconds=ha.leader_lease_seconds)
     except psycopg.Error as exc:
-        raise LedgerUnavailableError(
-            f"cannot reach the ledger at {config.ledger_name()}: {exc}"
-        ) from exc
+        reason = " ".join(str(exc).split())  # psycopg's message spans lines: one line
+        where = config.ledger_name()
+        raise LedgerUnavailableError(f"cannot reach the ledger at {where}: {reason}") from exc
     elector = Elector(lease, renew_seconds=ha.renew_seconds)
     try:
         await elector.step()
