@@ -249,7 +249,7 @@ def run(
                 conn.close()
                 finish(gen)
             stats = col.stop()
-        stored = count_reports(wd.config.ledger)
+        stored = count_reports(wd.config.ledger_path)
     if not isinstance(fleet, _Fleet):
         raise BenchError(f"load generator answered {fleet!r}")
     sent = sum(fleet.sent)

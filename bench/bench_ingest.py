@@ -199,7 +199,7 @@ def run(
                 conn.close()
                 finish(gen)
             stats = col.stop()
-        stored = count_reports(wd.config.ledger)
+        stored = count_reports(wd.config.ledger_path)
         raws.append(raw_verify_rate(pae_bytes, seconds=third))
     raw = max(raws)
     if not isinstance(load, _Load):

@@ -224,7 +224,7 @@ def workdir(base: Path | None, nodes: int, **config: object) -> Iterator[Workdir
         for i in range(nodes):
             seed = os.urandom(32)
             node_id = f"bench-{i:05d}"
-            enroll(cfg.ledger, node_id, key_from_seed(seed).public)
+            enroll(cfg.ledger_path, node_id, key_from_seed(seed).public)
             wd.node_ids.append(node_id)
             wd.seeds.append(seed)
         yield wd

@@ -39,7 +39,9 @@ def _default(key: str) -> str:
     from collector.config import CollectorConfig
 
     for field in dataclasses.fields(CollectorConfig):
-        if field.name == key and field.default is not dataclasses.MISSING:
+        if field.name == key and field.default is None:
+            return " [default: none]"
+        if field.name == key and field.default not in (dataclasses.MISSING, ""):
             value = field.default
             shown = (", ".join(map(str, value)) or "none") if isinstance(value, tuple) else value
             return f" [default: {shown}]"
@@ -49,7 +51,20 @@ def _default(key: str) -> str:
 _PATH = click.Path(dir_okay=False, path_type=Path)
 # (flag, config key, click type, repeatable, help)
 _SERVE_OPTIONS: list[tuple[str, str, object, bool, str]] = [
-    ("--ledger", "ledger", _PATH, False, "SQLite ledger file."),
+    (
+        "--ledger",
+        "ledger",
+        str,
+        False,
+        "SQLite ledger file, or a postgresql:// URL (collectors in high availability).",
+    ),
+    (
+        "--ledger-url-file",
+        "ledger_url_file",
+        _PATH,
+        False,
+        "File holding the PostgreSQL URL (a secret mount); wins over --ledger.",
+    ),
     ("--key", "key", _PATH, False, "Collector private key (signs directives and checkpoints)."),
     ("--listen", "listen", str, False, "HOST:PORT for gRPC."),
     ("--metrics-address", "metrics_address", str, False, "Address /metrics listens on."),

@@ -210,6 +210,11 @@ def test_collector_example_config_loads_and_documents_every_setting() -> None:
     documented = _table_keys(path, "collector") | set(_commented_settings(path.read_text()))
     missing = sorted({f.name for f in fields(CollectorConfig)} - documented)
     assert missing == [], f"document these CollectorConfig fields in {path.name}: {missing}"
+    text = path.read_text()
+    from collector.config import HaConfig
+
+    for name in ("# ledger_url_file =", "# [ha]", *(f"# {f.name} =" for f in fields(HaConfig))):
+        assert name in text, f"document {name!r} (commented out) in {path.name}"
 
 
 def _comments_by_key(text: str) -> dict[str, str]:
@@ -237,7 +242,9 @@ def test_collector_example_shows_the_defaults_unless_marked() -> None:
     commented = _commented_settings(text)
     comments.update({key: comment for key, (_, comment) in commented.items()})
     for f in fields(CollectorConfig):
-        if f.name in ("ledger", "key") or "(example" in comments.get(f.name, ""):
+        if f.name in ("ledger", "key", "ledger_url_file", "ha"):
+            continue
+        if "(example" in comments.get(f.name, ""):
             continue
         value = table[f.name] if f.name in table else commented[f.name][0]
         default = list(f.default) if isinstance(f.default, tuple) else f.default
