@@ -172,6 +172,9 @@ class Aggregator:
             job.parents = tuple(info.parent_job_ids)
             job.model_id = info.model_id or job.model_id
         self._track_jobs(node.node_id, report, per_job.keys(), gone, received_at)
+        # The node's figures for every later snapshot, folded now (a tick
+        # then reads them in O(1) per node: collector.accounting.live).
+        self.summaries.get(node)
 
     def _charge_gap(
         self, node: NodeState, before: dict[str, GpuFigures], gap: float, log_index: int

@@ -75,7 +75,7 @@ def build_snapshot(
         lost += s.lost
         unreadable += s.unreadable
         unknown_model += s.unknown_model
-        if s.silent(node, now):
+        if now - node.last_received > s.silent_after:  # NodeSummary.silent, inlined
             silent += 1
             pending = max(0.0, now - node.last_received)
             silent_for[s.node_id] = pending

@@ -35,22 +35,13 @@ from collector.snapshot import Scope
 
 Key = tuple[Scope, str]
 Row = dict[str, float | None]
+# reports, chain breaks, last log index, unmeasured GPU-seconds, interval
 Fingerprint = tuple[int, int, int, float, float]
 
 
 def _sum(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return sum(known) if known else None
-
-
-def fingerprint(node: NodeState) -> Fingerprint:
-    return (
-        node.reports,
-        node.chain_breaks,
-        node.last_index,
-        node.unmeasured_gpu_seconds,
-        node.interval,
-    )
 
 
 def never_seen_row(chain_breaks: int) -> Row:
@@ -156,20 +147,36 @@ def summarize(node: NodeState, print_: Fingerprint, silent_after: float) -> Node
     if not s.reports:
         s.row = never_seen_row(s.chain_breaks)
         return s
-    whole = [g for g in gpus if counts_in_totals(g)]
-    s.whole = len(whole)
-    s.lost = sum(g.lost for g in whole)
-    s.unreadable = sum(g.unreadable for g in whole)
-    s.unknown_model = sum(g.model is None for g in whole)
-    s.installed = _sum([g.installed for g in whole])
-    s.installed_upper = sum(g.max_peak for g in whole)
-    s.quiet_upper = sum(g.max_peak for g in whole)
+    # One pass over the GPUs; the sums are ``sum()`` over lists in GPU order,
+    # as a from-scratch build takes them (``sum`` of floats is not plain
+    # left-to-right addition on every Python: the same call, the same bits).
+    installed: list[float | None] = []
+    allocated: list[float | None] = []
+    achieved: list[float | None] = []
+    peaks: list[float] = []
+    uppers: list[float] = []
+    methods: set[str] = set()
+    for g in gpus:
+        if not counts_in_totals(g):
+            continue
+        s.lost += g.lost
+        s.unreadable += g.unreadable
+        s.unknown_model += g.model is None
+        installed.append(g.installed)
+        allocated.append(g.allocated)
+        achieved.append(g.achieved)
+        peaks.append(g.max_peak)
+        uppers.append(g.achieved_upper)
+        methods.add(g.method)
+    s.whole = len(peaks)
+    s.installed = _sum(installed)
+    s.installed_upper = s.quiet_upper = sum(peaks)
     s.unmeasured = node.unmeasured_gpu_seconds
-    s.methods = frozenset(g.method for g in whole)
-    s.method = worst_method(set(s.methods))
-    s.allocated = _sum([g.allocated for g in whole])
-    s.achieved = _sum([g.achieved for g in whole])
-    s.upper = sum(g.achieved_upper for g in whole)
+    s.methods = frozenset(methods)
+    s.method = worst_method(methods)
+    s.allocated = _sum(allocated)
+    s.achieved = _sum(achieved)
+    s.upper = sum(uppers)
     s.evidence = (s.last_index,)
     s.row = {
         "installed_flops": s.installed,
@@ -202,7 +209,13 @@ class SummaryCache:
         return self._silent_after * interval
 
     def get(self, node: NodeState) -> NodeSummary:
-        print_ = fingerprint(node)
+        print_: Fingerprint = (  # what a summary rests on besides the GPU list
+            node.reports,
+            node.chain_breaks,
+            node.last_index,
+            node.unmeasured_gpu_seconds,
+            node.interval,
+        )
         s = self._by_node.get(node.node_id)
         if s is not None and s.fingerprint == print_ and s.gpus is node.gpus:
             return s
@@ -212,4 +225,4 @@ class SummaryCache:
         return s
 
 
-__all__ = ["NodeSummary", "SummaryCache", "fingerprint", "never_seen_row", "summarize"]
+__all__ = ["NodeSummary", "SummaryCache", "never_seen_row", "summarize"]
