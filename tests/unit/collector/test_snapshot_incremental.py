@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
 from collector.aggregate import Aggregator
 from collector.jobbounds import JobLimits
+from collector.rules import RuleEngine
+from collector.rules.load import builtin_pack_names, load_packs
 from collector.snapshot import Scope, Snapshot
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import LimitError
@@ -207,3 +210,62 @@ def test_summaries_are_rebuilt_only_for_nodes_that_changed() -> None:
     agg.note_chain_break("n3")
     agg.snapshot(101.5)
     assert agg.summaries.built == built + 2
+
+
+LOW_PACK = """
+pack: low
+version: "1"
+description: Low thresholds at every scope, so that rules fire, clear and straddle.
+rules:
+  - {id: low-gpu-power, description: d, metric: power_watts, scope: gpu, comparison: ">",
+     threshold: 400, unit: watts, action: record}
+  - {id: low-node-rate, description: d, metric: achieved_flops, bound: estimate, scope: node,
+     comparison: ">", threshold: 1e14, unit: FLOP/s, action: alert}
+  - {id: low-job-flop, description: d, metric: cumulative_flop, bound: estimate, scope: job,
+     comparison: ">", threshold: 1e15, unit: FLOP, action: record}
+  - {id: low-lineage, description: d, metric: lineage_cumulative_flop, bound: upper_bound,
+     scope: job, comparison: ">", threshold: 1e15, unit: FLOP, action: record,
+     lineage: descendants}
+  - {id: low-actor, description: d, metric: cumulative_7d_flop, bound: estimate, scope: actor,
+     comparison: ">", threshold: 1e15, unit: FLOP, action: record}
+  - {id: low-cluster, description: d, metric: achieved_flops, bound: estimate, scope: cluster,
+     comparison: ">", threshold: 1e14, unit: FLOP/s, for: 2s, action: alert}
+"""
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_rules_decide_alike_on_the_scopes_they_read(seed: int, tmp_path: Path) -> None:
+    """A tick builds only ``RuleEngine.scopes``; its decisions equal those
+    taken on every scope, for the shipped packs and for rules at each scope."""
+    (tmp_path / "low.yaml").write_text(LOW_PACK, encoding="utf-8")
+    # A cluster rule alone: whether the cluster awaits data is read from the nodes.
+    cluster_only = (
+        LOW_PACK[: LOW_PACK.index("rules:")]
+        + "rules:\n"
+        + LOW_PACK[LOW_PACK.index("  - {id: low-cluster") :]
+    )
+    (tmp_path / "cluster.yaml").write_text(cluster_only.replace("pack: low", "pack: c"), "utf-8")
+    for packs in (
+        [*builtin_pack_names()],
+        [str(tmp_path / "low.yaml")],
+        [str(tmp_path / "cluster.yaml")],
+    ):
+        full, scoped = RuleEngine(load_packs(packs)), RuleEngine(load_packs(packs))
+        assert Scope.CLUSTER in scoped.scopes
+        rng = random.Random(seed)
+        agg = Aggregator(expected_interval_seconds=1.0)
+        now = 1_000.0
+        for step in range(60):
+            now += rng.choice((0.5, 1.0, 1.0, 6.0))
+            node = f"n{rng.randrange(NODES)}"
+            report = _report(rng, node, step + 1, now)
+            if step % 20 == 19:
+                now += 30.0  # nothing reported: every node silent, the cluster unknown
+            else:
+                try:
+                    agg.admit_jobs(node, agg.report_job_ids(report))
+                except LimitError:
+                    continue
+                agg.ingest(report, step, now)
+            want = full.evaluate(agg.snapshot(now))
+            assert scoped.evaluate(agg.snapshot(now, scoped.scopes)) == want
