@@ -123,44 +123,59 @@ def build_snapshot(
     job_nodes: dict[str, tuple[str, ...]] = {}
     job_rows: dict[str, dict[str, float | None]] = {}
     c_cumulative, c_cumulative_upper = forgotten
+    rows_wanted = want_jobs or want_actors
     for job in list(jobs.values()):
-        key = (Scope.JOB, job.job_id)
-        shares = list(job.per_node.items())
-        running = {n: s for n, s in shares if n in live}
-        quiet_shares = {n: s for n, s in shares if n in silent_for}
-        pending = sum(silent_for[n] * s.gpus for n, s in quiet_shares.items())
-        pending_upper = sum(silent_for[n] * s.max_peak for n, s in quiet_shares.items())
+        # One pass over the job's nodes; every sum is ``sum()`` over a list in
+        # the job's node order, as a from-scratch build takes it.
+        running: list[str] = []
+        r_achieved: list[float] = []
+        r_upper: list[float] = []
+        r_allocated: list[float] = []
+        gpus = gpus_unknown = 0
+        all_unmeasured = True
+        q_pending: list[float] = []
+        q_pending_upper: list[float] = []
+        q_peak: list[float] = []
+        for n, share in list(job.per_node.items()):
+            if n in live:
+                running.append(n)
+                r_achieved.append(share.achieved)
+                r_upper.append(share.upper)
+                r_allocated.append(share.allocated)
+                gpus += share.gpus
+                gpus_unknown += share.gpus_unknown_model
+                all_unmeasured = all_unmeasured and share.gpus_unmeasured == share.gpus
+            elif (quiet_for := silent_for.get(n)) is not None:
+                q_pending.append(quiet_for * share.gpus)
+                q_pending_upper.append(quiet_for * share.max_peak)
+                q_peak.append(share.max_peak)
         estimate = job.cumulative_estimate
-        upper = job.cumulative_flop_upper + pending_upper
+        upper = job.cumulative_flop_upper + sum(q_pending_upper)
         c_cumulative += estimate or 0.0
         c_cumulative_upper += upper
-        if not want_jobs and not want_actors:
+        if not rows_wanted:
             continue  # the cluster's cumulative totals are all the jobs give
-        rate: float | None = sum(s.achieved for s in running.values())
-        if quiet_shares and not running:
+        rate: float | None = sum(r_achieved)
+        if q_peak and not running:
             rate = None  # only silent nodes: the rate is unknown, never 0
-        if (
-            rate is not None
-            and running
-            and all(s.gpus_unmeasured == s.gpus for s in running.values())
-        ):
+        if rate is not None and running and all_unmeasured:
             rate = None  # no GPU of the job is measured
         metrics: dict[str, float | None] = {
             "cumulative_flop": estimate,
             "cumulative_flop_upper_bound": upper,
             "achieved_flops": rate,
-            "achieved_flops_upper_bound": sum(s.upper for s in running.values())
-            + sum(s.max_peak for s in quiet_shares.values()),
-            "allocated_flops": sum(s.allocated for s in running.values()),
-            "gpus": float(sum(s.gpus for s in running.values())),
-            "gpus_unknown_model": float(sum(s.gpus_unknown_model for s in running.values())),
-            "unmeasured_gpu_seconds": job.unmeasured_gpu_seconds + pending,
+            "achieved_flops_upper_bound": sum(r_upper) + sum(q_peak),
+            "allocated_flops": sum(r_allocated),
+            "gpus": float(gpus),
+            "gpus_unknown_model": float(gpus_unknown),
+            "unmeasured_gpu_seconds": job.unmeasured_gpu_seconds + sum(q_pending),
         }
         for name, score in list(job.capability.items()):
             metrics[f"capability:{name}"] = score
+        key = (Scope.JOB, job.job_id)
         job_rows[job.job_id] = metrics
         values[key] = metrics
-        methods[key] = METHOD_UNMEASURED if quiet_shares else job.method
+        methods[key] = METHOD_UNMEASURED if q_peak else job.method
         evidence[key] = tuple(job.evidence)
         lineage[job.job_id] = job.parents
         job_nodes[job.job_id] = tuple(sorted(running))
