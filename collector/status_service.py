@@ -57,7 +57,8 @@ def _cursor(token: str) -> tuple[int, str]:
 @dataclass(frozen=True)
 class StatusView:
     """What the pages of one listing are cut from: a snapshot of every figure
-    and the node and job ids in order. Building it is O(jobs); a page is
+    but the GPUs' and the node and job ids in order. Building it is O(nodes +
+    jobs), from the nodes' summaries (``collector.accounting.live``); a page is
     O(page) once it exists, so the servicer serves a listing's later pages
     from its first page's view while that is younger than ``VIEW_SECONDS``."""
 
