@@ -200,7 +200,7 @@ class SummaryCache:
         self._silent_after = silent_after_intervals
         self._expected_interval = expected_interval
         self._by_node: dict[str, NodeSummary] = {}
-        # Summaries (re)built: a test and a bench read how much was reused.
+        # Summaries (re)built: a test reads how many were reused.
         self.built = 0
 
     def silent_after(self, node: NodeState) -> float:
