@@ -39,6 +39,7 @@ from collector.audit_wiring import AuditHandle, AuditTree, start_audit
 from collector.auth import AuthInterceptor, AuthPolicy
 from collector.binding import registry_key_node
 from collector.config import CollectorConfig
+from collector.exposition import start_metrics_server
 from collector.ingest import Ingestor
 from collector.jobbounds import JobLimits
 from collector.keylog import KeyLog, KeyLogMetrics
@@ -386,7 +387,8 @@ async def _build(
         raise ConfigError(f"cannot listen on {config.listen}: {exc}") from exc
     if port == 0:
         raise ConfigError(f"cannot listen on {config.listen}: address in use or not local")
-    metrics_registry.register(CollectorMetrics(ingestor.stats, ledger, aggregator, sessions))
+    collector_metrics = CollectorMetrics(ingestor.stats, ledger, aggregator, sessions)
+    metrics_registry.register(collector_metrics)
     metrics_registry.register(KeyLogMetrics(keys))
     if tls is not None:
         metrics_registry.register(TlsMetrics(tls.stats))
@@ -475,12 +477,11 @@ async def _build(
     )
     ledger.add_state_listener(collector._ledger_state)
     if config.metrics_port:
-        from prometheus_client import start_http_server
-
-        collector._metrics_server, _ = start_http_server(
+        collector._metrics_server, _ = start_metrics_server(
             config.metrics_port,
             addr=config.metrics_address,
             registry=metrics_registry,
+            metrics=collector_metrics,
             certfile=None if config.tls_cert is None else str(config.tls_cert),
             keyfile=None if config.tls_key is None else str(config.tls_key),
         )

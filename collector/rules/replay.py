@@ -62,7 +62,8 @@ class _Replayer:
 
     def evaluate(self, now: float) -> None:
         self.result.ticks += 1
-        self.result.decisions.extend(self.engine.evaluate(self.aggregator.snapshot(now)))
+        snap = self.aggregator.snapshot(now, self.engine.scopes)
+        self.result.decisions.extend(self.engine.evaluate(snap))
 
     def advance(self, until: float) -> None:
         """Evaluate every tick boundary up to ``until``, skipping long gaps."""
