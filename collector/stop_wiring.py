@@ -200,6 +200,7 @@ async def install_stop_protocol(
             if parts.leading() and ledger.writable:
                 hook(now)
 
+        tick.__name__ = getattr(hook, "__name__", "") or type(hook).__name__  # for profiles
         return tick
 
     # Rules, leases, re-sent RESUMEs and effectiveness: the leader's alone.
