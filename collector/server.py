@@ -28,6 +28,7 @@ from collector.auth import AuthInterceptor, AuthPolicy
 from collector.binding import registry_key_node
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
+from collector.ingest_pool import ProcessChecks
 from collector.jobbounds import JobLimits
 from collector.keylog import KeyLog, KeyLogMetrics
 from collector.ledger import Ledger, iter_entries
@@ -131,6 +132,7 @@ class Collector:
         if self.audit is not None:
             await self.audit.close()
         await self.ledger.close()
+        self.ingestor.close()
         if self.merkle is not None:
             self.merkle.close()
         if self.keys is not None:
@@ -241,7 +243,13 @@ async def _build(
         aggregator.enroll(node_id)
     replayed = replay(ledger, aggregator, max_envelope_bytes=config.max_envelope_bytes)
     pool = None
-    if config.verify_threads:
+    checks = None
+    if config.ingest_processes:
+        checks = ProcessChecks(
+            config.ingest_processes, registry.public_keys, max_bytes=config.max_envelope_bytes
+        )
+        cleanup.callback(checks.close)
+    elif config.verify_threads:
         pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
         cleanup.callback(pool.shutdown, wait=False)
     ingestor = Ingestor(
@@ -252,6 +260,7 @@ async def _build(
         verify_pool=pool,
         evidence_per_key=config.max_evidence_per_key,
         before_admit=keys.before_admit,
+        checks=checks,
     )
     sessions = Sessions()
     server = _grpc_server(config, metrics_registry, keys)
@@ -269,6 +278,7 @@ async def _build(
             max_in_flight=config.max_in_flight_per_stream,
             on_bind=on_bind,
             key_node=functools.partial(registry_key_node, registry),
+            max_message_bytes=config.max_envelope_bytes,
         ),
         server,
     )
