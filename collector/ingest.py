@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from collector.aggregate import Aggregator
+from collector.aggregate import Aggregator, GpuFigures
 from collector.batchverify import BatchVerifier
 from collector.chain import ChainBook
 from collector.ingest_pool import Outcome, ProcessChecks
@@ -370,7 +370,10 @@ class Ingestor:
         self.chains.advance(keyid, report.sequence, digest)
         key = (keyid, report.sequence)
         self._in_flight[key] = (fut, data)
-        fut.add_done_callback(functools.partial(self._committed, key, report, len(data), now_ns))
+        figures = None if validated is None else validated.figures
+        fut.add_done_callback(
+            functools.partial(self._committed, key, report, len(data), now_ns, figures=figures)
+        )
         return Accepted(node.node_id, report.sequence, _follow(fut), keyid=keyid)
 
     def _committed(
@@ -380,6 +383,8 @@ class Ingestor:
         size: int,
         received_ns: int,
         fut: asyncio.Future[int],
+        *,
+        figures: list[GpuFigures] | None = None,
     ) -> None:
         held = self._in_flight.get(key)
         if held is not None and held[0] is fut:
@@ -392,7 +397,7 @@ class Ingestor:
             return
         self.stats.accepted += 1
         self.stats.bytes_accepted += size
-        self._aggregator.ingest(report, fut.result(), received_ns / 1e9)
+        self._aggregator.ingest(report, fut.result(), received_ns / 1e9, figures)
 
     def _accepted_bytes(self, keyid: str, sequence: int) -> bytes | None:
         """The accepted envelope for (key, sequence), committed or still in flight."""

@@ -31,7 +31,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from protos import dsse
+from collector.accounting.gpu import GpuFigures, gpu_figures
+from protos import devices, dsse
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import VerificationError
 from protos.keys import PublicKey
@@ -71,6 +72,9 @@ class Outcome:
     error: VerificationError | None = None
     # validate_report's refusal: raised by the ingestor where it validates.
     invalid: VerificationError | None = None
+    # A valid report's GPU figures (``gpu_figures``, the shipped device
+    # table): the aggregator's heaviest part, worked out here.
+    figures: list[GpuFigures] | None = None
 
 
 def check_batch(
@@ -102,12 +106,20 @@ def _check_one(data: bytes, max_bytes: int, now_ns: int) -> Outcome:
     except VerificationError as exc:  # signed, so the refusal names the key
         return Outcome(asked, verified.signer.keyid, error=exc)
     invalid: VerificationError | None = None
+    figures: list[GpuFigures] | None = None
     try:
         validate_report(report, now_ns=now_ns)
     except VerificationError as exc:
         invalid = exc
+    else:
+        figures = [gpu_figures(g, devices.lookup, report.node_id) for g in report.gpus]
     return Outcome(
-        asked, verified.signer.keyid, verified.payload_type, verified.payload, invalid=invalid
+        asked,
+        verified.signer.keyid,
+        verified.payload_type,
+        verified.payload,
+        invalid=invalid,
+        figures=figures,
     )
 
 
