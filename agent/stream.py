@@ -347,9 +347,7 @@ class StreamClient:
         cursor = 0
         while True:
             self._wake.clear()
-            if session.proof:
-                proof, session.proof = session.proof, b""
-                await call.write(telemetry_pb2.AgentMessage(proof=proof))
+            batch: list[tuple[int, bytes]] = []
             room = self._max_in_flight - len(session.inflight)
             if room > 0:
                 batch = self._spool.pending(after=cursor, limit=room)
@@ -371,8 +369,13 @@ class StreamClient:
                         cursor = sequence
                     self._stats.envelopes_sent += len(group)
                     self._stats.messages_sent += 1
-                if batch:
-                    continue
+            # The proof goes after the first window of a backlog, as it did
+            # when that window was written before the challenge arrived.
+            if session.proof:
+                proof, session.proof = session.proof, b""
+                await call.write(telemetry_pb2.AgentMessage(proof=proof))
+            if batch:
+                continue
             await self._wake.wait()
 
     async def _receive(

@@ -324,7 +324,7 @@ class Ingestor:
             validate_report(report, now_ns=now_ns)
         elif validated.invalid is not None:  # found by the worker, refused here in order
             raise validated.invalid
-        digest = dsse.digest(data)
+        digest = validated.digest if validated is not None else dsse.digest(data)
         try:
             self.chains.check(keyid, report.sequence, report.previous_digest, digest)
         except ReplayError:
@@ -356,7 +356,10 @@ class Ingestor:
         except ChainError:
             self._aggregator.note_chain_break(node.node_id)
             raise
-        self._aggregator.admit_jobs(node.node_id, Aggregator.report_job_ids(report))
+        job_ids = None if validated is None else validated.job_ids
+        self._aggregator.admit_jobs(
+            node.node_id, Aggregator.report_job_ids(report) if job_ids is None else job_ids
+        )
         fut = self._ledger.append(
             Entry(
                 data=data,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from collector.accounting.gpu import GpuFigures, gpu_figures
+from collector.aggregate import Aggregator
 from protos import devices, dsse
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import VerificationError
@@ -78,6 +79,10 @@ class Outcome:
     # A valid report's GPU figures (``gpu_figures``, the shipped device
     # table): the aggregator's heaviest part, worked out here.
     figures: list[GpuFigures] | None = None
+    # And the job ids it names (``Aggregator.report_job_ids``).
+    job_ids: set[str] | None = None
+    # ``dsse.digest`` of the envelope: its link in the node's chain.
+    digest: bytes = b""
 
 
 def check_batch(
@@ -110,12 +115,14 @@ def _check_one(data: bytes, max_bytes: int, now_ns: int) -> Outcome:
         return Outcome(asked, verified.signer.keyid, error=exc)
     invalid: VerificationError | None = None
     figures: list[GpuFigures] | None = None
+    job_ids: set[str] | None = None
     try:
         validate_report(report, now_ns=now_ns)
     except VerificationError as exc:
         invalid = exc
     else:
         figures = [gpu_figures(g, devices.lookup, report.node_id) for g in report.gpus]
+        job_ids = Aggregator.report_job_ids(report)
     return Outcome(
         asked,
         verified.signer.keyid,
@@ -123,6 +130,8 @@ def _check_one(data: bytes, max_bytes: int, now_ns: int) -> Outcome:
         verified.payload,
         invalid=invalid,
         figures=figures,
+        job_ids=job_ids,
+        digest=dsse.digest(data),
     )
 
 
