@@ -152,7 +152,8 @@ def _count_down(table: dict[_K, int]) -> None:
 
 class ProcessChecks:
     """``await submit(data)``: the worker's ``Outcome``, or None when the
-    pool failed and the caller must check ``data`` itself."""
+    caller must check ``data`` itself (the pool failed, or too few envelopes
+    are waiting to be worth a hop: ``inline_below``)."""
 
     def __init__(
         self,
@@ -162,6 +163,7 @@ class ProcessChecks:
         max_bytes: int,
         clock_ns: Callable[[], int] = time.time_ns,
         max_batch: int = 256,
+        inline_below: int = 4,
     ) -> None:
         """``keys``: every enrolled key now (a fresh pool starts with them)."""
         self._processes = max(processes, 1)
@@ -185,6 +187,10 @@ class ProcessChecks:
         self.fallbacks = 0
         # Answers not taken (a key the worker lacked or still held): checked inline.
         self.rechecked = 0
+        # Fewer envelopes than this waiting, and no batch out: checked inline
+        # (counted in ``inline``); 0 sends every envelope to the workers.
+        self.inline_below = inline_below
+        self.inline = 0
 
     def _start(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -232,6 +238,15 @@ class ProcessChecks:
     def _dispatch(self) -> None:
         self._scheduled = False
         loop = asyncio.get_running_loop()
+        if self._running == 0 and len(self._pending) < self.inline_below:
+            # A trickle (agents at 1 Hz, an idle pool): a hop to a worker and
+            # back costs more CPU than the check, and the loop has the time.
+            batch, self._pending = self._pending, []
+            self.inline += len(batch)
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+            return
         while self._pending and self._running < self._processes:
             if self._pool is None and (self._closed or time.monotonic() < self._restart_at):
                 batch, self._pending = self._pending, []
