@@ -273,10 +273,12 @@ def run(
                         raise BenchError("load generator did not get ready")
                 watch_c = Watch(col.pid)
                 watch_g = [Watch(pid_of(gen)) for gen, _ in gens]
-                start = time.monotonic() + 0.2
+                start = time.monotonic()
                 for _, conn in gens:
                     conn.send(start)
                 time.sleep(warmup)
+                # Streams open as the window starts (they end soon after it).
+                sessions = col.stats().sessions
                 load_before = os.getloadavg()[0]
                 watch_c.start()
                 for w in watch_g:
@@ -287,7 +289,6 @@ def run(
                     watch_c.sample()
                 usage = watch_c.stop()
                 gen_cpu = sum(w.stop().cpu_percent for w in watch_g)
-                sessions = col.stats().sessions
                 parts = [recv(conn, limit, "load generator") for _, conn in gens]
             finally:
                 for gen, conn in gens:
