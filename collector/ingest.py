@@ -242,13 +242,14 @@ class Ingestor:
     ) -> Accepted:
         """``accept`` for an envelope whose check ``begin`` started. Every
         refusal after the signature verified carries the key's stored sequence."""
-        invalid: Outcome | None = None
+        # A worker's outcome: the report validated (or refused) ahead.
+        validated: Outcome | None = None
         try:
             got = await checking
             if isinstance(got, dsse.Verified):
                 verified = got
             else:
-                verified, invalid = self._adopt(data, got)
+                verified, validated = self._adopt(data, got)
         except UnknownKeyError as exc:
             raise UnknownNodeError(f"no enrolled node holds the signing key: {exc}") from exc
         try:
@@ -257,7 +258,7 @@ class Ingestor:
             exc.stored_sequence = self.stored_sequence(verified.signer.keyid)
             raise
         try:
-            return self._admit(data, verified, report, bound_node, invalid)
+            return self._admit(data, verified, report, bound_node, validated)
         except (VerificationError, LedgerUnavailableError) as exc:
             exc.sequence = report.sequence  # signed by the sender: safe to echo back
             exc.stored_sequence = self.stored_sequence(verified.signer.keyid)
