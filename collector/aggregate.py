@@ -99,7 +99,18 @@ class Aggregator:
     def note_chain_break(self, node_id: str) -> None:
         self.nodes.setdefault(node_id, NodeState(node_id)).chain_breaks += 1
 
-    def ingest(self, report: telemetry_pb2.NodeReport, log_index: int, received_at: float) -> None:
+    def ingest(
+        self,
+        report: telemetry_pb2.NodeReport,
+        log_index: int,
+        received_at: float,
+        figures: list[GpuFigures] | None = None,
+    ) -> None:
+        """``figures``: ``gpu_figures`` of the report's GPUs with the shipped
+        device table, worked out ahead (in an ingest worker); used only when
+        this aggregator looks devices up in that table too."""
+        if figures is None or self._lookup is not devices.lookup:
+            figures = [gpu_figures(g, self._lookup, report.node_id) for g in report.gpus]
         node = self.nodes.setdefault(report.node_id, NodeState(report.node_id))
         interval = max(report.interval_seconds, 0.0)
         sample = report.sample_unix_nanos / 1e9 if report.sample_unix_nanos else received_at
@@ -118,7 +129,7 @@ class Aggregator:
         node.enforcement = report.enforcement
         node.nvml_status = report.nvml_status
         node.reports += 1
-        node.gpus = mig.fold([gpu_figures(g, self._lookup, report.node_id) for g in report.gpus])
+        node.gpus = mig.fold(figures)
         self._charge_gap(node, previous_gpus, gap, log_index)
 
         per_job: dict[str, NodeShare] = {}

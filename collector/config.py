@@ -19,6 +19,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "silent_after_intervals": (0.0, 1000.0, True),
     "max_envelope_bytes": (1024, 64 << 20, False),
     "verify_threads": (0, 256, False),
+    "ingest_processes": (0, 64, False),
     "max_in_flight_per_stream": (1, 1_000_000, False),
     "metrics_port": (0, 65535, False),
     "tick_seconds": (0.001, 3600.0, False),
@@ -90,6 +91,9 @@ class CollectorConfig:
     max_envelope_bytes: int = 1 << 20
     # Threads that verify Ed25519 signatures off the event loop (0: inline).
     verify_threads: int = 2
+    # Worker processes that verify, parse and validate reports off the event
+    # loop (collector.ingest_pool); 0: verify_threads do the signatures only.
+    ingest_processes: int = 2
     # Reports accepted but not yet committed, per stream, before reading pauses.
     max_in_flight_per_stream: int = 1024
     metrics_address: str = "127.0.0.1"

@@ -190,5 +190,9 @@ class Registry:
     def node_ids(self) -> list[str]:
         return sorted(self._by_node)
 
+    def public_keys(self) -> list[PublicKey]:
+        """Every trusted key now (ingest workers start with a copy)."""
+        return [n.key for n in self._by_keyid.values()]
+
     def by_node(self, node_id: str) -> EnrolledNode | None:
         return self._by_node.get(node_id)

@@ -41,6 +41,7 @@ from collector.binding import registry_key_node
 from collector.config import CollectorConfig
 from collector.exposition import start_metrics_server
 from collector.ingest import Ingestor
+from collector.ingest_pool import ProcessChecks
 from collector.jobbounds import JobLimits
 from collector.keylog import KeyLog, KeyLogMetrics
 from collector.ledger import Ledger, LedgerEntry
@@ -190,6 +191,7 @@ class Collector:
             self._tree_store.close()
         if self.ha is not None:
             self.ha.lease.close()
+        self.ingestor.close()
         if self.merkle is not None:
             self.merkle.close()
         if self.keys is not None:
@@ -338,7 +340,13 @@ async def _build(
         report_replayer(aggregator, max_envelope_bytes=config.max_envelope_bytes),
     )
     pool = None
-    if config.verify_threads:
+    checks = None
+    if config.ingest_processes:
+        checks = ProcessChecks(
+            config.ingest_processes, registry.public_keys, max_bytes=config.max_envelope_bytes
+        )
+        cleanup.callback(checks.close)
+    elif config.verify_threads:
         pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
         cleanup.callback(pool.shutdown, wait=False)
     ingestor = Ingestor(
@@ -349,6 +357,7 @@ async def _build(
         verify_pool=pool,
         evidence_per_key=config.max_evidence_per_key,
         before_admit=keys.before_admit,
+        checks=checks,
     )
     # After ingest's chain book, before the stop protocol's RESUMEs: a new
     # leader reads what the previous one committed before it issues anything.
@@ -369,6 +378,7 @@ async def _build(
             max_in_flight=config.max_in_flight_per_stream,
             on_bind=on_bind,
             key_node=functools.partial(registry_key_node, registry),
+            max_message_bytes=config.max_envelope_bytes,
         ),
         server,
     )
