@@ -89,7 +89,7 @@ def _wait_effective(address: str, deadline: float) -> int:
     with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
         stub = control_pb2_grpc.ControlStub(channel)
         while time.monotonic() < deadline:
-            reply = stub.ListDirectives(control_pb2.ListDirectivesRequest(), timeout=10)
+            reply = stub.ListDirectives(control_pb2.ListDirectivesRequest(), timeout=60)
             for rec in reply.directives:
                 d = dsse.parse_message(
                     control_pb2.Directive, dsse.open_envelope(rec.envelope).payload
