@@ -36,8 +36,8 @@ from collector.store.ha_stop import HaStop
 from collector.store.leader import LeaderLease
 from collector.store.pg_store import PgStore
 from collector.store.sequencer import StoreLedger
-from collector.telemetry_service import TelemetryServicer
-from protos.computewatch.v1 import control_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc
+from collector.telemetry_service import TelemetryServicer, add_telemetry_servicer
+from protos.computewatch.v1 import control_pb2_grpc, telemetry_pb2
 from protos.errors import ConfigError
 from protos.keys import PrivateKey, PublicKey
 from protos.tls import ServerTls, warn_plaintext
@@ -176,7 +176,7 @@ async def start_ha_ingest(
             cluster=cluster,
         )
     server = grpc.aio.server()
-    telemetry_pb2_grpc.add_TelemetryServicer_to_server(
+    add_telemetry_servicer(
         TelemetryServicer(
             ingestor,
             sessions,
