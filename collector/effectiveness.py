@@ -104,14 +104,18 @@ class EffectStats:
     seconds_to_effective_sum: float = 0.0
 
 
+_ACTIVITY_FIGURES = ("utilization_gpu_percent", "sm_activity_percent", "tensor_activity_percent")
+
+
 def _activity_ok(gpu: telemetry_pb2.GpuSample) -> bool:
-    figures = [
-        gpu.utilization_gpu_percent if gpu.HasField("utilization_gpu_percent") else None,
-        gpu.sm_activity_percent if gpu.HasField("sm_activity_percent") else None,
-        gpu.tensor_activity_percent if gpu.HasField("tensor_activity_percent") else None,
-    ]
-    known = [f for f in figures if f is not None]
-    return bool(known) and all(f < ACTIVITY_LIMIT_PERCENT for f in known)
+    """Some activity figure is reported, and every one reported is below the limit."""
+    known = False
+    for name in _ACTIVITY_FIGURES:
+        if gpu.HasField(name):
+            if not getattr(gpu, name) < ACTIVITY_LIMIT_PERCENT:
+                return False
+            known = True
+    return known
 
 
 def _gpu_ok(action: int, gpu: telemetry_pb2.GpuSample, cap: float) -> bool:
