@@ -89,7 +89,7 @@ def _wait_effective(address: str, deadline: float) -> int:
     with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
         stub = control_pb2_grpc.ControlStub(channel)
         while time.monotonic() < deadline:
-            reply = stub.ListDirectives(control_pb2.ListDirectivesRequest(), timeout=10)
+            reply = stub.ListDirectives(control_pb2.ListDirectivesRequest(), timeout=60)
             for rec in reply.directives:
                 d = dsse.parse_message(
                     control_pb2.Directive, dsse.open_envelope(rec.envelope).payload
@@ -283,6 +283,8 @@ def _run(
         steady=(steady_usage.wall_seconds, steady_usage.cpu_percent, steady_hooks),
         steady_gc=(s1.gc_seconds - s0.gc_seconds, s1.gc_collections[2] - s0.gc_collections[2]),
         halt_cpu=halt_usage.cpu_percent,
+        halt_cpu_seconds=halt_usage.cpu_seconds,
+        cores=os.cpu_count() or 1,
         load_average_1m=load_before,
         note=""
         if timeline.crossing_index in timeline.directive.evidence.log_indices

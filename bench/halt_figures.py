@@ -53,7 +53,13 @@ class HaltRun:
     upload_p99_ms: float
     agent_lag_max_ms: float
     agent_cpu_percent: float
+    # The agent hosts' CPU over the same window as a share of the whole
+    # machine (all cores): the simulated fleet shares the collector's cores.
+    agent_cpu_share_of_machine_percent: float
     collector_cpu_percent_halt: float
+    # CPU the collector process spent from "go" until the HALT was effective
+    # (less sensitive to other load on the machine than the latencies).
+    collector_cpu_ms_halt: float
     # Steady state before the crossing: what the tick costs.
     steady_seconds: float
     steady_collector_cpu_percent: float
@@ -112,6 +118,8 @@ class HaltResult:
                     "receipt_max_ms": med("receipt_max_ms"),
                     "receipt_p99_ms_worst": max(r.receipt_p99_ms for r in runs),
                     "effective_ms": med("effective_ms"),
+                    "collector_cpu_ms_halt": med("collector_cpu_ms_halt"),
+                    "agent_cpu_share_of_machine_percent": med("agent_cpu_share_of_machine_percent"),
                     "steady_collector_cpu_percent": med("steady_collector_cpu_percent"),
                     "rules_ms_per_tick": statistics.median(
                         r.steady_hook_ms.get("rules", math.nan) for r in runs
@@ -190,6 +198,8 @@ def figures(
     load_average_1m: float,
     note: str = "",
     halt_cpu: float,
+    halt_cpu_seconds: float = math.nan,
+    cores: int = 1,
 ) -> HaltRun:
     t0 = t.crossing_received_ns
     d = t.directive
@@ -238,7 +248,9 @@ def figures(
         upload_p99_ms=_pct([_ms(r.received_ns - r.sampled_ns) for r in receipts], 0.99),
         agent_lag_max_ms=1e3 * max((r.lag_max_seconds for r in reports), default=nan),
         agent_cpu_percent=100.0 * cpu / wall if wall else nan,
+        agent_cpu_share_of_machine_percent=100.0 * cpu / (wall * max(cores, 1)) if wall else nan,
         collector_cpu_percent_halt=halt_cpu,
+        collector_cpu_ms_halt=1e3 * halt_cpu_seconds,
         steady_seconds=steady_wall,
         steady_collector_cpu_percent=steady_cpu,
         steady_hook_ms=hooks.wall_ms,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from collector.ledger import Entry, Ledger, LedgerEntry
 from collector.quorum import ApprovalSet
 from collector.scoping import describe, names_node, target_key
-from collector.sessions import Session, Sessions
+from collector.sessions import Session, Sessions, directive_frame
 from protos import dsse
 from protos.computewatch.v1 import control_pb2
 from protos.errors import LogError, VerificationError
@@ -299,13 +299,16 @@ class DirectiveBook:
             callback(record)
 
     def _push(self, scope: control_pb2.Scope, data: bytes) -> None:
+        """Queue the directive on every stream in scope: serialised once, the
+        same frame on each."""
         if scope.kind == control_pb2.SCOPE_KIND_CLUSTER:
             nodes: Iterable[str] = self._sessions.connected_nodes()
         else:
             nodes = scope.node_ids
+        frame = directive_frame(data)
         for node_id in nodes:
             for session in self._sessions.for_node(node_id):
-                if session.send_directive(data):
+                if session.send(frame):
                     self.stats.pushed += 1
 
     # -- sessions --------------------------------------------------------------

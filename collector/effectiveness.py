@@ -83,6 +83,9 @@ class _Tracking:
     alerted: bool = False
     # ACTOR scope: the actors whose processes it holds.
     actor_ids: frozenset[str] = frozenset()
+    # How many of ``nodes`` are satisfied now: kept up to date by ``_apply``
+    # so a report costs O(1) here, not a rescan of every node in scope.
+    satisfied: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,14 +104,18 @@ class EffectStats:
     seconds_to_effective_sum: float = 0.0
 
 
+_ACTIVITY_FIGURES = ("utilization_gpu_percent", "sm_activity_percent", "tensor_activity_percent")
+
+
 def _activity_ok(gpu: telemetry_pb2.GpuSample) -> bool:
-    figures = [
-        gpu.utilization_gpu_percent if gpu.HasField("utilization_gpu_percent") else None,
-        gpu.sm_activity_percent if gpu.HasField("sm_activity_percent") else None,
-        gpu.tensor_activity_percent if gpu.HasField("tensor_activity_percent") else None,
-    ]
-    known = [f for f in figures if f is not None]
-    return bool(known) and all(f < ACTIVITY_LIMIT_PERCENT for f in known)
+    """Some activity figure is reported, and every one reported is below the limit."""
+    known = False
+    for name in _ACTIVITY_FIGURES:
+        if gpu.HasField(name):
+            if not getattr(gpu, name) < ACTIVITY_LIMIT_PERCENT:
+                return False
+            known = True
+    return known
 
 
 def _gpu_ok(action: int, gpu: telemetry_pb2.GpuSample, cap: float) -> bool:
@@ -143,6 +150,9 @@ class EffectTracker:
         self._pending: dict[str, _Tracking] = {}
         self._done: dict[str, Progress] = {}
         self._receipts: dict[str, set[str]] = {}
+        # Nodes in scope of any pending directive; rebuilt only when the
+        # pending set changes (None: to rebuild), not on every tick.
+        self._wanted: frozenset[str] | None = None
         self._cursor = ledger.size
         self.stats = EffectStats()
 
@@ -179,11 +189,13 @@ class EffectTracker:
             actor_ids=actors if d.scope.kind == control_pb2.SCOPE_KIND_ACTOR else frozenset(),
         )
         self._receipts.setdefault(d.id, set())
+        self._wanted = None
         self._cursor = min(self._cursor, start)
         if d.action == control_pb2.ACTION_RESUME:
             # The RESUME supersedes the lifted directive's tracking.
             lifted = self._pending.pop(d.resumes_directive_id, None)
             if lifted is not None:
+                self._wanted = None
                 self._done[lifted.directive.id] = Progress(
                     0, tuple(sorted(self._receipts.get(lifted.directive.id, ()))), False
                 )
@@ -218,14 +230,15 @@ class EffectTracker:
             return
         if self._cursor < size:
             end = min(size, self._cursor + self._max_entries)
-            wanted = {n for t in self._pending.values() for n in t.nodes}
-            self._consume(self._ledger.entries(self._cursor, end), wanted)
+            if self._wanted is None:
+                self._wanted = frozenset(n for t in self._pending.values() for n in t.nodes)
+            self._consume(self._ledger.entries(self._cursor, end), self._wanted)
             self._cursor = end
         for t in list(self._pending.values()):
             if not t.alerted and now >= t.deadline:
                 self._alert(t, now)
 
-    def _consume(self, entries: Iterable[LedgerEntry], wanted: set[str]) -> None:
+    def _consume(self, entries: Iterable[LedgerEntry], wanted: frozenset[str]) -> None:
         for entry in entries:
             if entry.payload_type != dsse.REPORT_TYPE or entry.node_id not in wanted:
                 continue
@@ -263,8 +276,10 @@ class EffectTracker:
         active = report.enforcement.active_directive_ids
         if d.action != control_pb2.ACTION_RESUME and d.id in active:
             p.receipt = True
+        was = p.satisfied
         p.satisfied, p.detail = self._state(t, p, report)
-        if all(n.satisfied for n in t.nodes.values()):
+        t.satisfied += int(p.satisfied) - int(was)
+        if t.satisfied == len(t.nodes):
             self._finish(d.id, entry.received_unix_nanos)
 
     def _state(
@@ -340,6 +355,7 @@ class EffectTracker:
         t = self._pending.pop(directive_id, None)
         if t is None:
             return
+        self._wanted = None
         seconds = max(0.0, effective_ns / 1e9 - t.directive.issued_unix_nanos / 1e9)
         self.stats.effective += 1
         self.stats.seconds_to_effective_sum += seconds

@@ -53,7 +53,7 @@ from collector.sessions import Session, Sessions
 from collector.sqlite_faults import write_error_reason
 from collector.status_service import StatusServicer
 from collector.stop_wiring import StopHandle, StopParts, install_stop_protocol
-from collector.telemetry_service import TelemetryServicer
+from collector.telemetry_service import TelemetryServicer, add_telemetry_servicer
 from collector.tls_metrics import TlsMetrics
 
 if TYPE_CHECKING:
@@ -67,7 +67,6 @@ from protos.computewatch.v1 import (
     status_pb2,
     status_pb2_grpc,
     telemetry_pb2,
-    telemetry_pb2_grpc,
 )
 from protos.errors import ConfigError, DatabaseError, LedgerUnavailableError, VerificationError
 from protos.keys import PrivateKey, load_private_key
@@ -371,7 +370,7 @@ async def _build(
         for hook in bind_hooks:
             hook(session)
 
-    telemetry_pb2_grpc.add_TelemetryServicer_to_server(
+    add_telemetry_servicer(
         TelemetryServicer(
             ingestor,
             sessions,

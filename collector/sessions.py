@@ -1,4 +1,10 @@
-"""Open agent streams: who is connected, and a bounded outbox for each."""
+"""Open agent streams: who is connected, and a bounded outbox for each.
+
+An outbox holds messages, or frames: a ``CollectorMessage`` already
+serialised (``directive_frame``). A directive to many streams is serialised
+once and the same bytes are queued on each (the telemetry service's response
+serializer passes bytes through as they are).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,14 @@ from collections.abc import Iterator
 from protos.computewatch.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
+
+# What an outbox holds: a message, a serialised message, or the end marker.
+Outgoing = telemetry_pb2.CollectorMessage | bytes
+
+
+def directive_frame(envelope: bytes) -> bytes:
+    """The serialised ``CollectorMessage`` carrying a directive envelope."""
+    return telemetry_pb2.CollectorMessage(directive=envelope).SerializeToString()
 
 
 class Session:
@@ -23,11 +37,12 @@ class Session:
         # The node of the first report accepted on the stream: one stream
         # carries one node's reports, but reports bind nothing (replayable).
         self.report_node: str | None = None
-        self._out: asyncio.Queue[telemetry_pb2.CollectorMessage | None] = asyncio.Queue(max_outbox)
+        self._out: asyncio.Queue[Outgoing | None] = asyncio.Queue(max_outbox)
         self.overflowed = False
 
-    def send(self, msg: telemetry_pb2.CollectorMessage) -> bool:
-        """Queue ``msg``; a peer that stopped reading is cut off, not waited for."""
+    def send(self, msg: Outgoing) -> bool:
+        """Queue ``msg`` (or a frame); a peer that stopped reading is cut off,
+        not waited for."""
         if self.overflowed:
             return False
         try:
@@ -40,7 +55,7 @@ class Session:
         return True
 
     def send_directive(self, envelope: bytes) -> bool:
-        return self.send(telemetry_pb2.CollectorMessage(directive=envelope))
+        return self.send(directive_frame(envelope))
 
     def close(self) -> None:
         """End the response stream (the sentinel may exceed the bound)."""
@@ -51,7 +66,7 @@ class Session:
             self._out.get_nowait()
             self._out.put_nowait(None)
 
-    async def next(self) -> telemetry_pb2.CollectorMessage | None:
+    async def next(self) -> Outgoing | None:
         return await self._out.get()
 
 

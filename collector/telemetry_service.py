@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from collector.binding import new_challenge, verify_proof
 from collector.ingest import Accepted, Checking, Ingestor, Refusal
-from collector.sessions import Session, Sessions
+from collector.sessions import Outgoing, Session, Sessions
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
 from protos.errors import (
@@ -128,6 +128,28 @@ class _Checks:
                 checking.exception()
 
 
+def _serialize(msg: Outgoing) -> bytes:
+    """Response serializer: a frame (already serialised, e.g. one directive
+    for every stream) goes out as it is."""
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+def add_telemetry_servicer(servicer: TelemetryServicer, server: grpc.aio.Server) -> None:
+    """``add_TelemetryServicer_to_server`` with ``_serialize`` for responses:
+    the servicer queues frames, which the generated serializer refuses."""
+    handlers = {
+        "Stream": grpc.stream_stream_rpc_method_handler(
+            servicer.Stream,
+            request_deserializer=telemetry_pb2.AgentMessage.FromString,
+            response_serializer=_serialize,
+        )
+    }
+    service = "computewatch.v1.Telemetry"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    # As the generated code does (grpc-stubs does not declare it yet).
+    server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
+
+
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
     def __init__(
         self,
@@ -164,7 +186,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         context: grpc.aio.ServicerContext[
             telemetry_pb2.AgentMessage, telemetry_pb2.CollectorMessage
         ],
-    ) -> AsyncIterator[telemetry_pb2.CollectorMessage]:
+    ) -> AsyncIterator[Outgoing]:
         session = Session(context.peer())
         self._sessions.opened += 1
         challenge = new_challenge()

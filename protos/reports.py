@@ -84,7 +84,61 @@ def _texts(what: str, values: Iterable[str], limit: int = MAX_ID_CHARS) -> None:
         _text(what, value, limit)
 
 
+_GPU_IDS = ("uuid", "product_name", "mig_instance", "pci_bus_id", "parent_uuid", "mig_profile")
+_NON_NEGATIVE = ("power_watts", "power_limit_watts", "activity_window_seconds")
+
+
+def _gpu_fine(gpu: telemetry_pb2.GpuSample) -> bool:
+    """The checks of ``_explain_gpu`` without building a message: True when
+    none fails (every report, every GPU: the hot path). Comparisons are
+    false for NaN, and the bounds exclude infinities."""
+    if len(gpu.error) > MAX_TEXT_CHARS:
+        return False
+    for name in _GPU_IDS:
+        if len(getattr(gpu, name)) > MAX_ID_CHARS:
+            return False
+    if (
+        len(gpu.processes) > MAX_PROCESSES_PER_GPU
+        or len(gpu.field_errors) > MAX_FIELD_ERRORS_PER_GPU
+    ):
+        return False
+    for err in gpu.field_errors:
+        if len(err.function) > MAX_ID_CHARS or len(err.message) > MAX_TEXT_CHARS:
+            return False
+    for proc in gpu.processes:
+        if len(proc.job_id) > MAX_ID_CHARS or len(proc.attribution) > MAX_ID_CHARS:
+            return False
+        if proc.HasField("sm_utilization_percent") and not (
+            0.0 <= proc.sm_utilization_percent <= 100.0
+        ):
+            return False
+    for name in _PERCENTS:
+        if gpu.HasField(name) and not 0.0 <= getattr(gpu, name) <= 100.0:
+            return False
+    for name in _NON_NEGATIVE:
+        if gpu.HasField(name) and not 0.0 <= getattr(gpu, name) < math.inf:
+            return False
+    if (
+        gpu.HasField("memory_used_bytes")
+        and gpu.HasField("memory_total_bytes")
+        and gpu.memory_used_bytes > gpu.memory_total_bytes
+    ):
+        return False
+    if gpu.HasField("sm_share") and not 0.0 < gpu.sm_share <= 1.0:
+        return False
+    return not (
+        gpu.HasField("activity_window_seconds")
+        and gpu.activity_window_seconds > MAX_INTERVAL_SECONDS
+    )
+
+
 def _check_gpu(gpu: telemetry_pb2.GpuSample) -> None:
+    if not _gpu_fine(gpu):
+        _explain_gpu(gpu)
+
+
+def _explain_gpu(gpu: telemetry_pb2.GpuSample) -> None:
+    """Raise the first problem of a GPU that ``_gpu_fine`` found wanting."""
     where = f"gpu {gpu.index}"
     _text(f"{where}: uuid", gpu.uuid)
     _text(f"{where}: product_name", gpu.product_name)
@@ -109,7 +163,7 @@ def _check_gpu(gpu: telemetry_pb2.GpuSample) -> None:
                 )
     for name in _PERCENTS:
         _percent(name, gpu)
-    for name in ("power_watts", "power_limit_watts", "activity_window_seconds"):
+    for name in _NON_NEGATIVE:
         _non_negative(name, gpu)
     if (
         gpu.HasField("memory_used_bytes")

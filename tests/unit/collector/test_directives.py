@@ -49,6 +49,8 @@ def queued(session: Session) -> list[control_pb2.Directive]:
     while not session._out.empty():
         msg = session._out.get_nowait()
         assert msg is not None
+        if isinstance(msg, bytes):  # a frame, serialised once for every stream
+            msg = telemetry_pb2.CollectorMessage.FromString(msg)
         out.append(open_directive(msg.directive, KEY.public))
     return out
 
