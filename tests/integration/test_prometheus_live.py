@@ -61,6 +61,8 @@ NO_DATA_HERE = {
         "single-node collector"
     ),
     "increase(computewatch_collector_leader_lease_errors_total[5m])": "single-node collector",
+    "computewatch_collector_ledger_writable == 0 unless on(job, instance)"
+    " computewatch_collector_leader": "the ledger writes (and the leader gauge is HA-only)",
 }
 
 # Grafana's variables, as Grafana would expand them here.
