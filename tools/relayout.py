@@ -35,7 +35,7 @@ import sys
 import tokenize
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 LAYOUT = Path(__file__).with_name("collector_layout.toml")
@@ -64,18 +64,23 @@ class Layout:
     top_modules: frozenset[str]  # "server" for collector/server.py
     package_docs: dict[str, str]  # "" is the collector package itself
     suggest: dict[str, str]
+    optional: frozenset[str]  # [landing] entries: ignored where the module does not exist
 
     @classmethod
     def load(cls, path: Path = LAYOUT) -> Layout:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         docs = {name: str(spec["doc"]) for name, spec in data["package"].items()}
         docs[""] = str(data["collector"]["doc"])
+        landing = data.get("landing", {})
+        landing_moves: dict[str, str] = dict(landing.get("moves", {}))
+        landing_keep: list[str] = list(landing.get("keep", []))
         layout = cls(
-            moves=dict(data["moves"]),
-            keep=frozenset(data["keep"]["modules"]),
+            moves=dict(data["moves"]) | landing_moves,
+            keep=frozenset([*data["keep"]["modules"], *landing_keep]),
             top_modules=frozenset(data["module"]),
             package_docs=docs,
             suggest=dict(data.get("suggest", {})),
+            optional=frozenset([*landing_moves, *landing_keep]),
         )
         layout.check()
         return layout
@@ -112,8 +117,9 @@ class Layout:
         return f'"{path}" = "collector/<package>/{Path(path).name}"   # or add it to [keep]'
 
 
-def inventory(root: Path, layout: Layout) -> list[str]:
-    """The moves still to do; raises LayoutError for anything the layout does not know."""
+def inventory(root: Path, layout: Layout) -> tuple[list[str], list[str]]:
+    """(moves still to do, stale entries: modules deleted meanwhile); raises LayoutError
+    for a module the layout does not know, or one at both its old and new place."""
     present = {p.relative_to(root).as_posix() for p in (root / "collector").rglob("*.py")}
     tops = {f"collector/{m}.py" for m in layout.top_modules}
     inits = {f"collector/{p}/__init__.py" for p in layout.package_docs if p}
@@ -122,18 +128,18 @@ def inventory(root: Path, layout: Layout) -> list[str]:
         f"not in tools/collector_layout.toml: {p}\n    suggested: {layout.suggestion(p)}"
         for p in sorted(present - known)
     ]
-    pending = []
+    pending, stale = [], []
     for old, new in sorted(layout.moves.items()):
         if old in present and new in present:
             problems.append(f"both {old} and {new} exist: merge them by hand first")
         elif old in present:
             pending.append(old)
         elif new not in present:
-            problems.append(f"neither {old} nor {new} exists: update [moves]")
-    problems += [f"[keep] module missing: {p}" for p in sorted(layout.keep - present)]
+            stale.append(old)
     if problems:
         raise LayoutError("\n".join(problems))
-    return pending
+    stale += sorted(layout.keep - present)
+    return pending, stale
 
 
 # ------------------------------------------------------------------ Python sources
@@ -426,10 +432,18 @@ def main(argv: list[str] | None = None) -> int:
     root: Path = args.root.resolve()
     try:
         layout = Layout.load()
-        pending = inventory(root, layout)
+        pending, stale = inventory(root, layout)
     except LayoutError as err:
         print(f"relayout: stopped, nothing changed:\n{err}", file=sys.stderr)
         return 2
+    for gone in stale:  # deleted on some branch: its old name is left alone
+        if gone not in layout.optional:
+            print(f"warning: {gone} is gone: delete it from tools/collector_layout.toml")
+    layout = replace(
+        layout,
+        moves={o: n for o, n in layout.moves.items() if o not in stale},
+        keep=layout.keep - set(stale),
+    )
     for old in pending:
         print(f"move {old} -> {layout.moves[old]}")
     if args.check:
