@@ -39,7 +39,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 LAYOUT = Path(__file__).with_name("collector_layout.toml")
-SELF = {"tools/relayout.py", "tools/collector_layout.toml"}
+# Not rewritten: the layout names the old paths on purpose, and so do the script's tests.
+SELF = {"tools/relayout.py", "tools/collector_layout.toml", "tests/unit/tools/test_relayout.py"}
 NOT_REWRITTEN = ("tests/data/",)
 # "collector/ledger.sqlite3" is a data file, not the module ``collector.ledger``.
 DATA_SUFFIXES = {"sqlite", "sqlite3", "db", "toml", "key", "pub", "pem", "log", "json", "yaml"}
@@ -342,15 +343,15 @@ def tracked_files(root: Path) -> list[str]:
     return sorted(set(out.splitlines()))
 
 
-def rewrite_tree(root: Path, layout: Layout) -> list[str]:
-    """Rewrite references in every tracked text file; returns the files changed."""
+def rewrite_tree(root: Path, layout: Layout, skip: set[str]) -> list[str]:
+    """Rewrite references in every tracked text file but ``skip``; returns those changed."""
     files = tracked_files(root)
     every, markdown = name_rewrites(layout, files)
     moves = layout.module_moves
     changed = []
     for rel in files:
         path = root / rel
-        if rel in SELF or not path.is_file():
+        if rel in skip or not path.is_file():
             continue
         try:
             text = path.read_text(encoding="utf-8")
@@ -428,10 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
     parser.add_argument("--check", action="store_true", help="report only; change nothing")
+    parser.add_argument("--layout", type=Path, default=LAYOUT, help="the layout file")
     args = parser.parse_args(argv)
     root: Path = args.root.resolve()
     try:
-        layout = Layout.load()
+        layout = Layout.load(args.layout)
         pending, stale = inventory(root, layout)
     except LayoutError as err:
         print(f"relayout: stopped, nothing changed:\n{err}", file=sys.stderr)
@@ -448,7 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"move {old} -> {layout.moves[old]}")
     if args.check:
         return 1 if pending else 0
-    changed = rewrite_tree(root, layout)
+    skip = set(SELF)  # the layout file names the old paths on purpose
+    layout_file = args.layout.resolve()
+    if layout_file.is_relative_to(root):
+        skip.add(layout_file.relative_to(root).as_posix())
+    changed = rewrite_tree(root, layout, skip)
     touched = move(root, layout, pending)
     renamed = {old: new for old, new in layout.moves.items() if old in pending}
     files = sorted({renamed.get(f, f) for f in changed} | set(touched))
