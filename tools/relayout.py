@@ -11,6 +11,8 @@ The mapping, the packages and their docstrings are in ``tools/collector_layout.t
 1. Inventory: every ``collector/**/*.py`` must be a move's source or target, a ``[keep]``
    module or a declared top-level module; anything else stops the run before a file is
    touched, with a suggested ``[moves]`` line (modules added by other branches meanwhile).
+   A ``[moves]`` entry whose module is gone (deleted on a branch) is only a warning; a
+   ``[landing]`` entry applies where its module exists and is silently skipped otherwise.
 2. Rewrite references in every tracked text file (``tests/data/`` excepted, only warned about):
    ``from collector import x`` / ``from collector.store import ha_x`` statements whose names
    are moved modules (split per new package, aliased to keep the local name), relative
@@ -20,6 +22,9 @@ The mapping, the packages and their docstrings are in ``tools/collector_layout.t
    ``collector/*...`` globs in pyproject.toml (expanded to the new paths).
 3. ``git mv`` each pending module; write each package's ``__init__.py`` docstring.
 4. ``ruff check --fix --select I`` and ``ruff format`` on the Python files it changed.
+
+A branch merged after the move (git follows the renames for its edits) may still bring old
+names or flat modules: run the script again, it rewrites those and reports these.
 """
 
 from __future__ import annotations
