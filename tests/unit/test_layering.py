@@ -107,13 +107,11 @@ def raw_imports(name: str, path: Path, known: set[str]) -> Iterator[tuple[str, s
             elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
                 yield from visit(node.body, "type_checking")
                 yield from visit(node.orelse, when)
-            else:
-                for field in ("body", "orelse", "finalbody", "handlers", "cases"):
-                    inner = getattr(node, field, None)
-                    if isinstance(inner, list):
-                        stmts = [s for s in inner if isinstance(s, ast.stmt)]
-                        stmts += [s for h in inner if hasattr(h, "body") for s in h.body]
-                        yield from visit(stmts, when)
+            else:  # class bodies, if/for/while/with/try/match blocks: still import time
+                for field in ("body", "orelse", "finalbody"):
+                    yield from visit(getattr(node, field, []), when)
+                for clause in [*getattr(node, "handlers", []), *getattr(node, "cases", [])]:
+                    yield from visit(clause.body, when)
 
     yield from visit(ast.parse(path.read_text(encoding="utf-8")).body, "import")
 
