@@ -228,7 +228,10 @@ def test_every_declared_edge_is_used() -> None:
     assert declared >= LANDING_EDGES
     unused = declared - set(unit_edges())
     stale = sorted(unused if MOVED else unused - LANDING_EDGES)
-    assert not stale, f"{STATE}: declared but unused, delete from the layout file: {stale}"
+    assert not stale, (
+        f"{STATE}: declared but unused, delete from tools/collector_layout.toml: {stale}"
+        + (" ([landing] edges: the branch that needed them has not landed)" if MOVED else "")
+    )
 
 
 def test_no_import_cycle_between_collector_modules() -> None:
