@@ -62,6 +62,8 @@ class AgentStats:
     stream_connected: bool = False
     stream_reconnects: int = 0
     envelopes_sent: int = 0
+    # Stream messages those went in (a backlog goes several envelopes a message).
+    messages_sent: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     directives_received: int = 0
     nvml_up: bool = False

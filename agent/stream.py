@@ -100,6 +100,31 @@ class _LogLimiter:
         return True
 
 
+# The most envelopes an agent puts in one message (its backlog after a
+# reconnect goes up in messages of this many, if the collector takes them).
+MAX_ENVELOPES_PER_MESSAGE = 64
+# How long a new stream waits for the collector's challenge before it sends.
+CHALLENGE_WAIT_SECONDS = 2.0
+
+
+def message_groups(
+    pending: list[tuple[int, bytes]], max_envelopes: int, max_bytes: int
+) -> list[list[tuple[int, bytes]]]:
+    """Split ``pending`` (in order) into messages of at most ``max_envelopes``
+    envelopes and ``max_bytes`` bytes together; an envelope larger than
+    ``max_bytes`` goes alone (the collector refuses it as it would alone)."""
+    groups: list[list[tuple[int, bytes]]] = []
+    size = 0
+    for item in pending:
+        if groups and len(groups[-1]) < max_envelopes and size + len(item[1]) <= max_bytes:
+            groups[-1].append(item)
+            size += len(item[1])
+        else:
+            groups.append([item])
+            size = len(item[1])
+    return groups
+
+
 @dataclass
 class _Session:
     """What one connection has written and not yet seen answered."""
@@ -108,6 +133,12 @@ class _Session:
     exchanged: bool = False
     # The answer to this stream's challenge, not yet written.
     proof: bytes = b""
+    # What one message may carry, as the collector's challenge announced (a
+    # collector before batches announces nothing: one envelope a message).
+    max_envelopes: int = 1
+    max_bytes: int = 0
+    # Set once the challenge (with those limits) arrived.
+    challenged: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class StreamClient:
@@ -308,30 +339,43 @@ class StreamClient:
         call: grpc.aio.StreamStreamCall[telemetry_pb2.AgentMessage, telemetry_pb2.CollectorMessage],
         session: _Session,
     ) -> None:
+        # The challenge comes first on every stream and says how many envelopes
+        # a message may carry: a backlog waits for it briefly, then goes up in
+        # batches (or one a message, from a collector that does not say).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.challenged.wait(), CHALLENGE_WAIT_SECONDS)
         cursor = 0
         while True:
             self._wake.clear()
-            if session.proof:
-                proof, session.proof = session.proof, b""
-                await call.write(telemetry_pb2.AgentMessage(proof=proof))
+            batch: list[tuple[int, bytes]] = []
             room = self._max_in_flight - len(session.inflight)
             if room > 0:
                 batch = self._spool.pending(after=cursor, limit=room)
-                for sequence, envelope in batch:
+                for group in message_groups(batch, session.max_envelopes, session.max_bytes):
+                    msg = telemetry_pb2.AgentMessage(
+                        envelope=group[0][1], envelopes=[e for _, e in group[1:]]
+                    )
                     try:
-                        await call.write(telemetry_pb2.AgentMessage(envelope=envelope))
+                        await call.write(msg)
                     except asyncio.InvalidStateError:
                         # The RPC already ended (the collector died or failed
                         # over): not a bug; the unacknowledged go on the next stream.
                         raise _RetryLaterError(
                             f"the stream to {self._ring.current} ended while sending report"
-                            f" {sequence}: resending from {self._spool.acked_sequence + 1}"
+                            f" {group[0][0]}: resending from {self._spool.acked_sequence + 1}"
                         ) from None
-                    session.inflight.append(sequence)
-                    cursor = sequence
-                    self._stats.envelopes_sent += 1
-                if batch:
-                    continue
+                    for sequence, _ in group:
+                        session.inflight.append(sequence)
+                        cursor = sequence
+                    self._stats.envelopes_sent += len(group)
+                    self._stats.messages_sent += 1
+            # The proof goes after the first window of a backlog, as it did
+            # when that window was written before the challenge arrived.
+            if session.proof:
+                proof, session.proof = session.proof, b""
+                await call.write(telemetry_pb2.AgentMessage(proof=proof))
+            if batch:
+                continue
             await self._wake.wait()
 
     async def _receive(
@@ -358,6 +402,11 @@ class StreamClient:
     def _on_challenge(self, challenge: telemetry_pb2.Challenge, session: _Session) -> None:
         """Prove possession of the node key for this stream: the collector
         binds a stream (and sends it directives) only on this signature."""
+        session.max_envelopes = max(
+            1, min(challenge.max_envelopes_per_message, MAX_ENVELOPES_PER_MESSAGE)
+        )
+        session.max_bytes = challenge.max_message_bytes
+        session.challenged.set()
         if self._key is None:
             log.warning("%s: no node key to answer the stream challenge", self._node_id)
             return

@@ -1,15 +1,16 @@
 """kill -9 of the leading collector while agents stream at 1 Hz (issue 12).
 
-Two collector processes (``bench.ha_collector``: the HA ingest side on one
-PostgreSQL, leader lease + fencing) and ``--agents`` agents in this process
-(a real ``Spool`` and ``StreamClient`` each, given both addresses, sealing one
-report a second). Each round kills the leader with SIGKILL, measures the time
-until the standby sequences (the first acknowledgement of a report sealed
-after the kill) and until every agent has caught up (its acknowledgements
-reach what it had sealed at the kill), then restarts the dead one as the new
-standby. At the end every acknowledged report must be in the ledger exactly
-once, and a consistency proof from the tree head before each kill to the one
-after it must verify.
+Two ``computewatch collector serve`` processes (``bench.ha_cluster``: one
+PostgreSQL, the same collector key, TLS, leader lease + fencing, exactly what
+users run) and ``--agents`` agents in this process (a real ``Spool`` and
+``StreamClient`` each, given both addresses, sealing one report a second).
+Each round kills the leader with SIGKILL, measures the time until the
+standby sequences (the first acknowledgement of a report sealed after the
+kill) and until every agent has caught up (its acknowledgements reach what it
+had sealed at the kill), then restarts the dead one as the new standby. At
+the end every acknowledged report must be in the ledger exactly once, and a
+consistency proof from the tree head before each kill to the one after it
+must verify.
 
     python -m bench.bench_agent_failover --agents 200 --kills 10
 """
@@ -19,21 +20,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+import grpc
+
 from agent.metrics import AgentStats
 from agent.spool import Spool
 from agent.stream import StreamClient
 from bench.common import ReportChain
+from bench.ha_cluster import HaCluster
 from collector.merkle_log import node_pos
 from collector.registry import enroll
 from collector.store.pg_store import PgStore
@@ -41,14 +40,15 @@ from protos import merkle
 from protos.keys import PrivateKey
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Agent:
-    def __init__(self, name: str, key: PrivateKey, state: Path, targets: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        key: PrivateKey,
+        state: Path,
+        targets: str,
+        credentials: grpc.ChannelCredentials,
+    ) -> None:
         self.name = name
         self.chain = ReportChain(name, key, 1, job=f"job-{name}")
         self.spool = Spool(state, node_id=name, keyid=key.keyid, max_unacked=100_000)
@@ -61,44 +61,13 @@ class Agent:
             backoff_min_seconds=0.05,
             backoff_max_seconds=0.5,
             key=key,  # answers each stream's challenge (collector.binding)
+            credentials=credentials,
         )
 
     def seal(self) -> None:
         seq, _ = self.spool.next_link()
         self.spool.append(seq, self.chain.next())
         self.client.notify()
-
-
-def _spawn(
-    name: str, url: str, registry: Path, port: int, args: argparse.Namespace
-) -> subprocess.Popen[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.ha_collector",
-        "--name",
-        name,
-        "--url",
-        url,
-        "--registry",
-        str(registry),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--lease",
-        str(args.lease),
-        "--renew",
-        str(args.renew),
-        # Loopback only, timing failover rather than TLS: the explicit opt-out.
-        "--insecure-plaintext",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # READY, or EOF if it failed
-    if not line.startswith("READY"):
-        proc.kill()
-        proc.wait(10)
-        raise RuntimeError(f"collector {name} did not start: {line!r}")
-    return proc
 
 
 async def _until(cond: object, timeout: float) -> float:
@@ -131,16 +100,25 @@ def _consistent(store: PgStore, old: tuple[int, bytes], new: tuple[int, bytes]) 
 
 
 async def run(url: str, tmp: Path, args: argparse.Namespace) -> dict[str, object]:
-    registry = tmp / "enrolments.db"
     keys = {f"gpu-{i:04d}": PrivateKey.generate() for i in range(args.agents)}
     for name, key in keys.items():
-        enroll(registry, name, key.public)
-    ports = [_port(), _port()]
-    targets = ",".join(f"127.0.0.1:{p}" for p in ports)
-    procs = [_spawn("c0", url, registry, ports[0], args)]
-    procs.append(_spawn("c1", url, registry, ports[1], args))
-    leader = 0
-    agents = [Agent(n, k, tmp / n, targets) for n, k in keys.items()]
+        enroll(url, name, key.public)
+    cluster = HaCluster(
+        tmp / "collectors",
+        url,
+        leader_lease_seconds=args.lease,
+        renew_seconds=args.renew,
+        interval_seconds=1.0,
+        tick_seconds=0.5,
+        checkpoint_interval_seconds=5.0,
+    )
+    names = list(cluster.names)
+    cluster.start(names[0])
+    leader = cluster.wait_leader(60)
+    standby = cluster.start(names[1])
+    cluster.wait_up(standby, 60)
+    credentials = grpc.ssl_channel_credentials(cluster.tls_ca.read_bytes())
+    agents = [Agent(n, k, tmp / n, cluster.targets, credentials) for n, k in keys.items()]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(a.client.run(stop)) for a in agents]
 
@@ -157,24 +135,21 @@ async def run(url: str, tmp: Path, args: argparse.Namespace) -> dict[str, object
     consistent = 0
     try:
         await _until(lambda: all(a.spool.acked_sequence >= 2 for a in agents), 120)
-        for k in range(args.kills):
+        for _ in range(args.kills):
             await asyncio.sleep(args.settle)
             before = _head(observer)
             sealed = [a.spool.last_sequence for a in agents]
             killed_at = time.monotonic()
-            os.kill(procs[leader].pid, signal.SIGKILL)
-            procs[leader].wait(10)
+            cluster.kill(leader)  # SIGKILL
             pairs = list(zip(agents, sealed, strict=True))
             first = await _until(lambda p=pairs: any(a.spool.acked_sequence > s for a, s in p), 60)
             sequencing.append(first - killed_at)
             done = await _until(lambda p=pairs: all(a.spool.acked_sequence >= s for a, s in p), 120)
             caught_up.append(done - killed_at)
             consistent += _consistent(observer, before, _head(observer))
-            dead_out = procs[leader].stdout
-            if dead_out is not None:
-                dead_out.close()
-            procs[leader] = _spawn(f"c{k + 2}", url, registry, ports[leader], args)
-            leader = 1 - leader
+            dead, leader = leader, await asyncio.to_thread(cluster.wait_leader, 60)
+            cluster.start(dead.name)  # back as the standby
+            await asyncio.to_thread(cluster.wait_up, dead, 60)
         await asyncio.sleep(2)
     finally:
         stop.set()
@@ -182,14 +157,12 @@ async def run(url: str, tmp: Path, args: argparse.Namespace) -> dict[str, object
             t.cancel()
         await asyncio.gather(*sealers, return_exceptions=True)
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
-        for p in procs:
-            p.kill()
-            p.wait(10)
-            out = p.stdout
-            if out is not None:
-                out.close()
+        cluster.close()
     size = observer.reload()
-    stored = Counter((e.node_id, e.sequence) for e in observer.entries(0, size))
+    # Reports only: directives, leases and key events carry no (node, sequence).
+    stored = Counter(
+        (e.node_id, e.sequence) for e in observer.entries(0, size) if e.sequence is not None
+    )
     observer.close()
     acked = sum(a.spool.acked_sequence for a in agents)
     lost = sum(

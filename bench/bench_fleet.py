@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -70,7 +71,11 @@ class FleetResult:
     rejected: dict[str, int]
     sessions: int
     collector_cpu_seconds: float
+    # Percent of one core (with the ingest workers), of the whole machine,
+    # and the event loop's own share of one core.
     collector_cpu_percent: float
+    collector_cpu_percent_of_machine: float
+    loop_cpu_percent: float
     collector_rss_bytes: int
     collector_rss_max_bytes: int
     ack_latency_p50_ms: float
@@ -96,19 +101,22 @@ def _generator_main(
     address: str,
     node_ids: list[str],
     seeds: list[bytes],
+    first: int,
+    fleet: int,
     count: int,
     gpus: int,
     interval: float,
     timeout: float,
     conn: Connection,
 ) -> None:
+    """Agents ``first`` .. ``first + len(node_ids) - 1`` of a fleet of ``fleet``."""
     streams = []
-    for i, (node_id, seed) in enumerate(zip(node_ids, seeds, strict=True)):
+    for i, (node_id, seed) in enumerate(zip(node_ids, seeds, strict=True), start=first):
         key = key_from_seed(seed)
         chain = ReportChain(node_id, key, gpus, job=job_of(i), interval=interval)
         msgs = [telemetry_pb2.AgentMessage(envelope=chain.next()) for _ in range(count)]
-        streams.append(_Stream(node_id, key, msgs))
-    asyncio.run(_drive(address, streams, interval, timeout, conn))
+        streams.append(_Stream(node_id, key, msgs, i))
+    asyncio.run(_drive(address, streams, fleet, interval, timeout, conn))
 
 
 @dataclass
@@ -116,6 +124,8 @@ class _Stream:
     node_id: str
     key: PrivateKey
     msgs: list[telemetry_pb2.AgentMessage]
+    # Its place in the whole fleet: its phase in the interval.
+    index: int = 0
 
 
 class _Agent:
@@ -154,9 +164,12 @@ class _Agent:
                     node_id=self.stream.node_id, nonce=reply.challenge.nonce
                 )
                 async with self.lock:
-                    await self.call.write(
-                        telemetry_pb2.AgentMessage(proof=dsse.seal(proof, self.stream.key))
-                    )
+                    # A challenge read after the last report was written (a
+                    # starved generator) finds the sending side closed.
+                    with contextlib.suppress(asyncio.InvalidStateError):
+                        await self.call.write(
+                            telemetry_pb2.AgentMessage(proof=dsse.seal(proof, self.stream.key))
+                        )
             if reply.HasField("ack") and reply.ack.sequence > self.acked:
                 self.acked = int(reply.ack.sequence)
                 self.latencies.append(loop.time() - self.sent_at[self.acked - 1])
@@ -165,6 +178,7 @@ class _Agent:
 async def _drive(
     address: str,
     streams: list[_Stream],
+    fleet: int,
     interval: float,
     timeout: float,
     conn: Connection,
@@ -181,12 +195,11 @@ async def _drive(
         await asyncio.wait_for(asyncio.gather(*(ready(c) for c in channels)), timeout)
         agents = [_Agent(c, m) for c, m in zip(channels, streams, strict=True)]
         conn.send("ready")
-        await loop.run_in_executor(None, conn.recv)  # "go"
+        # "go": the start, on the monotonic clock every generator process shares.
+        t0 = float(await loop.run_in_executor(None, conn.recv))
         cpu0 = time.process_time()
-        t0 = loop.time()
-        n = len(agents)
         tasks = [a.read() for a in agents]
-        tasks += [a.send(t0 + interval * i / n, interval) for i, a in enumerate(agents)]
+        tasks += [a.send(t0 + interval * a.stream.index / fleet, interval) for a in agents]
         await asyncio.wait_for(asyncio.gather(*tasks), timeout)
         conn.send(
             _Fleet(
@@ -213,45 +226,87 @@ def run(
     timeout: float | None = None,
     base: Path | None = None,
     verify_threads: int | None = None,
+    ingest_processes: int | None = None,
+    generators: int = 1,
+    loop: str = "asyncio",
+    verifier: str = "nacl",
 ) -> FleetResult:
-    """Run the fleet once; BenchError if any count comes out wrong."""
+    """Run the fleet once; BenchError if any count comes out wrong.
+    ``generators``: load processes the agents are spread over (so one
+    saturated generator cannot pass for a slow collector)."""
     if agents < 1 or duration <= 0 or interval <= 0 or warmup < 0:
         raise BenchError("agents >= 1, duration > 0, interval > 0 and warmup >= 0 are required")
     # Sending stops a little after the window so the window is all steady state.
     count = math.ceil((warmup + duration) / interval) + 1
     limit = timeout if timeout is not None else warmup + duration + 120.0 + agents * 0.05
-    overrides = {} if verify_threads is None else {"verify_threads": verify_threads}
+    overrides: dict[str, object] = {}
+    if verify_threads is not None:
+        overrides["verify_threads"] = verify_threads
+    if ingest_processes is not None:
+        overrides["ingest_processes"] = ingest_processes
+    generators = max(1, min(generators, agents))
     with workdir(base, agents, **overrides) as wd:
-        with CollectorProcess(wd.config, timeout=limit) as col:
-            gen, conn = start_process(
-                _generator_main,
-                (col.address, wd.node_ids, wd.seeds, count, gpus, interval, limit),
-                "cw-bench-fleet-load",
-            )
+        with CollectorProcess(wd.config, timeout=limit, loop=loop, verifier=verifier) as col:
+            gens = []
+            for g in range(generators):
+                lo, hi = g * agents // generators, (g + 1) * agents // generators
+                gens.append(
+                    start_process(
+                        _generator_main,
+                        (
+                            col.address,
+                            wd.node_ids[lo:hi],
+                            wd.seeds[lo:hi],
+                            lo,
+                            agents,
+                            count,
+                            gpus,
+                            interval,
+                            limit,
+                        ),
+                        f"cw-bench-fleet-load-{g}",
+                    )
+                )
             try:
-                if recv(conn, limit, "load generator") != "ready":
-                    raise BenchError("load generator did not get ready")
-                watch_c, watch_g = Watch(col.pid), Watch(pid_of(gen))
-                conn.send("go")
+                for _, conn in gens:
+                    if recv(conn, limit, "load generator") != "ready":
+                        raise BenchError("load generator did not get ready")
+                watch_c = Watch(col.pid)
+                watch_g = [Watch(pid_of(gen)) for gen, _ in gens]
+                start = time.monotonic()
+                for _, conn in gens:
+                    conn.send(start)
                 time.sleep(warmup)
+                # Streams open as the window starts (they end soon after it).
+                sessions = col.stats().sessions
                 load_before = os.getloadavg()[0]
                 watch_c.start()
-                watch_g.start()
+                for w in watch_g:
+                    w.start()
                 end = time.monotonic() + duration
                 while (left := end - time.monotonic()) > 0:
                     time.sleep(min(1.0, left))
                     watch_c.sample()
                 usage = watch_c.stop()
-                gen_usage = watch_g.stop()
-                sessions = col.stats().sessions
-                fleet = recv(conn, limit, "load generator")
+                gen_cpu = sum(w.stop().cpu_percent for w in watch_g)
+                parts = [recv(conn, limit, "load generator") for _, conn in gens]
             finally:
-                conn.close()
-                finish(gen)
+                for gen, conn in gens:
+                    conn.close()
+                    finish(gen)
             stats = col.stop()
-        stored = count_reports(wd.config.ledger)
-    if not isinstance(fleet, _Fleet):
-        raise BenchError(f"load generator answered {fleet!r}")
+        stored = count_reports(wd.config.ledger_path)
+    fleets = [p for p in parts if isinstance(p, _Fleet)]
+    if len(fleets) != len(parts):
+        raise BenchError(f"a load generator answered {parts!r}")
+    fleet = _Fleet(
+        sent=[n for f in fleets for n in f.sent],
+        acked=[n for f in fleets for n in f.acked],
+        latencies=[x for f in fleets for x in f.latencies],
+        max_lag=max(f.max_lag for f in fleets),
+        cpu_seconds=sum(f.cpu_seconds for f in fleets),
+        seconds=max(f.seconds for f in fleets),
+    )
     sent = sum(fleet.sent)
     missing = [
         n
@@ -276,13 +331,15 @@ def run(
         sessions=sessions,
         collector_cpu_seconds=usage.cpu_seconds,
         collector_cpu_percent=usage.cpu_percent,
+        collector_cpu_percent_of_machine=usage.cpu_percent / max(os.cpu_count() or 1, 1),
+        loop_cpu_percent=100.0 * usage.main_thread_cpu_seconds / usage.wall_seconds,
         collector_rss_bytes=usage.rss_bytes,
         collector_rss_max_bytes=usage.rss_max_bytes,
         ack_latency_p50_ms=1e3 * _percentile(fleet.latencies, 0.5),
         ack_latency_p99_ms=1e3 * _percentile(fleet.latencies, 0.99),
         ack_latency_max_ms=1e3 * max(fleet.latencies, default=math.nan),
         generator_max_lag_ms=1e3 * fleet.max_lag,
-        generator_cpu_percent=gen_usage.cpu_percent,
+        generator_cpu_percent=gen_cpu,
         load_average_1m=load_before,
     )
 
@@ -295,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--verify-threads", type=int, default=None, help="collector setting")
+    p.add_argument("--ingest-processes", type=int, default=None, help="collector setting")
+    p.add_argument("--generators", type=int, default=1, help="load processes")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    p.add_argument("--verifier", choices=("nacl", "cryptography"), default="nacl")
     args = p.parse_args(argv)
     result = run(
         args.agents,
@@ -303,6 +364,10 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
         gpus=args.gpus,
         verify_threads=args.verify_threads,
+        ingest_processes=args.ingest_processes,
+        generators=args.generators,
+        loop=args.loop,
+        verifier=args.verifier,
     )
     print(json.dumps({"machine": machine(), "fleet": result.to_dict()}, indent=2))
 

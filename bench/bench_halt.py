@@ -259,7 +259,7 @@ def _run(
         reports.append(msg)
     final = fleet.ask_collector("stop", limit)
     go_ns = max(r.go_ns for r in reports)
-    timeline = halt_setup.read_timeline(wd.config.ledger, trigger, go_ns)
+    timeline = halt_setup.read_timeline(wd.config.ledger_path, trigger, go_ns)
     if timeline is None:
         raise BenchError(f"no HALT (or no crossing report) in the ledger within {limit:.0f} s")
     if len(timeline.receipts) < n:
@@ -286,7 +286,7 @@ def _run(
         load_average_1m=load_before,
         note=""
         if timeline.crossing_index in timeline.directive.evidence.log_indices
-        else halt_setup.short_nodes(wd.config.ledger, timeline.crossing_index, within=tick),
+        else halt_setup.short_nodes(wd.config.ledger_path, timeline.crossing_index, within=tick),
     )
 
 

@@ -56,6 +56,12 @@ class _Load:
 @dataclass(frozen=True)
 class IngestResult:
     agents: int
+    # Collector settings and the load's shape: envelopes per message, event loop.
+    ingest_processes: int | None
+    verify_threads: int | None
+    batch: int
+    loop: str
+    verifier: str
     reports: int
     gpus_per_report: int
     envelope_bytes: int
@@ -66,6 +72,9 @@ class IngestResult:
     raw_verify_per_second_all_cores: float
     ratio: float
     collector_cpu_seconds: float
+    # CPU per report: the collector (with its workers), and its event loop alone.
+    collector_cpu_us_per_report: float
+    loop_cpu_us_per_report: float
     collector_cpu_percent: float
     collector_rss_bytes: int
     generator_cpu_percent: float
@@ -88,14 +97,22 @@ def _generator_main(
     seeds: list[bytes],
     per_agent: int,
     gpus: int,
+    batch: int,
     timeout: float,
     conn: Connection,
 ) -> None:
     streams = []
     for i, (node_id, seed) in enumerate(zip(node_ids, seeds, strict=True)):
         chain = ReportChain(node_id, key_from_seed(seed), gpus, job=job_of(i))
+        envelopes = [chain.next() for _ in range(per_agent)]
+        # ``batch`` envelopes a message, as an agent sends its backlog.
         streams.append(
-            [telemetry_pb2.AgentMessage(envelope=chain.next()) for _ in range(per_agent)]
+            [
+                telemetry_pb2.AgentMessage(
+                    envelope=envelopes[k], envelopes=envelopes[k + 1 : k + batch]
+                )
+                for k in range(0, per_agent, batch)
+            ]
         )
     asyncio.run(_drive(address, streams, timeout, conn))
 
@@ -164,14 +181,24 @@ def run(
     base: Path | None = None,
     verify_seconds: float = 1.5,
     verify_threads: int | None = None,
+    ingest_processes: int | None = None,
+    batch: int = 1,
+    loop: str = "asyncio",
+    verifier: str = "nacl",
 ) -> IngestResult:
-    """Run the benchmark once; BenchError if any count comes out wrong."""
-    if agents < 1 or reports_per_agent < 1:
-        raise BenchError("agents and reports per agent must be at least 1")
+    """Run the benchmark once; BenchError if any count comes out wrong.
+    ``batch``: envelopes per AgentMessage (an agent resending its backlog);
+    ``loop``: the collector's event loop, "asyncio" or "uvloop"."""
+    if agents < 1 or reports_per_agent < 1 or batch < 1:
+        raise BenchError("agents, reports per agent and batch must be at least 1")
     total = agents * reports_per_agent
     envelope_bytes, pae_bytes = _pae_length(gpus)
     cores = int(machine()["logical_cores"] or 1)  # type: ignore[call-overload]
-    overrides = {} if verify_threads is None else {"verify_threads": verify_threads}
+    overrides: dict[str, object] = {}
+    if verify_threads is not None:
+        overrides["verify_threads"] = verify_threads
+    if ingest_processes is not None:
+        overrides["ingest_processes"] = ingest_processes
     with workdir(base, agents, **overrides) as wd:
         # Best of a few short rounds, before and after the load: other work on
         # the machine can only slow a round down, so the best is the ceiling.
@@ -179,10 +206,10 @@ def run(
         raws = [raw_verify_rate(pae_bytes, seconds=third) for _ in range(3)]
         raw_all = raw_verify_rate(pae_bytes, seconds=verify_seconds, threads=max(cores, 1))
         load_before = os.getloadavg()[0]
-        with CollectorProcess(wd.config, timeout=timeout) as col:
+        with CollectorProcess(wd.config, timeout=timeout, loop=loop, verifier=verifier) as col:
             gen, conn = start_process(
                 _generator_main,
-                (col.address, wd.node_ids, wd.seeds, reports_per_agent, gpus, timeout),
+                (col.address, wd.node_ids, wd.seeds, reports_per_agent, gpus, batch, timeout),
                 "cw-bench-ingest-load",
             )
             try:
@@ -199,7 +226,7 @@ def run(
                 conn.close()
                 finish(gen)
             stats = col.stop()
-        stored = count_reports(wd.config.ledger)
+        stored = count_reports(wd.config.ledger_path)
         raws.append(raw_verify_rate(pae_bytes, seconds=third))
     raw = max(raws)
     if not isinstance(load, _Load):
@@ -213,6 +240,11 @@ def run(
     rate = total / load.seconds
     return IngestResult(
         agents=agents,
+        ingest_processes=wd.config.ingest_processes,
+        verify_threads=wd.config.verify_threads,
+        batch=batch,
+        loop=loop,
+        verifier=verifier,
         reports=total,
         gpus_per_report=gpus,
         envelope_bytes=envelope_bytes,
@@ -223,6 +255,8 @@ def run(
         raw_verify_per_second_all_cores=raw_all,
         ratio=rate / raw,
         collector_cpu_seconds=usage.cpu_seconds,
+        collector_cpu_us_per_report=1e6 * usage.cpu_seconds / total,
+        loop_cpu_us_per_report=1e6 * usage.main_thread_cpu_seconds / total,
         collector_cpu_percent=usage.cpu_percent,
         collector_rss_bytes=usage.rss_bytes,
         generator_cpu_percent=gen_usage.cpu_percent,
@@ -243,6 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--verify-threads", type=int, default=None, help="collector setting")
+    p.add_argument("--ingest-processes", type=int, default=None, help="collector setting")
+    p.add_argument("--batch", type=int, default=1, help="envelopes per AgentMessage")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    p.add_argument("--verifier", choices=("nacl", "cryptography"), default="nacl")
     args = p.parse_args(argv)
     result = run(
         args.agents,
@@ -250,6 +288,10 @@ def main(argv: list[str] | None = None) -> None:
         gpus=args.gpus,
         timeout=args.timeout,
         verify_threads=args.verify_threads,
+        ingest_processes=args.ingest_processes,
+        batch=args.batch,
+        loop=args.loop,
+        verifier=args.verifier,
     )
     print(json.dumps({"machine": machine(), "ingest": result.to_dict()}, indent=2))
 

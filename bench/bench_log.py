@@ -30,6 +30,7 @@ from pathlib import Path
 
 from collector.checkpoints import Checkpointer
 from collector.merkle_log import MerkleLog
+from collector.store.sql import open_db
 from computewatch.audit.entries import EntryChecker
 from computewatch.audit.store import FollowState, LocalStore
 from computewatch.audit.trust import Trust
@@ -81,9 +82,7 @@ def bench_appends(
     pool = [dsse.seal(_report("n0", i + 1, bytes(32)), key) for i in range(512)]
     conn = _connect(workdir / f"append-{batch}-{every_batch}.db")
     tree = MerkleLog(conn)
-    store = sqlite3.connect(
-        workdir / f"append-{batch}-{every_batch}.db", isolation_level=None, check_same_thread=False
-    )
+    store = open_db(workdir / f"append-{batch}-{every_batch}.db")
     cps = Checkpointer(
         tree, key, ORIGIN, store, interval_seconds=10.0, min_interval_seconds=min_interval
     )

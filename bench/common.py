@@ -16,7 +16,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -146,21 +146,36 @@ class ReportChain:
 
 
 def raw_verify_rate(
-    message_len: int, *, seconds: float = 1.5, max_count: int = 500_000, threads: int = 1
+    message_len: int,
+    *,
+    seconds: float = 1.5,
+    max_count: int = 500_000,
+    threads: int = 1,
+    library: str = "cryptography",
 ) -> float:
-    """Ed25519 verifications/s of ``cryptography`` over ``message_len`` bytes,
-    on ``threads`` threads (it releases the GIL), bounded in time and count."""
+    """Ed25519 verifications/s of ``cryptography`` (or ``library="nacl"``:
+    libsodium through PyNaCl) over ``message_len`` bytes, on ``threads``
+    threads (both release the GIL), bounded in time and count."""
     key = Ed25519PrivateKey.generate()
     message = os.urandom(message_len)
     sig = key.sign(message)
     public = key.public_key()
     per_thread = max(1, max_count // threads)
+    check: Callable[[bytes, bytes], None] = public.verify
+    if library == "nacl":
+        from cryptography.hazmat.primitives import serialization
+        from nacl.bindings import crypto_sign_open
+
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+        def check(signature: bytes, data: bytes) -> None:
+            crypto_sign_open(signature + data, raw)
 
     def spin(deadline: float) -> int:
         n = 0
         while n < per_thread:
             for _ in range(64):
-                public.verify(sig, message)
+                check(sig, message)
             n += 64
             if time.perf_counter() >= deadline:
                 break
@@ -224,7 +239,7 @@ def workdir(base: Path | None, nodes: int, **config: object) -> Iterator[Workdir
         for i in range(nodes):
             seed = os.urandom(32)
             node_id = f"bench-{i:05d}"
-            enroll(cfg.ledger, node_id, key_from_seed(seed).public)
+            enroll(cfg.ledger_path, node_id, key_from_seed(seed).public)
             wd.node_ids.append(node_id)
             wd.seeds.append(seed)
         yield wd
@@ -239,9 +254,38 @@ def count_reports(ledger: Path) -> dict[str, int]:
     return counts
 
 
-def _collector_main(config: CollectorConfig, conn: Connection) -> None:
+def _cryptography_verifier() -> None:
+    """Put back the verifier before issue 13 (``cryptography``'s OpenSSL
+    Ed25519) in this process only, to measure libsodium against it; only
+    with ``ingest_processes = 0`` (spawned workers would not have it)."""
+    from cryptography.exceptions import InvalidSignature
+
+    from protos.errors import SignatureError
+    from protos.keys import PublicKey
+
+    def verify(self: PublicKey, signature: bytes, message: bytes) -> None:
+        try:
+            self.key.verify(signature, message)
+        except InvalidSignature as exc:
+            raise SignatureError(f"signature by key {self.keyid[:16]} does not verify") from exc
+
+    PublicKey.verify = verify  # type: ignore[method-assign]
+
+
+def _collector_main(
+    config: CollectorConfig, conn: Connection, loop: str = "asyncio", verifier: str = "nacl"
+) -> None:
     logging.basicConfig(level=logging.ERROR, format="collector: %(levelname)s %(message)s")
-    asyncio.run(_serve_collector(config, conn))
+    if verifier == "cryptography":
+        if config.ingest_processes:
+            raise BenchError("the cryptography verifier is measured with ingest_processes = 0")
+        _cryptography_verifier()
+    if loop == "uvloop":  # measured against asyncio's own loop (bench/README.md)
+        import uvloop
+
+        uvloop.run(_serve_collector(config, conn))
+    else:
+        asyncio.run(_serve_collector(config, conn))
 
 
 async def _serve_collector(config: CollectorConfig, conn: Connection) -> None:
@@ -277,9 +321,20 @@ async def _serve_collector(config: CollectorConfig, conn: Connection) -> None:
 class CollectorProcess:
     """``with CollectorProcess(config) as c:`` a collector in a child process."""
 
-    def __init__(self, config: CollectorConfig, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        config: CollectorConfig,
+        *,
+        timeout: float = 60.0,
+        loop: str = "asyncio",
+        verifier: str = "nacl",
+    ) -> None:
+        """``loop``: "asyncio" or "uvloop" (the collector's event loop);
+        ``verifier``: "nacl" (the collector's) or "cryptography" (before issue 13)."""
         self._config = config
         self._timeout = timeout
+        self._loop = loop
+        self._verifier = verifier
         self._conn: Connection | None = None
         self._proc: BaseProcess | None = None
         self._lock = threading.Lock()
@@ -296,7 +351,9 @@ class CollectorProcess:
     def __enter__(self) -> CollectorProcess:
         parent, child = _CTX.Pipe()
         self._proc = _CTX.Process(
-            target=_collector_main, args=(self._config, child), name="cw-bench-collector"
+            target=_collector_main,
+            args=(self._config, child, self._loop, self._verifier),
+            name="cw-bench-collector",
         )
         self._proc.start()
         child.close()
@@ -396,6 +453,8 @@ class Usage:
     wall_seconds: float
     rss_bytes: int
     rss_max_bytes: int
+    # The main thread's alone (the collector's event loop, which holds the GIL).
+    main_thread_cpu_seconds: float = 0.0
 
     @property
     def cpu_percent(self) -> float:
@@ -404,21 +463,35 @@ class Usage:
 
 
 class Watch:
-    """CPU time and RSS of a process over a window (``start`` ... ``stop``)."""
+    """CPU time and RSS of a process and its children (the collector's ingest
+    workers) over a window (``start`` ... ``stop``). RSS is the process's own."""
 
     def __init__(self, pid: int) -> None:
         self._proc = psutil.Process(pid)
         self._cpu0 = 0.0
+        self._main0 = 0.0
         self._t0 = 0.0
         self._rss_max = 0
 
     def _cpu(self) -> float:
         t = self._proc.cpu_times()
-        return float(t.user + t.system)
+        total = float(t.user + t.system)
+        for child in self._proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += float(c.user + c.system)
+        return total
+
+    def _main_cpu(self) -> float:
+        for t in self._proc.threads():
+            if t.id == self._proc.pid:
+                return float(t.user_time + t.system_time)
+        return 0.0
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
         self._cpu0 = self._cpu()
+        self._main0 = self._main_cpu()
         self.sample()
 
     def sample(self) -> int:
@@ -428,6 +501,7 @@ class Watch:
 
     def stop(self) -> Usage:
         cpu = self._cpu() - self._cpu0
+        main = self._main_cpu() - self._main0
         wall = time.perf_counter() - self._t0
         rss = self.sample()
-        return Usage(cpu, wall, rss, self._rss_max)
+        return Usage(cpu, wall, rss, self._rss_max, main)

@@ -42,10 +42,11 @@ from collector.accounting import (
     window_flop,
 )
 from collector.accounting.actors import ActorBook, job_totals
-from collector.accounting.figures import build_snapshot, with_actors
+from collector.accounting.figures import ALL_SCOPES, build_snapshot
+from collector.accounting.live import SummaryCache
 from collector.accounting.state import JobState, NodeShare, NodeState
 from collector.jobbounds import JobBounds, JobLimits
-from collector.snapshot import Snapshot
+from collector.snapshot import Scope, Snapshot
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
 from protos.jobs import is_unattributed, job_key
@@ -88,6 +89,8 @@ class Aggregator:
         self.forgotten_flop = 0.0
         self.forgotten_flop_upper = 0.0
         self.actors = ActorBook()
+        # Each node's figures between its reports (collector.accounting.live).
+        self.summaries = SummaryCache(silent_after_intervals, expected_interval_seconds)
 
     def enroll(self, node_id: str) -> None:
         """Track an enrolled node before it reports (it shows as never seen)."""
@@ -96,7 +99,18 @@ class Aggregator:
     def note_chain_break(self, node_id: str) -> None:
         self.nodes.setdefault(node_id, NodeState(node_id)).chain_breaks += 1
 
-    def ingest(self, report: telemetry_pb2.NodeReport, log_index: int, received_at: float) -> None:
+    def ingest(
+        self,
+        report: telemetry_pb2.NodeReport,
+        log_index: int,
+        received_at: float,
+        figures: list[GpuFigures] | None = None,
+    ) -> None:
+        """``figures``: ``gpu_figures`` of the report's GPUs with the shipped
+        device table, worked out ahead (in an ingest worker); used only when
+        this aggregator looks devices up in that table too."""
+        if figures is None or self._lookup is not devices.lookup:
+            figures = [gpu_figures(g, self._lookup, report.node_id) for g in report.gpus]
         node = self.nodes.setdefault(report.node_id, NodeState(report.node_id))
         interval = max(report.interval_seconds, 0.0)
         sample = report.sample_unix_nanos / 1e9 if report.sample_unix_nanos else received_at
@@ -115,7 +129,7 @@ class Aggregator:
         node.enforcement = report.enforcement
         node.nvml_status = report.nvml_status
         node.reports += 1
-        node.gpus = mig.fold([gpu_figures(g, self._lookup, report.node_id) for g in report.gpus])
+        node.gpus = mig.fold(figures)
         self._charge_gap(node, previous_gpus, gap, log_index)
 
         per_job: dict[str, NodeShare] = {}
@@ -169,6 +183,9 @@ class Aggregator:
             job.parents = tuple(info.parent_job_ids)
             job.model_id = info.model_id or job.model_id
         self._track_jobs(node.node_id, report, per_job.keys(), gone, received_at)
+        # The node's figures for every later snapshot, folded now (a tick
+        # then reads them in O(1) per node: collector.accounting.live).
+        self.summaries.get(node)
 
     def _charge_gap(
         self, node: NodeState, before: dict[str, GpuFigures], gap: float, log_index: int
@@ -273,15 +290,20 @@ class Aggregator:
         interval = max(self._expected_interval, *node.recent_intervals, node.interval)
         return now - node.last_received > self._silent_after * interval
 
-    def snapshot(self, now: float) -> Snapshot:
-        """Every figure at ``now``. Safe to call from the metrics thread while
-        the event loop ingests: it iterates over copies of the live dicts
-        (``list()`` of a dict view is taken without a thread switch)."""
-        snap = build_snapshot(
+    def snapshot(self, now: float, scopes: Collection[Scope] = ALL_SCOPES) -> Snapshot:
+        """Every figure of ``scopes`` at ``now`` (the cluster's always; the
+        rules engine names the scopes its rules read, ``RuleEngine.scopes``).
+        O(nodes + jobs) from each node's summary, rebuilt only for nodes that
+        reported since (``collector.accounting.live``); O(GPUs) for the GPU
+        scope only. Safe to call from the metrics thread while the event loop
+        ingests: it iterates over copies of the live dicts (``list()`` of a
+        dict view is taken without a thread switch)."""
+        return build_snapshot(
             self.nodes,
             self.jobs,
             now,
-            self.is_silent,
+            self.summaries.get,
             forgotten=(self.forgotten_flop, self.forgotten_flop_upper),
+            book=self.actors,
+            scopes=scopes,
         )
-        return with_actors(snap, self.actors, self.jobs)

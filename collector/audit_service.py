@@ -3,12 +3,13 @@
 ``Subscribe(from_index)`` streams entries in index order, each run of
 entries followed by a signed checkpoint whose tree covers exactly the
 entries sent so far; it is resumable from any index. Entries are read from
-the ledger file with a separate read-only connection, in short read
-transactions, at the pace the subscriber reads: ingestion never waits for a
-subscriber. New checkpoints reach each live stream through a bounded queue;
-a subscriber stuck for ``subscriber_queue`` checkpoints, or (once caught up)
-more than ``max_lag_entries`` behind the log, is closed with
-RESOURCE_EXHAUSTED and told the index to resume from (in the details and the
+the collector's database (the SQLite file or, on a standby too, the shared
+PostgreSQL) with a separate read-only connection, in short reads, at the
+pace the subscriber reads: ingestion never waits for a subscriber. New
+checkpoints reach each live stream through a bounded queue; a subscriber
+stuck for ``subscriber_queue`` checkpoints, or (once caught up) more than
+``max_lag_entries`` behind the log, is closed with RESOURCE_EXHAUSTED and
+told the index to resume from (in the details and the
 ``computewatch-resume-from`` trailing metadata). Its handler ends at once,
 whether or not it reads: a status that cannot reach it within
 ``close_grace_seconds`` leaves it queued behind the unread messages (grpc
@@ -22,16 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import grpc
 
+from collector.store.sql import Location, open_db
 from protos import checkpoint as cpmod
 from protos.checkpoint import RESUME_FROM_KEY
 from protos.computewatch.v1 import audit_pb2, audit_pb2_grpc
@@ -77,36 +76,40 @@ class CheckpointSource(Protocol):
 
 
 class LogReader:
-    """Reads entry bytes from the ledger's ``log`` table (own read-only connection)."""
+    """Reads entry bytes from the ``log`` table on its own read-only handle on
+    the collector's database (the SQLite file, or the PostgreSQL database a
+    standby shares with the leader), a few rows per query so one call holds at
+    most ``max_bytes`` plus one small batch in memory."""
 
-    def __init__(self, ledger_path: Path) -> None:
-        self._conn = sqlite3.connect(
-            f"file:{ledger_path}?mode=ro", uri=True, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._lock = threading.Lock()
+    _ROWS_PER_QUERY = 32
+
+    def __init__(self, location: Location) -> None:
+        self._db = open_db(location, readonly=True)
 
     def entries(self, start: int, end: int, max_bytes: int) -> list[tuple[int, bytes]]:
         """Entries ``[start, end)`` in order, stopping before ``max_bytes`` (at least one)."""
         out: list[tuple[int, bytes]] = []
         total = 0
-        with self._lock:
-            cur = self._conn.execute(
-                "SELECT idx, data FROM log WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+        pos = start
+        while pos < end:
+            stop = min(end, pos + self._ROWS_PER_QUERY)
+            rows = self._db.execute(
+                "SELECT idx, data FROM log WHERE idx >= ? AND idx < ? ORDER BY idx", (pos, stop)
             )
-            for idx, data in cur:
+            for idx, data in rows:
                 if out and total + len(data) > max_bytes:
-                    break
+                    return out
                 if idx != start + len(out):
                     raise LogError(f"log entry {start + len(out)} is missing from the ledger")
                 out.append((int(idx), bytes(data)))
                 total += len(data)
-            cur.close()
+            if len(rows) < stop - pos:
+                break  # the next one is missing: the caller sees the short read
+            pos = stop
         return out
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()
 
 
 class _Subscriber:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,12 +24,15 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from collector.audit_service import AuditLimits, AuditServicer, LogReader, SubscriptionHub
 from collector.auth import AuthInterceptor, AuthPolicy
 from collector.checkpoints import Checkpointer
-from collector.merkle_log import MerkleLog
+from collector.store.sql import DB_ERRORS, Db, Location, open_db
 from protos.computewatch.v1 import audit_pb2_grpc
 from protos.errors import Error
 from protos.keys import PrivateKey, PublicKey
 
 log = logging.getLogger(__name__)
+
+# A failed signing or refresh: counted and logged, the task goes on.
+_FAILURES: tuple[type[Exception], ...] = (Error, *DB_ERRORS)
 
 
 def auth_interceptor(
@@ -45,6 +48,22 @@ def auth_interceptor(
     return AuthInterceptor(policy, clock, registry)
 
 
+class AuditTree(Protocol):
+    """The Merkle log as the Audit service reads it: ``MerkleLog`` on the
+    single collector, ``TreeView`` (refreshed from the database) on HA ones."""
+
+    @property
+    def size(self) -> int: ...
+
+    def snapshot(self) -> tuple[int, bytes]: ...
+
+    def root(self, size: int | None = None) -> bytes: ...
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]: ...
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]: ...
+
+
 class AuditHandle:
     """What ``start_audit`` built; ``close()`` stops the checkpoint task."""
 
@@ -54,9 +73,10 @@ class AuditHandle:
         checkpointer: Checkpointer,
         hub: SubscriptionHub,
         reader: LogReader,
-        store: sqlite3.Connection,
+        store: Db,
         *,
         tick: float,
+        leading: Callable[[], bool] | None = None,
     ) -> None:
         self.servicer = servicer
         self.checkpointer = checkpointer
@@ -65,20 +85,29 @@ class AuditHandle:
         self._reader = reader
         self._store = store
         self._tick = tick
+        self._leading = leading
         self._task = asyncio.create_task(self._run(), name="audit-checkpoints")
 
     async def _run(self) -> None:
         cps = self.checkpointer
         while True:
             try:
+                if self._leading is not None and self._leading() != cps.writer:
+                    await asyncio.to_thread(cps.set_writer, not cps.writer)
                 signed = await asyncio.to_thread(cps.maybe_checkpoint)
-            except (Error, sqlite3.Error):
+            except _FAILURES:
                 self.checkpoint_failures += 1
                 log.exception("signing a checkpoint failed")
             else:
                 if signed is not None:
                     self.hub.publish(signed)
             await asyncio.sleep(min(self._tick, cps.due_in()) or self._tick)
+
+    def set_writer(self, writer: bool) -> None:
+        """Sign checkpoints from now on (this collector became the leader), or
+        only follow the leader's (it lost the lead). Blocks on the database:
+        call it off the event loop."""
+        self.checkpointer.set_writer(writer)
 
     async def close(self) -> None:
         """Stop the checkpoint task and close the audit's own connections."""
@@ -94,11 +123,14 @@ class AuditHandle:
 
 async def start_audit(
     server: grpc.aio.Server,
-    ledger_path: Path,
-    merkle: MerkleLog,
+    location: Location,
+    merkle: AuditTree,
     key: PrivateKey,
     origin: str,
     *,
+    writer: bool = True,
+    leading: Callable[[], bool] | None = None,
+    fence: Callable[[Db], None] | None = None,
     checkpoint_interval_seconds: float,
     min_checkpoint_interval_seconds: float = 1.0,
     limits: AuditLimits | None = None,
@@ -108,28 +140,37 @@ async def start_audit(
 ) -> AuditHandle:
     """Register the Audit service on ``server`` and start checkpointing.
 
-    ``merkle`` is the ledger's MerkleLog; ``key`` the collector key (signs
-    checkpoints under key name ``origin``). A checkpoint is signed at most
-    every ``min_checkpoint_interval_seconds`` while entries arrive, and at
-    least every ``checkpoint_interval_seconds`` regardless.
+    ``location`` is the collector's database (a ledger path or URL,
+    ``collector.store.sql``); ``merkle`` the Merkle log (``AuditTree``);
+    ``key`` the collector key (signs checkpoints under key name ``origin``).
+    A ``writer`` signs a checkpoint at most every
+    ``min_checkpoint_interval_seconds`` while entries arrive, and at least
+    every ``checkpoint_interval_seconds`` regardless, each write fenced by
+    ``fence`` (``Checkpointer``); a reader (an HA standby) refreshes its tree
+    and serves and publishes the checkpoints the leader stored. ``leading``
+    (in HA, e.g. ``lambda: collector.leading``) overrides ``writer``: it is
+    asked every tick and the checkpointer switches role when it changes.
     """
     limits = limits or AuditLimits()
-    store = sqlite3.connect(ledger_path, isolation_level=None, check_same_thread=False)
+    if leading is not None:
+        writer = leading()
+    store = open_db(location)
     try:
-        store.execute("PRAGMA busy_timeout=5000")
         checkpointer = Checkpointer(
             merkle,
             key,
             origin,
             store,
             clock,
+            writer=writer,
+            fence=fence,
             interval_seconds=checkpoint_interval_seconds,
             min_interval_seconds=min_checkpoint_interval_seconds,
             history_stride=limits.round_entries,
             previous_keys=previous_keys,
         )
         await asyncio.to_thread(checkpointer.maybe_checkpoint)
-        reader = LogReader(ledger_path)
+        reader = LogReader(location)
     except BaseException:
         # A refused start (another key or origin, a rewritten ledger) leaves nothing open.
         store.close()
@@ -138,14 +179,14 @@ async def start_audit(
     servicer = AuditServicer(merkle, checkpointer, reader, hub, limits)
     audit_pb2_grpc.add_AuditServicer_to_server(servicer, server)
     tick = max(0.01, min(min_checkpoint_interval_seconds, checkpoint_interval_seconds))
-    handle = AuditHandle(servicer, checkpointer, hub, reader, store, tick=tick)
+    handle = AuditHandle(servicer, checkpointer, hub, reader, store, tick=tick, leading=leading)
     if registry is not None:
         registry.register(_AuditMetrics(handle, merkle))
     return handle
 
 
 class _AuditMetrics(Collector):
-    def __init__(self, handle: AuditHandle, merkle: MerkleLog) -> None:
+    def __init__(self, handle: AuditHandle, merkle: AuditTree) -> None:
         self._h = handle
         self._merkle = merkle
 

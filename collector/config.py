@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
-from protos.config import SettingError, check_ranges, load_section
+from protos.config import SettingError, check_ranges, load_section, read_toml
 from protos.errors import ConfigError
 from protos.reports import MAX_INTERVAL_SECONDS
 
@@ -17,6 +19,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "silent_after_intervals": (0.0, 1000.0, True),
     "max_envelope_bytes": (1024, 64 << 20, False),
     "verify_threads": (0, 256, False),
+    "ingest_processes": (0, 64, False),
     "max_in_flight_per_stream": (1, 1_000_000, False),
     "metrics_port": (0, 65535, False),
     "tick_seconds": (0.001, 3600.0, False),
@@ -35,10 +38,49 @@ RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 
+_PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_database_url(value: str | Path) -> bool:
+    """True for a PostgreSQL URL (``postgresql://`` or ``postgres://``)."""
+    return isinstance(value, str) and value.startswith(_PG_SCHEMES)
+
+
+@dataclass(frozen=True)
+class HaConfig:
+    """``[ha]``: this collector's candidacy for the lead on a shared PostgreSQL."""
+
+    # Name written into the leader row while this collector leads (unique per
+    # candidate; a Kubernetes pod's hostname is its name).
+    candidate: str = field(default_factory=socket.gethostname)
+    # The leader lease in the database: a standby takes over this long after
+    # the leader's last renewal.
+    leader_lease_seconds: float = 5.0
+    # How often the leader renews (and a standby looks for a lapsed lease).
+    renew_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.candidate or len(self.candidate) > 253:
+            raise SettingError("candidate", self.candidate, "1-253 characters")
+        check_ranges(
+            self,
+            {"leader_lease_seconds": (0.0, 3600.0, True), "renew_seconds": (0.0, 3600.0, True)},
+        )
+        if self.renew_seconds >= self.leader_lease_seconds:
+            raise SettingError(
+                "renew_seconds",
+                self.renew_seconds,
+                f"less than leader_lease_seconds ({self.leader_lease_seconds!r})",
+            )
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
-    # Ledger file (SQLite): the log, chains, enrolments, evidence.
-    ledger: Path
+    _: KW_ONLY
+    # The ledger: a SQLite file (the log, chains, enrolments, evidence), or a
+    # PostgreSQL URL (``postgresql://...``) shared by collectors in high
+    # availability. A path is kept as a Path, a URL as a str.
+    ledger: str | Path = ""
     # Collector private key: signs directives, leases and checkpoints.
     key: Path
     listen: str = "127.0.0.1:7443"
@@ -49,6 +91,9 @@ class CollectorConfig:
     max_envelope_bytes: int = 1 << 20
     # Threads that verify Ed25519 signatures off the event loop (0: inline).
     verify_threads: int = 2
+    # Worker processes that verify, parse and validate reports off the event
+    # loop (collector.ingest_pool); 0: verify_threads do the signatures only.
+    ingest_processes: int = 2
     # Reports accepted but not yet committed, per stream, before reading pauses.
     max_in_flight_per_stream: int = 1024
     metrics_address: str = "127.0.0.1"
@@ -104,8 +149,14 @@ class CollectorConfig:
     previous_keys: tuple[Path, ...] = ()
     # How often the collector looks for enrolments, handovers and revocations.
     key_poll_seconds: float = 0.2
+    # A file holding the PostgreSQL URL (a Kubernetes secret mount), so the
+    # password never sits in this config; wins over ``ledger``.
+    ledger_url_file: Path | None = None
+    # ``[ha]``: only with a PostgreSQL ledger.
+    ha: HaConfig = field(default_factory=HaConfig)
 
     def __post_init__(self) -> None:
+        self._check_ledger()
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise SettingError("listen", self.listen, "HOST:PORT (port 0..65535)")
@@ -142,9 +193,100 @@ class CollectorConfig:
                 " (else a halt could never be lifted)",
             )
 
+    def check_failover(self) -> None:
+        """On PostgreSQL: ConfigError unless a failover (the database lease plus one
+        renewal) ends before the agents' signed leases do. Checked once ``[ha]``
+        is merged in (``load_collector_config``) and again at start."""
+        failover = self.ha.leader_lease_seconds + self.ha.renew_seconds
+        if self.on_database and failover >= self.lease_seconds:
+            raise ConfigError(
+                f"[ha] leader_lease_seconds + renew_seconds ({failover:g} s) must stay below"
+                f" lease_seconds ({self.lease_seconds:g} s): a failover would outlast the"
+                " agents' leases and fail-closed agents would halt"
+            )
+
+    def _check_ledger(self) -> None:
+        ledger = self.ledger
+        if isinstance(ledger, str) and ledger.startswith("sqlite:///"):
+            ledger = ledger.removeprefix("sqlite://")  # sqlite:///abs/path: the file
+        if isinstance(ledger, str) and not is_database_url(ledger):
+            if "://" in ledger:
+                raise SettingError("ledger", ledger, "a file path or a postgresql:// URL")
+            if ledger:
+                object.__setattr__(self, "ledger", Path(ledger))
+        if self.ledger_url_file is None and not str(self.ledger):
+            raise ConfigError(
+                "[collector] is missing required key(s) ledger: a file path or a postgresql://"
+                " URL (or ledger_url_file)"
+            )
+
+    @property
+    def on_database(self) -> bool:
+        """True when the ledger is PostgreSQL (a URL, or ``ledger_url_file``)."""
+        return self.ledger_url_file is not None or is_database_url(self.ledger)
+
+    @property
+    def ledger_path(self) -> Path:
+        """The SQLite ledger file; ConfigError on a PostgreSQL ledger."""
+        if self.on_database or not isinstance(self.ledger, Path):
+            raise ConfigError("this needs a SQLite ledger file; the ledger is PostgreSQL")
+        return self.ledger
+
+    def ledger_location(self) -> str | Path:
+        """What the collector's tables open (``collector.store.sql``): the SQLite
+        file, or the PostgreSQL URL (read from ``ledger_url_file`` now)."""
+        return self.database_url() if self.on_database else self.ledger_path
+
+    def database_url(self) -> str:
+        """The PostgreSQL URL: ``ledger_url_file``'s content (read now, so a
+        rotated secret is picked up at the next start), else ``ledger``."""
+        if self.ledger_url_file is None:
+            if not isinstance(self.ledger, str):
+                raise ConfigError(f"the ledger {self.ledger} is a SQLite file, not a database URL")
+            return self.ledger
+        try:
+            url = self.ledger_url_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"ledger_url_file {self.ledger_url_file}: cannot read it ({exc})"
+            ) from exc
+        if not is_database_url(url):
+            raise ConfigError(
+                f"ledger_url_file {self.ledger_url_file}: expected one postgresql:// URL"
+            )
+        return url
+
+    def ledger_name(self) -> str:
+        """The ledger for messages: a path, or the URL without its password."""
+        if not self.on_database:
+            return str(self.ledger)
+        if self.ledger_url_file is not None:
+            return f"the database URL in {self.ledger_url_file}"
+        head, sep, tail = str(self.ledger).partition("@")
+        if not sep:
+            return head
+        scheme, _, cred = head.partition("://")
+        return f"{scheme}://{cred.split(':', 1)[0]}@{tail}"
+
 
 def load_collector_config(
     path: Path | None, overrides: Mapping[str, object] | None = None
 ) -> CollectorConfig:
-    """``[collector]`` of ``path`` with ``overrides`` (flags/env) on top."""
-    return load_section(CollectorConfig, path, "collector", overrides)
+    """``[collector]`` of ``path`` with ``overrides`` (flags/env) on top, and
+    ``[ha]`` (a table of its own, only with a PostgreSQL ledger)."""
+    config = load_section(CollectorConfig, path, "collector", overrides)
+    if path is None or "ha" not in read_toml(path):
+        config.check_failover()
+        return config
+    if not config.on_database:
+        raise ConfigError(
+            f'{path}: [ha] needs a PostgreSQL ledger (ledger = "postgresql://..." or'
+            f" ledger_url_file); the ledger {config.ledger} is a SQLite file"
+        )
+    ha = load_section(HaConfig, path, "ha")
+    try:
+        config = dataclasses.replace(config, ha=ha)
+        config.check_failover()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return config

@@ -142,7 +142,7 @@ class DecisionHook:
         if not self.engine.rules:
             return
         with gc_paused():
-            decisions = self.engine.evaluate(self._agg.snapshot(now))
+            decisions = self.engine.evaluate(self._agg.snapshot(now, self.engine.scopes))
         for decision in decisions:
             self.handle(decision)
         waiting = awaiting_summary(decisions)

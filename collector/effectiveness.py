@@ -191,6 +191,10 @@ class EffectTracker:
             self._finish(d.id, d.issued_unix_nanos)
 
     # -- reading -------------------------------------------------------------------
+    def tracks(self, directive_id: str) -> bool:
+        """True while ``directive_id`` is followed, or once it was judged."""
+        return directive_id in self._pending or directive_id in self._done
+
     def progress(self, directive_id: str) -> Progress:
         done = self._done.get(directive_id)
         if done is not None:

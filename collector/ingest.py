@@ -13,9 +13,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from collector.aggregate import Aggregator
+from collector.aggregate import Aggregator, GpuFigures
 from collector.batchverify import BatchVerifier
 from collector.chain import ChainBook
+from collector.ingest_pool import Outcome, ProcessChecks
 from collector.ledger import Entry, Ledger
 from collector.registry import Registry
 from protos import dsse
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # What a refused envelope raises: a bad envelope, or a ledger that cannot write now.
 Refusal = VerificationError | LedgerUnavailableError
+# An envelope's check under way (``Ingestor.begin``): in verify threads, in
+# worker processes (None: the pool failed, check it here), or done inline.
+Checking = asyncio.Future[dsse.Verified] | asyncio.Future[Outcome | None]
 
 
 @dataclass
@@ -130,18 +134,22 @@ class Ingestor:
         clock_ns: Callable[[], int] = time.time_ns,
         evidence_per_key: int = 1,
         before_admit: Callable[[], None] | None = None,
+        checks: ProcessChecks | None = None,
     ) -> None:
         """``before_admit``: called on the event loop before a report is
         appended (``collector.keylog.KeyLog.before_admit``: key events first).
         ``verify_pool``: threads that check signatures in batches
         (``collector.batchverify``), at most ``verify_jobs`` batches at once
-        (default: the pool's thread count); None checks on the event loop."""
+        (default: the pool's thread count); None checks on the event loop.
+        ``checks``: worker processes that verify, parse and validate
+        (``collector.ingest_pool``); when given, ``verify_pool`` is not used."""
         self._registry = registry
         self._ledger = ledger
         self._aggregator = aggregator
         self._max = max_envelope_bytes
         self.batcher: BatchVerifier | None = None
-        if verify_pool is not None:
+        self.checks = checks
+        if verify_pool is not None and checks is None:
             self.batcher = BatchVerifier(
                 verify_pool,
                 self._check,
@@ -193,10 +201,17 @@ class Ingestor:
             raise OversizeError(f"envelope is {len(data)} bytes; the limit is {self._max}")
         return dsse.verify(data, self._resolve, expected_type=dsse.REPORT_TYPE, max_bytes=self._max)
 
-    def begin(self, data: bytes) -> asyncio.Future[dsse.Verified]:
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        if self.checks is not None:
+            self.checks.close()
+
+    def begin(self, data: bytes) -> Checking:
         """Start checking ``data``'s signature (in the pool, or here and now
         without one); hand the future to ``finish``. A stream can begin its
         next envelopes while earlier ones are checked."""
+        if self.checks is not None:
+            return self.checks.submit(data)
         if self.batcher is not None:
             return self.batcher.submit(data)
         fut: asyncio.Future[dsse.Verified] = asyncio.get_running_loop().create_future()
@@ -222,13 +237,19 @@ class Ingestor:
     async def finish(
         self,
         data: bytes,
-        checking: asyncio.Future[dsse.Verified],
+        checking: Checking,
         bound_node: str | None = None,
     ) -> Accepted:
         """``accept`` for an envelope whose check ``begin`` started. Every
         refusal after the signature verified carries the key's stored sequence."""
+        # A worker's outcome: the report validated (or refused) ahead.
+        validated: Outcome | None = None
         try:
-            verified = await checking
+            got = await checking
+            if isinstance(got, dsse.Verified):
+                verified = got
+            else:
+                verified, validated = self._adopt(data, got)
         except UnknownKeyError as exc:
             raise UnknownNodeError(f"no enrolled node holds the signing key: {exc}") from exc
         try:
@@ -237,11 +258,39 @@ class Ingestor:
             exc.stored_sequence = self.stored_sequence(verified.signer.keyid)
             raise
         try:
-            return self._admit(data, verified, report, bound_node)
+            return self._admit(data, verified, report, bound_node, validated)
         except (VerificationError, LedgerUnavailableError) as exc:
             exc.sequence = report.sequence  # signed by the sender: safe to echo back
             exc.stored_sequence = self.stored_sequence(verified.signer.keyid)
             raise
+
+    def _adopt(self, data: bytes, outcome: Outcome | None) -> tuple[dsse.Verified, Outcome | None]:
+        """A worker's answer, taken only where the registry agrees with the
+        keys the worker held; otherwise (a key enrolled or revoked since, a
+        failed pool) ``data`` is checked here, as without workers. Returns the
+        verified envelope and, when the worker validated the report, its outcome."""
+        if outcome is None:
+            return self._check(data), None
+        agrees = True
+        for keyid, held in outcome.asked.items():
+            node = self._registry.by_keyid(keyid)
+            if (node is not None) == held:
+                continue
+            agrees = False
+            if self.checks is not None:
+                if node is None:
+                    self.checks.forget(keyid)
+                else:
+                    self.checks.learn(node.key)
+        signer = self._resolve(outcome.keyid) if outcome.keyid else None
+        if not agrees or (outcome.keyid and signer is None):
+            return self._check(data), None
+        if outcome.error is not None:
+            if outcome.keyid:  # signed: the refusal carries the key's stored sequence
+                outcome.error.stored_sequence = self.stored_sequence(outcome.keyid)
+            raise outcome.error
+        assert signer is not None  # a verified outcome names its signer
+        return dsse.Verified(outcome.payload_type, outcome.payload, signer, data), outcome
 
     def _admit(
         self,
@@ -249,6 +298,7 @@ class Ingestor:
         verified: dsse.Verified,
         report: telemetry_pb2.NodeReport,
         bound_node: str | None,
+        validated: Outcome | None = None,
     ) -> Accepted:
         if not self._ledger.writable:
             # Checked before the chain: nothing is admitted on state that a
@@ -271,8 +321,11 @@ class Ingestor:
                 f"this stream carries node {bound_node}; a report for {node.node_id} arrived on it"
             )
         now_ns = self._clock_ns()
-        validate_report(report, now_ns=now_ns)
-        digest = dsse.digest(data)
+        if validated is None:
+            validate_report(report, now_ns=now_ns)
+        elif validated.invalid is not None:  # found by the worker, refused here in order
+            raise validated.invalid
+        digest = validated.digest if validated is not None else dsse.digest(data)
         try:
             self.chains.check(keyid, report.sequence, report.previous_digest, digest)
         except ReplayError:
@@ -304,7 +357,10 @@ class Ingestor:
         except ChainError:
             self._aggregator.note_chain_break(node.node_id)
             raise
-        self._aggregator.admit_jobs(node.node_id, Aggregator.report_job_ids(report))
+        job_ids = None if validated is None else validated.job_ids
+        self._aggregator.admit_jobs(
+            node.node_id, Aggregator.report_job_ids(report) if job_ids is None else job_ids
+        )
         fut = self._ledger.append(
             Entry(
                 data=data,
@@ -318,7 +374,10 @@ class Ingestor:
         self.chains.advance(keyid, report.sequence, digest)
         key = (keyid, report.sequence)
         self._in_flight[key] = (fut, data)
-        fut.add_done_callback(functools.partial(self._committed, key, report, len(data), now_ns))
+        figures = None if validated is None else validated.figures
+        fut.add_done_callback(
+            functools.partial(self._committed, key, report, len(data), now_ns, figures=figures)
+        )
         return Accepted(node.node_id, report.sequence, _follow(fut), keyid=keyid)
 
     def _committed(
@@ -328,6 +387,8 @@ class Ingestor:
         size: int,
         received_ns: int,
         fut: asyncio.Future[int],
+        *,
+        figures: list[GpuFigures] | None = None,
     ) -> None:
         held = self._in_flight.get(key)
         if held is not None and held[0] is fut:
@@ -340,7 +401,7 @@ class Ingestor:
             return
         self.stats.accepted += 1
         self.stats.bytes_accepted += size
-        self._aggregator.ingest(report, fut.result(), received_ns / 1e9)
+        self._aggregator.ingest(report, fut.result(), received_ns / 1e9, figures)
 
     def _accepted_bytes(self, keyid: str, sequence: int) -> bytes | None:
         """The accepted envelope for (key, sequence), committed or still in flight."""

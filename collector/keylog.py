@@ -19,19 +19,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from collector import keystore
-from collector.ledger import Entry, Ledger, connect
+from collector.ledger import Entry, Ledger
 from collector.registry import Registry
 from collector.sessions import Session
+from collector.store.sql import Location, open_db
 from protos import dsse, keylog
 from protos.computewatch.v1 import keylog_pb2
 from protos.errors import ConfigError, Error
@@ -84,7 +83,7 @@ class KeyLogMetrics(Collector):
 class KeyLog:
     def __init__(
         self,
-        path: Path,
+        location: Location,
         ledger: Ledger,
         registry: Registry,
         key: PrivateKey,
@@ -95,8 +94,8 @@ class KeyLog:
         self._registry = registry
         self._key = key
         self._poll = poll_seconds
-        self._read = connect(path, readonly=True)
-        ledger.connection.execute(keystore.INDEX)  # before any append: the writer is idle
+        # The collector's database, read only (its migrations made the index).
+        self._read = open_db(location, readonly=True)
         self._logged: set[bytes] = set()
         self._cursor = 0
         self._version = -1
@@ -126,7 +125,7 @@ class KeyLog:
         rows = self._read.execute(
             f"SELECT payload_type, data FROM log WHERE {keystore.KEY_EVENT_FILTER}"  # noqa: S608
             " ORDER BY idx"
-        ).fetchall()
+        )
         return [(str(t), bytes(d)) for t, d in rows]
 
     def on_authority_revoked(self, callback: Callable[[str], None]) -> None:
@@ -160,7 +159,7 @@ class KeyLog:
         """Reread the registry and log pending events if any key changed."""
         try:
             version = keystore.version(self._read)
-        except sqlite3.Error as exc:
+        except Error as exc:  # a driver error, typed (collector.store.sql)
             log.warning("cannot read key_state: %s", exc)
             return
         if version != self._version:
@@ -176,10 +175,10 @@ class KeyLog:
         rows = self._read.execute(
             "SELECT id, payload_type, payload, envelope FROM key_event WHERE id > ? ORDER BY id",
             (self._cursor,),
-        ).fetchall()
+        )
         for row_id, payload_type, raw, envelope in rows:
             payload = bytes(raw)
-            self._cursor = row_id
+            self._cursor = int(row_id)
             digest = hashlib.sha256(payload).digest()
             if digest in self._logged:
                 continue
@@ -229,7 +228,7 @@ class KeyLog:
         logged = [(t, d) for t, d in self._logged_events() if t in types]
         queued_rows = self._read.execute(
             "SELECT payload_type, payload FROM key_event WHERE payload_type IN (?, ?)", types
-        ).fetchall()
+        )
         introduced = {
             _introduced_key(t, dsse.open_envelope(bytes(d)).payload) for t, d in logged
         } | {_introduced_key(t, bytes(p)) for t, p in queued_rows}

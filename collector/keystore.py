@@ -1,53 +1,61 @@
 """Rows behind the key events: pending events, retired keys, a change counter.
 
 Written by ``computewatch nodes ...`` (``collector.registry`` and
-``collector.keyadmin``) inside their own transactions; the running collector
-polls ``key_state.version`` and logs pending events (``collector.keylog``).
+``collector.keyadmin``) inside their own transactions, on either backend
+(``collector.store.sql``); every running collector polls
+``key_state.version`` and the leader logs pending events (``collector.keylog``).
 """
 
 from __future__ import annotations
 
-import sqlite3
-
-from protos import keylog
+from collector.store.migrations import KEY_EVENT_FILTER
+from collector.store.sql import Db
 from protos.errors import ConfigError
 
-# Only these rows of the log are read back when the collector starts.
-KEY_EVENT_FILTER = "payload_type IN ({})".format(
-    ", ".join(f"'{t}'" for t in keylog.KEY_EVENT_TYPES)
-)
-INDEX = f"CREATE INDEX IF NOT EXISTS log_key_events ON log(idx) WHERE {KEY_EVENT_FILTER}"
+__all__ = [
+    "KEY_EVENT_FILTER",
+    "add_event",
+    "bump",
+    "refuse_retired",
+    "retire",
+    "retired_authorities",
+    "retired_keyids",
+    "version",
+]
 
 
 def add_event(
-    conn: sqlite3.Connection,
+    db: Db,
     payload_type: str,
     payload: bytes,
     now_ns: int,
     envelope: bytes | None = None,
 ) -> None:
-    conn.execute(
+    # The counter's row first: on PostgreSQL it is the lock that makes queued
+    # events commit in id order, so a collector reading ``id > cursor`` never
+    # passes an event that commits later with a smaller id.
+    bump(db)
+    db.execute(
         "INSERT INTO key_event(payload_type, payload, envelope, created_unix_nanos)"
         " VALUES (?, ?, ?, ?)",
         (payload_type, payload, envelope, now_ns),
     )
-    bump(conn)
 
 
-def bump(conn: sqlite3.Connection) -> None:
-    conn.execute(
+def bump(db: Db) -> None:
+    db.execute(
         "INSERT INTO key_state(id, version) VALUES (1, 1)"
-        " ON CONFLICT(id) DO UPDATE SET version = version + 1"
+        " ON CONFLICT(id) DO UPDATE SET version = key_state.version + 1"
     )
 
 
-def version(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT version FROM key_state WHERE id = 1").fetchone()
+def version(db: Db) -> int:
+    row = db.one("SELECT version FROM key_state WHERE id = 1")
     return 0 if row is None else int(row[0])
 
 
 def retire(  # noqa: PLR0917 - one column each
-    conn: sqlite3.Connection,
+    db: Db,
     keyid: str,
     role: str,
     raw: bytes,
@@ -55,19 +63,23 @@ def retire(  # noqa: PLR0917 - one column each
     why: str,
     now_ns: int,
 ) -> None:
-    conn.execute(
-        "INSERT OR IGNORE INTO retired_key(keyid, role, public_key, node_id, why,"
-        " retired_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
+    db.execute(
+        "INSERT INTO retired_key(keyid, role, public_key, node_id, why,"
+        " retired_unix_nanos) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(keyid) DO NOTHING",
         (keyid, role, raw, node_id, why, now_ns),
     )
 
 
-def refuse_retired(conn: sqlite3.Connection, keyid: str) -> None:
-    row = conn.execute("SELECT why FROM retired_key WHERE keyid = ?", (keyid,)).fetchone()
+def refuse_retired(db: Db, keyid: str) -> None:
+    row = db.one("SELECT why FROM retired_key WHERE keyid = ?", (keyid,))
     if row is not None:
         raise ConfigError(f"key {keyid[:16]} was {row[0]}; it can never be enrolled again")
 
 
-def retired_authorities(conn: sqlite3.Connection) -> set[str]:
-    rows = conn.execute("SELECT keyid FROM retired_key WHERE role = 'authority'").fetchall()
-    return {r[0] for r in rows}
+def retired_keyids(db: Db) -> set[str]:
+    return {str(r[0]) for r in db.execute("SELECT keyid FROM retired_key")}
+
+
+def retired_authorities(db: Db) -> set[str]:
+    rows = db.execute("SELECT keyid FROM retired_key WHERE role = 'authority'")
+    return {str(r[0]) for r in rows}

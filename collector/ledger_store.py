@@ -149,9 +149,14 @@ def init_db(path: Path) -> None:
         ) from exc
 
 
-def iter_entries(path: Path, start: int = 0) -> Iterator[LedgerEntry]:
-    """Every entry from ``start`` on, in log order (a read-only connection)."""
-    conn = connect(path, readonly=True)
+def iter_entries(location: Path | str, start: int = 0) -> Iterator[LedgerEntry]:
+    """Every entry from ``start`` on, in log order, read only: from the SQLite
+    file at ``location`` (one cursor), or from any location
+    ``collector.store.sql.open_db`` takes (a PostgreSQL URL: pages of rows)."""
+    if isinstance(location, str) and "://" in location:
+        yield from _iter_db(location, start)
+        return
+    conn = connect(Path(location), readonly=True)
     try:
         cur = conn.execute(
             "SELECT idx, data, payload_type, node_id, sequence, received_unix_nanos"
@@ -162,3 +167,23 @@ def iter_entries(path: Path, start: int = 0) -> Iterator[LedgerEntry]:
             yield LedgerEntry(*row)
     finally:
         conn.close()
+
+
+def _iter_db(location: str, start: int, page: int = 1024) -> Iterator[LedgerEntry]:
+    from collector.store.sql import open_db  # collector.store imports this module
+
+    db = open_db(location, readonly=True)
+    try:
+        while True:
+            rows = db.execute(
+                "SELECT idx, data, payload_type, node_id, sequence, received_unix_nanos"
+                " FROM log WHERE idx >= ? ORDER BY idx LIMIT ?",
+                (start, page),
+            )
+            for r in rows:
+                yield LedgerEntry(int(r[0]), bytes(r[1]), r[2], r[3], r[4], int(r[5]))
+            if len(rows) < page:
+                return
+            start = int(rows[-1][0]) + 1
+    finally:
+        db.close()

@@ -6,6 +6,8 @@ Status API); per-node series are bounded by the enrolled fleet.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -16,14 +18,25 @@ from collector.actor_metrics import actor_families
 from collector.aggregate import Aggregator
 from collector.ingest import IngestStats
 from collector.ledger import Ledger
+from collector.node_series import NodeSeries
 from collector.sessions import Sessions
 from collector.snapshot import CLUSTER_KEY, Scope
 from protos.reasons import REPORT_REJECT_REASONS
+
+# What the scrape reads: no GPU rows; the job rows only inside the actors'.
+_SCOPES = frozenset({Scope.CLUSTER, Scope.NODE, Scope.ACTOR})
 
 
 def _nan(value: float | None) -> float:
     """Unknown is NaN in Prometheus, never zero."""
     return float("nan") if value is None else value
+
+
+class _Deferred(threading.local):
+    """Per scraping thread: whether the per-node series are deferred, and them."""
+
+    on: bool = False
+    series: NodeSeries | None = None
 
 
 class CollectorMetrics(Collector):
@@ -40,6 +53,19 @@ class CollectorMetrics(Collector):
         self._agg = aggregator
         self._sessions = sessions
         self._clock = clock
+        self._deferred = _Deferred()
+
+    @contextlib.contextmanager
+    def deferring_node_series(self) -> Iterator[_Deferred]:
+        """While open, a ``collect`` in this thread leaves the per-node series
+        out and puts them in the yielded box, for the caller to write
+        (``NodeSeries.render``: the same lines, ~10x faster)."""
+        box = self._deferred
+        box.on, box.series = True, None
+        try:
+            yield box
+        finally:
+            box.on = False
 
     def describe(self) -> list[Metric]:
         return []
@@ -111,7 +137,7 @@ class CollectorMetrics(Collector):
 
     def _density(self) -> Iterator[Metric]:
         now = self._clock()
-        snap = self._agg.snapshot(now)
+        snap = self._agg.snapshot(now, _SCOPES)
         cluster = snap.values[(Scope.CLUSTER, CLUSTER_KEY)]
         for name, help_text in (
             ("installed_flops", "Dense peak FLOP/s of every GPU of a known model."),
@@ -154,57 +180,38 @@ class CollectorMetrics(Collector):
             "computewatch_nodes", "Enrolled nodes by state.", labels=["state"]
         )
         counts = {"ok": 0, "silent": 0, "never_seen": 0}
-        age = GaugeMetricFamily(
-            "computewatch_node_last_report_age_seconds",
-            "Seconds since the node's last committed report.",
-            labels=["node"],
-        )
-        achieved = GaugeMetricFamily(
-            "computewatch_node_achieved_flops",
-            "Achieved FLOP/s per node (estimate; NaN when unknown).",
-            labels=["node"],
-        )
-        achieved_upper = GaugeMetricFamily(
-            "computewatch_node_upper_bound_achieved_flops",
-            "Upper bound of achieved FLOP/s per node.",
-            labels=["node"],
-        )
-        unmeasured = GaugeMetricFamily(
-            "computewatch_node_unmeasured_gpu_seconds",
-            "GPU-seconds of the node no report measured.",
-            labels=["node"],
-        )
-        breaks = CounterMetricFamily(
-            "computewatch_node_chain_breaks",
-            "Reports refused for a broken chain, gap, rollback or equivocation.",
-            labels=["node"],
-        )
+        series = NodeSeries()
+        rows = series.rows
+        total = 0
+        values = snap.values
+        summary = self._agg.summaries.get
         nodes_now = list(self._agg.nodes.values())  # the event loop may add nodes meanwhile
         for node in nodes_now:
-            breaks.add_metric([node.node_id], node.chain_breaks)
-            if not node.reports:
+            s = summary(node)
+            total += s.whole  # physical GPUs: a MIG device is counted in its GPU
+            if not s.reports:
                 counts["never_seen"] += 1
+                rows.append((s.node_id, None, s.chain_breaks))
                 continue
-            counts["silent" if self._agg.is_silent(node, now) else "ok"] += 1
-            age.add_metric([node.node_id], max(0.0, now - node.last_received))
-            value = snap.get(Scope.NODE, node.node_id, "achieved_flops")
-            achieved.add_metric([node.node_id], _nan(value))
-            upper = snap.get(Scope.NODE, node.node_id, "achieved_flops_upper_bound")
-            achieved_upper.add_metric([node.node_id], _nan(upper))
-            gap = snap.get(Scope.NODE, node.node_id, "unmeasured_gpu_seconds")
-            unmeasured.add_metric([node.node_id], _nan(gap))
+            counts["silent" if s.silent(node, now) else "ok"] += 1
+            row = values.get((Scope.NODE, s.node_id), {})
+            sample = (
+                max(0.0, now - node.last_received),
+                _nan(row.get("achieved_flops")),
+                _nan(row.get("achieved_flops_upper_bound")),
+                _nan(row.get("unmeasured_gpu_seconds")),
+            )
+            rows.append((s.node_id, sample, s.chain_breaks))
         for state, n in counts.items():
             nodes.add_metric([state], n)
         yield nodes
-        yield age
-        yield achieved
-        yield achieved_upper
-        yield unmeasured
-        yield breaks
+        if self._deferred.on:
+            self._deferred.series = series  # written by the metrics server (collector.exposition)
+        else:
+            yield from series.families()
         gpus = GaugeMetricFamily("computewatch_gpus", "GPUs by state.", labels=["state"])
         lost = int(cluster.get("gpus_lost") or 0)
         unknown = int(cluster.get("gpus_unknown_model") or 0)
-        total = sum(sum(not g.parent_uuid for g in n.gpus) for n in nodes_now)
         gpus.add_metric(["lost"], lost)
         gpus.add_metric(["unreadable"], int(cluster.get("gpus_unreadable") or 0))
         gpus.add_metric(["unknown_model"], unknown)

@@ -15,15 +15,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protos import dsse
-from protos.computewatch.v1 import control_pb2
-from protos.errors import ConfigError, QuorumError, VerificationError
+from protos.approvals import VerifiedApproval, distinct_approvers, verify_approval
+from protos.errors import ConfigError, QuorumError
 from protos.keys import PublicKey, load_public_key
 
 log = logging.getLogger(__name__)
 
-MAX_AUTHORITY_NAME = 128
-MAX_COMMENT = 2048
+__all__ = [
+    "ApprovalSet",
+    "VerifiedApproval",
+    "check_quorum",
+    "distinct_approvers",
+    "load_authorities",
+    "require_quorum",
+    "verify_approval",
+]
 
 
 def load_authorities(paths: Iterable[Path]) -> dict[str, PublicKey]:
@@ -48,38 +54,6 @@ def check_quorum(quorum: int, authorities: Mapping[str, PublicKey]) -> None:
             f"quorum = {quorum} but only {len(authorities)} distinct authority keys are"
             " configured (a key listed twice counts once): a halt could never be lifted"
         )
-
-
-@dataclass(frozen=True)
-class VerifiedApproval:
-    """An approval whose signature verified under ``keyid`` (an authority)."""
-
-    keyid: str
-    approval: control_pb2.Approval
-    envelope: bytes
-
-
-def verify_approval(
-    envelope: bytes,
-    authorities: Mapping[str, PublicKey],
-    *,
-    max_bytes: int = dsse.DEFAULT_MAX_ENVELOPE_BYTES,
-) -> VerifiedApproval:
-    """Verify the bytes under an authority key, then parse and check the fields.
-
-    Raises a ``VerificationError`` subclass (unknown key, bad signature, wrong
-    payload type, undecodable) or ``QuorumError`` for an approval that names
-    no directive.
-    """
-    verified = dsse.verify(
-        envelope, authorities, expected_type=dsse.APPROVAL_TYPE, max_bytes=max_bytes
-    )
-    approval = verified.parse(control_pb2.Approval)
-    if not approval.directive_id:
-        raise QuorumError("approval names no directive_id")
-    if len(approval.authority) > MAX_AUTHORITY_NAME or len(approval.comment) > MAX_COMMENT:
-        raise QuorumError("approval authority name or comment is too long")
-    return VerifiedApproval(verified.signer.keyid, approval, envelope)
 
 
 @dataclass
@@ -110,35 +84,6 @@ class ApprovalSet:
     def envelopes(self) -> list[bytes]:
         """The approvals' envelope bytes, ordered by key id (stable)."""
         return [self.by_key[k] for k in sorted(self.by_key)]
-
-
-def distinct_approvers(
-    envelopes: Iterable[bytes],
-    authorities: Mapping[str, PublicKey],
-    directive_id: str,
-) -> set[str]:
-    """Key ids of the authorities whose approvals of ``directive_id`` verify.
-
-    Envelopes that fail to verify or name another directive are skipped (and
-    logged); a key that signed several approvals appears once.
-    """
-    keys: set[str] = set()
-    for data in envelopes:
-        try:
-            approval = verify_approval(data, authorities)
-        except (VerificationError, QuorumError) as exc:
-            log.warning("approval does not count for %s: %s: %s", directive_id, exc.reason, exc)
-            continue
-        if approval.approval.directive_id != directive_id:
-            log.warning(
-                "approval by %s is for %s, not %s; it does not count",
-                approval.keyid[:16],
-                approval.approval.directive_id,
-                directive_id,
-            )
-            continue
-        keys.add(approval.keyid)
-    return keys
 
 
 def require_quorum(

@@ -1,7 +1,9 @@
 """Enrolment: which node owns which public key.
 
-Stored in the ledger file's ``nodes`` table, written by ``computewatch nodes
-enroll`` (the collector may be running: it rereads on a cache miss, and when
+Stored in the ``nodes`` table of the collector's database (the ledger's
+SQLite file or the PostgreSQL database collectors share: any location
+``collector.store.sql.open_db`` takes), written by ``computewatch nodes
+enroll`` (collectors may be running: each rereads on a cache miss, and when
 ``key_state.version`` changes). A key belongs to exactly one node;
 re-enrolling a node with a new key starts a new chain for it (chains are kept
 per key) and retires the old key for good. Every enrolment is also queued as
@@ -12,18 +14,16 @@ a ``NodeEnrolment`` key event, which the collector signs and logs
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from collector import keystore
-from collector.ledger import connect, init_db
+from collector.store.sql import Location, open_db
 from protos import keylog
 from protos.computewatch.v1 import keylog_pb2
-from protos.errors import ConfigError
+from protos.errors import ConfigError, DatabaseError
 from protos.keys import PublicKey
 
 log = logging.getLogger(__name__)
@@ -47,34 +47,31 @@ def validate_node_id(node_id: str) -> str:
     return node_id
 
 
-def enroll(path: Path, node_id: str, key: PublicKey, *, replace: bool = False) -> EnrolledNode:
-    """Record ``node_id`` -> ``key``. Refuses a key already held by another node."""
+def enroll(
+    location: Location, node_id: str, key: PublicKey, *, replace: bool = False
+) -> EnrolledNode:
+    """Record ``node_id`` -> ``key`` in the database at ``location`` (a ledger
+    path or URL, ``collector.store.sql``). Refuses a key already held by
+    another node."""
     validate_node_id(node_id)
-    init_db(path)
     now = time.time_ns()
-    conn = connect(path)
+    db = open_db(location)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT node_id FROM nodes WHERE keyid = ?", (key.keyid,)).fetchone()
+        with db.transaction():
+            row = db.one("SELECT node_id FROM nodes WHERE keyid = ?", (key.keyid,))
             if row is not None and row[0] != node_id:
                 raise ConfigError(f"key {key.keyid[:16]} is already enrolled for node {row[0]}")
-            existing = conn.execute(
-                "SELECT keyid FROM nodes WHERE node_id = ?", (node_id,)
-            ).fetchone()
+            existing = db.one("SELECT keyid, public_key FROM nodes WHERE node_id = ?", (node_id,))
             if existing is not None and existing[0] != key.keyid and not replace:
                 raise ConfigError(
                     f"node {node_id} is enrolled with another key; pass --replace to re-key it"
                 )
-            keystore.refuse_retired(conn, key.keyid)
+            keystore.refuse_retired(db, key.keyid)
             replaced = b""
             if existing is not None and existing[0] != key.keyid:
-                old = conn.execute(
-                    "SELECT public_key FROM nodes WHERE node_id = ?", (node_id,)
-                ).fetchone()
-                replaced = bytes(old[0])
+                replaced = bytes(existing[1])
                 keystore.retire(
-                    conn, existing[0], "node", replaced, node_id, "replaced by re-enrolment", now
+                    db, existing[0], "node", replaced, node_id, "replaced by re-enrolment", now
                 )
             if existing is None or existing[0] != key.keyid:
                 event = keylog_pb2.NodeEnrolment(
@@ -83,50 +80,36 @@ def enroll(path: Path, node_id: str, key: PublicKey, *, replace: bool = False) -
                     enrolled_unix_nanos=now,
                     replaces_public_key=replaced,
                 )
-                keystore.add_event(conn, keylog.ENROLMENT_TYPE, event.SerializeToString(), now)
-            conn.execute(
+                keystore.add_event(db, keylog.ENROLMENT_TYPE, event.SerializeToString(), now)
+            db.execute(
                 "INSERT INTO nodes(node_id, keyid, public_key, enrolled_unix_nanos)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE SET"
                 " keyid = excluded.keyid, public_key = excluded.public_key,"
                 " enrolled_unix_nanos = excluded.enrolled_unix_nanos",
                 (node_id, key.keyid, key.raw(), now),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     finally:
-        conn.close()
+        db.close()
     return EnrolledNode(node_id, key, now)
 
 
-def _node_rows(path: Path) -> list[tuple[str, bytes, int]]:
-    if not path.exists():
-        raise ConfigError(f"{path}: no such ledger; enroll a node first")
-    conn = connect(path, readonly=True)
+def _read(location: Location) -> tuple[list[tuple[str, bytes, int]], set[str]]:
+    """(enrolled rows, retired key ids), read in one go."""
+    db = open_db(location, readonly=True)
     try:
-        rows = conn.execute(
+        rows = db.execute(
             "SELECT node_id, public_key, enrolled_unix_nanos FROM nodes ORDER BY node_id"
-        ).fetchall()
-    except sqlite3.Error as exc:
-        raise ConfigError(f"{path}: not a computewatch ledger ({exc})") from exc
+        )
+        retired = keystore.retired_keyids(db)
+    except DatabaseError as exc:
+        raise ConfigError(f"{db.where}: not a computewatch ledger ({exc})") from exc
     finally:
-        conn.close()
-    return [(r[0], bytes(r[1]), r[2]) for r in rows]
+        db.close()
+    return [(str(r[0]), bytes(r[1]), int(r[2])) for r in rows], retired
 
 
-def _retired_keyids(path: Path) -> set[str]:
-    conn = connect(path, readonly=True)
-    try:
-        return {r[0] for r in conn.execute("SELECT keyid FROM retired_key").fetchall()}
-    except sqlite3.Error as exc:
-        raise ConfigError(f"{path}: not a computewatch ledger ({exc})") from exc
-    finally:
-        conn.close()
-
-
-def list_nodes(path: Path) -> list[EnrolledNode]:
-    return [EnrolledNode(n, PublicKey.from_raw(raw), t) for n, raw, t in _node_rows(path)]
+def list_nodes(location: Location) -> list[EnrolledNode]:
+    return [EnrolledNode(n, PublicKey.from_raw(raw), t) for n, raw, t in _read(location)[0]]
 
 
 class Registry:
@@ -137,13 +120,13 @@ class Registry:
 
     def __init__(
         self,
-        path: Path,
+        location: Location,
         *,
         reload_interval: float = 1.0,
         max_age: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._path = path
+        self._location = location
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
         self._by_keyid: dict[str, EnrolledNode] = {}
@@ -170,8 +153,8 @@ class Registry:
     def reload(self) -> None:
         known = self._by_node
         nodes = []
-        retired = _retired_keyids(self._path)
-        for node_id, raw, enrolled in _node_rows(self._path):
+        rows, retired = _read(self._location)
+        for node_id, raw, enrolled in rows:
             prev = known.get(node_id)
             if prev is not None and prev.enrolled_unix_nanos == enrolled and prev.key.raw() == raw:
                 nodes.append(prev)  # unchanged: no need to rebuild the key
@@ -206,6 +189,10 @@ class Registry:
 
     def node_ids(self) -> list[str]:
         return sorted(self._by_node)
+
+    def public_keys(self) -> list[PublicKey]:
+        """Every trusted key now (ingest workers start with a copy)."""
+        return [n.key for n in self._by_keyid.values()]
 
     def by_node(self, node_id: str) -> EnrolledNode | None:
         return self._by_node.get(node_id)

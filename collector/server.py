@@ -2,6 +2,17 @@
 
 ``create_server(config)`` returns a started ``Collector`` and the bound port;
 tests bind ``127.0.0.1:0``. ``await collector.stop()`` shuts down gracefully.
+
+One assembly for both backends. On a SQLite file the collector is a single
+candidate that always leads. On a PostgreSQL URL it campaigns for the lead
+(``collector.store.elector``): the ledger is a ``StoreLedger`` fenced by the
+leader term, so only the leader sequences reports, signs directives, leases
+and checkpoints and logs key events; a standby refuses Telemetry and Control
+writes (``ledger_unavailable``: agents move on to the next address), follows
+the log into its aggregates and serves Status and Audit from the database.
+Health: "" is liveness; Telemetry and Control are SERVING only while this
+collector can sequence (the leader, with a writable ledger); Status and Audit
+are SERVING on every candidate.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -23,23 +35,31 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from collector.aggregate import Aggregator
-from collector.audit_wiring import AuditHandle, start_audit
+from collector.audit_wiring import AuditHandle, AuditTree, start_audit
 from collector.auth import AuthInterceptor, AuthPolicy
 from collector.binding import registry_key_node
 from collector.config import CollectorConfig
+from collector.exposition import start_metrics_server
 from collector.ingest import Ingestor
+from collector.ingest_pool import ProcessChecks
 from collector.jobbounds import JobLimits
 from collector.keylog import KeyLog, KeyLogMetrics
-from collector.ledger import Ledger, iter_entries
+from collector.ledger import Ledger, LedgerEntry
+from collector.log_follow import LogFollower
 from collector.merkle_log import MerkleLog
 from collector.metrics import CollectorMetrics
 from collector.registry import Registry
 from collector.sessions import Session, Sessions
 from collector.sqlite_faults import write_error_reason
 from collector.status_service import StatusServicer
-from collector.stop_wiring import StopHandle, install_stop_protocol
+from collector.stop_wiring import StopHandle, StopParts, install_stop_protocol
 from collector.telemetry_service import TelemetryServicer
 from collector.tls_metrics import TlsMetrics
+
+if TYPE_CHECKING:
+    from collector.store.candidacy import HaParts
+    from collector.store.pg_store import PgStore
+    from collector.store.sql import Db
 from protos import dsse
 from protos.computewatch.v1 import (
     audit_pb2,
@@ -49,20 +69,21 @@ from protos.computewatch.v1 import (
     telemetry_pb2,
     telemetry_pb2_grpc,
 )
-from protos.errors import ConfigError, LedgerUnavailableError, VerificationError
+from protos.errors import ConfigError, DatabaseError, LedgerUnavailableError, VerificationError
 from protos.keys import PrivateKey, load_private_key
 from protos.tls import ServerTls, warn_plaintext
 
 log = logging.getLogger(__name__)
 
-SERVICES = (
-    telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name,
-    status_pb2.DESCRIPTOR.services_by_name["Status"].full_name,
-    control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
-    audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
-    health.SERVICE_NAME,
-    reflection.SERVICE_NAME,
-)
+TELEMETRY = telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name
+STATUS = status_pb2.DESCRIPTOR.services_by_name["Status"].full_name
+CONTROL = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
+AUDIT = audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name
+SERVICES = (TELEMETRY, STATUS, CONTROL, AUDIT, health.SERVICE_NAME, reflection.SERVICE_NAME)
+# Readiness of the write side: SERVING only while this collector sequences.
+WRITE_SERVICES = (TELEMETRY, CONTROL)
+# The read side: SERVING on every candidate.
+READ_SERVICES = (STATUS, AUDIT)
 
 # gRPC's own limit sits above ours so oversize envelopes get our typed error;
 # anything beyond it is refused by gRPC itself (RESOURCE_EXHAUSTED).
@@ -98,10 +119,32 @@ class Collector:
     merkle: MerkleLog | None = None
     # Enrolments, handovers, revocations (``collector.keylog``).
     keys: KeyLog | None = None
+    # Committed entries into the aggregates and the stop protocol (``collector.log_follow``).
+    follower: LogFollower | None = None
+    # The leader election on PostgreSQL (None on SQLite: one collector, always leading).
+    ha: HaParts | None = None
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _stopped: bool = False
+    # PostgreSQL: the Audit tree's own store (closed last).
+    _tree_store: PgStore | None = None
+
+    @property
+    def leading(self) -> bool:
+        """True while this collector sequences and signs: always on SQLite;
+        on PostgreSQL while it holds the proven lease and its ledger re-read
+        what the previous leader wrote."""
+        if self.ha is not None and self.ha.elector.current_term() is None:
+            return False
+        return self.ha is None or self.ledger.writable
+
+    def _write_health_names(self) -> tuple[str, ...]:
+        # On SQLite the whole server follows the ledger (nothing can be written
+        # anywhere else); on PostgreSQL "" is liveness, the write side readiness.
+        return WRITE_SERVICES if self.ha is not None else ("", *WRITE_SERVICES)
 
     def _ledger_state(self, writable: bool) -> None:
-        """Health follows the ledger: NOT_SERVING while it cannot write."""
+        """Health follows the ledger: the write side is NOT_SERVING while it
+        cannot write (a full disk; on PostgreSQL, a standby)."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if writable
@@ -112,7 +155,7 @@ class Collector:
         task.add_done_callback(self._health_tasks.discard)
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
-        for name in ("", SERVICES[0]):  # Status (reads) keeps serving
+        for name in self._write_health_names():  # Status and Audit (reads) keep serving
             await self.health.set(name, status)
 
     @property
@@ -120,7 +163,13 @@ class Collector:
         host = self.config.listen.rpartition(":")[0]
         return f"{host}:{self.port}"
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, *, resign: bool = True) -> None:
+        """Stop serving and close everything. On PostgreSQL the leader hands the
+        lease over at once; ``resign=False`` leaves it to lapse (as a crash would).
+        A second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -128,9 +177,21 @@ class Collector:
                 await task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_seconds if grace is None else grace)
+        if self.stop_protocol is not None:
+            await self.stop_protocol.close()
         if self.audit is not None:
             await self.audit.close()
+        if self.ha is not None:  # hand the lease over at once: a standby need not wait
+            await self.ha.elector.stop(resign=resign)
+        for task in list(self._health_tasks):
+            task.cancel()
+        await asyncio.gather(*self._health_tasks, return_exceptions=True)
         await self.ledger.close()
+        if self._tree_store is not None:
+            self._tree_store.close()
+        if self.ha is not None:
+            self.ha.lease.close()
+        self.ingestor.close()
         if self.merkle is not None:
             self.merkle.close()
         if self.keys is not None:
@@ -163,6 +224,11 @@ class Collector:
                     log.info("node %s is reporting again", node.node_id)
                     silent.discard(node.node_id)
             self.aggregator.age_out(now)
+            if self.follower is not None and not self.leading:
+                try:  # a standby: the leader's commits into the aggregates and the book
+                    self.follower.catch_up()
+                except Exception:
+                    log.exception("following the log failed")
             for hook in self.tick_hooks:
                 try:
                     hook(now)
@@ -170,21 +236,24 @@ class Collector:
                     log.exception("tick hook failed")
 
 
-def replay(ledger: Ledger, aggregator: Aggregator, *, max_envelope_bytes: int) -> int:
-    """Rebuild aggregates from committed reports (verified when accepted)."""
-    count = 0
-    for entry in iter_entries(ledger.path):
-        if entry.payload_type != dsse.REPORT_TYPE:
-            continue
+def report_replayer(
+    aggregator: Aggregator, *, max_envelope_bytes: int
+) -> Callable[[LedgerEntry], None]:
+    """A follower consumer: a committed report (verified when accepted) into the aggregates."""
+
+    def feed(entry: LedgerEntry) -> None:
         try:
             env = dsse.open_envelope(entry.data, max_bytes=max(max_envelope_bytes, len(entry.data)))
             report = dsse.parse_message(telemetry_pb2.NodeReport, env.payload)
         except VerificationError:
             log.exception("ledger entry %d does not parse; skipped in aggregates", entry.index)
-            continue
+            return
+        node = aggregator.nodes.get(report.node_id)
+        if node is not None and node.last_index >= entry.index:
+            return  # already in (this collector ingested it live)
         aggregator.ingest(report, entry.index, entry.received_unix_nanos / 1e9)
-        count += 1
-    return count
+
+    return feed
 
 
 async def create_server(
@@ -199,19 +268,31 @@ async def create_server(
         async with contextlib.AsyncExitStack() as cleanup:
             collector = await _build(config, metrics_registry or CollectorRegistry(), cleanup)
             cleanup.pop_all()  # started: the Collector owns it all now
-    except (sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, OSError, DatabaseError) as exc:
+        # DatabaseError: the same driver errors, typed by collector.store.sql.
+        reason = write_error_reason(exc.__cause__ or exc)
         raise LedgerUnavailableError(
-            f"cannot start on the ledger {config.ledger} ({write_error_reason(exc)}: {exc})"
+            f"cannot start on the ledger {config.ledger_name()} ({reason}: {exc})"
         ) from exc
     return collector, collector.port
 
 
-async def _build(
-    config: CollectorConfig, metrics_registry: CollectorRegistry, cleanup: contextlib.AsyncExitStack
-) -> Collector:
-    key = load_private_key(config.key)
+async def _open_ledger(
+    config: CollectorConfig, cleanup: contextlib.AsyncExitStack
+) -> tuple[Ledger, MerkleLog | None, HaParts | None]:
+    """SQLite: the file and its Merkle log, written in the ledger's transactions.
+    PostgreSQL: the candidacy and the fenced ``StoreLedger`` (the store writes
+    the tree's rows itself)."""
+    if config.on_database:
+        from collector.store.candidacy import open_candidacy
+
+        ha, db_ledger = await open_candidacy(config)
+        cleanup.callback(ha.lease.close)
+        cleanup.push_async_callback(db_ledger.close)
+        cleanup.push_async_callback(ha.elector.stop)
+        return db_ledger, None, ha
     ledger = Ledger(
-        config.ledger,
+        config.ledger_path,
         retry_min_seconds=config.ledger_retry_min_seconds,
         retry_max_seconds=config.ledger_retry_max_seconds,
     )
@@ -219,12 +300,23 @@ async def _build(
     merkle = MerkleLog(ledger.connection)
     cleanup.callback(merkle.close)
     ledger.attach_tree(merkle)
-    registry = Registry(config.ledger)
-    keys = KeyLog(config.ledger, ledger, registry, key, poll_seconds=config.key_poll_seconds)
+    return ledger, merkle, None
+
+
+async def _build(
+    config: CollectorConfig, metrics_registry: CollectorRegistry, cleanup: contextlib.AsyncExitStack
+) -> Collector:
+    key = load_private_key(config.key)
+    location = config.ledger_location()  # the URL file is read once, here
+    ledger, merkle, ha = await _open_ledger(config, cleanup)
+    registry = Registry(location)
+    keys = KeyLog(location, ledger, registry, key, poll_seconds=config.key_poll_seconds)
     cleanup.callback(keys.close)
     previous = [load_private_key(p) for p in config.previous_keys]
-    if previous:
+    if previous and ledger.writable:
         await keys.rotate_from(previous[-1])
+    elif previous:  # a standby: the leader (same config) logs the rotation
+        log.warning("previous_keys: this standby leaves logging the key rotation to the leader")
     previous_keys = [k.public for k in previous]
     keys.poll()  # enrolments and revocations made while the collector was down
     keys.backfill()
@@ -239,9 +331,22 @@ async def _build(
     )
     for node_id in registry.node_ids():
         aggregator.enroll(node_id)
-    replayed = replay(ledger, aggregator, max_envelope_bytes=config.max_envelope_bytes)
+    # Committed reports, directives and submissions, in log order: at start,
+    # on every gain of the lead, and each tick while a standby.
+    follower = LogFollower(ledger)
+    follower.add(
+        "reports",
+        (dsse.REPORT_TYPE,),
+        report_replayer(aggregator, max_envelope_bytes=config.max_envelope_bytes),
+    )
     pool = None
-    if config.verify_threads:
+    checks = None
+    if config.ingest_processes:
+        checks = ProcessChecks(
+            config.ingest_processes, registry.public_keys, max_bytes=config.max_envelope_bytes
+        )
+        cleanup.callback(checks.close)
+    elif config.verify_threads:
         pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
         cleanup.callback(pool.shutdown, wait=False)
     ingestor = Ingestor(
@@ -252,7 +357,11 @@ async def _build(
         verify_pool=pool,
         evidence_per_key=config.max_evidence_per_key,
         before_admit=keys.before_admit,
+        checks=checks,
     )
+    # After ingest's chain book, before the stop protocol's RESUMEs: a new
+    # leader reads what the previous one committed before it issues anything.
+    ledger.add_state_listener(follower.ledger_state)
     sessions = Sessions()
     server = _grpc_server(config, metrics_registry, keys)
     cleanup.push_async_callback(server.stop, 0)
@@ -269,6 +378,7 @@ async def _build(
             max_in_flight=config.max_in_flight_per_stream,
             on_bind=on_bind,
             key_node=functools.partial(registry_key_node, registry),
+            max_message_bytes=config.max_envelope_bytes,
         ),
         server,
     )
@@ -287,7 +397,8 @@ async def _build(
         raise ConfigError(f"cannot listen on {config.listen}: {exc}") from exc
     if port == 0:
         raise ConfigError(f"cannot listen on {config.listen}: address in use or not local")
-    metrics_registry.register(CollectorMetrics(ingestor.stats, ledger, aggregator, sessions))
+    collector_metrics = CollectorMetrics(ingestor.stats, ledger, aggregator, sessions)
+    metrics_registry.register(collector_metrics)
     metrics_registry.register(KeyLogMetrics(keys))
     if tls is not None:
         metrics_registry.register(TlsMetrics(tls.stats))
@@ -308,45 +419,105 @@ async def _build(
         bind_hooks=bind_hooks,
         merkle=merkle,
         keys=keys,
+        follower=follower,
+        ha=ha,
     )
-    collector.stop_protocol = await install_stop_protocol(collector, server)
+    if ha is not None:
+        from collector.store.ha_metrics import HaMetrics
+
+        metrics_registry.register(HaMetrics(ha.elector))
+    collector.stop_protocol = await install_stop_protocol(
+        StopParts(
+            config=config,
+            key=key,
+            ledger=ledger,
+            sessions=sessions,
+            aggregator=aggregator,
+            node_ids=registry.node_ids,
+            status=status_servicer,
+            metrics_registry=metrics_registry,
+            follower=follower,
+            tick_hooks=collector.tick_hooks,
+            bind_hooks=bind_hooks,
+            leading=lambda: collector.leading,
+        ),
+        server,
+    )
     keys.on_authority_revoked(collector.stop_protocol.control.revoke_authority)
     bind_hooks.insert(0, keys.send_rotations)  # before the directives in force
+    tree: AuditTree
+    if merkle is not None:
+        tree = merkle
+    else:  # its own connections: never the writer's frontier
+        from collector.store.pg_store import PgStore
+        from collector.store.tree_view import TreeView
+
+        tree_store = PgStore(str(location))
+        cleanup.callback(tree_store.close)
+        view = tree = TreeView(tree_store)
     collector.audit = await start_audit(
         server,
-        config.ledger,
-        merkle,
+        location,
+        tree,
         key,
         config.log_origin,
         checkpoint_interval_seconds=config.checkpoint_interval_seconds,
         registry=metrics_registry,
         previous_keys=previous_keys,
+        leading=lambda: collector.leading,
+        fence=None if ha is None else _fence(ha),
     )
     cleanup.push_async_callback(collector.audit.close)
+    if merkle is None:
+
+        def follow_tree(_now: float) -> None:
+            """The leader's checkpoints cover the tree as committed at the last tick
+            (a standby's checkpointer refreshes the tree itself)."""
+            if collector.leading:
+                view.refresh()
+
+        collector.tick_hooks.insert(0, follow_tree)
+        collector._tree_store = tree_store
     await server.start()
-    for name in ("", *SERVICES[:2]):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for name in ("", *READ_SERVICES):
+        await health_servicer.set(name, serving)
+    await collector._set_health(
+        serving if ledger.writable else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     ledger.add_state_listener(collector._ledger_state)
     if config.metrics_port:
-        from prometheus_client import start_http_server
-
-        collector._metrics_server, _ = start_http_server(
+        collector._metrics_server, _ = start_metrics_server(
             config.metrics_port,
             addr=config.metrics_address,
             registry=metrics_registry,
+            metrics=collector_metrics,
             certfile=None if config.tls_cert is None else str(config.tls_cert),
             keyfile=None if config.tls_key is None else str(config.tls_key),
         )
     collector._tasks.append(asyncio.create_task(collector._tick_loop()))
     collector._tasks.append(asyncio.create_task(keys.run()))
+    if ha is not None:
+        ha.elector.start()
     log.info(
-        "collector listening on %s (ledger %s: %d entries, %d reports replayed)",
+        "collector listening on %s (ledger %s: %d entries, %d reports replayed%s)",
         collector.address,
-        config.ledger,
+        config.ledger_name(),
         ledger.size,
-        replayed,
+        follower.fed["reports"],
+        "" if ha is None else f"; {ha.lease.holder}: {ha.elector.role}",
     )
     return collector
+
+
+def _fence(ha: HaParts) -> Callable[[Db], None]:
+    """Checkpoint writes carry the leader term, checked in their transaction."""
+    from collector.store.sql import check_term
+
+    def fence(db: Db) -> None:
+        check_term(db, ha.elector.current_term())
+
+    return fence
 
 
 def _tls(config: CollectorConfig) -> ServerTls | None:

@@ -57,7 +57,8 @@ def _cursor(token: str) -> tuple[int, str]:
 @dataclass(frozen=True)
 class StatusView:
     """What the pages of one listing are cut from: a snapshot of every figure
-    and the node and job ids in order. Building it is O(jobs); a page is
+    but the GPUs' and the node and job ids in order. Building it is O(nodes +
+    jobs), from the nodes' summaries (``collector.accounting.live``); a page is
     O(page) once it exists, so the servicer serves a listing's later pages
     from its first page's view while that is younger than ``VIEW_SECONDS``."""
 
@@ -65,11 +66,24 @@ class StatusView:
     snap: Snapshot
     node_ids: list[str]
     job_ids: list[str]
+    # Physical GPUs of every node (a MIG device is counted in its GPU).
+    gpus_total: int = 0
+
+
+# What a listing reads: every scope but the GPUs'.
+_SCOPES = frozenset({Scope.CLUSTER, Scope.NODE, Scope.JOB, Scope.ACTOR})
 
 
 def status_view(aggregator: Aggregator, now: float) -> StatusView:
+    """O(nodes + jobs): the figures come from each node's summary
+    (``collector.accounting.live``), not from its GPUs."""
+    summary = aggregator.summaries.get
     return StatusView(
-        now, aggregator.snapshot(now), sorted(aggregator.nodes), sorted(aggregator.jobs)
+        now,
+        aggregator.snapshot(now, _SCOPES),
+        sorted(aggregator.nodes),
+        sorted(aggregator.jobs),
+        gpus_total=sum(summary(n).whole for n in list(aggregator.nodes.values())),
     )
 
 
@@ -118,10 +132,7 @@ def build_status(
     if (cluster_achieved := cluster.get("achieved_flops")) is not None:
         out.achieved_flops_estimate = cluster_achieved
     out.nodes_total, out.jobs_total = len(view.node_ids), len(view.job_ids)
-    # Physical GPUs: a MIG device is counted in its GPU.
-    out.gpus_total = sum(
-        sum(not g.parent_uuid for g in n.gpus) for n in list(aggregator.nodes.values())
-    )
+    out.gpus_total = view.gpus_total
     if not request.page_token:
         # Actors are few (the accounting holds at most MAX_ACTORS): first page only.
         add_actors(out, snap, firing())
@@ -134,21 +145,21 @@ def build_status(
             out.next_page_token = f"n:{page.last}"
             return out
         values = snap.values.get((Scope.NODE, node.node_id), {})
+        summary = aggregator.summaries.get(node)  # MIG devices are in their GPU
         if not node.reports:
             state = status_pb2.NODE_STATE_NEVER_SEEN
-        elif aggregator.is_silent(node, now):
+        elif summary.silent(node, now):
             state = status_pb2.NODE_STATE_SILENT
         else:
             state = status_pb2.NODE_STATE_OK
-        whole = [g for g in node.gpus if not g.parent_uuid]  # MIG devices are in their GPU
         node_item = out.nodes.add(
             node_id=node.node_id,
             state=state,
             last_sequence=node.last_sequence,
             last_seen_unix_nanos=int(node.last_received * 1e9),
-            gpus=len(whole),
-            gpus_lost=sum(g.lost for g in whole),
-            gpus_unreadable=sum(g.unreadable for g in whole),
+            gpus=summary.whole,
+            gpus_lost=summary.lost,
+            gpus_unreadable=summary.unreadable,
             installed_flops=values.get("installed_flops") or 0.0,
             allocated_flops=values.get("allocated_flops") or 0.0,
             achieved_flops=values.get("achieved_flops") or 0.0,

@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from collector.binding import new_challenge, verify_proof
-from collector.ingest import Accepted, Ingestor, Refusal
+from collector.ingest import Accepted, Checking, Ingestor, Refusal
 from collector.sessions import Session, Sessions
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
@@ -20,6 +20,7 @@ from protos.errors import (
     LedgerUnavailableError,
     LogError,
     MalformedFrameError,
+    OversizeError,
     StreamBindingError,
     VerificationError,
 )
@@ -90,12 +91,12 @@ class _Checks:
     """Bounded FIFO of envelopes whose signature checks are under way."""
 
     def __init__(self, limit: int) -> None:
-        self._items: deque[tuple[bytes, asyncio.Future[dsse.Verified]]] = deque()
+        self._items: deque[tuple[bytes, Checking]] = deque()
         self._limit = limit
         self._closed = False
         self._changed = asyncio.Event()
 
-    async def put(self, data: bytes, checking: asyncio.Future[dsse.Verified]) -> None:
+    async def put(self, data: bytes, checking: Checking) -> None:
         """Queue an envelope; wait while more than ``limit`` are queued."""
         self._items.append((data, checking))
         self._changed.set()
@@ -103,7 +104,7 @@ class _Checks:
             self._changed.clear()
             await self._changed.wait()
 
-    async def get(self) -> tuple[bytes, asyncio.Future[dsse.Verified]] | None:
+    async def get(self) -> tuple[bytes, Checking] | None:
         while not self._items:
             if self._closed:
                 return None
@@ -138,6 +139,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         ack_interval: float = 0.1,
         check_ahead: int = 32,
         key_node: KeyNode | None = None,
+        max_envelopes_per_message: int = 64,
+        max_message_bytes: int = dsse.DEFAULT_MAX_ENVELOPE_BYTES,
     ) -> None:
         self._ingestor = ingestor
         # key id -> (enrolled key, node id): checks stream proofs. Without it
@@ -151,6 +154,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         self._ack_interval = ack_interval
         # Envelopes per stream whose signature checks may run at once.
         self._check_ahead = check_ahead
+        # What one AgentMessage may carry (announced in every Challenge).
+        self._max_envelopes = max_envelopes_per_message
+        self._max_message_bytes = max_message_bytes
 
     async def Stream(
         self,
@@ -162,6 +168,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         session = Session(context.peer())
         self._sessions.opened += 1
         challenge = new_challenge()
+        challenge.max_envelopes_per_message = self._max_envelopes
+        challenge.max_message_bytes = self._max_message_bytes
         session.challenge = challenge.nonce
         session.send(telemetry_pb2.CollectorMessage(challenge=challenge))
         reader = asyncio.create_task(self._read(request_iterator, session))
@@ -178,6 +186,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                 )
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 exc = reader.exception()
+                if isinstance(exc, OversizeError):
+                    # Counted, logged and answered with a Reject by ``_read``.
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 if isinstance(exc, ProtobufDecodeError):
                     # A frame that is not an AgentMessage: the client's fault, and
                     # a retry sends the same bytes (UNAVAILABLE would invite one).
@@ -206,8 +217,12 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
             async for msg in requests:
                 if msg.proof:
                     self._prove(session, msg.proof)
-                if msg.envelope or not msg.proof:
+                if msg.envelopes:
+                    self._check_batch(session, msg)
+                if msg.envelope or not (msg.proof or msg.envelopes):
                     await checks.put(msg.envelope, self._ingestor.begin(msg.envelope))
+                for data in msg.envelopes:
+                    await checks.put(data, self._ingestor.begin(data))
             checks.close()
             await admit
             await pump
@@ -236,6 +251,20 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                 session.report_node = accepted.node_id
             await acks.put(accepted)
         await acks.put(None)
+
+    def _check_batch(self, session: Session, msg: telemetry_pb2.AgentMessage) -> None:
+        """Refuse (and end the stream on) a message with more envelopes, or
+        more bytes of them, than the Challenge announced. Each envelope of an
+        acceptable one is then checked on its own, as if it came alone."""
+        count = len(msg.envelopes) + (1 if msg.envelope else 0)
+        size = len(msg.envelope) + sum(len(e) for e in msg.envelopes)
+        if count > self._max_envelopes or size > self._max_message_bytes:
+            exc = OversizeError(
+                f"a message of {count} envelopes, {size} bytes: the limits are"
+                f" {self._max_envelopes} envelopes and {self._max_message_bytes} bytes"
+            )
+            self._refuse(session, exc)
+            raise exc
 
     def _prove(self, session: Session, data: bytes) -> None:
         """Bind the stream to the node whose key signed this stream's challenge."""

@@ -69,6 +69,9 @@ def _register() -> None:
     from computewatch import cli_ledger
 
     cli.add_command(cli_ledger.ledger)
+    from computewatch import cli_health
+
+    cli_collector.collector.add_command(cli_health.health)
 
 
 _register()

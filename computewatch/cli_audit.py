@@ -36,7 +36,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def _trust_options(fn: Callable[P, R]) -> Callable[P, R]:
-    """--collector-key, --node-keys, --authority-keys, --origin."""
+    """--collector-key, --node-keys, --authority-keys, --origin, --resume-quorum."""
     opts = [
         click.option(
             "--collector-key",
@@ -60,6 +60,14 @@ def _trust_options(fn: Callable[P, R]) -> Callable[P, R]:
         click.option(
             "--origin", default=None, help="Expected log id (default: pinned on first use)."
         ),
+        click.option(
+            "--resume-quorum",
+            type=click.IntRange(1, 1000),
+            default=1,
+            show_default=True,
+            help="Distinct authority keys whose approvals every RESUME in the log must"
+            " carry (your policy's k of k-of-n).",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -71,8 +79,9 @@ def _load_trust(
     node_keys: tuple[Path, ...],
     authority_keys: tuple[Path, ...],
     origin: str | None,
+    resume_quorum: int,
 ) -> Trust:
-    return load_trust(collector_key, node_keys, authority_keys, origin)
+    return load_trust(collector_key, node_keys, authority_keys, origin, resume_quorum)
 
 
 def _channel(address: str, key: Path, tls: ClientTls) -> grpc.aio.Channel:
@@ -134,12 +143,13 @@ def subscribe(
     node_keys: tuple[Path, ...],
     authority_keys: tuple[Path, ...],
     origin: str | None,
+    resume_quorum: int,
     follow: bool,
     max_age: float | None,
     max_retries: int,
 ) -> None:
     """Keep a verified local copy of the log in OUT, resuming where it stopped."""
-    trust = _load_trust(collector_key, node_keys, authority_keys, origin)
+    trust = _load_trust(collector_key, node_keys, authority_keys, origin, resume_quorum)
     options = followmod.FollowOptions(
         once=not follow, max_age_seconds=max_age, max_retries=max_retries
     )
@@ -186,12 +196,13 @@ def verify(
     node_keys: tuple[Path, ...],
     authority_keys: tuple[Path, ...],
     origin: str | None,
+    resume_quorum: int,
     max_age: float | None,
     checkpoints: tuple[Path, ...],
     threads: int,
 ) -> None:
     """Re-check every signature, chain, root and checkpoint in a local copy."""
-    trust = _load_trust(collector_key, node_keys, authority_keys, origin)
+    trust = _load_trust(collector_key, node_keys, authority_keys, origin, resume_quorum)
     store = LocalStore(directory, create=False)
     try:
         report = verify_store(
@@ -241,6 +252,7 @@ def prove(
     node_keys: tuple[Path, ...],
     authority_keys: tuple[Path, ...],
     origin: str | None,
+    resume_quorum: int,
 ) -> None:
     """Check that entry INDEX is in the signed log.
 
@@ -248,7 +260,7 @@ def prove(
     collector's tree extends your copy's newest checkpoint); with --dir alone,
     prove from the copy; with --bundle, check a saved proof offline.
     """
-    trust = _load_trust(collector_key, node_keys, authority_keys, origin)
+    trust = _load_trust(collector_key, node_keys, authority_keys, origin, resume_quorum)
     if directory is not None:  # keys the verified copy learned from the log
         copy = LocalStore(directory, create=False)
         try:

@@ -8,11 +8,16 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from computewatch.cliledger import ledger_options
 from computewatch.clitools import translate_errors
 from protos import keys as keymod
+
+if TYPE_CHECKING:
+    from collector.store.sql import Location
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,9 @@ def _default(key: str) -> str:
     from collector.config import CollectorConfig
 
     for field in dataclasses.fields(CollectorConfig):
-        if field.name == key and field.default is not dataclasses.MISSING:
+        if field.name == key and field.default is None:
+            return " [default: none]"
+        if field.name == key and field.default not in (dataclasses.MISSING, ""):
             value = field.default
             shown = (", ".join(map(str, value)) or "none") if isinstance(value, tuple) else value
             return f" [default: {shown}]"
@@ -44,7 +51,20 @@ def _default(key: str) -> str:
 _PATH = click.Path(dir_okay=False, path_type=Path)
 # (flag, config key, click type, repeatable, help)
 _SERVE_OPTIONS: list[tuple[str, str, object, bool, str]] = [
-    ("--ledger", "ledger", _PATH, False, "SQLite ledger file."),
+    (
+        "--ledger",
+        "ledger",
+        str,
+        False,
+        "SQLite ledger file, or a postgresql:// URL (collectors in high availability).",
+    ),
+    (
+        "--ledger-url-file",
+        "ledger_url_file",
+        _PATH,
+        False,
+        "File holding the PostgreSQL URL (a secret mount); wins over --ledger.",
+    ),
     ("--key", "key", _PATH, False, "Collector private key (signs directives and checkpoints)."),
     ("--listen", "listen", str, False, "HOST:PORT for gRPC."),
     ("--metrics-address", "metrics_address", str, False, "Address /metrics listens on."),
@@ -145,12 +165,7 @@ def nodes() -> None:
 
 
 @nodes.command()
-@click.option(
-    "--ledger",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar=_env("ledger"),
-)
+@ledger_options(exists=False, envvar=_env("ledger"))
 @click.option("--node-id", required=True)
 @click.option(
     "--public-key",
@@ -160,7 +175,7 @@ def nodes() -> None:
 )
 @click.option("--replace", is_flag=True, help="Re-key a node that is already enrolled.")
 @translate_errors
-def enroll(ledger: Path, node_id: str, public_key: Path, replace: bool) -> None:
+def enroll(ledger: Location, node_id: str, public_key: Path, replace: bool) -> None:
     """Trust PUBLIC_KEY as NODE_ID's signing key."""
     from collector.registry import enroll as do_enroll
 
@@ -170,12 +185,7 @@ def enroll(ledger: Path, node_id: str, public_key: Path, replace: bool) -> None:
 
 # Revocations and handovers change an existing ledger: a mistyped path is an
 # error, not a new empty ledger created beside the real one.
-_LEDGER = click.option(
-    "--ledger",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar=_env("ledger"),
-)
+_LEDGER = ledger_options(exists=True, envvar=_env("ledger"))
 
 
 @nodes.command()
@@ -183,7 +193,7 @@ _LEDGER = click.option(
 @click.option("--node-id", required=True)
 @click.option("--reason", default="", help="Why (logged in the revocation entry).")
 @translate_errors
-def revoke(ledger: Path, node_id: str, reason: str) -> None:
+def revoke(ledger: Location, node_id: str, reason: str) -> None:
     """Revoke NODE_ID's key (lost or stolen): refused by ingest from the next
     poll on, and logged; re-enrol the node with a new key afterwards."""
     from collector.keyadmin import revoke_node
@@ -203,7 +213,7 @@ def revoke(ledger: Path, node_id: str, reason: str) -> None:
 )
 @click.option("--reason", default="", help="Why (logged in the revocation entry).")
 @translate_errors
-def revoke_authority(ledger: Path, key_path: Path, reason: str) -> None:
+def revoke_authority(ledger: Location, key_path: Path, reason: str) -> None:
     """Revoke an authority key: its approvals stop counting at once, and it is logged."""
     from collector.keyadmin import revoke_authority as do_revoke
 
@@ -216,7 +226,7 @@ def revoke_authority(ledger: Path, key_path: Path, reason: str) -> None:
 @_LEDGER
 @click.argument("envelope", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @translate_errors
-def handover(ledger: Path, envelope: Path) -> None:
+def handover(ledger: Location, envelope: Path) -> None:
     """Re-key a node with ENVELOPE from `keys handover` (signed by its old and new key)."""
     from collector.keyadmin import handover as do_handover
 
@@ -225,14 +235,9 @@ def handover(ledger: Path, envelope: Path) -> None:
 
 
 @nodes.command("list")
-@click.option(
-    "--ledger",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar=_env("ledger"),
-)
+@ledger_options(exists=False, envvar=_env("ledger"))
 @translate_errors
-def list_cmd(ledger: Path) -> None:
+def list_cmd(ledger: Location) -> None:
     """List enrolled nodes and their key ids."""
     from collector.registry import list_nodes
 

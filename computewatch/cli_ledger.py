@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import click
 
+from computewatch.cliledger import read_url_file
 from computewatch.clitools import translate_errors
 
 _URL_ENV = "COMPUTEWATCH_LEDGER_URL"
@@ -30,14 +31,22 @@ def ledger() -> None:
 @click.option(
     "--to",
     "url",
-    required=True,
     envvar=_URL_ENV,
     help=f"postgresql://... of an empty database (or ${_URL_ENV}).",
 )
+@click.option(
+    "--to-file",
+    "url_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar=f"{_URL_ENV}_FILE",
+    help="A file holding that URL (keeps a password off the command line).",
+)
 @translate_errors
-def copy(source: Path, url: str) -> None:
+def copy(source: Path, url: str | None, url_file: Path | None) -> None:
     """Copy every row of a SQLite ledger into PostgreSQL and check the Merkle root."""
     from collector.store.copy import copy_ledger
+
+    url = _one_url(url, url_file, "--to")
 
     result = _pg(lambda: copy_ledger(source, url))
     rows = ", ".join(f"{table} {n}" for table, n in result.rows.items())
@@ -45,11 +54,19 @@ def copy(source: Path, url: str) -> None:
 
 
 @ledger.command("leader")
-@click.option("--url", required=True, envvar=_URL_ENV, help=f"postgresql://... (or ${_URL_ENV}).")
+@click.option("--url", envvar=_URL_ENV, help=f"postgresql://... (or ${_URL_ENV}).")
+@click.option(
+    "--url-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar=f"{_URL_ENV}_FILE",
+    help="A file holding the URL (keeps a password off the command line).",
+)
 @translate_errors
-def leader(url: str) -> None:
+def leader(url: str | None, url_file: Path | None) -> None:
     """Which collector holds the leader lease, with which fencing term."""
     from collector.store.leader import LeaderLease
+
+    url = _one_url(url, url_file, "--url")
 
     def read() -> str:
         lease = LeaderLease(url, "computewatch-cli", lease_seconds=1)
@@ -65,6 +82,16 @@ def leader(url: str) -> None:
         )
 
     click.echo(_pg(read))
+
+
+def _one_url(url: str | None, url_file: Path | None, flag: str) -> str:
+    """The database URL from ``flag`` or from its ``-file`` twin (exactly one)."""
+    if (url is None) == (url_file is None):
+        raise click.UsageError(f"give exactly one of {flag} and {flag}-file")
+    if url_file is not None:
+        return read_url_file(url_file)
+    assert url is not None
+    return url
 
 
 def _pg(call: Callable[[], T]) -> T:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,7 +17,11 @@ from collector.rules.load import (
 )
 from collector.rules.metrics import format_quantity
 from collector.rules.model import Decision, Rule, RulePack
+from computewatch.cliledger import ledger_options
 from computewatch.clitools import translate_errors
+
+if TYPE_CHECKING:
+    from collector.store.sql import Location
 
 
 @click.group()
@@ -108,12 +112,7 @@ def _decision_line(d: Decision, start: float | None) -> str:
 
 
 @rules.command()
-@click.option(
-    "--ledger",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Ledger file (SQLite) to replay; opened read-only.",
-)
+@ledger_options(exists=True, envvar="COMPUTEWATCH_RULES_LEDGER")
 @click.option(
     "--pack",
     "packs",
@@ -134,15 +133,16 @@ def _decision_line(d: Decision, start: float | None) -> str:
     "--json", "as_json", is_flag=True, help="One JSON object per decision, then a summary."
 )
 @translate_errors
-def test(ledger: Path, packs: tuple[str, ...], tick_seconds: float, as_json: bool) -> None:
+def test(ledger: Location, packs: tuple[str, ...], tick_seconds: float, as_json: bool) -> None:
     """Replay a recorded ledger against packs and print what would have fired (dry run)."""
     from collector.rules.replay import replay_ledger
+    from collector.store.sql import describe
 
     loaded = load_packs(packs)
     result = replay_ledger(ledger, loaded, tick_seconds=tick_seconds)
     fired = sum(1 for d in result.decisions if d.kind == "fire")
     summary = {
-        "ledger": str(ledger),
+        "ledger": describe(ledger),
         "packs": [p.name for p in loaded],
         "entries": result.entries,
         "reports": result.reports,

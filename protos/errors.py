@@ -257,6 +257,14 @@ class LedgerUnavailableError(LogError):
     stored_sequence: int | None = None
 
 
+class DatabaseError(LogError):
+    """The collector's database failed a statement (a driver error from SQLite or
+    PostgreSQL, chained as ``__cause__``): a lost connection is
+    LedgerUnavailableError instead."""
+
+    reason = "database"
+
+
 class ProofError(VerificationError):
     """A Merkle inclusion or consistency proof does not verify."""
 

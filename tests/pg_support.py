@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,15 @@ def pg_server() -> Iterator[str]:
 def fresh_database(server: str) -> str:
     """A new, empty database on ``server``; its URL."""
     return create_database(server, f"cw_test_{os.getpid()}_{next(_names)}")
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def backend_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """For a fixture with ``params=BACKENDS``: the ledger file's path (SQLite,
+    as the CLI and ``collector serve`` pass it) or a fresh PostgreSQL
+    database's URL on the session's server."""
+    if request.param == "sqlite":
+        return tmp_path / "ledger.db"
+    return fresh_database(request.getfixturevalue("pg_server"))

@@ -166,6 +166,12 @@ class StreamClient:
     async def send(self, envelope: bytes) -> None:
         await self._queue.put(telemetry_pb2.AgentMessage(envelope=envelope))
 
+    async def send_batch(self, envelopes: Sequence[bytes]) -> None:
+        """Several envelopes in one message, as an agent sends its backlog."""
+        await self._queue.put(
+            telemetry_pb2.AgentMessage(envelope=envelopes[0], envelopes=list(envelopes[1:]))
+        )
+
     async def send_proof(self, proof: bytes) -> None:
         await self._queue.put(telemetry_pb2.AgentMessage(proof=proof))
 

@@ -131,7 +131,7 @@ class GpmCalls:
             if which is None:
                 metric.nvmlReturn = _pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
-            if abs(dt) < GPM_MIN_INTERVAL:
+            if abs(dt) <= GPM_MIN_INTERVAL:  # "greater than 100ms": exactly 100 ms is too short
                 metric.value = 0.0  # see GPM_MIN_INTERVAL
             else:
                 metric.value = (second.integrals[which] - first.integrals[which]) / dt

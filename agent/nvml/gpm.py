@@ -82,7 +82,7 @@ class Gpm:
         """
         n = self._n
         now = self._clock()
-        if state.prev is not None and now - state.prev_t < self._min_interval:
+        if state.prev is not None and now - state.prev_t <= self._min_interval:
             log.debug("GPM sample skipped: %.3f s after the previous one", now - state.prev_t)
             return
         call = "nvmlGpmSampleAlloc"

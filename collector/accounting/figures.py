@@ -11,12 +11,11 @@ GPUs: a MIG device is in its parent's figures (``collector.accounting.mig``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Collection, Mapping
 
 from collector.accounting.actors import ActorBook, actor_values
 from collector.accounting.gpu import METHOD_UNMEASURED
-from collector.accounting.mig import counts_in_totals
+from collector.accounting.live import NodeSummary
 from collector.accounting.state import JobState, NodeState, worst_method
 from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
 
@@ -28,18 +27,30 @@ def _sum(values: list[float | None]) -> float | None:
     return sum(known) if known else None
 
 
+ALL_SCOPES: frozenset[Scope] = frozenset(Scope)
+
+
 def build_snapshot(
     nodes: Mapping[str, NodeState],
     jobs: Mapping[str, JobState],
     now: float,
-    is_silent: Callable[[NodeState, float], bool],
+    summary: Callable[[NodeState], NodeSummary],
     *,
     forgotten: tuple[float, float] = (0.0, 0.0),
+    book: ActorBook | None = None,
+    scopes: Collection[Scope] = ALL_SCOPES,
 ) -> Snapshot:
-    """Figures of every scope at ``now``. ``forgotten``: cumulative FLOP
-    (estimate, upper bound) of jobs no longer held in memory, which the
-    cluster's totals keep."""
-    values: dict[Key, dict[str, float | None]] = {}
+    """Figures at ``now`` of ``scopes`` (the cluster's always), from each
+    node's ``summary`` (``collector.accounting.live``): O(nodes + jobs), plus
+    O(GPUs) for the GPU scope only. ``forgotten``: cumulative FLOP (estimate,
+    upper bound) of jobs no longer held in memory, which the cluster's totals
+    keep. With ``book``, the actor scope too. Scopes left out are absent (the
+    node and job scopes: their rows, the cluster's figures still count them)."""
+    want_nodes = Scope.NODE in scopes
+    want_gpus = Scope.GPU in scopes
+    want_jobs = Scope.JOB in scopes
+    want_actors = book is not None and Scope.ACTOR in scopes
+    values: dict[Key, Mapping[str, float | None]] = {}
     evidence: dict[Key, tuple[int, ...]] = {}
     methods: dict[Key, str] = {}
     live: set[str] = set()
@@ -53,123 +64,121 @@ def build_snapshot(
     c_methods: set[str] = set()
     c_evidence: list[int] = []
     for node in list(nodes.values()):
-        breaks += node.chain_breaks
-        key = (Scope.NODE, node.node_id)
-        if not node.reports:
-            values[key] = {
-                "installed_flops": None,
-                "installed_flops_upper_bound": None,
-                "allocated_flops": None,
-                "achieved_flops": None,
-                "achieved_flops_upper_bound": None,
-                "unmeasured_gpu_seconds": None,
-                "silent_seconds": None,
-                "gpus_lost": None,
-                "gpus_unreadable": None,
-                "chain_breaks": float(node.chain_breaks),
-            }
-            methods[key] = METHOD_UNMEASURED
+        s = summary(node)
+        breaks += s.chain_breaks
+        key = (Scope.NODE, s.node_id)
+        if not s.reports:
+            if want_nodes:
+                values[key] = s.row
+                methods[key] = METHOD_UNMEASURED
             continue
-        quiet = is_silent(node, now)
-        silent += quiet
-        whole = [g for g in node.gpus if counts_in_totals(g)]
-        node_lost = sum(g.lost for g in whole)
-        lost += node_lost
-        node_unreadable = sum(g.unreadable for g in whole)
-        unreadable += node_unreadable
-        unknown_model += sum(g.model is None for g in whole)
-        installed = _sum([g.installed for g in whole])
-        # Capacity at any precision; a GPU of unknown model at the table's highest peak.
-        installed_upper = sum(g.max_peak for g in whole)
-        unmeasured = node.unmeasured_gpu_seconds
-        node_methods = {g.method for g in whole}
-        if quiet:
+        lost += s.lost
+        unreadable += s.unreadable
+        unknown_model += s.unknown_model
+        if now - node.last_received > s.silent_after:  # NodeSummary.silent, inlined
+            silent += 1
             pending = max(0.0, now - node.last_received)
-            silent_for[node.node_id] = pending
-            unmeasured += pending * len(whole)
-            allocated = achieved = None
-            upper = sum(g.max_peak for g in whole)
-            node_methods = {METHOD_UNMEASURED}
+            silent_for[s.node_id] = pending
+            unmeasured = s.unmeasured + pending * s.whole
+            upper = s.quiet_upper
+            c_methods.add(METHOD_UNMEASURED)
+            if want_nodes:
+                values[key] = {
+                    **s.row,
+                    "allocated_flops": None,
+                    "achieved_flops": None,
+                    "achieved_flops_upper_bound": upper,
+                    "unmeasured_gpu_seconds": unmeasured,
+                    "silent_seconds": pending,
+                }
+                methods[key] = METHOD_UNMEASURED
+                evidence[key] = s.evidence
+            if want_gpus:
+                for gkey, row, method in s.quiet_gpu_rows():
+                    values[gkey] = row
+                    methods[gkey] = method
+                    evidence[gkey] = s.evidence
         else:
-            allocated = _sum([g.allocated for g in whole])
-            achieved = _sum([g.achieved for g in whole])
-            upper = sum(g.achieved_upper for g in whole)
-            live.add(node.node_id)
-            c_allocated.append(allocated)
-            c_achieved.append(achieved)
-            c_evidence.append(node.last_index)
-        values[key] = {
-            "installed_flops": installed,
-            "installed_flops_upper_bound": installed_upper,
-            "allocated_flops": allocated,
-            "achieved_flops": achieved,
-            "achieved_flops_upper_bound": upper,
-            "unmeasured_gpu_seconds": unmeasured,
-            "silent_seconds": silent_for.get(node.node_id, 0.0),
-            "gpus_lost": float(node_lost),
-            "gpus_unreadable": float(node_unreadable),
-            "chain_breaks": float(node.chain_breaks),
-        }
-        methods[key] = worst_method(node_methods)
-        c_methods |= node_methods
-        evidence[key] = (node.last_index,)
-        c_installed.append(installed)
-        c_installed_upper += installed_upper
+            unmeasured = s.unmeasured
+            upper = s.upper
+            live.add(s.node_id)
+            c_allocated.append(s.allocated)
+            c_achieved.append(s.achieved)
+            c_evidence.append(s.last_index)
+            c_methods |= s.methods
+            if want_nodes:
+                values[key] = s.row
+                methods[key] = s.method
+                evidence[key] = s.evidence
+            if want_gpus:
+                for gkey, row, method in s.live_gpu_rows():
+                    values[gkey] = row
+                    methods[gkey] = method
+                    evidence[gkey] = s.evidence
+        c_installed.append(s.installed)
+        c_installed_upper += s.installed_upper
         c_upper += upper
         c_unmeasured += unmeasured
-        for g in node.gpus:
-            gkey = (Scope.GPU, g.uuid)
-            values[gkey] = {
-                "installed_flops": g.installed,
-                "installed_flops_upper_bound": g.max_peak,
-                "achieved_flops": None if quiet else g.achieved,
-                "achieved_flops_upper_bound": g.max_peak if quiet else g.achieved_upper,
-                "utilization_percent": None if quiet else g.utilization,
-                "power_watts": None if quiet else g.power_watts,
-            }
-            methods[gkey] = METHOD_UNMEASURED if quiet else g.method
-            evidence[gkey] = (node.last_index,)
     lineage: dict[str, tuple[str, ...]] = {}
     job_nodes: dict[str, tuple[str, ...]] = {}
+    job_rows: dict[str, dict[str, float | None]] = {}
     c_cumulative, c_cumulative_upper = forgotten
+    rows_wanted = want_jobs or want_actors
     for job in list(jobs.values()):
-        key = (Scope.JOB, job.job_id)
-        shares = list(job.per_node.items())
-        running = {n: s for n, s in shares if n in live}
-        quiet_shares = {n: s for n, s in shares if n in silent_for}
-        pending = sum(silent_for[n] * s.gpus for n, s in quiet_shares.items())
-        pending_upper = sum(silent_for[n] * s.max_peak for n, s in quiet_shares.items())
+        # One pass over the job's nodes; every sum is ``sum()`` over a list in
+        # the job's node order, as a from-scratch build takes it.
+        running: list[str] = []
+        r_achieved: list[float] = []
+        r_upper: list[float] = []
+        r_allocated: list[float] = []
+        gpus = gpus_unknown = 0
+        all_unmeasured = True
+        q_pending: list[float] = []
+        q_pending_upper: list[float] = []
+        q_peak: list[float] = []
+        for n, share in list(job.per_node.items()):
+            if n in live:
+                running.append(n)
+                r_achieved.append(share.achieved)
+                r_upper.append(share.upper)
+                r_allocated.append(share.allocated)
+                gpus += share.gpus
+                gpus_unknown += share.gpus_unknown_model
+                all_unmeasured = all_unmeasured and share.gpus_unmeasured == share.gpus
+            elif (quiet_for := silent_for.get(n)) is not None:
+                q_pending.append(quiet_for * share.gpus)
+                q_pending_upper.append(quiet_for * share.max_peak)
+                q_peak.append(share.max_peak)
         estimate = job.cumulative_estimate
-        upper = job.cumulative_flop_upper + pending_upper
-        rate: float | None = sum(s.achieved for s in running.values())
-        if quiet_shares and not running:
+        upper = job.cumulative_flop_upper + sum(q_pending_upper)
+        c_cumulative += estimate or 0.0
+        c_cumulative_upper += upper
+        if not rows_wanted:
+            continue  # the cluster's cumulative totals are all the jobs give
+        rate: float | None = sum(r_achieved)
+        if q_peak and not running:
             rate = None  # only silent nodes: the rate is unknown, never 0
-        if (
-            rate is not None
-            and running
-            and all(s.gpus_unmeasured == s.gpus for s in running.values())
-        ):
+        if rate is not None and running and all_unmeasured:
             rate = None  # no GPU of the job is measured
         metrics: dict[str, float | None] = {
             "cumulative_flop": estimate,
             "cumulative_flop_upper_bound": upper,
             "achieved_flops": rate,
-            "achieved_flops_upper_bound": sum(s.upper for s in running.values())
-            + sum(s.max_peak for s in quiet_shares.values()),
-            "allocated_flops": sum(s.allocated for s in running.values()),
-            "gpus": float(sum(s.gpus for s in running.values())),
-            "gpus_unknown_model": float(sum(s.gpus_unknown_model for s in running.values())),
-            "unmeasured_gpu_seconds": job.unmeasured_gpu_seconds + pending,
+            "achieved_flops_upper_bound": sum(r_upper) + sum(q_peak),
+            "allocated_flops": sum(r_allocated),
+            "gpus": float(gpus),
+            "gpus_unknown_model": float(gpus_unknown),
+            "unmeasured_gpu_seconds": job.unmeasured_gpu_seconds + sum(q_pending),
         }
         for name, score in list(job.capability.items()):
             metrics[f"capability:{name}"] = score
+        key = (Scope.JOB, job.job_id)
+        job_rows[job.job_id] = metrics
         values[key] = metrics
-        methods[key] = METHOD_UNMEASURED if quiet_shares else job.method
+        methods[key] = METHOD_UNMEASURED if q_peak else job.method
         evidence[key] = tuple(job.evidence)
         lineage[job.job_id] = job.parents
         job_nodes[job.job_id] = tuple(sorted(running))
-        c_cumulative += estimate or 0.0
-        c_cumulative_upper += upper
     values[(Scope.CLUSTER, CLUSTER_KEY)] = {
         "installed_flops": _sum(c_installed),
         "installed_flops_upper_bound": c_installed_upper,
@@ -187,6 +196,25 @@ def build_snapshot(
     }
     methods[(Scope.CLUSTER, CLUSTER_KEY)] = worst_method(c_methods)
     evidence[(Scope.CLUSTER, CLUSTER_KEY)] = tuple(sorted(c_evidence))
+    job_actors: dict[str, str] = {}
+    if want_actors and book is not None:
+        job_methods = {j: methods[(Scope.JOB, j)] for j in job_rows}
+        job_evidence = {j: evidence[(Scope.JOB, j)] for j in job_rows}
+        a_values, a_evidence, a_methods = actor_values(
+            book, job_rows, job_evidence, job_methods, jobs, now
+        )
+        for actor, row in a_values.items():
+            akey = (Scope.ACTOR, actor)
+            values[akey] = row
+            evidence[akey] = a_evidence[actor]
+            methods[akey] = a_methods[actor]
+    if book is not None and want_jobs:
+        job_actors = {j: book.actor_of(j) for j in job_rows}
+    if not want_jobs:
+        for j in job_rows:
+            jkey = (Scope.JOB, j)
+            del values[jkey], methods[jkey], evidence[jkey]
+        lineage, job_nodes = {}, {}
     return Snapshot(
         time=now,
         values=values,
@@ -194,22 +222,5 @@ def build_snapshot(
         lineage=lineage,
         job_nodes=job_nodes,
         methods=methods,
-    )
-
-
-def with_actors(snap: Snapshot, book: ActorBook, jobs: Mapping[str, JobState]) -> Snapshot:
-    """``snap`` plus the actor scope (``collector.accounting.actors``)."""
-    keys = [(Scope.JOB, j) for j in list(jobs)]
-    job_values = {k[1]: snap.values[k] for k in keys if k in snap.values}
-    job_evidence = {k[1]: snap.evidence[k] for k in keys if k in snap.evidence}
-    job_methods = {k[1]: snap.methods[k] for k in keys if k in snap.methods}
-    values, evidence, methods = actor_values(
-        book, job_values, job_evidence, job_methods, jobs, snap.time
-    )
-    return replace(
-        snap,
-        values={**snap.values, **{(Scope.ACTOR, a): v for a, v in values.items()}},
-        evidence={**snap.evidence, **{(Scope.ACTOR, a): v for a, v in evidence.items()}},
-        methods={**snap.methods, **{(Scope.ACTOR, a): v for a, v in methods.items()}},
-        job_actors={j: book.actor_of(j) for j in job_values},
+        job_actors=job_actors,
     )

@@ -102,6 +102,17 @@ class RuleEngine:
     def rules(self) -> tuple[Rule, ...]:
         return self._rules
 
+    @property
+    def scopes(self) -> frozenset[Scope]:
+        """The snapshot scopes ``evaluate`` reads: the rules' own, the cluster
+        always, and the nodes where a cluster rule is loaded (whether the
+        cluster still awaits data is judged from them). The aggregator builds
+        only these (``Aggregator.snapshot``)."""
+        scopes = {Scope.CLUSTER, *(r.scope for r in self._rules)}
+        if any(r.scope is Scope.CLUSTER for r in self._rules):
+            scopes.add(Scope.NODE)
+        return frozenset(scopes)
+
     def firing(self) -> list[tuple[Rule, str]]:
         """(rule, key) for every rule currently firing."""
         return [

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,11 +26,15 @@ from collector.aggregate import Aggregator
 from collector.ledger import LedgerEntry, iter_entries
 from collector.rules.engine import RuleEngine
 from collector.rules.model import Decision, RulePack
+from collector.store.sql import DB_ERRORS, describe
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
-from protos.errors import Error, LogError
+from protos.errors import DatabaseError, Error, LogError
 
 log = logging.getLogger(__name__)
+
+# A ledger that cannot be read: the driver's error, raw (SQLite's cursor) or typed.
+_READ_ERRORS: tuple[type[Exception], ...] = (*DB_ERRORS, DatabaseError)
 
 
 @dataclass
@@ -59,7 +62,8 @@ class _Replayer:
 
     def evaluate(self, now: float) -> None:
         self.result.ticks += 1
-        self.result.decisions.extend(self.engine.evaluate(self.aggregator.snapshot(now)))
+        snap = self.aggregator.snapshot(now, self.engine.scopes)
+        self.result.decisions.extend(self.engine.evaluate(snap))
 
     def advance(self, until: float) -> None:
         """Evaluate every tick boundary up to ``until``, skipping long gaps."""
@@ -119,12 +123,13 @@ def replay_entries(
 
 
 def replay_ledger(
-    path: Path, packs: Iterable[RulePack], *, tick_seconds: float = 1.0
+    location: Path | str, packs: Iterable[RulePack], *, tick_seconds: float = 1.0
 ) -> ReplayResult:
-    """Replay the ledger file at ``path`` (opened read-only)."""
-    if not path.is_file():
-        raise LogError(f"ledger {path} does not exist")
+    """Replay the ledger at ``location`` (a SQLite file, or a database URL:
+    ``collector.store.sql``), opened read-only."""
+    if isinstance(location, Path) and not location.is_file():
+        raise LogError(f"ledger {location} does not exist")
     try:
-        return replay_entries(iter_entries(path), packs, tick_seconds=tick_seconds)
-    except sqlite3.Error as exc:
-        raise LogError(f"cannot read ledger {path}: {exc}") from exc
+        return replay_entries(iter_entries(location), packs, tick_seconds=tick_seconds)
+    except _READ_ERRORS as exc:
+        raise LogError(f"cannot read ledger {describe(location)}: {exc}") from exc

@@ -36,7 +36,12 @@ _TABLES = (
     ("nodes", "node_id, keyid, public_key, enrolled_unix_nanos"),
     ("merkle_node", "pos, hash"),
     ("checkpoint", "size, timestamp_unix_nanos, note"),
+    ("key_event", "id, payload_type, payload, envelope, created_unix_nanos"),
+    ("retired_key", "keyid, role, public_key, node_id, why, retired_unix_nanos"),
+    ("key_state", "id, version"),
 )
+# Tables whose BIGSERIAL id must go on after the copied ids.
+_SERIAL = ("evidence", "key_event")
 
 
 @dataclass(frozen=True)
@@ -100,11 +105,12 @@ def copy_ledger(source: Path, url: str) -> CopyResult:
                             out.executemany(insert.encode(), batch)
                         n += len(batch)
                     rows[table] = n
-                if rows["evidence"]:  # BIGSERIAL goes on after the copied ids
-                    dst.execute(
-                        "SELECT setval(pg_get_serial_sequence('evidence', 'id'),"
-                        " (SELECT MAX(id) FROM evidence))"
-                    )
+                for table in _SERIAL:
+                    if rows[table]:
+                        # The table name is one of the constants above.
+                        top = f"(SELECT MAX(id) FROM {table})"  # noqa: S608
+                        reset = f"SELECT setval(pg_get_serial_sequence(%s, 'id'), {top})"
+                        dst.execute(reset.encode(), (table,))
     finally:
         src.close()
     check = PgStore(url)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from collector.ledger_store import ChainHead, Entry, LedgerEntry
+from collector.store.sql import sqlite_path
 from protos.errors import StoreConfigError
 
 
@@ -87,16 +88,7 @@ def open_store(url: str) -> LedgerStore:
                 " install computewatch[postgres]"
             ) from exc
         return PgStore(url)
-    if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")
-        if not path.startswith("/"):
-            raise StoreConfigError(f"sqlite URL {url!r} must be sqlite:///absolute/path")
-        return _sqlite(Path(path))
-    if "://" in url:
-        raise StoreConfigError(
-            f"ledger URL {url!r}: the scheme names no backend (sqlite:// or postgresql://)"
-        )
-    return _sqlite(Path(url))
+    return _sqlite(sqlite_path(url))
 
 
 def _sqlite(path: Path) -> LedgerStore:

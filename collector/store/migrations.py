@@ -16,11 +16,18 @@ from __future__ import annotations
 import sqlite3
 
 from collector.sqlite_faults import rollback_after
+from protos import keylog
 from protos.errors import SchemaVersionError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+
+# Only these rows of the log are read back when a collector starts (key events).
+KEY_EVENT_FILTER = "payload_type IN ({})".format(
+    ", ".join(f"'{t}'" for t in keylog.KEY_EVENT_TYPES)
+)
+KEY_EVENT_INDEX = f"CREATE INDEX log_key_events ON log(idx) WHERE {KEY_EVENT_FILTER}"
 
 # PostgreSQL: the same tables and columns as SQLite's (BIGINT for INTEGER,
 # BYTEA for BLOB), plus ``leader``: the lease row with its fencing term.
@@ -78,16 +85,45 @@ CREATE TABLE leader (
     expires_unix_nanos BIGINT NOT NULL
 );
 """,
+    # 2: the key tables (``collector.keystore``): pending key events, retired
+    # keys, the change counter the collectors poll; and the partial index that
+    # finds the key events in the log.
+    f"""
+CREATE TABLE key_event (
+    id BIGSERIAL PRIMARY KEY,
+    payload_type TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    envelope BYTEA,
+    created_unix_nanos BIGINT NOT NULL
+);
+CREATE TABLE retired_key (
+    keyid TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    public_key BYTEA NOT NULL,
+    node_id TEXT,
+    why TEXT NOT NULL,
+    retired_unix_nanos BIGINT NOT NULL
+);
+CREATE TABLE key_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version BIGINT NOT NULL
+);
+{KEY_EVENT_INDEX};
+""",
 )
 
 
 def sqlite_steps() -> tuple[str, ...]:
-    """SQLite's steps (imported late: ``ledger_store`` calls ``migrate_sqlite``)."""
+    """SQLite's steps (imported late: ``ledger_store`` calls ``migrate_sqlite``).
+    Version 1's schema already had the key tables; 2 adds the key events' index."""
     from collector.checkpoints import SCHEMA as CHECKPOINT_SCHEMA
     from collector.ledger_store import SCHEMA
     from collector.merkle_log import SCHEMA as MERKLE_SCHEMA
 
-    return (f"{SCHEMA}\n{MERKLE_SCHEMA};\n{CHECKPOINT_SCHEMA};\n",)
+    return (
+        f"{SCHEMA}\n{MERKLE_SCHEMA};\n{CHECKPOINT_SCHEMA};\n",
+        f"{KEY_EVENT_INDEX.replace('INDEX', 'INDEX IF NOT EXISTS', 1)};\n",
+    )
 
 
 def check_version(found: int, where: str) -> None:

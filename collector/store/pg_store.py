@@ -22,6 +22,7 @@ import psycopg
 
 from collector.ledger_store import ChainHead, Entry, LedgerEntry
 from collector.store.migrations import PG_STEPS, VERSION_TABLE, check_version
+from collector.store.sql import redact
 from collector.store.tree import load_frontier, tree_rows
 from protos.errors import FencedError, LedgerUnavailableError
 
@@ -35,16 +36,6 @@ def _blob(value: object) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     raise LedgerUnavailableError(f"expected bytes from the database, got {type(value).__name__}")
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    head, sep, tail = url.partition("@")
-    if not sep:
-        return url
-    scheme, _, cred = head.partition("://")
-    user = cred.split(":", 1)[0]
-    return f"{scheme}://{user}@{tail}"
 
 
 def migrate_pg(conn: psycopg.Connection[tuple[object, ...]], where: str) -> int:
@@ -70,7 +61,7 @@ class PgStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        where = _redact(url)
+        where = redact(url)
         try:
             self._conn = psycopg.connect(url, autocommit=True)
             self._read = psycopg.connect(url, autocommit=True)

@@ -20,21 +20,26 @@ class TreeView:
 
     def __init__(self, store: LedgerStore) -> None:
         self._store = store
-        self._size = store.reload()
-        self._root = store.root()
+        self._head = (store.reload(), store.root())
 
     def refresh(self) -> int:
-        """Re-read the committed tree (after the leader wrote more); the new size."""
-        self._size = self._store.reload()
-        self._root = self._store.root()
-        return self._size
+        """Re-read the committed tree (after the leader wrote more); the new size.
+        Size and root change together (one assignment): a reader in another
+        thread never sees one without the other."""
+        size = self._store.reload()
+        self._head = (size, self._store.root())
+        return size
+
+    @property
+    def _size(self) -> int:
+        return self._head[0]
 
     @property
     def size(self) -> int:
-        return self._size
+        return self._head[0]
 
     def snapshot(self) -> tuple[int, bytes]:
-        return self._size, self._root
+        return self._head
 
     def _subtree(self, level: int, index: int) -> bytes:
         h = self._store.merkle_node(node_pos(level, index))
@@ -47,8 +52,9 @@ class TreeView:
             raise LogError(f"tree size {size} is beyond the committed size {self._size}")
 
     def root(self, size: int | None = None) -> bytes:
-        if size is None or size == self._size:
-            return self._root
+        head = self._head
+        if size is None or size == head[0]:
+            return head[1]
         self._check_size(size)
         return merkle.root(size, self._subtree)
 

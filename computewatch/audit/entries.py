@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from computewatch.audit.keystate import KeyState
 from computewatch.audit.trust import Trust
 from protos import dsse, keylog
+from protos.approvals import distinct_approvers
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 from protos.errors import (
     BrokenChainError,
@@ -30,6 +31,7 @@ from protos.errors import (
     KeyMismatchError,
     OversizeError,
     PayloadTypeError,
+    QuorumError,
     ReplayError,
     RewrittenEntryError,
     RollbackError,
@@ -199,3 +201,19 @@ class EntryChecker:
             self.lease_counter = directive.counter
         else:
             self.directive_counter = directive.counter
+        if directive.action == control_pb2.ACTION_RESUME:
+            self._resume(index, directive)
+
+    def _resume(self, index: int, directive: control_pb2.Directive) -> None:
+        """A RESUME carries approvals of the halt it lifts from at least
+        ``resume_quorum`` distinct authority keys valid at this entry."""
+        lifted = directive.resumes_directive_id
+        if not lifted:
+            raise QuorumError(f"entry {index}: RESUME {directive.id} names no halt it lifts")
+        keys = distinct_approvers(directive.approvals, self.keys.authorities, lifted)
+        need = self.trust.resume_quorum
+        if len(keys) < need:
+            raise QuorumError(
+                f"entry {index}: RESUME {directive.id} of {lifted} carries approvals from"
+                f" {len(keys)} distinct authority key(s) valid here; {need} are needed"
+            )

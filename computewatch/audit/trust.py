@@ -23,6 +23,8 @@ class Trust:
     authorities: Mapping[str, PublicKey] = field(default_factory=dict)
     # Pinned log id; None: taken from the first checkpoint and pinned then.
     origin: str | None = None
+    # Distinct authority keys whose approvals each RESUME must carry.
+    resume_quorum: int = 1
 
     def signers_for(self, payload_type: str) -> Mapping[str, PublicKey] | None:
         """Keys allowed to sign ``payload_type``; None for a type we do not know."""
@@ -62,7 +64,10 @@ def load_trust(
     node_keys: Iterable[Path],
     authority_keys: Iterable[Path] = (),
     origin: str | None = None,
+    resume_quorum: int = 1,
 ) -> Trust:
     # Node keys may all come from enrolments in the log itself.
     nodes = load_keys(node_keys)
-    return Trust(load_public_key(collector_key), nodes, load_keys(authority_keys), origin)
+    return Trust(
+        load_public_key(collector_key), nodes, load_keys(authority_keys), origin, resume_quorum
+    )

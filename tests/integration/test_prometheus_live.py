@@ -54,6 +54,13 @@ NO_DATA_HERE = {
     "computewatch_rule_firing > 0": "no rule fires in this scenario (the job stays under them)",
     "sum by (node, function) (computewatch_agent_nvml_field_errors)": "the agent exports a"
     " function only while it fails, and no NVML call fails in this scenario",
+    # Collectors in high availability only: a single-node (SQLite) collector,
+    # as here, exports no leader series.
+    "sum by (job, namespace) (computewatch_collector_leader)": "single-node collector",
+    "sum by (job, namespace) (increase(computewatch_collector_leader_elections_total[30m]))": (
+        "single-node collector"
+    ),
+    "increase(computewatch_collector_leader_lease_errors_total[5m])": "single-node collector",
 }
 
 # Grafana's variables, as Grafana would expand them here.

@@ -239,12 +239,14 @@ class NodeReport(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., sequence: _Optional[int] = ..., previous_digest: _Optional[bytes] = ..., sample_unix_nanos: _Optional[int] = ..., interval_seconds: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., enforcement: _Optional[_Union[EnforcementState, _Mapping]] = ..., agent_version: _Optional[str] = ..., nvml_status: _Optional[_Union[NvmlStatus, str]] = ..., nvml_error: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., receipts: _Optional[_Iterable[_Union[EnforcementReceipt, _Mapping]]] = ..., unspooled_reports: _Optional[int] = ..., skipped_samples: _Optional[int] = ..., corrections: _Optional[_Iterable[str]] = ..., replaces_refused_digest: _Optional[bytes] = ..., refused_reason: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("envelope", "proof")
+    __slots__ = ("envelope", "proof", "envelopes")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPES_FIELD_NUMBER: _ClassVar[int]
     envelope: bytes
     proof: bytes
-    def __init__(self, envelope: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
+    envelopes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, envelope: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., envelopes: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("node_id", "sequence", "log_index")
@@ -269,10 +271,14 @@ class Reject(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., stored_sequence: _Optional[int] = ...) -> None: ...
 
 class Challenge(_message.Message):
-    __slots__ = ("nonce",)
+    __slots__ = ("nonce", "max_envelopes_per_message", "max_message_bytes")
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENVELOPES_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     nonce: bytes
-    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+    max_envelopes_per_message: int
+    max_message_bytes: int
+    def __init__(self, nonce: _Optional[bytes] = ..., max_envelopes_per_message: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class StreamProof(_message.Message):
     __slots__ = ("node_id", "nonce")

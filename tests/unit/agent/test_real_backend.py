@@ -110,6 +110,23 @@ def test_gpm_averages_over_the_interval_since_the_previous_sample() -> None:
     assert g.tensor_activity_percent == pytest.approx(37.5, rel=1e-3)
 
 
+def test_a_gpm_pair_exactly_100_ms_apart_is_not_taken() -> None:
+    """nvml.h: two nvmlGpmSampleGet() calls "should be greater than 100ms" apart.
+    A pair exactly 100 ms apart is skipped (0.2 - 0.1 == 0.1 exactly in binary
+    floating point); the next read covers both intervals."""
+    clock = Clock()
+    clock.t = 0.1
+    fake = FakeNvml(load_scenario(DATA / "mixed.yaml"), "n0", clock=clock)
+    b = NvmlBackend(fake, clock=clock)
+    b.sample()
+    clock.t = 0.2
+    b.sample()
+    assert fake.calls["nvmlGpmSampleGet"] == 1
+    clock.t = 0.2 + 1e-6  # just over 100 ms: taken
+    b.sample()
+    assert fake.calls["nvmlGpmSampleGet"] == 2
+
+
 def test_pre_hopper_gpu_has_no_gpm_fields_but_everything_else() -> None:
     b, fake, clock = backend("mixed.yaml", "n0")
     for t in (1, 2, 3):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from collector.checkpoints import Checkpointer
 from collector.merkle_log import MerkleLog
+from collector.store.sql import open_db
+from protos.errors import DatabaseError
 from protos.keys import PrivateKey
 
 S = 1_000_000_000
@@ -18,7 +20,7 @@ def test_a_full_disk_keeps_the_real_error_and_the_last_checkpoint(tmp_path: Path
     writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     writer.execute("PRAGMA journal_mode=WAL")
     tree = MerkleLog(writer)
-    store = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    store = open_db(path)
     now = [1_700_000_000 * S]
     cps = Checkpointer(
         tree, PrivateKey.generate(), "computewatch.test/log", store, lambda: now[0],
@@ -26,8 +28,8 @@ def test_a_full_disk_keeps_the_real_error_and_the_last_checkpoint(tmp_path: Path
     )  # fmt: skip
     # The store's connection may not grow the file (SQLITE_FULL, as on a full
     # disk); SQLite then rolls the transaction back by itself.
-    store.execute(f"PRAGMA max_page_count = {store.execute('PRAGMA page_count').fetchone()[0]}")
-    failure: sqlite3.Error | None = None
+    store.execute(f"PRAGMA max_page_count = {store.execute('PRAGMA page_count')[0][0]}")
+    failure: DatabaseError | None = None
     for i in range(2000):  # each checkpoint row is kept (stride 1): pages run out
         writer.execute("BEGIN IMMEDIATE")
         tree.append_leaves(writer, tree.size, [b"entry %d" % i])
@@ -36,11 +38,12 @@ def test_a_full_disk_keeps_the_real_error_and_the_last_checkpoint(tmp_path: Path
         now[0] += S
         try:
             cps.sign_now()
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:  # the driver's error, typed (collector.store.sql)
             failure = exc
             break
     assert failure is not None, "the store never ran out of pages"
     assert "full" in str(failure)  # not "cannot rollback - no transaction is active"
+    assert isinstance(failure.__cause__, sqlite3.Error)
     assert not store.in_transaction
     latest = cps.latest()
     assert latest is not None

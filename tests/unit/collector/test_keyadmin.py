@@ -1,32 +1,37 @@
-"""Operator key actions on a real ledger file: what each refuses, and the key
-event each queues for the collector to log."""
+"""Operator key actions on a real ledger (SQLite file and PostgreSQL): what
+each refuses, and the key event each queues for the collector to log."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from collector.keyadmin import handover, revoke_authority, revoke_node
 from collector.registry import Registry, enroll, list_nodes
+from collector.store.sql import Location, open_db
 from protos import keylog
 from protos.computewatch.v1 import keylog_pb2
 from protos.errors import ConfigError, KeyEventError, SignatureError
 from protos.keys import PrivateKey
+from tests.pg_support import BACKENDS, backend_location
 
 
-def _events(path: Path) -> list[str]:
-    conn = sqlite3.connect(path)
+@pytest.fixture(params=BACKENDS)
+def path(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    return backend_location(request, tmp_path)
+
+
+def _events(path: Location) -> list[str]:
+    db = open_db(path, readonly=True)
     try:
-        rows = conn.execute("SELECT payload_type FROM key_event ORDER BY id").fetchall()
+        rows = db.execute("SELECT payload_type FROM key_event ORDER BY id")
     finally:
-        conn.close()
+        db.close()
     return [r[0] for r in rows]
 
 
-def test_each_action_queues_one_event(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
+def test_each_action_queues_one_event(path: Location) -> None:
     a, b, new = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
     enroll(path, "node-a", a.public)
     enroll(path, "node-a", a.public)  # unchanged: nothing new to log
@@ -47,8 +52,7 @@ def test_each_action_queues_one_event(tmp_path: Path) -> None:
     assert registry.by_keyid(b.keyid) is None  # revoked
 
 
-def test_refusals(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
+def test_refusals(path: Location) -> None:
     a, b, other = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
     enroll(path, "node-a", a.public)
     enroll(path, "node-b", b.public)
@@ -79,10 +83,9 @@ def test_refusals(tmp_path: Path) -> None:
     assert _events(path) == [keylog.ENROLMENT_TYPE] * 2 + [keylog.REVOCATION_TYPE]
 
 
-def test_a_retired_key_never_comes_back_on_reload(tmp_path: Path) -> None:
+def test_a_retired_key_never_comes_back_on_reload(path: Location) -> None:
     """The key log retires a key when it logs the event; a reload that reads
     the enrolment table as it was before (a verify thread's) cannot undo it."""
-    path = tmp_path / "ledger.db"
     a = PrivateKey.generate()
     enroll(path, "node-a", a.public)
     registry = Registry(path)

@@ -11,8 +11,16 @@ import pytest
 from collector.config import CollectorConfig, load_collector_config
 from collector.ledger import Entry, Ledger, iter_entries
 from collector.registry import Registry, enroll, list_nodes
+from collector.store.sql import Location
 from protos.errors import ConfigError, LedgerUnavailableError
 from protos.keys import PrivateKey
+from tests.pg_support import BACKENDS, backend_location
+
+
+@pytest.fixture(params=BACKENDS)
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    """The collector's database: a SQLite file, or a PostgreSQL database."""
+    return backend_location(request, tmp_path)
 
 
 async def until_writable(ledger: Ledger) -> None:
@@ -69,8 +77,8 @@ def test_duplicate_chain_link_fails_the_whole_batch_and_reports_it(tmp_path: Pat
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM log").fetchone()[0] == 1
 
 
-def test_enrolment_refuses_shared_keys_and_silent_rekeying(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
+def test_enrolment_refuses_shared_keys_and_silent_rekeying(location: Location) -> None:
+    path = location
     k1, k2 = PrivateKey.generate(), PrivateKey.generate()
     enroll(path, "node-1", k1.public)
     enroll(path, "node-1", k1.public)  # idempotent
@@ -84,8 +92,8 @@ def test_enrolment_refuses_shared_keys_and_silent_rekeying(tmp_path: Path) -> No
         enroll(path, "bad id with spaces", k1.public)
 
 
-def test_registry_rereads_on_a_miss(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
+def test_registry_rereads_on_a_miss(location: Location) -> None:
+    path = location
     enroll(path, "a", PrivateKey.generate().public)
     clock = [0.0]
     reg = Registry(path, reload_interval=1.0, monotonic=lambda: clock[0])
@@ -150,10 +158,10 @@ def test_a_fraction_for_an_integer_key_is_an_error_not_a_truncation(tmp_path: Pa
     assert load_collector_config(cfg).quorum == 2
 
 
-def test_a_replaced_key_stops_being_trusted_without_a_miss(tmp_path: Path) -> None:
+def test_a_replaced_key_stops_being_trusted_without_a_miss(location: Location) -> None:
     # Re-keying a node (its old key lost or stolen) must revoke the old key in a
     # running collector even if no unknown key ever arrives to trigger a reread.
-    path = tmp_path / "l.db"
+    path = location
     old, new = PrivateKey.generate(), PrivateKey.generate()
     enroll(path, "a", old.public)
     clock = [0.0]

@@ -187,3 +187,26 @@ def test_cli_rules_test_refuses_a_broken_pack(ledger: Path) -> None:
     res = CliRunner().invoke(cli, ["rules", "test", "--ledger", str(ledger), "--pack", str(bad)])
     assert res.exit_code == 1
     assert "rule: 11 problems in rule packs" in res.output
+
+
+def test_a_ledger_copied_to_postgresql_replays_the_same(
+    ledger: Path, pack: Path, pg_server: str
+) -> None:
+    """The same entries read from PostgreSQL (pages of rows) decide the same."""
+    from collector.store import open_store
+    from tests.pg_support import fresh_database
+
+    url = fresh_database(pg_server)
+    store = open_store(url)
+    try:
+        for e in iter_entries(ledger):  # each with its own receipt time
+            store.append_batch(e.index, [Entry(e.data, e.payload_type)], e.received_unix_nanos)
+    finally:
+        store.close()
+    assert [e.data for e in iter_entries(url)] == [e.data for e in iter_entries(ledger)]
+    packs = load_packs([pack])
+    here, there = replay_ledger(ledger, packs), replay_ledger(url, packs)
+    assert there.entries == here.entries == 18
+    assert [(d.kind, d.rule.id, d.key, d.time) for d in there.decisions] == [
+        (d.kind, d.rule.id, d.key, d.time) for d in here.decisions
+    ]

@@ -11,10 +11,11 @@ import pytest
 from collector.ledger import Ledger
 from collector.ledger_store import Entry
 from collector.merkle_log import MerkleLog
-from collector.registry import enroll
+from collector.registry import enroll, list_nodes
 from collector.store.copy import copy_ledger
 from collector.store.pg_store import PgStore
 from collector.store.sequencer import StoreLedger
+from collector.store.sql import open_db
 from protos import merkle
 from protos.errors import LogError
 from protos.keys import PrivateKey
@@ -59,6 +60,15 @@ def test_the_copy_keeps_every_row_and_the_tree_and_the_leader_goes_on(
     assert result.rows["nodes"] == 1
     assert result.rows["evidence"] == 1
     assert result.rows["evidence_counts"] == 1
+    assert (result.rows["key_event"], result.rows["key_state"]) == (1, 1)
+    # The enrolment and its queued key event came along; new events go on after it.
+    assert [n.node_id for n in list_nodes(url)] == ["gpu-1"]
+    enroll(url, "gpu-2", PrivateKey.generate().public)
+    reader = open_db(url, readonly=True)
+    try:
+        assert reader.execute("SELECT id FROM key_event ORDER BY id") == [(1,), (2,)]
+    finally:
+        reader.close()
     store = PgStore(url)
     assert (store.size, store.root()) == (30, root)
     assert store.entries(0, 1)[0].received_unix_nanos == 1234  # receipt times kept
@@ -109,6 +119,9 @@ def test_the_cli_copies_and_names_the_leader(
     _, root = sqlite_ledger(path)
     url = fresh_database(pg_server)
     runner = CliRunner()
+    neither = runner.invoke(cli, ["ledger", "copy", "--from", str(path)])
+    assert neither.exit_code == 2
+    assert "exactly one of --to and --to-file" in neither.output
     out = runner.invoke(cli, ["ledger", "copy", "--from", str(path), "--to", url])
     assert out.exit_code == 0, out.output
     assert f"copied 30 entries, root {root.hex()}" in out.output
@@ -117,9 +130,14 @@ def test_the_cli_copies_and_names_the_leader(
     )
     assert again.exit_code == 1
     assert "log: the destination's log table is not empty" in again.output
-    shown = runner.invoke(cli, ["ledger", "leader", "--url", url])
-    assert shown.exit_code == 0
+    url_file = tmp_path / "ledger.url"
+    url_file.write_text(url + "\n")
+    shown = runner.invoke(cli, ["ledger", "leader", "--url-file", str(url_file)])
+    assert shown.exit_code == 0, shown.output
     assert "no collector has led" in shown.output
+    both = runner.invoke(cli, ["ledger", "leader", "--url", url, "--url-file", str(url_file)])
+    assert both.exit_code == 2
+    assert "exactly one of --url and --url-file" in both.output
     lease = LeaderLease(url, "collector-a", lease_seconds=30)
     try:
         lease.try_acquire()

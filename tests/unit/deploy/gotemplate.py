@@ -12,6 +12,7 @@ rendered wrongly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -295,6 +296,13 @@ FUNCS: Mapping[str, Callable[..., object]] = {
     "int": _int,
     "omit": lambda d, *keys: {k: v for k, v in (d or {}).items() if k not in keys},
     "sha256sum": lambda s: hashlib.sha256(s.encode()).hexdigest(),
+    "list": lambda *a: list(a),
+    # Go's index: a missing map key gives the zero value (nil here).
+    "index": lambda coll, *keys: functools.reduce(
+        lambda c, k: c.get(k) if isinstance(c, dict) else c[k], keys, coll
+    ),
+    "float64": lambda v: float(v or 0),
+    "addf": lambda *a: float(sum(float(x or 0) for x in a)),
 }
 
 

@@ -206,9 +206,17 @@ def test_collector_example_config_loads_and_documents_every_setting() -> None:
     config = load_collector_config(path)
     assert config.metrics_port == 9741
     assert config.quorum <= len(config.authority_keys)
-    documented = _table_keys(path, "collector")
+    # Shown as a setting, or as a commented example (the HA form's keys).
+    documented = _table_keys(path, "collector") | set(_commented_settings(path.read_text()))
+    # A commented table (``# [ha]``) documents the setting of that name.
+    documented |= set(re.findall(r"^# \[(\w+)\]$", path.read_text(), re.M))
     missing = sorted({f.name for f in fields(CollectorConfig)} - documented)
     assert missing == [], f"document these CollectorConfig fields in {path.name}: {missing}"
+    text = path.read_text()
+    from collector.config import HaConfig
+
+    for name in ("# ledger_url_file =", "# [ha]", *(f"# {f.name} =" for f in fields(HaConfig))):
+        assert name in text, f"document {name!r} (commented out) in {path.name}"
 
 
 def _comments_by_key(text: str) -> dict[str, str]:
@@ -233,10 +241,14 @@ def test_collector_example_shows_the_defaults_unless_marked() -> None:
     text = (DEPLOY / "collector.example.toml").read_text()
     table = tomllib.loads(text)["collector"]
     comments = _comments_by_key(text)
+    commented = _commented_settings(text)
+    comments.update({key: comment for key, (_, comment) in commented.items()})
     for f in fields(CollectorConfig):
-        if f.name in ("ledger", "key") or "(example" in comments.get(f.name, ""):
+        if f.name in ("ledger", "key", "ledger_url_file", "ha"):
             continue
-        value = table[f.name]
+        if "(example" in comments.get(f.name, ""):
+            continue
+        value = table[f.name] if f.name in table else commented[f.name][0]
         default = list(f.default) if isinstance(f.default, tuple) else f.default
         assert value == default, f"{f.name}: example says {value!r}, the default is {default!r}"
 
@@ -248,6 +260,18 @@ def test_agent_example_config_loads() -> None:
 
     config = load_agent_config(path)
     assert config.node_id
+
+
+def test_agent_example_shows_several_collectors() -> None:
+    from agent.config import load_agent_config
+    from agent.targets import TargetRing
+
+    path = DEPLOY / "agent.example.toml"
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    (example,) = [line for line in lines if line.startswith("# collector = ")]
+    several = tomllib.loads(example.removeprefix("# "))["collector"]
+    config = load_agent_config(path, {"collector": several})
+    assert len(TargetRing([config.collector]).configured) == 2
 
 
 def test_ports_agree_across_deploy_files() -> None:
@@ -395,6 +419,105 @@ def test_systemd_analyze_knows_every_directive(unit: str) -> None:
         text=True,
         timeout=60,
         check=False,
+    )
+    bad = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if re.search(r"Unknown (key|section|lvalue)|Failed to parse|Invalid", line)
+    ]
+    assert bad == []
+
+
+# --- high availability ----------------------------------------------------------------
+
+UNIT_CREDENTIALS = Path("/run/credentials/computewatch-collector.service")
+
+
+def _commented_settings(text: str) -> dict[str, tuple[object, str]]:
+    """``# key = value`` lines of the [collector] table (before any commented
+    ``# [table]``): the value, and the comment block above the line."""
+    out: dict[str, tuple[object, str]] = {}
+    block: list[str] = []
+    section = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and not stripped.startswith("#"):
+            section = stripped
+        if stripped.startswith("# ["):
+            section = stripped
+        match = re.fullmatch(r"#\s*([a-z_]+\s*=\s*.+)", stripped)
+        if section == "[collector]" and match:
+            try:
+                parsed = tomllib.loads(match.group(1))
+            except tomllib.TOMLDecodeError:
+                parsed = {}
+            if len(parsed) == 1:
+                ((key, value),) = parsed.items()
+                out[key] = (value, " ".join(block))
+                block = []
+                continue
+        block = [*block, stripped] if stripped.startswith("#") else []
+    return out
+
+
+def test_commented_settings_reader() -> None:
+    text = '[collector]\n# Note.\n# (example)\n# a = "x"\nb = 1\n# [ha]\n# c = 2\n'
+    assert _commented_settings(text) == {"a": ("x", "# Note. # (example)")}
+
+
+def test_collector_example_shows_the_ha_form() -> None:
+    text = (DEPLOY / "collector.example.toml").read_text()
+    commented = _commented_settings(text)
+    url_file, comment = commented["ledger_url_file"]
+    assert "(example" in comment
+    # The path the drop-in's credential lands at.
+    dropin = parse_unit((DEPLOY / "systemd" / "computewatch-collector-ha.conf").read_text())
+    (credential,) = dropin["Service"]["LoadCredential"]
+    name = credential.partition(":")[0]
+    assert Path(str(url_file)) == UNIT_CREDENTIALS / name
+    # The [ha] table, commented, with the defaults.
+    ha_block = text[text.index("# [ha]") :]
+    ha = tomllib.loads("\n".join(line.removeprefix("# ") for line in ha_block.splitlines()))
+    assert ha["ha"] == {
+        "candidate": "collector-a",
+        "leader_lease_seconds": 5.0,
+        "renew_seconds": 1.0,
+    }
+    lease = tomllib.loads(text)["collector"]["lease_seconds"]
+    assert ha["ha"]["leader_lease_seconds"] + ha["ha"]["renew_seconds"] < lease
+
+
+def test_collector_ha_dropin_delivers_the_url_as_a_credential() -> None:
+    dropin = parse_unit((DEPLOY / "systemd" / "computewatch-collector-ha.conf").read_text())
+    assert set(dropin) <= {"Unit", "Service"}
+    service = dropin["Service"]
+    # The same unit on every host: the drop-in adds the credential only.
+    assert set(service) == {"LoadCredential"}
+    (credential,) = service["LoadCredential"]
+    assert Path(credential.partition(":")[2]).parent == Path("/etc/computewatch")
+    unit = _unit("computewatch-collector.service")["Service"]
+    names = [c.partition(":")[0] for c in (*unit["LoadCredential"], credential)]
+    assert len(names) == len(set(names))
+    # The unit's sandbox lets the collector reach a database over TCP or a socket.
+    (families,) = unit["RestrictAddressFamilies"]
+    assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= set(families.split())
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_analyze_accepts_the_unit_with_the_ha_dropin(tmp_path: Path) -> None:
+    unit = "computewatch-collector.service"
+    shutil.copy(DEPLOY / "systemd" / unit, tmp_path / unit)
+    (tmp_path / f"{unit}.d").mkdir()
+    shutil.copy(
+        DEPLOY / "systemd" / "computewatch-collector-ha.conf", tmp_path / f"{unit}.d" / "ha.conf"
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:"},
     )
     bad = [
         line

@@ -415,6 +415,11 @@ def test_helm_lint_strict_finds_nothing_wrong() -> None:
         {},
         {"agent": {"enabled": False}, "collectorPublicKey": ""},
         {"collector": {"authorityKeys": {"alice": PEM, "bob": PEM}, "quorum": 2}},
+        {"collector": {"replicas": 2, "ledger": {"postgresUrlSecret": {"name": "pg"}}}},
+        {
+            "collector": {"replicas": 3, "ledger": {"postgresUrlSecret": {"name": "pg"}}},
+            "tls": {"insecurePlaintext": True},
+        },
     ],
 )
 def test_the_fallback_imitation_renders_what_helm_renders(values: dict[str, Any]) -> None:

@@ -1,10 +1,11 @@
 """Two collectors on one real PostgreSQL: agents stream to the leader, it dies,
 the standby takes over, the agents fail over and nothing is lost or doubled.
 
-Each collector here is ``collector.store.ha_ingest``: the real ingest path
-(``Ingestor``, ``TelemetryServicer`` over loopback gRPC) on a ``StoreLedger``
-fenced by its ``Elector``; enrolments come from a SQLite registry file
-(``collector serve`` does not run on PostgreSQL yet).
+Each collector here is what ``collector serve`` runs, in this process:
+``create_server`` on a PostgreSQL URL (its ``StoreLedger`` fenced by its
+``Elector``, the same services as on SQLite, enrolments in the database). The
+same scenario with ``collector serve`` processes and real agents is
+tests/integration/test_ha_serve.py.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from prometheus_client import CollectorRegistry
 
 from agent.enforce.lease import LeaseTracker
 from agent.enforce.verify import DirectiveVerifier
+from collector.config import HaConfig
 from collector.ledger_store import LedgerEntry
 from collector.merkle_log import node_pos
-from collector.store.ha_ingest import TELEMETRY, HaIngest, start_ha_ingest
+from collector.server import TELEMETRY, Collector, create_server
 from collector.store.pg_store import PgStore
-from protos import merkle
+from collector.store.sequencer import StoreLedger
+from protos import dsse, merkle
 from protos.computewatch.v1 import control_pb2
-from protos.errors import ConfigError
-from protos.keys import PrivateKey, PublicKey
-from protos.tls import ServerTls
+from protos.keys import PublicKey
 from tests.integration.test_agent_stream import FakeAgent, free_port, until
 from tests.pg_support import fresh_database
 from tests.stop_support import (
@@ -39,23 +40,44 @@ from tests.stop_support import (
     node_scope,
     open_directive,
 )
-from tests.support import enroll_nodes
+from tests.support import collector_config, enroll_nodes, new_key
 from tests.tls_support import Site, make_site
 
 
-async def start(
-    name: str, url: str, registry_path: Path, port: int, metrics: CollectorRegistry, site: Site
-) -> HaIngest:
-    return await start_ha_ingest(
-        name,
-        url,
-        registry_path,
-        f"127.0.0.1:{port}",
-        lease_seconds=1.0,
-        renew_seconds=0.1,
-        metrics_registry=metrics,
-        tls=ServerTls(site.server.cert, site.server.key),
+async def candidate(
+    name: str,
+    url: str,
+    tmp: Path,
+    port: int,
+    *,
+    metrics: CollectorRegistry | None = None,
+    **overrides: object,
+) -> Collector:
+    """One candidate as ``collector serve`` builds it, with the shared key in ``tmp``."""
+    config = collector_config(
+        tmp,
+        ledger=url,
+        listen=f"127.0.0.1:{port}",
+        ha=HaConfig(candidate=name, leader_lease_seconds=1.0, renew_seconds=0.1),
+        **overrides,
     )
+    service, _ = await create_server(config, metrics_registry=metrics)
+    return service
+
+
+def elector(c: Collector) -> str:
+    assert c.ha is not None
+    return c.ha.elector.role
+
+
+def term(c: Collector) -> int | None:
+    assert c.ha is not None
+    return c.ha.elector.term
+
+
+def store_ledger(c: Collector) -> StoreLedger:
+    assert isinstance(c.ledger, StoreLedger)
+    return c.ledger
 
 
 async def telemetry_health(port: int, site: Site) -> str:
@@ -70,24 +92,24 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
     pg_server: str,
 ) -> None:
     url = fresh_database(pg_server)
-    registry_path = tmp_path / "enrolments.db"
-    nodes = enroll_nodes(registry_path, ["node-a", "node-b", "node-c"])
+    nodes = enroll_nodes(url, ["node-a", "node-b", "node-c"])  # type: ignore[arg-type]
     port_a, port_b = free_port(), free_port()
     targets = f"127.0.0.1:{port_a},127.0.0.1:{port_b}"
     site = make_site(tmp_path / "tls")  # the secure default: TLS, streams bound by proof
+    tls = {"tls_cert": site.server.cert, "tls_key": site.server.key, "insecure_plaintext": False}
 
     async def scenario() -> None:
         metrics_a, metrics_b = CollectorRegistry(), CollectorRegistry()
-        a = await start("collector-a", url, registry_path, port_a, metrics_a, site)
+        a = await candidate("collector-a", url, tmp_path, port_a, metrics=metrics_a, **tls)
         try:
-            b = await start("collector-b", url, registry_path, port_b, metrics_b, site)
+            b = await candidate("collector-b", url, tmp_path, port_b, metrics=metrics_b, **tls)
         except BaseException:
-            await a.stop()
+            await a.stop(0)
             raise
         assert metrics_a.get_sample_value("computewatch_collector_leader") == 1
         assert metrics_b.get_sample_value("computewatch_collector_leader") == 0
         assert metrics_b.get_sample_value("computewatch_collector_leader_term") == 0
-        assert (a.elector.role, b.elector.role) == ("leader", "standby")
+        assert (elector(a), elector(b)) == ("leader", "standby")
         assert not b.ledger.writable
         assert b.ledger.unavailable_reason == "standby"
         stop = asyncio.Event()
@@ -102,12 +124,12 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
             for x in agents:
                 x.seal(5)
             await until(lambda: all(x.spool.acked_sequence == 5 for x in agents))
-            head = (a.ledger.store.size, a.ledger.store.root())
-            await a.stop(resign=False)  # gone at once, lease left to lapse
+            head = (store_ledger(a).store.size, store_ledger(a).store.root())
+            await a.stop(0, resign=False)  # gone at once, lease left to lapse
             for x in agents:
                 x.seal(4)  # unacknowledged while no collector leads
-            await until(lambda: b.elector.role == "leader" and b.ledger.writable, timeout=20)
-            assert b.elector.term == 2
+            await until(lambda: elector(b) == "leader" and b.ledger.writable, timeout=20)
+            assert term(b) == 2
             assert metrics_b.get_sample_value("computewatch_collector_leader") == 1
             assert metrics_b.get_sample_value("computewatch_collector_leader_term") == 2
             assert metrics_b.get_sample_value("computewatch_collector_leader_elections_total") == 1
@@ -125,10 +147,14 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
             assert all(x.client.target == f"127.0.0.1:{port_b}" for x in agents)
             # every stream's proof answered its challenge, on both leaders
             assert not any(x.stats.rejected.get("stream_binding") for x in agents)
-            rows = [(e.node_id, e.sequence) for e in b.ledger.entries(0, 10_000)]
+            rows = [
+                (e.node_id, e.sequence)
+                for e in b.ledger.entries(0, 10_000)
+                if e.payload_type == dsse.REPORT_TYPE
+            ]
             assert len(rows) == len(set(rows)) == 33
             assert sorted(rows) == sorted((n.node_id, s) for n in nodes for s in range(1, 12))
-            store = b.ledger.store
+            store = store_ledger(b).store
 
             def subtree(level: int, index: int) -> bytes:
                 h = store.merkle_node(node_pos(level, index))
@@ -142,8 +168,7 @@ def test_the_standby_takes_over_and_agents_lose_and_double_nothing(
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
             for x in agents:
                 x.spool.close()
-            await a.stop(resign=False)  # a no-op when the test already stopped it
-            await b.stop()
+            await stopped(a, b)
 
     asyncio.run(scenario())
 
@@ -193,25 +218,16 @@ def test_fail_closed_agents_keep_a_valid_lease_across_the_failover(
     sampled every 20 ms, no fail-closed agent is ever without a valid lease, and
     the new leader's leases verify with the same key and higher counters."""
     url = fresh_database(pg_server)
-    registry_path = tmp_path / "enrolments.db"
-    nodes = enroll_nodes(registry_path, ["node-a", "node-b"])
-    key = PrivateKey.generate()
+    nodes = enroll_nodes(url, ["node-a", "node-b"])  # type: ignore[arg-type]
+    key = new_key(tmp_path / "collector.key")  # the same key on every candidate
     port_a, port_b = free_port(), free_port()
     targets = f"127.0.0.1:{port_a},127.0.0.1:{port_b}"
     agent_lease = 4.0
 
-    async def start_with_key(name: str, port: int) -> HaIngest:
-        return await start_ha_ingest(
-            name,
-            url,
-            registry_path,
-            f"127.0.0.1:{port}",
-            lease_seconds=1.0,
-            renew_seconds=0.1,
-            key=key,
-            agent_lease_seconds=agent_lease,
-            lease_interval_seconds=0.5,
-            insecure_plaintext=True,  # about leases, not transport (test 1 runs TLS)
+    async def start_with_key(name: str, port: int) -> Collector:
+        # Plain text: about leases, not transport (test 1 runs TLS).
+        return await candidate(
+            name, url, tmp_path, port, lease_seconds=agent_lease, interval_seconds=0.5
         )
 
     async def scenario() -> None:
@@ -244,8 +260,8 @@ def test_fail_closed_agents_keep_a_valid_lease_across_the_failover(
         try:
             await until(lambda: all(len(h.counters) >= 2 for h in holders), timeout=20)
             before = [h.counters[-1] for h in holders]
-            await a.stop(resign=False)
-            await until(lambda: b.elector.role == "leader", timeout=20)
+            await a.stop(0, resign=False)
+            await until(lambda: elector(b) == "leader", timeout=20)
             await until(
                 lambda: all(h.counters[-1] > c + 1 for h, c in zip(holders, before, strict=True)),
                 timeout=20,
@@ -257,8 +273,7 @@ def test_fail_closed_agents_keep_a_valid_lease_across_the_failover(
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
             for x in agents:
                 x.spool.close()
-            await a.stop(resign=False)  # a no-op when the test already stopped it
-            await b.stop()
+            await stopped(a, b)
         assert lapses == 0
         for h in holders:
             assert h.tracker.leased
@@ -292,33 +307,28 @@ def test_a_halt_in_force_survives_the_failover_and_a_quorum_resume_after_it_is_o
     pg_server: str,
 ) -> None:
     url = fresh_database(pg_server)
-    registry_path = tmp_path / "enrolments.db"
-    nodes = enroll_nodes(registry_path, ["node-a", "node-b"])
-    key = PrivateKey.generate()
-    auth_keys, _ = authorities(tmp_path, 3)
-    by_keyid = {k.keyid: k.public for k in auth_keys}
+    nodes = enroll_nodes(url, ["node-a", "node-b"])  # type: ignore[arg-type]
+    key = new_key(tmp_path / "collector.key")
+    auth_keys, auth_paths = authorities(tmp_path, 3)
     port_a, port_b = free_port(), free_port()
     targets = f"127.0.0.1:{port_a},127.0.0.1:{port_b}"
 
-    async def candidate(name: str, port: int) -> HaIngest:
-        return await start_ha_ingest(
+    async def start_halting(name: str, port: int) -> Collector:
+        # Plain text: about halts, not transport (test 1 runs TLS).
+        return await candidate(
             name,
             url,
-            registry_path,
-            f"127.0.0.1:{port}",
-            lease_seconds=1.0,
-            renew_seconds=0.1,
-            key=key,
-            agent_lease_seconds=30.0,
-            lease_interval_seconds=0.5,
-            authorities=by_keyid,
+            tmp_path,
+            port,
+            lease_seconds=30.0,
+            interval_seconds=0.5,
+            authority_keys=tuple(auth_paths),
             quorum=2,
-            insecure_plaintext=True,  # about halts, not transport (test 1 runs TLS)
         )
 
     async def scenario() -> None:
-        a = await candidate("collector-a", port_a)
-        b = await candidate("collector-b", port_b)
+        a = await start_halting("collector-a", port_a)
+        b = await start_halting("collector-b", port_b)
         stop = asyncio.Event()
         agents = [FakeAgent(n, tmp_path / n.node_id, targets) for n in nodes]
         holders = [Obeying(n.node_id, key.public, [k.public for k in auth_keys]) for n in nodes]
@@ -337,18 +347,23 @@ def test_a_halt_in_force_survives_the_failover_and_a_quorum_resume_after_it_is_o
         sealer = asyncio.create_task(sealing())
         try:
             await until(lambda: all(h.counters for h in holders), timeout=20)  # bound, leased
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # a standby writes nothing
+                await control_b.halt(manual_halt(auth_keys[0], node_scope("node-a")))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             halted = await control_a.halt(manual_halt(auth_keys[0], node_scope("node-a", "node-b")))
             (halt_id,) = halted.directive_ids
             await until(lambda: all((1, halt_id) in h.actions for h in holders), timeout=20)
             first = await control_a.approve(approval(auth_keys[1], halt_id))
             assert list(first.directive_ids) == []  # 1 of 2: not yet
-            await a.stop(resign=False)  # the leader dies with the halt in force
-            await until(lambda: b.elector.role == "leader" and b.ledger.writable, timeout=20)
+            await a.stop(0, resign=False)  # the leader dies with the halt in force
+            await until(lambda: elector(b) == "leader" and b.ledger.writable, timeout=20)
             in_force = [
                 open_directive(r.envelope, key.public).id
                 for r in await control_b.list(in_force_only=True)
             ]
             assert halt_id in in_force  # the halt stays in force on the new leader
+            assert b.stop_protocol is not None
+            assert b.stop_protocol.tracker.tracks(halt_id)  # its effect is judged there too
             sealed = [x.spool.last_sequence for x in agents]
             await until(  # the agents stream to the new leader (their sessions are bound)
                 lambda: all(
@@ -376,9 +391,12 @@ def test_a_halt_in_force_survives_the_failover_and_a_quorum_resume_after_it_is_o
                 x.spool.close()
             await control_a.close()
             await control_b.close()
-            await a.stop(resign=False)  # a no-op when the test already stopped it
-            await b.stop()
-        rows = [(e.node_id, e.sequence) for e in stored_entries(url) if e.sequence is not None]
+            await stopped(a, b)
+        rows = [
+            (e.node_id, e.sequence)
+            for e in stored_entries(url)
+            if e.payload_type == dsse.REPORT_TYPE
+        ]
         assert len(rows) == len(set(rows))  # every acknowledged report once
         for x in agents:
             acked = x.spool.acked_sequence
@@ -395,15 +413,7 @@ def stored_entries(url: str) -> list[LedgerEntry]:
         store.close()
 
 
-def test_the_ha_collector_needs_tls_or_an_explicit_plaintext_opt_out(
-    tmp_path: Path, pg_server: str
-) -> None:
-    url = fresh_database(pg_server)
-    registry_path = tmp_path / "enrolments.db"
-    enroll_nodes(registry_path, ["node-a"])
-
-    async def scenario() -> None:
-        with pytest.raises(ConfigError, match="TLS"):
-            await start_ha_ingest("collector-a", url, registry_path, f"127.0.0.1:{free_port()}")
-
-    asyncio.run(scenario())
+async def stopped(*collectors: Collector) -> None:
+    """Stop each (one the test already stopped is skipped)."""
+    for c in collectors:
+        await c.stop(0)
