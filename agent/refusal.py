@@ -2,7 +2,7 @@
 
 A content refusal is one no resend can cure: the same bytes would be refused
 again (``CONTENT_REASONS``). The collector checks content before the chain
-(``collector/ingest.py``: size, signature and payload type, then key and
+(``collector/telemetry/ingest.py``: size, signature and payload type, then key and
 node id, then ``validate_report``, and only then the chain), so a refused
 envelope leaves no chain state and no evidence there: sequence N is still
 free. The agent therefore

@@ -33,8 +33,8 @@ from agent.spool import Spool
 from agent.stream import StreamClient
 from bench.common import ReportChain
 from bench.ha_cluster import HaCluster
-from collector.merkle_log import node_pos
-from collector.registry import enroll
+from collector.nodes.registry import enroll
+from collector.store.merkle_log import node_pos
 from collector.store.pg_store import PgStore
 from protos import merkle
 from protos.keys import PrivateKey
@@ -60,7 +60,7 @@ class Agent:
             self.stats,
             backoff_min_seconds=0.05,
             backoff_max_seconds=0.5,
-            key=key,  # answers each stream's challenge (collector.binding)
+            key=key,  # answers each stream's challenge (collector.telemetry.binding)
             credentials=credentials,
         )
 

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 from bench import bench_agent_failover
-from collector.ledger_store import Entry
+from collector.ha.leader import LeaderLease
 from collector.store.interface import LedgerStore
-from collector.store.leader import LeaderLease
+from collector.store.ledger_store import Entry
 from collector.store.pg_store import PgStore
 from collector.store.sqlite_store import SqliteStore
 

@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from collector.checkpoints import Checkpointer
-from collector.merkle_log import MerkleLog
+from collector.store.checkpoints import Checkpointer
+from collector.store.merkle_log import MerkleLog
 from collector.store.sql import open_db
 from computewatch.audit.entries import EntryChecker
 from computewatch.audit.store import FollowState, LocalStore

@@ -12,7 +12,7 @@ of the nodes silent. Timed, each the median of ``--reps``:
   where the tree supports it);
 - ``scrape_ms``: ``generate_latest`` of a registry holding ``CollectorMetrics``;
   ``scrape_served_ms``: the body the collector's metrics server sends
-  (``collector.exposition``, where the tree has it; the same lines, checked);
+  (``collector.services.exposition``, where the tree has it; the same lines, checked);
 - ``status_first_ms`` / ``status_walk_ms``: ``Status.GetStatus`` over real
   gRPC on loopback, first page and every page (500 items each).
 
@@ -73,14 +73,14 @@ def measure(nodes: int, gpus: int, actors: int, reps: int) -> dict[str, Any]:
 
     import collector
     from bench.common import gpu_samples, job_of, machine
-    from collector.aggregate import Aggregator
-    from collector.ingest import IngestStats
-    from collector.ledger import Ledger
-    from collector.metrics import CollectorMetrics
+    from collector.accounting.aggregate import Aggregator
+    from collector.nodes.sessions import Sessions
     from collector.rules import RuleEngine
     from collector.rules.load import load_packs
-    from collector.sessions import Sessions
-    from collector.status_service import StatusServicer
+    from collector.services.metrics import CollectorMetrics
+    from collector.services.status import StatusServicer
+    from collector.store.ledger import Ledger
+    from collector.telemetry.ingest import IngestStats
     from protos.computewatch.v1 import status_pb2, status_pb2_grpc, telemetry_pb2
 
     agg = Aggregator(expected_interval_seconds=INTERVAL)
@@ -153,7 +153,7 @@ def measure(nodes: int, gpus: int, actors: int, reps: int) -> dict[str, Any]:
     figures["snapshot_ms"] = round(_median_ms(snapshot, reps), 2)
     figures["snapshot_fresh_ms"] = round(_median_ms(snapshot, reps, round_), 2)
     gc_was = gc.isenabled()
-    gc.disable()  # as the collector's tick does (collector.decisions.gc_paused)
+    gc.disable()  # as the collector's tick does (collector.stop.decisions.gc_paused)
     figures["tick_ms"] = round(_median_ms(tick, reps), 2)
     figures["tick_fresh_ms"] = round(_median_ms(tick, reps, round_), 2)
     if gc_was:
@@ -177,7 +177,7 @@ def measure(nodes: int, gpus: int, actors: int, reps: int) -> dict[str, Any]:
         # The collector's own /metrics app, where the tree has one (an
         # editable install elsewhere must not lend it one).
         if (Path(collector.__file__).parent / "exposition.py").exists():
-            from collector.exposition import MetricsApp
+            from collector.services.exposition import MetricsApp
 
             app = MetricsApp(registry, metrics)
             served, _ = app.body("", {})

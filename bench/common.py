@@ -28,8 +28,8 @@ import psutil
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector.config import CollectorConfig
-from collector.ledger import iter_entries
-from collector.registry import enroll
+from collector.nodes.registry import enroll
+from collector.store.ledger import iter_entries
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2
 from protos.keys import PrivateKey, write_private_key

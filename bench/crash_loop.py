@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import BenchError
-from collector.registry import enroll
+from collector.nodes.registry import enroll
 from computewatch.tlsca import init_site
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2

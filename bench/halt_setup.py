@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collector.aggregate import gpu_figures
-from collector.ledger import iter_entries
+from collector.accounting.aggregate import gpu_figures
+from collector.store.ledger import iter_entries
 from protos import devices, dsse
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 

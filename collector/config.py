@@ -92,7 +92,7 @@ class CollectorConfig:
     # Threads that verify Ed25519 signatures off the event loop (0: inline).
     verify_threads: int = 2
     # Worker processes that verify, parse and validate reports off the event
-    # loop (collector.ingest_pool); 0: verify_threads do the signatures only.
+    # loop (collector.telemetry.ingest_pool); 0: verify_threads do the signatures only.
     ingest_processes: int = 2
     # Reports accepted but not yet committed, per stream, before reading pauses.
     max_in_flight_per_stream: int = 1024

@@ -5,7 +5,7 @@ tests bind ``127.0.0.1:0``. ``await collector.stop()`` shuts down gracefully.
 
 One assembly for both backends. On a SQLite file the collector is a single
 candidate that always leads. On a PostgreSQL URL it campaigns for the lead
-(``collector.store.elector``): the ledger is a ``StoreLedger`` fenced by the
+(``collector.ha.elector``): the ledger is a ``StoreLedger`` fenced by the
 leader term, so only the leader sequences reports, signs directives, leases
 and checkpoints and logs key events; a standby refuses Telemetry and Control
 writes (``ledger_unavailable``: agents move on to the next address), follows
@@ -34,30 +34,30 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from collector.aggregate import Aggregator
-from collector.audit_wiring import AuditHandle, AuditTree, start_audit
-from collector.auth import AuthInterceptor, AuthPolicy
-from collector.binding import registry_key_node
+from collector.accounting.aggregate import Aggregator
+from collector.accounting.jobbounds import JobLimits
 from collector.config import CollectorConfig
-from collector.exposition import start_metrics_server
-from collector.ingest import Ingestor
-from collector.ingest_pool import ProcessChecks
-from collector.jobbounds import JobLimits
-from collector.keylog import KeyLog, KeyLogMetrics
-from collector.ledger import Ledger, LedgerEntry
-from collector.log_follow import LogFollower
-from collector.merkle_log import MerkleLog
-from collector.metrics import CollectorMetrics
-from collector.registry import Registry
-from collector.sessions import Session, Sessions
-from collector.sqlite_faults import write_error_reason
-from collector.status_service import StatusServicer
-from collector.stop_wiring import StopHandle, StopParts, install_stop_protocol
-from collector.telemetry_service import TelemetryServicer, add_telemetry_servicer
-from collector.tls_metrics import TlsMetrics
+from collector.nodes.keylog import KeyLog, KeyLogMetrics
+from collector.nodes.registry import Registry
+from collector.nodes.sessions import Session, Sessions
+from collector.services.audit_wiring import AuditHandle, AuditTree, start_audit
+from collector.services.auth import AuthInterceptor, AuthPolicy
+from collector.services.exposition import start_metrics_server
+from collector.services.metrics import CollectorMetrics
+from collector.services.status import StatusServicer
+from collector.services.tls_metrics import TlsMetrics
+from collector.stop.wiring import StopHandle, StopParts, install_stop_protocol
+from collector.store.ledger import Ledger, LedgerEntry
+from collector.store.log_follow import LogFollower
+from collector.store.merkle_log import MerkleLog
+from collector.store.sqlite_faults import write_error_reason
+from collector.telemetry.binding import registry_key_node
+from collector.telemetry.ingest import Ingestor
+from collector.telemetry.ingest_pool import ProcessChecks
+from collector.telemetry.service import TelemetryServicer, add_telemetry_servicer
 
 if TYPE_CHECKING:
-    from collector.store.candidacy import HaParts
+    from collector.ha.candidacy import HaParts
     from collector.store.pg_store import PgStore
     from collector.store.sql import Db
 from protos import dsse
@@ -111,14 +111,14 @@ class Collector:
     tick_hooks: list[Callable[[float], None]] = field(default_factory=list)
     # Called when a stream binds to a node (its first valid report).
     bind_hooks: list[Callable[[Session], None]] = field(default_factory=list)
-    # Directives, Control, leases, effectiveness (``collector.stop_wiring``).
+    # Directives, Control, leases, effectiveness (``collector.stop.wiring``).
     stop_protocol: StopHandle | None = None
-    # The Merkle log's checkpoints and the Audit service (``collector.audit_wiring``).
+    # The Merkle log's checkpoints and the Audit service (``collector.services.audit_wiring``).
     audit: AuditHandle | None = None
     merkle: MerkleLog | None = None
-    # Enrolments, handovers, revocations (``collector.keylog``).
+    # Enrolments, handovers, revocations (``collector.nodes.keylog``).
     keys: KeyLog | None = None
-    # Committed entries into the aggregates and the stop protocol (``collector.log_follow``).
+    # Committed entries into the aggregates and the stop protocol (``collector.store.log_follow``).
     follower: LogFollower | None = None
     # The leader election on PostgreSQL (None on SQLite: one collector, always leading).
     ha: HaParts | None = None
@@ -283,7 +283,7 @@ async def _open_ledger(
     PostgreSQL: the candidacy and the fenced ``StoreLedger`` (the store writes
     the tree's rows itself)."""
     if config.on_database:
-        from collector.store.candidacy import open_candidacy
+        from collector.ha.candidacy import open_candidacy
 
         ha, db_ledger = await open_candidacy(config)
         cleanup.callback(ha.lease.close)
@@ -422,7 +422,7 @@ async def _build(
         ha=ha,
     )
     if ha is not None:
-        from collector.store.ha_metrics import HaMetrics
+        from collector.ha.metrics import HaMetrics
 
         metrics_registry.register(HaMetrics(ha.elector))
     collector.stop_protocol = await install_stop_protocol(

@@ -177,7 +177,7 @@ def nodes() -> None:
 @translate_errors
 def enroll(ledger: Location, node_id: str, public_key: Path, replace: bool) -> None:
     """Trust PUBLIC_KEY as NODE_ID's signing key."""
-    from collector.registry import enroll as do_enroll
+    from collector.nodes.registry import enroll as do_enroll
 
     node = do_enroll(ledger, node_id, keymod.load_public_key(public_key), replace=replace)
     click.echo(f"enrolled {node.node_id} key {node.key.keyid}")
@@ -196,7 +196,7 @@ _LEDGER = ledger_options(exists=True, envvar=_env("ledger"))
 def revoke(ledger: Location, node_id: str, reason: str) -> None:
     """Revoke NODE_ID's key (lost or stolen): refused by ingest from the next
     poll on, and logged; re-enrol the node with a new key afterwards."""
-    from collector.keyadmin import revoke_node
+    from collector.nodes.keyadmin import revoke_node
 
     key = revoke_node(ledger, node_id, reason)
     click.echo(f"revoked {node_id} key {key.keyid}")
@@ -215,7 +215,7 @@ def revoke(ledger: Location, node_id: str, reason: str) -> None:
 @translate_errors
 def revoke_authority(ledger: Location, key_path: Path, reason: str) -> None:
     """Revoke an authority key: its approvals stop counting at once, and it is logged."""
-    from collector.keyadmin import revoke_authority as do_revoke
+    from collector.nodes.keyadmin import revoke_authority as do_revoke
 
     key = keymod.load_public_key(key_path)
     do_revoke(ledger, key, reason)
@@ -228,7 +228,7 @@ def revoke_authority(ledger: Location, key_path: Path, reason: str) -> None:
 @translate_errors
 def handover(ledger: Location, envelope: Path) -> None:
     """Re-key a node with ENVELOPE from `keys handover` (signed by its old and new key)."""
-    from collector.keyadmin import handover as do_handover
+    from collector.nodes.keyadmin import handover as do_handover
 
     node_id, key = do_handover(ledger, envelope.read_bytes())
     click.echo(f"{node_id} handed over to key {key.keyid}")
@@ -239,7 +239,7 @@ def handover(ledger: Location, envelope: Path) -> None:
 @translate_errors
 def list_cmd(ledger: Location) -> None:
     """List enrolled nodes and their key ids."""
-    from collector.registry import list_nodes
+    from collector.nodes.registry import list_nodes
 
     for node in list_nodes(ledger):
         click.echo(f"{node.node_id}\t{node.key.keyid}")

@@ -64,7 +64,7 @@ def copy(source: Path, url: str | None, url_file: Path | None) -> None:
 @translate_errors
 def leader(url: str | None, url_file: Path | None) -> None:
     """Which collector holds the leader lease, with which fencing term."""
-    from collector.store.leader import LeaderLease
+    from collector.ha.leader import LeaderLease
 
     url = _one_url(url, url_file, "--url")
 

@@ -12,7 +12,7 @@ for its skew window). No shared secret, no certificate authority: the
 collector's config lists the public keys and their roles.
 
 The client side lives here (agents, the CLI and the collector's own tests use
-it); the server side is ``collector.auth``.
+it); the server side is ``collector.services.auth``.
 """
 
 from __future__ import annotations

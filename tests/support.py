@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 
 from collector.config import CollectorConfig
-from collector.registry import enroll
+from collector.nodes.registry import enroll
 from collector.server import Collector, create_server
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2, telemetry_pb2_grpc
@@ -137,7 +137,7 @@ async def running_collector(config: CollectorConfig) -> AsyncIterator[Collector]
 
 
 def stream_proof(node: Node, nonce: bytes) -> bytes:
-    """What an agent answers a stream's challenge with (``collector.binding``)."""
+    """What an agent answers a stream's challenge with (``collector.telemetry.binding``)."""
     return dsse.seal(telemetry_pb2.StreamProof(node_id=node.node_id, nonce=nonce), node.key)
 
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Collection, Mapping
 from collector.accounting.actors import ActorBook, actor_values
 from collector.accounting.gpu import METHOD_UNMEASURED
 from collector.accounting.live import NodeSummary
+from collector.accounting.snapshot import CLUSTER_KEY, Scope, Snapshot
 from collector.accounting.state import JobState, NodeState, worst_method
-from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
 
 Key = tuple[Scope, str]
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from collector.shares import activity_shares
+from collector.accounting.shares import activity_shares
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
 from protos.devices import HMMA_PRECISIONS, DeviceSpec, Precision
@@ -78,7 +78,7 @@ class GpuFigures:
     # ``collector.accounting.mig``).
     parent_uuid: str = ""
     # Each job's fraction of the estimate (per-process SM shares,
-    # ``collector.shares``); (): an even split.
+    # ``collector.accounting.shares``); (): an even split.
     job_shares: tuple[float, ...] = ()
 
     @property

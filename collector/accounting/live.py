@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 from collector.accounting.gpu import METHOD_UNMEASURED, GpuFigures
 from collector.accounting.mig import counts_in_totals
+from collector.accounting.snapshot import Scope
 from collector.accounting.state import NodeState, worst_method
-from collector.snapshot import Scope
 
 Key = tuple[Scope, str]
 Row = dict[str, float | None]

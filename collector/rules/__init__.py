@@ -2,7 +2,8 @@
 
 ``load_packs(paths)`` checks and loads packs (raising ``RuleCheckError``, a
 ``protos.errors.RuleError``, with every finding); ``RuleEngine(packs)``
-turns each tick's ``Snapshot`` into ``Decision`` objects.
+turns each tick's ``Snapshot`` into ``Decision`` objects; ``replay`` runs
+packs over a ledger after the fact.
 """
 
 from __future__ import annotations

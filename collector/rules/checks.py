@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from yaml.nodes import Node
 
+from collector.accounting.snapshot import BOUNDED_METRICS, Scope
 from collector.rules import yamlsrc
 from collector.rules.metrics import (
     UNITS,
@@ -35,7 +36,6 @@ from collector.rules.model import (
     RulePack,
     Source,
 )
-from collector.snapshot import BOUNDED_METRICS, Scope
 from protos.errors import RuleError
 
 

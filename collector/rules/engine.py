@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from collector.accounting.snapshot import CLUSTER_KEY, UPPER_SUFFIX, Scope, Snapshot
 from collector.rules.lineage import LineageView
 from collector.rules.metrics import (
     LINEAGE_CUMULATIVE_FLOP,
@@ -46,7 +47,6 @@ from collector.rules.metrics import (
     phrase,
 )
 from collector.rules.model import Bound, Decision, DecisionKind, Lineage, Rule, RulePack
-from collector.snapshot import CLUSTER_KEY, UPPER_SUFFIX, Scope, Snapshot
 from protos.errors import RuleError
 
 # Seconds a key may wait for its first report before its unknown is a finding.

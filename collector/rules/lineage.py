@@ -15,7 +15,7 @@ From it, per tick and only when a rule asks:
 
 from __future__ import annotations
 
-from collector.snapshot import Scope, Snapshot
+from collector.accounting.snapshot import Scope, Snapshot
 
 _CUMULATIVE = "cumulative_flop"
 _CUMULATIVE_UPPER = "cumulative_flop_upper_bound"

@@ -1,6 +1,6 @@
 """Which metric a rule may name at which scope, its unit, and how to say it.
 
-The aggregator publishes the metrics in ``collector.snapshot.METRICS``; the
+The aggregator publishes the metrics in ``collector.accounting.snapshot.METRICS``; the
 unit follows from the name's suffix. Two families are added here:
 
 - ``capability:<evaluation>`` (job scope, unit ``score``): the latest signed
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from collector.snapshot import METRICS, Scope
+from collector.accounting.snapshot import METRICS, Scope
 
 CAPABILITY_PREFIX = "capability:"
 LINEAGE_CUMULATIVE_FLOP = "lineage_cumulative_flop"

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from collector.accounting.snapshot import BOUNDED_METRICS, Scope
 from collector.rules.metrics import metric_unit
-from collector.snapshot import BOUNDED_METRICS, Scope
 from protos.errors import RuleError
 
 # The longest ``for`` a rule may have (30 days; rules/schema.json says the same).

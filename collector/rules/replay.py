@@ -22,10 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collector.aggregate import Aggregator
-from collector.ledger import LedgerEntry, iter_entries
+from collector.accounting.aggregate import Aggregator
 from collector.rules.engine import RuleEngine
 from collector.rules.model import Decision, RulePack
+from collector.store.ledger import LedgerEntry, iter_entries
 from collector.store.sql import DB_ERRORS, describe
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, telemetry_pb2

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import psycopg
 
-from collector.ledger_store import connect
-from collector.merkle_log import node_count
+from collector.store.ledger_store import connect
+from collector.store.merkle_log import node_count
 from collector.store.pg_store import PgStore, migrate_pg
 from collector.store.sqlite_store import SqliteStore
 from collector.store.tree import load_frontier

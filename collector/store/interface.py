@@ -4,7 +4,7 @@ A store is synchronous and used from one writer thread for writes (the
 sequencer's); reads may come from any thread. ``append_batch`` writes a batch
 of log rows, the chain heads they move, and the Merkle tree's nodes in one
 transaction: either all of it commits or none. ``term`` is the writer's
-fencing token (``collector.store.leader``): a backend shared by several
+fencing token (``collector.ha.leader``): a backend shared by several
 collectors refuses the write with FencedError when another collector holds a
 higher term, in the same transaction; the embedded backend has one writer and
 ignores it.
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from collector.ledger_store import ChainHead, Entry, LedgerEntry
+from collector.store.ledger_store import ChainHead, Entry, LedgerEntry
 from collector.store.sql import sqlite_path
 from protos.errors import StoreConfigError
 

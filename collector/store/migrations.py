@@ -6,7 +6,7 @@ the new version in ``schema_version``. A database whose version is above
 ``SCHEMA_VERSION`` was written by a newer release: ``check_version`` refuses
 it with SchemaVersionError instead of guessing what its rows mean.
 
-SQLite version 1 is exactly ``collector.ledger_store.SCHEMA`` plus the Merkle
+SQLite version 1 is exactly ``collector.store.ledger_store.SCHEMA`` plus the Merkle
 and checkpoint tables (all ``IF NOT EXISTS``), so ledgers written before
 versions existed migrate in place without a row changing.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from collector.sqlite_faults import rollback_after
+from collector.store.sqlite_faults import rollback_after
 from protos import keylog
 from protos.errors import SchemaVersionError
 
@@ -85,7 +85,7 @@ CREATE TABLE leader (
     expires_unix_nanos BIGINT NOT NULL
 );
 """,
-    # 2: the key tables (``collector.keystore``): pending key events, retired
+    # 2: the key tables (``collector.nodes.keystore``): pending key events, retired
     # keys, the change counter the collectors poll; and the partial index that
     # finds the key events in the log.
     f"""
@@ -116,9 +116,9 @@ CREATE TABLE key_state (
 def sqlite_steps() -> tuple[str, ...]:
     """SQLite's steps (imported late: ``ledger_store`` calls ``migrate_sqlite``).
     Version 1's schema already had the key tables; 2 adds the key events' index."""
-    from collector.checkpoints import SCHEMA as CHECKPOINT_SCHEMA
-    from collector.ledger_store import SCHEMA
-    from collector.merkle_log import SCHEMA as MERKLE_SCHEMA
+    from collector.store.checkpoints import SCHEMA as CHECKPOINT_SCHEMA
+    from collector.store.ledger_store import SCHEMA
+    from collector.store.merkle_log import SCHEMA as MERKLE_SCHEMA
 
     return (
         f"{SCHEMA}\n{MERKLE_SCHEMA};\n{CHECKPOINT_SCHEMA};\n",

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from collector.ledger_store import ChainHead, Entry, LedgerEntry
+from collector.store.ledger_store import ChainHead, Entry, LedgerEntry
 from collector.store.migrations import PG_STEPS, VERSION_TABLE, check_version
 from collector.store.sql import redact
 from collector.store.tree import load_frontier, tree_rows

@@ -1,6 +1,6 @@
 """The ledger's group commit and fail-stop over any ``LedgerStore``.
 
-``StoreLedger`` is ``collector.ledger.Ledger`` (the same futures, group
+``StoreLedger`` is ``collector.store.ledger.Ledger`` (the same futures, group
 commit, commit and state listeners, fail-stop and recovery probe) with the
 rows written through a ``LedgerStore``: on PostgreSQL, every batch carries the
 fencing term of this collector's leadership (``term()``, the ``Elector``'s).
@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from collector.ledger import Ledger
-from collector.ledger_store import ChainHead, LedgerEntry
 from collector.store.interface import LedgerStore
+from collector.store.ledger import Ledger
+from collector.store.ledger_store import ChainHead, LedgerEntry
 from protos.errors import FencedError, LogError
 
 log = logging.getLogger(__name__)

@@ -270,7 +270,7 @@ def open_db(location: Location, *, readonly: bool = False) -> Db:
             return db
     else:
         path = sqlite_path(location)
-        from collector.ledger_store import connect, init_db
+        from collector.store.ledger_store import connect, init_db
 
         if readonly:
             if not path.exists():
@@ -307,7 +307,7 @@ def _check(db: Db) -> None:
 
 def check_term(db: Db, term: int | None) -> None:
     """Inside a write transaction on the shared database: FencedError unless the
-    ``leader`` row (``collector.store.leader``) holds fencing term ``term``. The
+    ``leader`` row (``collector.ha.leader``) holds fencing term ``term``. The
     row is taken FOR SHARE, so a takeover waits for this transaction and the
     new leader reads what it wrote. A SQLite file has one writer: no check."""
     if db.dialect != "postgresql":

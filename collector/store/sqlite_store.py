@@ -1,6 +1,6 @@
 """The embedded backend: the ledger's SQLite file behind ``LedgerStore``.
 
-Same file, schema and transactions as ``collector.ledger.Ledger`` (which keeps
+Same file, schema and transactions as ``collector.store.ledger.Ledger`` (which keeps
 its own connections and group commit); this class lets code and tests written
 against ``LedgerStore`` run on the single-host default unchanged.
 """
@@ -12,8 +12,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from collector.ledger_store import ChainHead, Entry, LedgerEntry, connect, init_db
-from collector.sqlite_faults import rollback_after
+from collector.store.ledger_store import ChainHead, Entry, LedgerEntry, connect, init_db
+from collector.store.sqlite_faults import rollback_after
 from collector.store.tree import load_frontier, tree_rows
 
 
@@ -23,7 +23,7 @@ class SqliteStore:
     backend = "sqlite"
 
     def __init__(self, path: Path) -> None:
-        init_db(path)  # creates the tables and migrates (collector.ledger_store)
+        init_db(path)  # creates the tables and migrates (collector.store.ledger_store)
         self.path = path
         self._conn = connect(path)
         self._read = connect(path, readonly=True)

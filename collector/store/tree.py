@@ -1,6 +1,6 @@
 """The Merkle tree's rows for a batch, the same for every backend.
 
-``collector.merkle_log`` stores each complete subtree's hash at its post-order
+``collector.store.merkle_log`` stores each complete subtree's hash at its post-order
 position (``merkle_node(pos, hash)``); ``tree_rows`` produces exactly those
 rows for a batch of leaves, so a tree written by any backend is the one
 ``MerkleLog`` and ``computewatch audit verify`` read.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 
-from collector.merkle_log import node_count, size_for_node_count
+from collector.store.merkle_log import node_count, size_for_node_count
 from protos import merkle
 from protos.errors import LogError
 
@@ -47,7 +47,7 @@ def load_frontier(node_rows: int, node: Callable[[int], bytes | None]) -> merkle
     size = size_for_node_count(node_rows)
 
     def subtree(level: int, index: int) -> bytes:
-        from collector.merkle_log import node_pos
+        from collector.store.merkle_log import node_pos
 
         h = node(node_pos(level, index))
         if h is None:

@@ -9,8 +9,8 @@ at or below that size, so it never sees a half-written batch.
 
 from __future__ import annotations
 
-from collector.merkle_log import node_pos
 from collector.store.interface import LedgerStore
+from collector.store.merkle_log import node_pos
 from protos import merkle
 from protos.errors import LogError
 

@@ -5,7 +5,7 @@ subscribe``), each with its operator's public keys. For each log this module
 first verifies the whole copy (``verify_store``: every signature, chain,
 root and checkpoint); only a log that verifies is totalled. It then replays
 the log's signed reports through the collector's own accounting
-(``collector.aggregate``, reports in log order, on the reports' own sample
+(``collector.accounting.aggregate``, reports in log order, on the reports' own sample
 times), so a log's per-actor figures are exactly what its collector computed:
 cumulative FLOP as an estimate, an upper bound and unmeasured GPU-seconds,
 lifetime and over the last 90 days before the log's newest report.
@@ -30,8 +30,8 @@ from pathlib import Path
 import yaml
 
 from collector.accounting.actors import WINDOW_DAYS, window_metric
-from collector.aggregate import Aggregator
-from collector.snapshot import UPPER_SUFFIX, Scope
+from collector.accounting.aggregate import Aggregator
+from collector.accounting.snapshot import UPPER_SUFFIX, Scope
 from computewatch.audit.store import LocalStore
 from computewatch.audit.trust import Trust, load_trust
 from computewatch.audit.verify import VerifyReport, verify_store

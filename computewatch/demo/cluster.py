@@ -22,7 +22,7 @@ from agent.jobmeta import JobMetadataDir
 from agent.metrics import serve_metrics
 from agent.runner import Agent
 from collector.config import CollectorConfig
-from collector.registry import enroll
+from collector.nodes.registry import enroll
 from collector.server import Collector, create_server
 from computewatch.demo.fakenode import build_fake_node
 from computewatch.demo.processes import StandIns

@@ -251,7 +251,7 @@ def test_bad_submission_is_refused_counted_logged_and_has_no_effect(
             await control.close()
             await link.close()
 
-    with caplog.at_level(logging.WARNING, logger="collector.control_service"):
+    with caplog.at_level(logging.WARNING, logger="collector.stop.control"):
         asyncio.run(scenario())
     assert any(
         r.getMessage().startswith(f"refused {methods[0]} ") and reason in r.getMessage()

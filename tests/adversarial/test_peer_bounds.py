@@ -18,9 +18,9 @@ import grpc
 import pytest
 from prometheus_client import generate_latest
 
+from collector.accounting.snapshot import CLUSTER_KEY, Scope
 from collector.config import CollectorConfig
 from collector.server import Collector
-from collector.snapshot import CLUSTER_KEY, Scope
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc, telemetry_pb2
 from protos.reports import MAX_ID_CHARS, MAX_JOBS_PER_REPORT, MAX_PARENTS_PER_JOB
 from tests.support import (
@@ -129,7 +129,7 @@ def test_a_report_over_a_limit_is_refused_and_others_are_served(
             await ca.ack_for(1)
             await _other_node_is_acknowledged(service, b, cb)
             size = service.ledger.size
-            with caplog.at_level(logging.WARNING, logger="collector.ingest"):
+            with caplog.at_level(logging.WARNING, logger="collector.telemetry.ingest"):
                 await ca.send(a.seal(make(a), advance=False))
                 msg = await ca.receive()
             assert msg.reject.reason == reason, msg

@@ -170,7 +170,7 @@ def test_bad_report_is_rejected_with_reason_metric_log_and_no_write(
             await client.ack_for(3)
             size = service.ledger.size
             caplog.clear()
-            with caplog.at_level(logging.WARNING, logger="collector.ingest"):
+            with caplog.at_level(logging.WARNING, logger="collector.telemetry.ingest"):
                 await client.send(make(a, b))
                 msg = await client.receive()
             assert msg.HasField("reject"), msg

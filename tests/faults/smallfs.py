@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from collector.ledger import Ledger
+from collector.store.ledger import Ledger
 
 _CHUNK = b"\0" * (64 << 10)
 

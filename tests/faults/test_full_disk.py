@@ -24,7 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.runner import Agent
-from collector.registry import enroll
+from collector.nodes.registry import enroll
 from collector.server import Collector
 from computewatch.audit.follow import Follower, FollowOptions
 from computewatch.audit.store import LocalStore

@@ -4,7 +4,7 @@
 the ledger says (rows and Merkle nodes in one transaction, then
 ``committed()``), so these tests need nothing but SQLite. ``audit_server``
 runs the Audit service on 127.0.0.1:0 with token checks, built from the
-same pieces ``collector.audit_wiring.start_audit`` gives the collector.
+same pieces ``collector.services.audit_wiring.start_audit`` gives the collector.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 import grpc
 from prometheus_client import CollectorRegistry
 
-from collector.audit_service import AuditLimits
-from collector.audit_wiring import AuditHandle, auth_interceptor, start_audit
-from collector.ledger import SCHEMA as LEDGER_SCHEMA
-from collector.merkle_log import MerkleLog
+from collector.services.audit import AuditLimits
+from collector.services.audit_wiring import AuditHandle, auth_interceptor, start_audit
+from collector.store.ledger import SCHEMA as LEDGER_SCHEMA
+from collector.store.merkle_log import MerkleLog
 from computewatch.audit.trust import Trust
 from protos import dsse
 from protos.auth import client_interceptors

@@ -12,9 +12,9 @@ import grpc
 from click.testing import CliRunner
 from prometheus_client import generate_latest
 
-from collector.keyadmin import handover, revoke_authority, revoke_node
-from collector.ledger import iter_entries
+from collector.nodes.keyadmin import handover, revoke_authority, revoke_node
 from collector.server import Collector
+from collector.store.ledger import iter_entries
 from computewatch.cli import cli
 from protos import dsse, keylog
 from protos.computewatch.v1 import telemetry_pb2

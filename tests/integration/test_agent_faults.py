@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.fakenvml import gpu_uuid
-from collector.registry import enroll
+from collector.nodes.registry import enroll
 from protos.computewatch.v1 import telemetry_pb2 as pb
 from tests.agent_support import SimNode, scenario_doc
 from tests.integration.test_agent_runner import check_chain, stored, until

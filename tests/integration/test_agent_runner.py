@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from collector.registry import enroll
+from collector.nodes.registry import enroll
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2
 from tests.agent_support import SimNode, scenario_doc

@@ -20,7 +20,7 @@ from agent.metrics import AgentStats
 from agent.spool import Spool
 from agent.stream import StreamClient
 from collector.config import CollectorConfig
-from collector.registry import enroll
+from collector.nodes.registry import enroll
 from protos.keys import PrivateKey
 from tests.support import Node, collector_config, enroll_nodes, gpu, running_collector
 from tests.support import StreamClient as RawStream

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from collector.auth import AuthInterceptor, AuthPolicy
+from collector.services.auth import AuthInterceptor, AuthPolicy
 from protos import auth as authmod
 from protos.computewatch.v1 import audit_pb2, audit_pb2_grpc
 from protos.errors import AuthError

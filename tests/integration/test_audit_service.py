@@ -9,7 +9,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from collector.audit_service import AuditLimits
+from collector.services.audit import AuditLimits
 from protos import checkpoint as cpmod
 from protos import merkle
 from protos.computewatch.v1 import audit_pb2

@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from collector.audit_wiring import start_audit
-from collector.checkpoints import Checkpointer
-from collector.ledger_store import Entry
+from collector.services.audit_wiring import start_audit
 from collector.store import open_store
+from collector.store.checkpoints import Checkpointer
+from collector.store.ledger_store import Entry
 from collector.store.sql import Location, open_db
 from collector.store.tree_view import TreeView
 from protos import checkpoint as cpmod

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from collector.audit_service import AuditLimits
+from collector.services.audit import AuditLimits
 from computewatch.audit.follow import resume_hint
 from protos import checkpoint as cpmod
 from protos import dsse, merkle

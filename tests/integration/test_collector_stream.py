@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 
-from collector.snapshot import CLUSTER_KEY, Scope
+from collector.accounting.snapshot import CLUSTER_KEY, Scope
 from protos import devices
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc
 from tests.support import (

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 from prometheus_client import generate_latest
 
-from collector.quorum import require_quorum
+from collector.stop.quorum import require_quorum
 from computewatch.cli import cli
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, envelope_pb2, telemetry_pb2
@@ -381,7 +381,7 @@ def test_effective_only_when_telemetry_shows_it_else_the_alert(
             for client in (cg, cb):
                 await client.close()
 
-    with caplog.at_level(logging.INFO, logger="collector.effectiveness"):
+    with caplog.at_level(logging.INFO, logger="collector.stop.effectiveness"):
         asyncio.run(scenario())
 
 

@@ -22,9 +22,9 @@ from prometheus_client import CollectorRegistry
 from agent.enforce.lease import LeaseTracker
 from agent.enforce.verify import DirectiveVerifier
 from collector.config import HaConfig
-from collector.ledger_store import LedgerEntry
-from collector.merkle_log import node_pos
 from collector.server import TELEMETRY, Collector, create_server
+from collector.store.ledger_store import LedgerEntry
+from collector.store.merkle_log import node_pos
 from collector.store.pg_store import PgStore
 from collector.store.sequencer import StoreLedger
 from protos import dsse, merkle

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from bench.ha_cluster import CLI, HaCluster
-from collector.registry import enroll
+from collector.nodes.registry import enroll
 from collector.store.pg_store import PgStore
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2

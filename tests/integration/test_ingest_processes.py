@@ -10,7 +10,7 @@ import os
 import signal
 from pathlib import Path
 
-from collector.registry import enroll
+from collector.nodes.registry import enroll
 from protos.keys import PrivateKey
 from tests.integration.test_agent_stream import ledger_rows, until
 from tests.support import (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from collector.ledger import init_db, iter_entries
+from collector.store.ledger import init_db, iter_entries
 from computewatch.audit.store import LocalStore
 from computewatch.audit.trust import Trust
 from computewatch.audit.verify import verify_store

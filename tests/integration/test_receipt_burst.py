@@ -69,7 +69,7 @@ def test_a_burst_of_receipts_lands_once_each_and_a_forged_one_alone_is_refused(
                 await link.close()
             await service.stop(0)
 
-    with caplog.at_level(logging.WARNING, logger="collector.ingest"):
+    with caplog.at_level(logging.WARNING, logger="collector.telemetry.ingest"):
         asyncio.run(main())
     assert any("bad_signature" in r.getMessage() for r in caplog.records)
     # Exactly one receipt report per node in the ledger, none from the forgery.

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import generate_latest
 
 from collector.config import CollectorConfig
-from collector.ledger import iter_entries
-from collector.registry import enroll
+from collector.nodes.registry import enroll
+from collector.store.ledger import iter_entries
 from computewatch.cli import cli
 from computewatch.tlsca import issue
 from protos import auth as authmod

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from collector.aggregate import Aggregator
-from collector.ingest import IngestStats
-from collector.status_service import MAX_PAGE_SIZE, PAGE_BYTES, PageTokenError, build_status
+from collector.accounting.aggregate import Aggregator
+from collector.services.status import MAX_PAGE_SIZE, PAGE_BYTES, PageTokenError, build_status
+from collector.telemetry.ingest import IngestStats
 from computewatch.cli import cli
 from protos.computewatch.v1 import status_pb2, status_pb2_grpc, telemetry_pb2
 from protos.reports import MAX_ID_CHARS, MAX_PARENTS_PER_JOB

@@ -17,11 +17,11 @@ from agent.k8s.kubelet import PodResourcesClient
 from agent.k8s.pods import PodJsonDir
 from agent.k8s.resolver import PodWorkloads
 from agent.k8s.workload import DEFAULT_LABEL_RULES, parse_rules
-from collector.aggregate import Aggregator
+from collector.accounting.aggregate import Aggregator
+from collector.accounting.snapshot import Scope
 from collector.rules.engine import RuleEngine
 from collector.rules.model import Action, Comparison, DecisionKind, Rule, RulePack
-from collector.scoping import ScopeResolver
-from collector.snapshot import Scope
+from collector.stop.scoping import ScopeResolver
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
 from tests.k8s_support import PODS, FakeKubelet, fake_kubelet

@@ -21,8 +21,8 @@ from dataclasses import replace
 from collector.accounting.actors import ActorBook, actor_values
 from collector.accounting.gpu import METHOD_UNMEASURED
 from collector.accounting.mig import counts_in_totals
+from collector.accounting.snapshot import CLUSTER_KEY, Scope, Snapshot
 from collector.accounting.state import JobState, NodeState, worst_method
-from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
 
 Key = tuple[Scope, str]
 

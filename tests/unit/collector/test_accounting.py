@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from collector.aggregate import (
+from collector.accounting.aggregate import (
     METHOD_PIPES,
     METHOD_UNKNOWN_MODEL,
     METHOD_UNMEASURED,
     Aggregator,
     gpu_figures,
 )
-from collector.snapshot import CLUSTER_KEY, Scope
+from collector.accounting.snapshot import CLUSTER_KEY, Scope
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
 from tests.support import gpu

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.aggregate import Aggregator
-from collector.snapshot import Scope
+from collector.accounting.aggregate import Aggregator
+from collector.accounting.snapshot import Scope
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
 from protos.devices import Precision

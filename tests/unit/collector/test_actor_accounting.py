@@ -14,16 +14,16 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
+from collector.accounting.actor_metrics import actor_families
 from collector.accounting.actors import BUCKET_SECONDS, MAX_ACTORS, ActorBook
-from collector.actor_metrics import actor_families
-from collector.aggregate import Aggregator
-from collector.ingest import IngestStats
+from collector.accounting.aggregate import Aggregator
+from collector.accounting.snapshot import Scope
 from collector.rules.engine import RuleEngine
 from collector.rules.load import load_packs
 from collector.rules.model import DecisionKind
-from collector.scoping import ScopeResolver
-from collector.snapshot import Scope
-from collector.status_service import build_status
+from collector.services.status import build_status
+from collector.stop.scoping import ScopeResolver
+from collector.telemetry.ingest import IngestStats
 from protos import devices
 from protos.actors import UNKNOWN_ACTOR, commitment
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
@@ -295,8 +295,8 @@ def test_a_dry_run_over_a_recorded_ledger_shows_the_split_run(tmp_path: Path) ->
     Beta's jobs on two nodes stays under the job line."""
     import asyncio
 
-    from collector.ledger import Entry, Ledger
     from collector.rules.replay import replay_ledger
+    from collector.store.ledger import Entry, Ledger
     from protos import dsse
     from protos.keys import PrivateKey
     from tests.support import Node

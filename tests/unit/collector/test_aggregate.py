@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from collector.aggregate import METHOD_TENSOR, METHOD_UTILIZATION, Aggregator, gpu_figures
-from collector.ingest import IngestStats
-from collector.snapshot import CLUSTER_KEY, Scope
-from collector.status_service import build_status
+from collector.accounting.aggregate import (
+    METHOD_TENSOR,
+    METHOD_UTILIZATION,
+    Aggregator,
+    gpu_figures,
+)
+from collector.accounting.snapshot import CLUSTER_KEY, Scope
+from collector.services.status import build_status
+from collector.telemetry.ingest import IngestStats
 from protos import devices
 from protos.computewatch.v1 import telemetry_pb2
 from tests.support import gpu

@@ -9,9 +9,9 @@ import pytest
 
 from agent.fakenvml import FakeNvml, parse_scenario
 from agent.nvml.real import NvmlBackend
-from collector import mig
-from collector.aggregate import METHOD_PIPES, Aggregator
-from collector.snapshot import Scope
+from collector.accounting.aggregate import METHOD_PIPES, Aggregator
+from collector.accounting.snapshot import Scope
+from collector.stop import mig
 from protos import devices
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 

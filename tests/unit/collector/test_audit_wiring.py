@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from collector.audit_wiring import start_audit
+from collector.services.audit_wiring import start_audit
 from protos.errors import LogError
 from protos.keys import PrivateKey
 from tests.integration.audit_support import ORIGIN, LogWriter

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from collector.batchverify import BatchVerifier
+from collector.telemetry.batchverify import BatchVerifier
 from protos import dsse
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import SignatureError, UnknownKeyError

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.chain import ZERO_DIGEST, ChainBook
+from collector.telemetry.chain import ZERO_DIGEST, ChainBook
 from protos.errors import (
     BrokenChainError,
     ChainError,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from collector.checkpoints import Checkpointer
-from collector.merkle_log import MerkleLog
+from collector.store.checkpoints import Checkpointer
+from collector.store.merkle_log import MerkleLog
 from collector.store.sql import open_db
 from protos.errors import DatabaseError
 from protos.keys import PrivateKey

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.checkpoints import Checkpointer
-from collector.ledger_store import Entry
 from collector.store import LedgerStore, open_store
+from collector.store.checkpoints import Checkpointer
+from collector.store.ledger_store import Entry
 from collector.store.sql import Db, Location, check_term, open_db
 from collector.store.tree_view import TreeView
 from protos import checkpoint as cpmod
@@ -227,7 +227,7 @@ def test_a_bare_sqlite_connection_is_a_store_too(tmp_path: Path) -> None:
     own connection, the checkpoint table created on it."""
     import sqlite3
 
-    from collector.merkle_log import MerkleLog
+    from collector.store.merkle_log import MerkleLog
 
     conn = sqlite3.connect(tmp_path / "l.db", isolation_level=None, check_same_thread=False)
     try:

@@ -9,13 +9,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from collector.aggregate import Aggregator
-from collector.control_service import MAX_SKEW_SECONDS, ControlServicer
-from collector.directives import DirectiveBook
-from collector.effectiveness import Progress
-from collector.ledger import Ledger
-from collector.scoping import ScopeResolver
-from collector.sessions import Sessions
+from collector.accounting.aggregate import Aggregator
+from collector.nodes.sessions import Sessions
+from collector.stop.control import MAX_SKEW_SECONDS, ControlServicer
+from collector.stop.directives import DirectiveBook
+from collector.stop.effectiveness import Progress
+from collector.stop.scoping import ScopeResolver
+from collector.store.ledger import Ledger
 from protos.computewatch.v1 import control_pb2, control_pb2_grpc
 from protos.keys import PrivateKey
 from tests.stop_support import Control, approval, authorities, manual_halt, node_scope

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from collector.aggregate import Aggregator
-from collector.decisions import DecisionHook, evidence_for, gc_paused
-from collector.directives import DirectiveBook
-from collector.ledger import Ledger
+from collector.accounting.aggregate import Aggregator
+from collector.accounting.snapshot import CLUSTER_KEY, Scope
+from collector.nodes.sessions import Sessions
 from collector.rules import Action, Bound, Comparison, Rule, RuleEngine, RulePack, load_packs
-from collector.scoping import ScopeResolver
-from collector.sessions import Sessions
-from collector.snapshot import CLUSTER_KEY, Scope
+from collector.stop.decisions import DecisionHook, evidence_for, gc_paused
+from collector.stop.directives import DirectiveBook
+from collector.stop.scoping import ScopeResolver
+from collector.store.ledger import Ledger
 from protos.computewatch.v1 import control_pb2
 from protos.keys import PrivateKey
 from tests.stop_support import write_pack

@@ -9,13 +9,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from collector.aggregate import Aggregator
-from collector.directives import Counters, DirectiveBook
-from collector.effectiveness import EffectTracker, tracker_listener
-from collector.leases import LeaseIssuer
-from collector.ledger import Entry, Ledger
-from collector.sessions import Session, Sessions
-from collector.stop_wiring import stop_entries
+from collector.accounting.aggregate import Aggregator
+from collector.nodes.sessions import Session, Sessions
+from collector.stop.directives import Counters, DirectiveBook
+from collector.stop.effectiveness import EffectTracker, tracker_listener
+from collector.stop.leases import LeaseIssuer
+from collector.stop.wiring import stop_entries
+from collector.store.ledger import Entry, Ledger
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 from protos.keys import PrivateKey

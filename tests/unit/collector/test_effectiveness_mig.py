@@ -9,11 +9,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from collector.aggregate import Aggregator
-from collector.directives import DirectiveBook
-from collector.effectiveness import EffectTracker, tracker_listener
-from collector.ledger import Entry, Ledger
-from collector.sessions import Sessions
+from collector.accounting.aggregate import Aggregator
+from collector.nodes.sessions import Sessions
+from collector.stop.directives import DirectiveBook
+from collector.stop.effectiveness import EffectTracker, tracker_listener
+from collector.store.ledger import Entry, Ledger
 from protos import dsse
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 from protos.keys import PrivateKey

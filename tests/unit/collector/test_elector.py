@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from collector.store.elector import Elector
-from collector.store.leader import LeaderLease
+from collector.ha.elector import Elector
+from collector.ha.leader import LeaderLease
 from collector.store.pg_store import PgStore
 from tests.pg_support import fresh_database
 

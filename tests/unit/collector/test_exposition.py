@@ -1,4 +1,4 @@
-"""``/metrics`` served by ``collector.exposition`` carries exactly the lines
+"""``/metrics`` served by ``collector.services.exposition`` carries exactly the lines
 ``prometheus_client`` writes for the same registry, in both formats (only
 the families' order differs), over real HTTP on loopback."""
 
@@ -15,12 +15,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics import exposition as om
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.aggregate import Aggregator
-from collector.exposition import start_metrics_server
-from collector.ingest import IngestStats
-from collector.ledger import Ledger
-from collector.metrics import CollectorMetrics
-from collector.sessions import Sessions
+from collector.accounting.aggregate import Aggregator
+from collector.nodes.sessions import Sessions
+from collector.services.exposition import start_metrics_server
+from collector.services.metrics import CollectorMetrics
+from collector.store.ledger import Ledger
+from collector.telemetry.ingest import IngestStats
 from protos.computewatch.v1 import telemetry_pb2
 from tests.support import gpu
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from collector.aggregate import Aggregator
-from collector.ingest import Accepted, Ingestor
-from collector.ledger import Ledger
-from collector.merkle_log import MerkleLog
-from collector.registry import Registry
-from collector.telemetry_service import _InFlight
+from collector.accounting.aggregate import Aggregator
+from collector.nodes.registry import Registry
+from collector.store.ledger import Ledger
+from collector.store.merkle_log import MerkleLog
+from collector.telemetry.ingest import Accepted, Ingestor
+from collector.telemetry.service import _InFlight
 from protos.errors import LedgerUnavailableError
 from tests.support import enroll_nodes, gpu
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from collector.aggregate import Aggregator
-from collector.ingest import Ingestor
-from collector.ledger import Ledger
-from collector.registry import Registry
+from collector.accounting.aggregate import Aggregator
+from collector.nodes.registry import Registry
+from collector.store.ledger import Ledger
+from collector.telemetry.ingest import Ingestor
 from protos.errors import EquivocationError
 from tests.support import enroll_nodes, gpu
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.aggregate import Aggregator
-from collector.ingest import Ingestor
-from collector.ledger import Ledger
-from collector.merkle_log import MerkleLog
-from collector.registry import Registry
+from collector.accounting.aggregate import Aggregator
+from collector.nodes.registry import Registry
+from collector.store.ledger import Ledger
+from collector.store.merkle_log import MerkleLog
+from collector.telemetry.ingest import Ingestor
 from protos.errors import LedgerUnavailableError, LogError
 from tests.support import enroll_nodes, gpu
 

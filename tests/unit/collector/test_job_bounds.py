@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from collector.aggregate import Aggregator
-from collector.jobbounds import JobLimits
-from collector.snapshot import CLUSTER_KEY, Scope
+from collector.accounting.aggregate import Aggregator
+from collector.accounting.jobbounds import JobLimits
+from collector.accounting.snapshot import CLUSTER_KEY, Scope
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import ConfigError, JobStatesLimitError, NodeJobsLimitError
 from tests.support import gpu

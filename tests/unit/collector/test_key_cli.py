@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from collector.registry import list_nodes
+from collector.nodes.registry import list_nodes
 from computewatch.cli import cli
 from protos.keys import load_private_key
 from tests.pg_support import BACKENDS, backend_location

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.keyadmin import handover, revoke_authority, revoke_node
-from collector.registry import Registry, enroll, list_nodes
+from collector.nodes.keyadmin import handover, revoke_authority, revoke_node
+from collector.nodes.registry import Registry, enroll, list_nodes
 from collector.store.sql import Location, open_db
 from protos import keylog
 from protos.computewatch.v1 import keylog_pb2
@@ -99,7 +99,7 @@ def test_a_retired_key_never_comes_back_on_reload(path: Location) -> None:
 
 
 def test_metric_label_values_name_every_key_event_type() -> None:
-    from collector.keylog import EVENT_NAMES
+    from collector.nodes.keylog import EVENT_NAMES
 
     assert sorted(f"application/vnd.computewatch.{n}+protobuf" for n in EVENT_NAMES) == sorted(
         keylog.KEY_EVENT_TYPES

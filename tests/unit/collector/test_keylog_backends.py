@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.keyadmin import revoke_node
-from collector.keylog import KeyLog
-from collector.registry import Registry, enroll
+from collector.nodes.keyadmin import revoke_node
+from collector.nodes.keylog import KeyLog
+from collector.nodes.registry import Registry, enroll
 from collector.store import open_store
 from collector.store.sequencer import StoreLedger
 from collector.store.sql import Location

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from collector.ledger_store import Entry
-from collector.merkle_log import node_pos
+from collector.store.ledger_store import Entry
+from collector.store.merkle_log import node_pos
 from protos import merkle
 from protos.errors import FencedError, LedgerUnavailableError
 from tests.pg_support import fresh_database
@@ -37,7 +37,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def pair(url: str, clock: Clock) -> Iterator[tuple[object, object]]:
-    from collector.store.leader import LeaderLease
+    from collector.ha.leader import LeaderLease
     from collector.store.pg_store import PgStore
 
     PgStore(url).close()  # migrate first
@@ -147,7 +147,7 @@ def _drop_connections(url: str) -> int:
 def test_dropped_connections_fail_one_call_then_reconnect(url: str, clock: Clock) -> None:
     import psycopg
 
-    from collector.store.leader import LeaderLease
+    from collector.ha.leader import LeaderLease
     from collector.store.pg_store import PgStore
 
     store = PgStore(url)

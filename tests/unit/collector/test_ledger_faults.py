@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from collector.aggregate import Aggregator
-from collector.ingest import IngestStats
-from collector.ledger import Entry, Ledger
-from collector.merkle_log import MerkleLog
-from collector.metrics import CollectorMetrics
-from collector.sessions import Sessions
-from collector.sqlite_faults import WRITE_ERROR_REASONS
+from collector.accounting.aggregate import Aggregator
+from collector.nodes.sessions import Sessions
+from collector.services.metrics import CollectorMetrics
+from collector.store.ledger import Entry, Ledger
+from collector.store.merkle_log import MerkleLog
+from collector.store.sqlite_faults import WRITE_ERROR_REASONS
+from collector.telemetry.ingest import IngestStats
 from protos.errors import LedgerUnavailableError, LogError
 
 BIG = 3 * 4096  # one entry needs new pages whatever the free space left in the last one

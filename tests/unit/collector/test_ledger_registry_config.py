@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from collector.config import CollectorConfig, load_collector_config
-from collector.ledger import Entry, Ledger, iter_entries
-from collector.registry import Registry, enroll, list_nodes
+from collector.nodes.registry import Registry, enroll, list_nodes
+from collector.store.ledger import Entry, Ledger, iter_entries
 from collector.store.sql import Location
 from protos.errors import ConfigError, LedgerUnavailableError
 from protos.keys import PrivateKey

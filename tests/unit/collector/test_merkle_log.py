@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.merkle_log import MerkleLog, node_count, node_pos, size_for_node_count
+from collector.store.merkle_log import MerkleLog, node_count, node_pos, size_for_node_count
 from protos import merkle
 from protos.errors import LogError
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from collector.aggregate import Aggregator
-from collector.ingest import IngestStats
-from collector.ledger import Ledger
-from collector.metrics import CollectorMetrics
-from collector.sessions import Sessions
+from collector.accounting.aggregate import Aggregator
+from collector.nodes.sessions import Sessions
+from collector.services.metrics import CollectorMetrics
+from collector.store.ledger import Ledger
+from collector.telemetry.ingest import IngestStats
 from protos.computewatch.v1 import telemetry_pb2
 from tests.support import gpu
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.quorum import (
+from collector.stop.quorum import (
     ApprovalSet,
     check_quorum,
     distinct_approvers,

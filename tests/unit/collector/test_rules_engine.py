@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import pytest
 
+from collector.accounting.snapshot import CLUSTER_KEY, Scope, Snapshot
 from collector.rules.engine import RuleEngine
 from collector.rules.model import (
     Action,
@@ -18,7 +19,6 @@ from collector.rules.model import (
     RulePack,
     Source,
 )
-from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
 from protos.errors import RuleError
 
 JOB = Scope.JOB

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from collector.accounting.snapshot import Scope
 from collector.rules.checks import Finding, parse_duration
 from collector.rules.load import (
     RuleCheckError,
@@ -18,7 +19,6 @@ from collector.rules.load import (
     resolve_pack,
 )
 from collector.rules.model import Action, Bound, Comparison, Lineage
-from collector.snapshot import Scope
 from protos.errors import RuleError
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "rules"

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.aggregate import Aggregator
-from collector.decisions import DecisionHook, awaiting_summary
-from collector.directives import DirectiveBook
-from collector.ledger import Ledger
+from collector.accounting.aggregate import Aggregator
+from collector.accounting.snapshot import CLUSTER_KEY, Scope
+from collector.nodes.sessions import Sessions
 from collector.rules import (
     Action,
     Comparison,
@@ -29,9 +28,10 @@ from collector.rules import (
     RulePack,
     load_packs,
 )
-from collector.scoping import ScopeResolver
-from collector.sessions import Sessions
-from collector.snapshot import CLUSTER_KEY, Scope
+from collector.stop.decisions import DecisionHook, awaiting_summary
+from collector.stop.directives import DirectiveBook
+from collector.stop.scoping import ScopeResolver
+from collector.store.ledger import Ledger
 from protos.keys import PrivateKey
 from tests.support import Node, gpu
 
@@ -159,9 +159,9 @@ def test_the_hook_logs_start_up_as_one_info_line_and_real_unknowns_as_warnings(
             book = DirectiveBook(PrivateKey.generate(), ledger, Sessions(), lease_seconds=10.0)
             resolver = ScopeResolver(agg, lambda: sorted(agg.nodes))
             hook = DecisionHook(engine(grace=5.0), agg, book, resolver)
-            with caplog.at_level(logging.INFO, logger="collector.decisions"):
+            with caplog.at_level(logging.INFO, logger="collector.stop.decisions"):
                 hook(100.0)
-                start = [r for r in caplog.records if r.name == "collector.decisions"]
+                start = [r for r in caplog.records if r.name == "collector.stop.decisions"]
                 caplog.clear()
                 for i, n in enumerate(NODES[:2]):
                     report(agg, nodes[n], i, 104.0)

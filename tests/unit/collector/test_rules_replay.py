@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from collector.ledger import Entry, Ledger, iter_entries
 from collector.rules.load import load_packs
 from collector.rules.model import DecisionKind
 from collector.rules.replay import replay_entries, replay_ledger
+from collector.store.ledger import Entry, Ledger, iter_entries
 from computewatch.cli import cli
 from protos import dsse
 from protos.computewatch.v1 import control_pb2

@@ -9,9 +9,9 @@ import pytest
 
 from agent.fakenvml import FakeNvml, parse_scenario
 from agent.nvml.real import NvmlBackend
-from collector.aggregate import Aggregator
-from collector.shares import activity_shares
-from collector.snapshot import Scope
+from collector.accounting.aggregate import Aggregator
+from collector.accounting.shares import activity_shares
+from collector.accounting.snapshot import Scope
 from protos.computewatch.v1 import telemetry_pb2
 
 T0 = 1_700_000_000.0

@@ -16,11 +16,11 @@ from typing import TypeVar
 
 import pytest
 
-from collector.aggregate import Aggregator
-from collector.jobbounds import JobLimits
+from collector.accounting.aggregate import Aggregator
+from collector.accounting.jobbounds import JobLimits
+from collector.accounting.snapshot import Scope, Snapshot
 from collector.rules import RuleEngine
 from collector.rules.load import builtin_pack_names, load_packs
-from collector.snapshot import Scope, Snapshot
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import LimitError
 from tests.unit.collector import snapshot_oracle

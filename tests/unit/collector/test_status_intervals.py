@@ -9,12 +9,12 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from collector.aggregate import Aggregator
-from collector.ingest import IngestStats
-from collector.ledger import Ledger
-from collector.metrics import CollectorMetrics
-from collector.sessions import Sessions
-from collector.status_service import build_status
+from collector.accounting.aggregate import Aggregator
+from collector.nodes.sessions import Sessions
+from collector.services.metrics import CollectorMetrics
+from collector.services.status import build_status
+from collector.store.ledger import Ledger
+from collector.telemetry.ingest import IngestStats
 from computewatch.cli_status import render_status
 from computewatch.demo.view import render
 from protos import devices

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.ledger_store import Entry
-from collector.merkle_log import MerkleLog, node_pos
 from collector.store import SCHEMA_VERSION, LedgerStore, open_store
+from collector.store.ledger_store import Entry
+from collector.store.merkle_log import MerkleLog, node_pos
 from protos import merkle
 from protos.errors import SchemaVersionError, StoreConfigError
 from tests.pg_support import fresh_database
@@ -148,7 +148,7 @@ def test_the_schema_is_versioned_and_a_newer_one_refused(store_url: str) -> None
 
 
 def test_a_pre_version_sqlite_ledger_migrates_in_place(tmp_path: Path) -> None:
-    from collector.ledger_store import SCHEMA
+    from collector.store.ledger_store import SCHEMA
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:  # a ledger written before schema versions

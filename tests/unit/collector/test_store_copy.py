@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.ledger import Ledger
-from collector.ledger_store import Entry
-from collector.merkle_log import MerkleLog
-from collector.registry import enroll, list_nodes
+from collector.nodes.registry import enroll, list_nodes
 from collector.store.copy import copy_ledger
+from collector.store.ledger import Ledger
+from collector.store.ledger_store import Entry
+from collector.store.merkle_log import MerkleLog
 from collector.store.pg_store import PgStore
 from collector.store.sequencer import StoreLedger
 from collector.store.sql import open_db
@@ -112,7 +112,7 @@ def test_the_cli_copies_and_names_the_leader(
 ) -> None:
     from click.testing import CliRunner
 
-    from collector.store.leader import LeaderLease
+    from collector.ha.leader import LeaderLease
     from computewatch.cli import cli
 
     path = tmp_path / "ledger.db"

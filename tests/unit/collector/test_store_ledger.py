@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.ledger_store import Entry
 from collector.store import open_store
+from collector.store.ledger_store import Entry
 from collector.store.sequencer import StoreLedger
 from protos import merkle
 from protos.errors import LedgerUnavailableError
@@ -63,7 +63,7 @@ def test_appends_resolve_after_commit_in_groups_and_read_back(store_url: str) ->
 def test_a_deposed_leader_fails_stop_and_resumes_only_when_it_leads_again(
     pg_server: str,
 ) -> None:
-    from collector.store.leader import LeaderLease
+    from collector.ha.leader import LeaderLease
 
     url = fresh_database(pg_server)
     now = [10**12]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from collector import keystore
-from collector.registry import Registry, enroll, list_nodes
+from collector.nodes import keystore
+from collector.nodes.registry import Registry, enroll, list_nodes
 from collector.store.migrations import PG_STEPS, SCHEMA_VERSION, VERSION_TABLE
 from collector.store.sql import DB_ERRORS, Db, Location, describe, open_db, redact
 from protos.errors import (

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.ledger_store import Entry
 from collector.store import open_store
+from collector.store.ledger_store import Entry
 from collector.store.tree_view import TreeView
 from protos import merkle
 from protos.errors import LogError

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from collector.aggregate import Aggregator
-from collector.directives import DirectiveBook
-from collector.effectiveness import EffectTracker, tracker_listener
-from collector.ledger import Entry, Ledger
-from collector.scoping import ScopeResolver
-from collector.sessions import Sessions
-from collector.snapshot import Scope
+from collector.accounting.aggregate import Aggregator
+from collector.accounting.snapshot import Scope
+from collector.nodes.sessions import Sessions
+from collector.stop.directives import DirectiveBook
+from collector.stop.effectiveness import EffectTracker, tracker_listener
+from collector.stop.scoping import ScopeResolver
+from collector.store.ledger import Entry, Ledger
 from protos import devices, dsse
 from protos.computewatch.v1 import control_pb2, telemetry_pb2
 from protos.errors import ScopeError

@@ -10,9 +10,9 @@ import io
 import pytest
 from rich.console import Console
 
-from collector.aggregate import Aggregator
-from collector.ingest import IngestStats
-from collector.status_service import build_status
+from collector.accounting.aggregate import Aggregator
+from collector.services.status import build_status
+from collector.telemetry.ingest import IngestStats
 from computewatch.demo.layout import build, node_totals
 from computewatch.demo.view import DirectiveView, Frame, render
 from protos.computewatch.v1 import control_pb2, status_pb2, telemetry_pb2
@@ -82,7 +82,9 @@ def frame(**kw: object) -> Frame:
         "duration": 60.0,
         "job_thresholds": [2.5e17, 1e25],
         "events": [f"t={i:5.1f}s  event {i} " + "y" * 120 for i in range(20)],
-        "log_lines": [f"WARNING collector.decisions: rule {i} " + "z" * 150 for i in range(10)],
+        "log_lines": [
+            f"WARNING collector.stop.decisions: rule {i} " + "z" * 150 for i in range(10)
+        ],
         "log_path": "/tmp/" + "long-directory-name/" * 6 + "demo.log",
     }
     base.update(kw)

@@ -21,12 +21,12 @@ import protos.errors as errors
 from agent.attribution_setup import Attribution, register_attribution_metrics
 from agent.config import AgentConfig
 from agent.metrics import AgentStats, register_metrics
-from collector.auth import REJECT_LABELS
 from collector.config import CollectorConfig
 from collector.rules.model import Action, DecisionKind
 from collector.server import create_server
-from collector.sqlite_faults import WRITE_ERROR_REASONS, write_error_reason
-from collector.stop_metrics import CONTROL_METHODS
+from collector.services.auth import REJECT_LABELS
+from collector.stop.metrics import CONTROL_METHODS
+from collector.store.sqlite_faults import WRITE_ERROR_REASONS, write_error_reason
 from protos.keys import PrivateKey, write_private_key, write_public_key
 from protos.reasons import (
     DIRECTIVE_ACTIONS,
@@ -245,7 +245,12 @@ def _reasons_of(names: set[str], base: type[errors.Error]) -> set[str]:
 
 
 def test_report_reject_reasons_cover_every_error_the_ingest_raises() -> None:
-    files = ("collector/ingest.py", "collector/chain.py", "protos/reports.py", "protos/dsse.py")
+    files = (
+        "collector/telemetry/ingest.py",
+        "collector/telemetry/chain.py",
+        "protos/reports.py",
+        "protos/dsse.py",
+    )
     raised = set().union(*(_raised(ROOT / f) for f in files if (ROOT / f).exists()))
     reasons = _reasons_of(raised, errors.VerificationError) - {"replay"}  # acked, not refused
     assert reasons, "the reader found no raise"
@@ -261,7 +266,7 @@ def test_directive_refusal_reasons_cover_every_error_the_agent_verifier_raises()
 
 def test_auth_reject_labels_cover_every_label_the_checker_raises() -> None:
     labels: set[str] = set()
-    for node in ast.walk(ast.parse((ROOT / "collector/auth.py").read_text())):
+    for node in ast.walk(ast.parse((ROOT / "collector/services/auth.py").read_text())):
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)

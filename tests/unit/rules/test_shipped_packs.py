@@ -8,11 +8,11 @@ from importlib import resources
 import pytest
 from jsonschema import Draft202012Validator
 
+from collector.accounting.snapshot import CLUSTER_KEY, Scope, Snapshot
 from collector.rules.engine import RuleEngine
 from collector.rules.load import builtin_pack_names, builtin_pack_path, check_files, load_packs
 from collector.rules.model import Action, DecisionKind
 from collector.rules.yamlsrc import parse
-from collector.snapshot import CLUSTER_KEY, Scope, Snapshot
 
 SHIPPED = builtin_pack_names()
 JOB = Scope.JOB
