@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
 import inspect
 import json
 import os
@@ -66,6 +67,14 @@ def _median_ms(
     return STAT["fn"](times)
 
 
+def _module(name: str, flat: str) -> Any:
+    """``name``, or its flat-layout ``flat`` in a tree from before the re-layout."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        return importlib.import_module(flat)
+
+
 def measure(nodes: int, gpus: int, actors: int, reps: int) -> dict[str, Any]:
     """One tree's figures (imports resolve against ``sys.path``)."""
     import grpc
@@ -73,14 +82,16 @@ def measure(nodes: int, gpus: int, actors: int, reps: int) -> dict[str, Any]:
 
     import collector
     from bench.common import gpu_samples, job_of, machine
-    from collector.accounting.aggregate import Aggregator
-    from collector.nodes.sessions import Sessions
     from collector.rules import RuleEngine
     from collector.rules.load import load_packs
-    from collector.services.metrics import CollectorMetrics
-    from collector.services.status import StatusServicer
-    from collector.store.ledger import Ledger
-    from collector.telemetry.ingest import IngestStats
+
+    # A tree from before the collector's sub-packages (the base) has them flat.
+    Aggregator = _module("collector.accounting.aggregate", "collector.aggregate").Aggregator  # noqa: N806
+    Sessions = _module("collector.nodes.sessions", "collector.sessions").Sessions  # noqa: N806
+    CollectorMetrics = _module("collector.services.metrics", "collector.metrics").CollectorMetrics  # noqa: N806
+    StatusServicer = _module("collector.services.status", "collector.status_service").StatusServicer  # noqa: N806
+    Ledger = _module("collector.store.ledger", "collector.ledger").Ledger  # noqa: N806
+    IngestStats = _module("collector.telemetry.ingest", "collector.ingest").IngestStats  # noqa: N806
     from protos.computewatch.v1 import status_pb2, status_pb2_grpc, telemetry_pb2
 
     agg = Aggregator(expected_interval_seconds=INTERVAL)
