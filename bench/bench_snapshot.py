@@ -187,10 +187,10 @@ def measure(nodes: int, gpus: int, actors: int, reps: int) -> dict[str, Any]:
         figures["scrape_served_fresh_ms"] = figures["scrape_fresh_ms"]
         # The collector's own /metrics app, where the tree has one (an
         # editable install elsewhere must not lend it one).
-        if (Path(collector.__file__).parent / "exposition.py").exists():
-            from collector.services.exposition import MetricsApp
-
-            app = MetricsApp(registry, metrics)
+        here = Path(collector.__file__).parent
+        if (here / "services" / "exposition.py").exists() or (here / "exposition.py").exists():
+            exposition = _module("collector.services.exposition", "collector.exposition")
+            app = exposition.MetricsApp(registry, metrics)
             served, _ = app.body("", {})
             expected = generate_latest(registry)  # nothing reported in between
             if sorted(served.splitlines()) != sorted(expected.splitlines()):
