@@ -25,10 +25,13 @@ import contextlib
 import functools
 import logging
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from collector.accounting.aggregate import Aggregator
@@ -52,6 +55,40 @@ _TEACH_BATCHES = 64
 # -- in the worker --------------------------------------------------------------
 
 _KEYS: dict[str, PublicKey] = {}
+
+
+# How often a worker looks whether the collector that started it still runs.
+ORPHAN_POLL_SECONDS = 0.5
+
+
+def _owner_gone(owner: int) -> bool:
+    """Whether process ``owner`` has ended (a zombie not yet reaped counts)."""
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        stat = Path(f"/proc/{owner}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(b")", 1)[-1].split()[0] == b"Z"
+
+
+def _watch_owner(owner: int) -> None:
+    while not _owner_gone(owner):
+        time.sleep(ORPHAN_POLL_SECONDS)
+    os._exit(0)
+
+
+def _start_worker(owner: int, keys: tuple[bytes, ...]) -> None:
+    """A worker ends when the collector that started it does, even by kill -9:
+    a pool's worker otherwise waits forever on its call queue (it holds the
+    queue's write end too), and keeps the fork server and the resource
+    tracker alive with it."""
+    threading.Thread(target=_watch_owner, args=(owner,), name="owner", daemon=True).start()
+    _learn(keys, ())
 
 
 def _learn(keys: tuple[bytes, ...], forget: tuple[str, ...]) -> None:
@@ -196,7 +233,10 @@ class ProcessChecks:
         if self._pool is None:
             raws = tuple(k.raw() for k in self._keys())
             self._pool = ProcessPoolExecutor(
-                self._processes, mp_context=_CTX, initializer=_learn, initargs=(raws, ())
+                self._processes,
+                mp_context=_CTX,
+                initializer=_start_worker,
+                initargs=(os.getpid(), raws),
             )
         return self._pool
 

@@ -6,8 +6,12 @@ decides which keys are trusted."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from collector.nodes.registry import enroll
@@ -131,3 +135,48 @@ def test_a_key_enrolled_after_the_workers_started_is_taught_to_them(tmp_path: Pa
             await other.close()
 
     asyncio.run(scenario())
+
+
+_OWNER = """
+import json, os, time
+from multiprocessing import forkserver
+from collector.telemetry.ingest_pool import ProcessChecks
+
+checks = ProcessChecks(2, list, max_bytes=1 << 20)
+pool = checks._start()
+for f in [pool.submit(os.getpid) for _ in range(8)]:
+    f.result(timeout=60)
+server = forkserver._forkserver._forkserver_pid
+print(json.dumps({"workers": checks.worker_pids(), "forkserver": server}), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_bytes().rsplit(b")", 1)[-1].split()[0] == b"Z")
+
+
+def test_the_workers_and_fork_server_end_with_a_collector_killed_by_sigkill() -> None:
+    """kill -9 of the collector leaves no worker (nor its fork server) behind:
+    a pool's worker would otherwise wait forever on its call queue."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _OWNER], stdout=subprocess.PIPE, text=True
+    ) as owner:
+        try:
+            assert owner.stdout is not None
+            started = json.loads(owner.stdout.readline())
+            children = [*started["workers"], started["forkserver"]]
+            assert started["workers"]
+            assert all(_alive(p) for p in children)
+        finally:
+            owner.kill()
+            owner.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in children if _alive(p)] == []
