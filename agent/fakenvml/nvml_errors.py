@@ -13,42 +13,26 @@ calls (``nvmlDeviceGetHandleByIndex_v2``, ``..._v3`` process lists, ...).
 
 from __future__ import annotations
 
+# The list most device queries document.
+_QUERY = frozenset({"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"})
+
+# The _v3 running-process lists.
+_PROCESS_LIST = _QUERY | {"INSUFFICIENT_SIZE", "NO_PERMISSION"}
+# Sampled values: NOT_FOUND when no sample is newer than the timestamp asked for.
+_SAMPLES = _QUERY | {"NOT_FOUND"}
+
 # pynvml function name -> documented NVML_ERROR_* names (without the prefix).
 DOCUMENTED_ERRORS: dict[str, frozenset[str] | None] = {
-    "nvmlDeviceGetClockInfo": frozenset(
-        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
-    ),  # nvmlDeviceGetClockInfo
-    "nvmlDeviceGetComputeMode": frozenset(
-        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
-    ),  # nvmlDeviceGetComputeMode
-    "nvmlDeviceGetComputeRunningProcesses": frozenset(
-        {
-            "GPU_IS_LOST",
-            "INSUFFICIENT_SIZE",
-            "INVALID_ARGUMENT",
-            "NOT_SUPPORTED",
-            "NO_PERMISSION",
-            "UNINITIALIZED",
-            "UNKNOWN",
-        }
-    ),  # nvmlDeviceGetComputeRunningProcesses_v3
+    "nvmlDeviceGetClockInfo": _QUERY,
+    "nvmlDeviceGetComputeMode": _QUERY,
+    # nvmlDeviceGetComputeRunningProcesses_v3
+    "nvmlDeviceGetComputeRunningProcesses": _PROCESS_LIST,
     "nvmlDeviceGetCount": frozenset(
         {"INVALID_ARGUMENT", "NO_PERMISSION", "UNINITIALIZED", "UNKNOWN"}
     ),  # nvmlDeviceGetCount_v2
-    "nvmlDeviceGetEnforcedPowerLimit": frozenset(
-        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
-    ),  # nvmlDeviceGetEnforcedPowerLimit
-    "nvmlDeviceGetGraphicsRunningProcesses": frozenset(
-        {
-            "GPU_IS_LOST",
-            "INSUFFICIENT_SIZE",
-            "INVALID_ARGUMENT",
-            "NOT_SUPPORTED",
-            "NO_PERMISSION",
-            "UNINITIALIZED",
-            "UNKNOWN",
-        }
-    ),  # nvmlDeviceGetGraphicsRunningProcesses_v3
+    "nvmlDeviceGetEnforcedPowerLimit": _QUERY,
+    # nvmlDeviceGetGraphicsRunningProcesses_v3
+    "nvmlDeviceGetGraphicsRunningProcesses": _PROCESS_LIST,
     "nvmlDeviceGetHandleByIndex": frozenset(
         {
             "GPU_IS_LOST",
@@ -74,29 +58,10 @@ DOCUMENTED_ERRORS: dict[str, frozenset[str] | None] = {
     "nvmlDeviceGetIndex": frozenset(
         {"GPU_IS_LOST", "INVALID_ARGUMENT", "UNINITIALIZED", "UNKNOWN"}
     ),  # nvmlDeviceGetIndex
-    "nvmlDeviceGetMPSComputeRunningProcesses": frozenset(
-        {
-            "GPU_IS_LOST",
-            "INSUFFICIENT_SIZE",
-            "INVALID_ARGUMENT",
-            "NOT_SUPPORTED",
-            "UNINITIALIZED",
-            "UNKNOWN",
-        }
-    ),  # nvmlDeviceGetMPSComputeRunningProcesses_v3
-    "nvmlDeviceGetMaxClockInfo": frozenset(
-        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
-    ),  # nvmlDeviceGetMaxClockInfo
-    "nvmlDeviceGetMemoryInfo": frozenset(
-        {
-            "GPU_IS_LOST",
-            "INVALID_ARGUMENT",
-            "NOT_SUPPORTED",
-            "NO_PERMISSION",
-            "UNINITIALIZED",
-            "UNKNOWN",
-        }
-    ),  # nvmlDeviceGetMemoryInfo
+    "nvmlDeviceGetMPSComputeRunningProcesses": _QUERY
+    | {"INSUFFICIENT_SIZE"},  # nvmlDeviceGetMPSComputeRunningProcesses_v3
+    "nvmlDeviceGetMaxClockInfo": _QUERY,
+    "nvmlDeviceGetMemoryInfo": _QUERY | {"NO_PERMISSION"},  # nvmlDeviceGetMemoryInfo
     "nvmlDeviceGetMigMode": frozenset(
         {"INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
     ),  # nvmlDeviceGetMigMode
@@ -106,47 +71,15 @@ DOCUMENTED_ERRORS: dict[str, frozenset[str] | None] = {
     "nvmlDeviceGetPciInfo": frozenset(
         {"GPU_IS_LOST", "INVALID_ARGUMENT", "UNINITIALIZED", "UNKNOWN"}
     ),  # nvmlDeviceGetPciInfo_v3
-    "nvmlDeviceGetPowerManagementDefaultLimit": frozenset(
-        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
-    ),  # nvmlDeviceGetPowerManagementDefaultLimit
-    "nvmlDeviceGetPowerManagementLimit": frozenset(
-        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
-    ),  # nvmlDeviceGetPowerManagementLimit
-    "nvmlDeviceGetPowerManagementLimitConstraints": frozenset(
-        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
-    ),  # nvmlDeviceGetPowerManagementLimitConstraints
-    "nvmlDeviceGetPowerUsage": frozenset(
-        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
-    ),  # nvmlDeviceGetPowerUsage
-    "nvmlDeviceGetTotalEnergyConsumption": frozenset(
-        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
-    ),  # nvmlDeviceGetTotalEnergyConsumption
-    "nvmlDeviceGetUUID": frozenset(
-        {
-            "GPU_IS_LOST",
-            "INSUFFICIENT_SIZE",
-            "INVALID_ARGUMENT",
-            "NOT_SUPPORTED",
-            "UNINITIALIZED",
-            "UNKNOWN",
-        }
-    ),  # nvmlDeviceGetUUID
-    "nvmlDeviceGetUtilizationRates": frozenset(
-        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
-    ),  # nvmlDeviceGetUtilizationRates
-    "nvmlDeviceSetComputeMode": frozenset(
-        {
-            "GPU_IS_LOST",
-            "INVALID_ARGUMENT",
-            "NOT_SUPPORTED",
-            "NO_PERMISSION",
-            "UNINITIALIZED",
-            "UNKNOWN",
-        }
-    ),  # nvmlDeviceSetComputeMode
-    "nvmlDeviceSetPowerManagementLimit": frozenset(
-        {"GPU_IS_LOST", "INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
-    ),  # nvmlDeviceSetPowerManagementLimit
+    "nvmlDeviceGetPowerManagementDefaultLimit": _QUERY,
+    "nvmlDeviceGetPowerManagementLimit": _QUERY,
+    "nvmlDeviceGetPowerManagementLimitConstraints": _QUERY,
+    "nvmlDeviceGetPowerUsage": _QUERY,
+    "nvmlDeviceGetTotalEnergyConsumption": _QUERY,
+    "nvmlDeviceGetUUID": _QUERY | {"INSUFFICIENT_SIZE"},  # nvmlDeviceGetUUID
+    "nvmlDeviceGetUtilizationRates": _QUERY,
+    "nvmlDeviceSetComputeMode": _QUERY | {"NO_PERMISSION"},  # nvmlDeviceSetComputeMode
+    "nvmlDeviceSetPowerManagementLimit": _QUERY,
     "nvmlDeviceGetAttributes": frozenset(
         {"INVALID_ARGUMENT", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
     ),  # nvmlDeviceGetAttributes_v2
@@ -156,26 +89,8 @@ DOCUMENTED_ERRORS: dict[str, frozenset[str] | None] = {
     "nvmlDeviceGetMigDeviceHandleByIndex": frozenset(
         {"INVALID_ARGUMENT", "NOT_FOUND", "NOT_SUPPORTED", "UNINITIALIZED", "UNKNOWN"}
     ),  # nvmlDeviceGetMigDeviceHandleByIndex
-    "nvmlDeviceGetProcessUtilization": frozenset(
-        {
-            "GPU_IS_LOST",
-            "INVALID_ARGUMENT",
-            "NOT_FOUND",
-            "NOT_SUPPORTED",
-            "UNINITIALIZED",
-            "UNKNOWN",
-        }
-    ),  # nvmlDeviceGetProcessUtilization
-    "nvmlDeviceGetSamples": frozenset(
-        {
-            "GPU_IS_LOST",
-            "INVALID_ARGUMENT",
-            "NOT_FOUND",
-            "NOT_SUPPORTED",
-            "UNINITIALIZED",
-            "UNKNOWN",
-        }
-    ),  # nvmlDeviceGetSamples
+    "nvmlDeviceGetProcessUtilization": _SAMPLES,
+    "nvmlDeviceGetSamples": _SAMPLES,
     "nvmlGpmMigSampleGet": None,  # nvmlGpmMigSampleGet: "Nonzero NVML_ERROR_? enum"
     "nvmlGpmMetricsGet": None,  # nvmlGpmMetricsGet: "Nonzero NVML_ERROR_? enum"
     "nvmlGpmQueryDeviceSupport": None,  # nvmlGpmQueryDeviceSupport: "Nonzero NVML_ERROR_? enum"
@@ -184,7 +99,7 @@ DOCUMENTED_ERRORS: dict[str, frozenset[str] | None] = {
     "nvmlInitWithFlags": frozenset(
         {"DRIVER_NOT_LOADED", "NO_PERMISSION", "UNKNOWN"}
     ),  # nvmlInitWithFlags
-    "nvmlShutdown": frozenset({"UNINITIALIZED", "UNKNOWN"}),  # nvmlShutdown
+    "nvmlShutdown": frozenset({"UNINITIALIZED", "UNKNOWN"}),
     "nvmlSystemGetDriverVersion": frozenset(
         {"INSUFFICIENT_SIZE", "INVALID_ARGUMENT", "UNINITIALIZED"}
     ),  # nvmlSystemGetDriverVersion
