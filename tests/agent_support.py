@@ -15,6 +15,7 @@ from agent.attribution import JobAttributor
 from agent.config import AgentConfig
 from agent.fakenvml import FakeNvml, parse_scenario
 from agent.fakenvml.procfs import materialize
+from agent.fakenvml.scenario import Scenario
 from agent.jobmeta import JobMetadataDir
 from agent.nvml.real import NvmlBackend
 from agent.runner import Agent
@@ -152,3 +153,36 @@ class SimNode:
             version="test",
             **extra,
         )
+
+
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    """Unix seconds for ``FakeNvml(clock=...)`` that only move when a test moves them."""
+
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def at(self, offset: float) -> None:
+        self.t = T0 + offset
+
+
+def mig_scenario(*jobs: dict[str, object]) -> Scenario:
+    """Node ``n``: GPU 0 an H100 split 3g.40gb + 4g.40gb, GPU 1 a whole H100; ``jobs`` on it."""
+    return parse_scenario(
+        {
+            "name": "mig",
+            "duration_seconds": 600,
+            "nodes": [
+                {
+                    "id": "n",
+                    "gpus": [{"model": H100, "mig": ["3g.40gb", "4g.40gb"]}, {"model": H100}],
+                }
+            ],
+            "jobs": list(jobs),
+        }
+    )

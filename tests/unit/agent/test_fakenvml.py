@@ -11,22 +11,9 @@ import pytest
 from agent.fakenvml import SM_FRACTION, FakeNvml, gpu_uuid, load_scenario
 from agent.fakenvml.scenario import FAULTABLE_FUNCTIONS, Scenario, parse_scenario
 from protos.errors import ConfigError
+from tests.agent_support import T0, FakeClock
 
 DATA = Path(__file__).parents[2] / "data" / "scenarios"
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    """Unix seconds that only move when a test moves them."""
-
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def at(self, offset: float) -> None:
-        self.t = T0 + offset
 
 
 @pytest.fixture
@@ -52,8 +39,8 @@ def one_gpu(model: str = "NVIDIA H100 80GB HBM3", **job: object) -> Scenario:
     )
 
 
-def started(scenario: Scenario, node: str = "n0", **kw: object) -> tuple[FakeNvml, Clock]:
-    clock = Clock()
+def started(scenario: Scenario, node: str = "n0", **kw: object) -> tuple[FakeNvml, FakeClock]:
+    clock = FakeClock()
     fake = FakeNvml(scenario, node, clock=clock, **kw)  # type: ignore[arg-type]
     fake.nvmlInit()
     return fake, clock
@@ -287,7 +274,7 @@ def test_pids_come_from_the_mapping_or_are_synthetic(mixed: Scenario) -> None:
 
 
 def test_scenario_start_can_be_given() -> None:
-    clock = Clock()
+    clock = FakeClock()
     fake = FakeNvml(one_gpu(start=10), "n", clock=clock, start=T0 - 15)
     fake.nvmlInit()
     assert fake.now() == 15
@@ -348,7 +335,7 @@ def test_invalid_compute_modes() -> None:
 
 def test_stopped_process_is_idle_but_listed_and_gone_is_removed() -> None:
     states = {200_000: "running"}
-    clock = Clock()
+    clock = FakeClock()
     fake = FakeNvml(one_gpu(memory_gib=5), "n", clock=clock, process_state=states.__getitem__)
     fake.nvmlInit()
     h = fake.nvmlDeviceGetHandleByIndex(0)
@@ -404,7 +391,7 @@ def test_gpu_lost_stays_lost(faults: Scenario) -> None:
 
 
 def test_nvml_not_loaded_window(faults: Scenario) -> None:
-    clock = Clock()
+    clock = FakeClock()
     fake = FakeNvml(faults, "unloaded", clock=clock)
     fake.nvmlInit()
     clock.at(5)

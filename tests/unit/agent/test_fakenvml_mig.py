@@ -13,46 +13,14 @@ from agent.fakenvml import SM_FRACTION, FakeNvml, parse_scenario
 from agent.fakenvml.activity import SAMPLE_PERIOD
 from agent.fakenvml.scenario import Scenario
 from protos.errors import ConfigError
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def at(self, offset: float) -> None:
-        self.t = T0 + offset
+from tests.agent_support import T0, FakeClock, mig_scenario
 
 
-def started(scenario: Scenario) -> tuple[FakeNvml, Clock]:
-    clock = Clock()
+def started(scenario: Scenario) -> tuple[FakeNvml, FakeClock]:
+    clock = FakeClock()
     fake = FakeNvml(scenario, "n", clock=clock)
     fake.nvmlInit()
     return fake, clock
-
-
-def mig_node(*jobs: dict[str, object]) -> Scenario:
-    """An H100 split 3g + 4g (jobs on either), and a whole H100."""
-    return parse_scenario(
-        {
-            "name": "mig",
-            "duration_seconds": 600,
-            "nodes": [
-                {
-                    "id": "n",
-                    "gpus": [
-                        {"model": "NVIDIA H100 80GB HBM3", "mig": ["3g.40gb", "4g.40gb"]},
-                        {"model": "NVIDIA H100 80GB HBM3"},
-                    ],
-                }
-            ],
-            "jobs": list(jobs),
-        }
-    )
 
 
 def job(job_id: str, **kw: object) -> dict[str, object]:
@@ -77,7 +45,7 @@ def metrics(fake: FakeNvml, first: object, second: object, *ids: int) -> list[fl
 
 
 def test_mig_devices_are_enumerated_with_their_ids_and_sms() -> None:
-    fake, _ = started(mig_node())
+    fake, _ = started(mig_scenario())
     parent = fake.nvmlDeviceGetHandleByIndex(0)
     assert fake.nvmlDeviceGetMigMode(parent) == [pynvml.NVML_DEVICE_MIG_ENABLE] * 2
     assert fake.nvmlDeviceGetMaxMigDeviceCount(parent) == 7
@@ -110,7 +78,7 @@ def test_mig_devices_are_enumerated_with_their_ids_and_sms() -> None:
 
 
 def test_mig_refusals() -> None:
-    fake, _ = started(mig_node())
+    fake, _ = started(mig_scenario())
     parent = fake.nvmlDeviceGetHandleByIndex(0)
     mig = fake.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0)
     # nvml.h Get/SetComputeMode: "If MIG is enabled on a GPU, device must be MIG device handle".
@@ -138,7 +106,7 @@ def test_mig_refusals() -> None:
 
 def test_compute_mode_per_mig_device_refuses_new_contexts_there_only() -> None:
     fake, clock = started(
-        mig_node(job("1", start=10, mig_slice=0), job("2", start=10, mig_slice=1))
+        mig_scenario(job("1", start=10, mig_slice=0), job("2", start=10, mig_slice=1))
     )
     parent = fake.nvmlDeviceGetHandleByIndex(0)
     a = fake.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0)
@@ -156,7 +124,7 @@ def test_compute_mode_per_mig_device_refuses_new_contexts_there_only() -> None:
 
 def test_gpm_per_mig_instance_and_the_parent_weighted_by_sm_share() -> None:
     fake, clock = started(
-        mig_node(job("1", mig_slice=0, utilization=[[0, 100]], tensor_fraction=0.5))
+        mig_scenario(job("1", mig_slice=0, utilization=[[0, 100]], tensor_fraction=0.5))
     )
     parent = fake.nvmlDeviceGetHandleByIndex(0)
     a = fake.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0)
@@ -185,7 +153,9 @@ def test_gpm_per_mig_instance_and_the_parent_weighted_by_sm_share() -> None:
 
 def test_gpm_pipes_follow_the_jobs_precision_mix() -> None:
     mix = {"hmma": 0.4, "imma": 0.1, "dfma": 0.05, "fp32": 0.2, "fp16": 0.1, "fp64": 0.02}
-    fake, clock = started(mig_node(job("1", gpu_indices=[1], utilization=[[0, 80]], precision=mix)))
+    fake, clock = started(
+        mig_scenario(job("1", gpu_indices=[1], utilization=[[0, 80]], precision=mix))
+    )
     h = fake.nvmlDeviceGetHandleByIndex(1)
     first, second = fake.nvmlGpmSampleAlloc(), fake.nvmlGpmSampleAlloc()
     clock.at(1)
@@ -210,11 +180,11 @@ def test_gpm_pipes_follow_the_jobs_precision_mix() -> None:
 
 def test_precision_mix_is_checked() -> None:
     with pytest.raises(ConfigError, match=r"jobs\[0\]\.precision"):
-        mig_node(job("1", precision={"bf16": 0.5}))
+        mig_scenario(job("1", precision={"bf16": 0.5}))
     with pytest.raises(ConfigError, match=r"jobs\[0\]\.tensor_fraction"):
-        mig_node(job("1", precision={"hmma": 0.6}, tensor_fraction=0.5))
+        mig_scenario(job("1", precision={"hmma": 0.6}, tensor_fraction=0.5))
     with pytest.raises(ConfigError, match=r"jobs\[0\]\.mig_slice"):
-        mig_node(job("1", mig_slice=2))
+        mig_scenario(job("1", mig_slice=2))
     with pytest.raises(ConfigError, match=r"nodes\[0\]\.gpus\[0\]\.mig"):
         parse_scenario(
             {
@@ -231,7 +201,7 @@ def test_precision_mix_is_checked() -> None:
 
 
 def test_a_gpm_pair_closer_than_100_ms_reads_zero() -> None:
-    fake, clock = started(mig_node(job("1", gpu_indices=[1], utilization=[[0, 100]])))
+    fake, clock = started(mig_scenario(job("1", gpu_indices=[1], utilization=[[0, 100]])))
     h = fake.nvmlDeviceGetHandleByIndex(1)
     first, second = fake.nvmlGpmSampleAlloc(), fake.nvmlGpmSampleAlloc()
     clock.at(5.0)
@@ -248,7 +218,7 @@ def test_a_gpm_pair_closer_than_100_ms_reads_zero() -> None:
 def test_utilization_samples_since_the_last_seen_timestamp() -> None:
     # 30 % for 10 s, then 90 %.
     fake, clock = started(
-        mig_node(job("1", gpu_indices=[1], utilization=[[0, 30], [10, 30], [10, 90]]))
+        mig_scenario(job("1", gpu_indices=[1], utilization=[[0, 30], [10, 30], [10, 90]]))
     )
     h = fake.nvmlDeviceGetHandleByIndex(1)
     clock.at(0.05)
@@ -272,7 +242,7 @@ def test_utilization_samples_since_the_last_seen_timestamp() -> None:
 
 
 def test_process_utilization_splits_the_gpu_between_processes() -> None:
-    scenario = mig_node(
+    scenario = mig_scenario(
         job("1", gpu_indices=[1], utilization=[[0, 60]]),
         job("2", gpu_indices=[1], utilization=[[0, 20]], start=2),
     )

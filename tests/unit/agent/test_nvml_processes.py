@@ -22,18 +22,10 @@ from agent.nvml import procs
 from agent.nvml.real import NvmlBackend
 from agent.nvml.samples import unique
 from protos.computewatch.v1 import telemetry_pb2 as pb
+from tests.agent_support import FakeClock
 
-T0 = 1_700_000_000.0
 GIB = 1024**3
 H100 = "NVIDIA H100 80GB HBM3"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def scenario(
@@ -49,8 +41,8 @@ def scenario(
     )
 
 
-def backend(s: Scenario, pids: dict[str, int]) -> tuple[NvmlBackend, FakeNvml, Clock]:
-    clock = Clock()
+def backend(s: Scenario, pids: dict[str, int]) -> tuple[NvmlBackend, FakeNvml, FakeClock]:
+    clock = FakeClock()
     fake = FakeNvml(s, "n", clock=clock, pids=pids)
     return NvmlBackend(fake, clock=clock), fake, clock
 
@@ -81,7 +73,7 @@ def test_mps_clients_are_listed_with_the_compute_processes() -> None:
 
 def test_the_fake_lists_mps_clients_only_in_the_mps_list() -> None:
     s = scenario([{"id": "1", "mps": True}, {"id": "2"}])
-    fake = FakeNvml(s, "n", clock=Clock(), pids={"1": 1001, "2": 1002})
+    fake = FakeNvml(s, "n", clock=FakeClock(), pids={"1": 1001, "2": 1002})
     fake.nvmlInit()
     h = fake.nvmlDeviceGetHandleByIndex(0)
     assert [p.pid for p in fake.nvmlDeviceGetComputeRunningProcesses(h)] == [1002, MPS_SERVER_PID]
@@ -147,7 +139,7 @@ def test_the_fake_reproduces_the_12_535_77_struct_decoding() -> None:
         [{"id": "1", "memory_gib": 10}, {"id": "2", "memory_gib": 10}],
         faults=[{"kind": "process_struct_mismatch"}],
     )
-    fake = FakeNvml(s, "n", clock=Clock(), pids={"1": 1001, "2": 1002})
+    fake = FakeNvml(s, "n", clock=FakeClock(), pids={"1": 1001, "2": 1002})
     assert ctypes.sizeof(fake.c_nvmlProcessInfo_t) == 32
     fake.nvmlInit()
     first, second = fake.nvmlDeviceGetComputeRunningProcesses(fake.nvmlDeviceGetHandleByIndex(0))
@@ -229,7 +221,7 @@ def test_pci_device_id_and_bus_id_are_reported() -> None:
             ],
         }
     )
-    b = NvmlBackend(FakeNvml(s, "n", clock=Clock()))
+    b = NvmlBackend(FakeNvml(s, "n", clock=FakeClock()))
     h100, b200, unknown = b.sample().gpus
     # nvml.h nvmlPciInfo_t.pciDeviceId: device id << 16 | vendor id 0x10DE.
     assert h100.pci_device_id == 0x233010DE
@@ -244,7 +236,7 @@ def test_pci_device_id_and_bus_id_are_reported() -> None:
 
 def test_the_fake_pci_info_is_pynvmls_struct() -> None:
     s = scenario([])
-    fake = FakeNvml(s, "n", clock=Clock())
+    fake = FakeNvml(s, "n", clock=FakeClock())
     fake.nvmlInit()
     pci = fake.nvmlDeviceGetPciInfo(fake.nvmlDeviceGetHandleByIndex(0))
     assert isinstance(pci, pynvml.nvmlPciInfo_t)

@@ -16,29 +16,18 @@ from agent.nvml.backend import GpuBackend, PowerLimits
 from agent.nvml.real import NvmlBackend
 from protos.computewatch.v1 import telemetry_pb2 as pb
 from protos.errors import BackendError
+from tests.agent_support import FakeClock
 
 DATA = Path(__file__).parents[2] / "data" / "scenarios"
-T0 = 1_700_000_000.0
 GIB = 1024**3
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def at(self, offset: float) -> None:
-        self.t = T0 + offset
 
 
 def backend(
     scenario: Scenario | str, node: str, **kw: object
-) -> tuple[NvmlBackend, FakeNvml, Clock]:
+) -> tuple[NvmlBackend, FakeNvml, FakeClock]:
     if isinstance(scenario, str):
         scenario = load_scenario(DATA / scenario)
-    clock = Clock()
+    clock = FakeClock()
     fake = FakeNvml(scenario, node, clock=clock, **kw)  # type: ignore[arg-type]
     return NvmlBackend(fake, clock=clock), fake, clock
 
@@ -114,7 +103,7 @@ def test_a_gpm_pair_exactly_100_ms_apart_is_not_taken() -> None:
     """nvml.h: two nvmlGpmSampleGet() calls "should be greater than 100ms" apart.
     A pair exactly 100 ms apart is skipped (0.2 - 0.1 == 0.1 exactly in binary
     floating point); the next read covers both intervals."""
-    clock = Clock()
+    clock = FakeClock()
     clock.t = 0.1
     fake = FakeNvml(load_scenario(DATA / "mixed.yaml"), "n0", clock=clock)
     b = NvmlBackend(fake, clock=clock)

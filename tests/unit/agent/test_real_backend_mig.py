@@ -9,39 +9,7 @@ from agent.fakenvml.scenario import Scenario
 from agent.nvml.real import NvmlBackend
 from protos.computewatch.v1 import telemetry_pb2 as pb
 from protos.errors import BackendError
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def at(self, offset: float) -> None:
-        self.t = T0 + offset
-
-
-def scenario(*jobs: dict[str, object]) -> Scenario:
-    """GPU 0: an H100 split 3g.40gb + 4g.40gb; GPU 1: a whole H100."""
-    return parse_scenario(
-        {
-            "name": "mig",
-            "duration_seconds": 600,
-            "nodes": [
-                {
-                    "id": "n",
-                    "gpus": [
-                        {"model": "NVIDIA H100 80GB HBM3", "mig": ["3g.40gb", "4g.40gb"]},
-                        {"model": "NVIDIA H100 80GB HBM3"},
-                    ],
-                }
-            ],
-            "jobs": list(jobs),
-        }
-    )
+from tests.agent_support import FakeClock, mig_scenario
 
 
 def job(job_id: str, **kw: object) -> dict[str, object]:
@@ -55,15 +23,15 @@ def job(job_id: str, **kw: object) -> dict[str, object]:
     return spec
 
 
-def backend(s: Scenario) -> tuple[NvmlBackend, FakeNvml, Clock]:
-    clock = Clock()
+def backend(s: Scenario) -> tuple[NvmlBackend, FakeNvml, FakeClock]:
+    clock = FakeClock()
     fake = FakeNvml(s, "n", clock=clock)
     return NvmlBackend(fake, clock=clock), fake, clock
 
 
 def test_each_mig_device_is_its_own_sample_and_the_parent_has_no_activity() -> None:
     b, _, clock = backend(
-        scenario(job("1", mig_slice=0, tensor_fraction=0.5), job("2", gpu_indices=[1]))
+        mig_scenario(job("1", mig_slice=0, tensor_fraction=0.5), job("2", gpu_indices=[1]))
     )
     clock.at(1)
     b.sample()
@@ -104,7 +72,7 @@ def test_each_mig_device_is_its_own_sample_and_the_parent_has_no_activity() -> N
 
 def test_compute_mode_is_set_per_mig_device_and_refused_on_the_parent() -> None:
     b, fake, clock = backend(
-        scenario(job("1", mig_slice=0, start=5), job("2", mig_slice=1, start=5))
+        mig_scenario(job("1", mig_slice=0, start=5), job("2", mig_slice=1, start=5))
     )
     clock.at(1)
     parent, small, large, _ = b.sample().gpus
@@ -121,7 +89,7 @@ def test_compute_mode_is_set_per_mig_device_and_refused_on_the_parent() -> None:
 
 
 def test_a_fresh_backend_sets_the_mode_of_a_mig_device_by_uuid() -> None:
-    b, fake, clock = backend(scenario())
+    b, fake, clock = backend(mig_scenario())
     clock.at(1)
     uuid = b.sample().gpus[1].uuid
     again = NvmlBackend(fake, clock=clock)  # no sample yet: found through GetHandleByUUID
@@ -131,7 +99,9 @@ def test_a_fresh_backend_sets_the_mode_of_a_mig_device_by_uuid() -> None:
 
 def test_gpm_pipes_fill_the_precision_fields() -> None:
     mix = {"hmma": 0.5, "imma": 0.1, "dfma": 0.05, "fp64": 0.02, "fp32": 0.2, "fp16": 0.1}
-    b, _, clock = backend(scenario(job("1", gpu_indices=[1], utilization=[[0, 80]], precision=mix)))
+    b, _, clock = backend(
+        mig_scenario(job("1", gpu_indices=[1], utilization=[[0, 80]], precision=mix))
+    )
     clock.at(1)
     b.sample()
     clock.at(2)

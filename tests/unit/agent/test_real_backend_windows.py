@@ -9,19 +9,7 @@ from agent.fakenvml.scenario import Scenario
 from agent.nvml.real import NvmlBackend
 from protos.computewatch.v1 import telemetry_pb2 as pb
 from protos.reports import MAX_INTERVAL_SECONDS
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def at(self, offset: float) -> None:
-        self.t = T0 + offset
+from tests.agent_support import FakeClock
 
 
 def one_gpu(model: str, *jobs: dict[str, object]) -> Scenario:
@@ -35,8 +23,8 @@ def one_gpu(model: str, *jobs: dict[str, object]) -> Scenario:
     )
 
 
-def backend(s: Scenario) -> tuple[NvmlBackend, FakeNvml, Clock]:
-    clock = Clock()
+def backend(s: Scenario) -> tuple[NvmlBackend, FakeNvml, FakeClock]:
+    clock = FakeClock()
     fake = FakeNvml(s, "n", clock=clock)
     return NvmlBackend(fake, clock=clock), fake, clock
 
