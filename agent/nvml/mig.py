@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent.nvml.gpm import Gpm, GpmState
-from agent.nvml.samples import ERROR_TEXT_MAX, GpuReadError, note
+from agent.nvml.samples import ERROR_TEXT_MAX, GpuReadError, note, text
 from protos.computewatch.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,14 @@ class MigEnumerator:
                 if getattr(exc, "value", None) == n.NVML_ERROR_NOT_FOUND:
                     continue
                 raise
-            uuid = str(n.nvmlDeviceGetUUID(handle))
+            uuid = text(n.nvmlDeviceGetUUID(handle))
             dev = known.get(uuid)
             if dev is None:
                 attrs = self._opt("nvmlDeviceGetAttributes", handle)
                 dev = MigDevice(
                     handle=handle,
                     uuid=uuid,
-                    profile=profile_of(str(n.nvmlDeviceGetName(handle))),
+                    profile=profile_of(text(n.nvmlDeviceGetName(handle))),
                     gpu_instance_id=int(n.nvmlDeviceGetGpuInstanceId(handle)),
                     compute_instance_id=int(n.nvmlDeviceGetComputeInstanceId(handle)),
                     sms=int(attrs.multiprocessorCount) if attrs is not None else None,
