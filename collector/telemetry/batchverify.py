@@ -6,11 +6,12 @@ Envelopes queue here and go to the pool in batches, at most ``jobs`` batches
 at a time, so while the pool is busy the next batch grows (the telemetry
 service keeps several checks per stream in flight to feed it).
 
-Why batches must be large: ``cryptography`` releases the GIL while it
-verifies, but a pool thread has to take the GIL back after every signature,
-and while the event loop is busy that waits for the interpreter's switch
-interval (5 ms). A thread verifying one envelope per job therefore manages a
-few hundred a second under load; with a deep queue it keeps up.
+Why batches must be large: the Ed25519 check (libsodium through PyNaCl's
+cffi, ``protos.keys``) releases the GIL while it verifies, but a pool
+thread has to take the GIL back after every signature, and while the event
+loop is busy that waits for the interpreter's switch interval (5 ms). A
+thread verifying one envelope per job therefore manages a few hundred a
+second under load; with a deep queue it keeps up.
 """
 
 from __future__ import annotations
