@@ -6,11 +6,12 @@ Envelopes queue here and go to the pool in batches, at most ``jobs`` batches
 at a time, so while the pool is busy the next batch grows (the telemetry
 service keeps several checks per stream in flight to feed it).
 
-Why batches must be large: ``cryptography`` releases the GIL while it
-verifies, but a pool thread has to take the GIL back after every signature,
-and while the event loop is busy that waits for the interpreter's switch
-interval (5 ms). A thread verifying one envelope per job therefore manages a
-few hundred a second under load; with a deep queue it keeps up.
+Why batches must be large: the Ed25519 check (libsodium through PyNaCl's
+cffi, ``protos.keys``) releases the GIL while it verifies, but a pool
+thread has to take the GIL back after every signature, and while the event
+loop is busy that waits for the interpreter's switch interval (5 ms). A
+thread verifying one envelope per job therefore manages a few hundred a
+second under load; with a deep queue it keeps up.
 """
 
 from __future__ import annotations
@@ -20,10 +21,34 @@ import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from typing import TypeVar
 
 from protos import dsse
 
 _Batch = list[tuple[bytes, "asyncio.Future[dsse.Verified]"]]
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def take_batch(pending: list[_T], free: int, max_batch: int) -> list[_T]:
+    """Remove and return the next batch from ``pending``: the queue spread
+    evenly over the ``free`` jobs, at most ``max_batch`` envelopes."""
+    size = min(-(-len(pending) // free), max_batch)
+    batch = pending[:size]
+    del pending[:size]
+    return batch
+
+
+def on_loop(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[Future[_R]], None]
+) -> Callable[[Future[_R]], None]:
+    """A pool job's done-callback that runs ``callback(job)`` on ``loop``."""
+
+    def done(job: Future[_R]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed while the job ran
+            loop.call_soon_threadsafe(callback, job)
+
+    return done
 
 
 def _verify_all(verify: Callable[[bytes], dsse.Verified], datas: list[bytes]) -> list[object]:
@@ -74,10 +99,7 @@ class BatchVerifier:
         self._scheduled = False
         loop = asyncio.get_running_loop()
         while self._pending and self._running < self._jobs:
-            free = self._jobs - self._running
-            size = min(-(-len(self._pending) // free), self._max_batch)
-            batch = self._pending[:size]
-            del self._pending[:size]
+            batch = take_batch(self._pending, self._jobs - self._running, self._max_batch)
             try:
                 job = self._pool.submit(_verify_all, self._verify, [d for d, _ in batch])
             except RuntimeError as exc:  # the pool was shut down
@@ -88,13 +110,7 @@ class BatchVerifier:
             self._running += 1
             self.batches += 1
             self.batched += len(batch)
-            job.add_done_callback(functools.partial(self._done_threadsafe, loop, batch))
-
-    def _done_threadsafe(
-        self, loop: asyncio.AbstractEventLoop, batch: _Batch, job: Future[list[object]]
-    ) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed while the job ran
-            loop.call_soon_threadsafe(self._done, batch, job)
+            job.add_done_callback(on_loop(loop, functools.partial(self._done, batch)))
 
     def _done(self, batch: _Batch, job: Future[list[object]]) -> None:
         self._running -= 1

@@ -21,7 +21,6 @@ the next batch starts a fresh pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import multiprocessing
@@ -36,6 +35,7 @@ from typing import TypeVar
 
 from collector.accounting.aggregate import Aggregator
 from collector.accounting.gpu import GpuFigures, gpu_figures
+from collector.telemetry.batchverify import on_loop, take_batch
 from protos import devices, dsse
 from protos.computewatch.v1 import telemetry_pb2
 from protos.errors import VerificationError
@@ -295,10 +295,7 @@ class ProcessChecks:
                     if not fut.done():
                         fut.set_result(None)
                 return
-            free = self._processes - self._running
-            size = min(-(-len(self._pending) // free), self._max_batch)
-            batch = self._pending[:size]
-            del self._pending[:size]
+            batch = take_batch(self._pending, self._processes - self._running, self._max_batch)
             keys, forget = self._lessons()
             try:
                 job = self._start().submit(
@@ -315,13 +312,7 @@ class ProcessChecks:
             self._running += 1
             self.batches += 1
             self.batched += len(batch)
-            job.add_done_callback(functools.partial(self._done_threadsafe, loop, batch))
-
-    def _done_threadsafe(
-        self, loop: asyncio.AbstractEventLoop, batch: _Batch, job: Future[list[Outcome]]
-    ) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed while the job ran
-            loop.call_soon_threadsafe(self._done, batch, job)
+            job.add_done_callback(on_loop(loop, functools.partial(self._done, batch)))
 
     def _done(self, batch: _Batch, job: Future[list[Outcome]]) -> None:
         self._running -= 1
