@@ -30,13 +30,18 @@ def _missing(what: str) -> None:
     pytest.skip(f"SKIPPED, NOT RUN: {what} is not installed here; {INSTALL_HINT}")
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[str]:
-    """``postgresql://postgres@127.0.0.1:PORT`` of a server this session started."""
+def need_psycopg() -> None:
+    """psycopg is importable, or a loud skip (a failure where tools are required)."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
         _missing("psycopg")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """``postgresql://postgres@127.0.0.1:PORT`` of a server this session started."""
+    need_psycopg()
     if bindir() is None:
         _missing("PostgreSQL's initdb/pg_ctl")
     with temp_server() as url:

@@ -170,11 +170,9 @@ def test_an_actor_halt_stops_all_its_jobs_and_a_quorum_lifts_it(tmp_path: Path) 
             (resume_id,) = reply.directive_ids
 
             async def resumed() -> bool:
-                return all(
-                    process_state(p) == "running"
-                    for n in ("n01", "n02")
-                    for p in _job_pids(cluster, n)
-                )
+                pids = [p for n in ("n01", "n02") for p in _job_pids(cluster, n)]
+                # Not vacuous: the halted jobs' processes are still there, and running.
+                return bool(pids) and all(process_state(p) == "running" for p in pids)
 
             await until(resumed)
 
@@ -185,7 +183,7 @@ def test_an_actor_halt_stops_all_its_jobs_and_a_quorum_lifts_it(tmp_path: Path) 
             await until(resume_effective)
             for node_id in ("n01", "n02"):
                 assert not nodes[node_id].agent.enforcement_state().halted_gpu_uuids
-            assert rec.log_index >= 0
+            assert rec.log_index > 0  # after the enrolments (a uint64 is always ">= 0")
         finally:
             await channel.close(None)
             await cluster.stop()

@@ -144,7 +144,9 @@ def test_every_nvml_fault_keeps_its_node_reporting_without_a_gap(tmp_path: Path)
     assert [g.uuid for g in gpus] == ["unreadable:00000000:18:00.0", "unreadable:00000000:2A:00.0"]
     assert all(("nvmlDeviceGetUUID", 999) in _errors(g) for g in gpus)
 
-    for g in _last(reports["timeout"]).gpus:
+    timeout_gpus = _last(reports["timeout"]).gpus
+    assert timeout_gpus  # the loop below checks something
+    for g in timeout_gpus:
         assert g.health == pb.GPU_HEALTH_OK
         assert _errors(g) == {
             ("nvmlGpmSampleGet", 10),
@@ -159,7 +161,9 @@ def test_every_nvml_fault_keeps_its_node_reporting_without_a_gap(tmp_path: Path)
         assert {p.job_id for p in g.processes} == {"77"}
 
     for node_id in ("gpm-errors", "gpm-sample-errors"):
-        for g in _last(reports[node_id]).gpus:
+        gpm_gpus = _last(reports[node_id]).gpus
+        assert gpm_gpus, node_id
+        for g in gpm_gpus:
             assert g.health == pb.GPU_HEALTH_OK, node_id
             assert g.field_errors, node_id
             assert {e.code for e in g.field_errors} == {999}, node_id
@@ -175,7 +179,9 @@ def test_every_nvml_fault_keeps_its_node_reporting_without_a_gap(tmp_path: Path)
     assert "version mismatch" in last.nvml_error
     assert not last.gpus
 
-    for g in _last(reports["old-process-struct"]).gpus:
+    old_struct_gpus = _last(reports["old-process-struct"]).gpus
+    assert old_struct_gpus
+    for g in old_struct_gpus:
         assert g.health == pb.GPU_HEALTH_OK
         assert not g.processes_known
         assert not g.processes  # never a pid decoded through the wrong struct

@@ -22,7 +22,7 @@ from protos.errors import (
     StoreConfigError,
 )
 from protos.keys import PrivateKey
-from tests.pg_support import BACKENDS, backend_location
+from tests.pg_support import BACKENDS, backend_location, need_psycopg
 
 
 @pytest.fixture(params=BACKENDS)
@@ -170,7 +170,7 @@ def test_locations_and_their_messages(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_postgresql_is_ledger_unavailable_without_the_password() -> None:
-    pytest.importorskip("psycopg")
+    need_psycopg()
     with pytest.raises(LedgerUnavailableError, match="cannot connect") as info:
         open_db("postgresql://cw:hunter2@127.0.0.1:1/none?connect_timeout=2")
     assert "hunter2" not in str(info.value)

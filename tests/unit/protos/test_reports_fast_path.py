@@ -45,6 +45,15 @@ def good() -> telemetry_pb2.GpuSample:
     return g
 
 
+def test_the_checked_field_lists_cover_the_schema() -> None:
+    """The parametrised tests below take their field names from the code's own
+    lists; pin those lists to the message schema so a field left out of them
+    (and so unchecked) fails here instead of being silently untested."""
+    fields = {f.name for f in telemetry_pb2.GpuSample.DESCRIPTOR.fields}
+    assert set(_PERCENTS) == {n for n in fields if n.endswith("_percent")}
+    assert set(_NON_NEGATIVE) == {n for n in fields if n.endswith(("_watts", "_seconds"))}
+
+
 def test_a_gpu_at_every_bound_passes() -> None:
     validate_report(report_with(good()), now_ns=NOW)
 
