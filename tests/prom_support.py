@@ -19,14 +19,14 @@ import pytest
 INSTALL_HINT = "apt-get install prometheus (Debian; .ci/run installs it, so CI runs this)"
 
 
-def tool(name: str) -> str:
+def tool(name: str, hint: str = INSTALL_HINT) -> str:
     """Path of ``name`` on PATH, or skip the test saying loudly what is not run
     (fail instead where COMPUTEWATCH_REQUIRE_TOOLS is set, as in CI)."""
     path = shutil.which(name)
     if path is None:
         if os.environ.get("COMPUTEWATCH_REQUIRE_TOOLS"):
             pytest.fail(f"{name} is required here (COMPUTEWATCH_REQUIRE_TOOLS is set)")
-        pytest.skip(f"SKIPPED, NOT RUN: {name} is not installed here; {INSTALL_HINT}")
+        pytest.skip(f"SKIPPED, NOT RUN: {name} is not installed here; {hint}")
     return path
 
 
