@@ -46,6 +46,19 @@ def is_database_url(value: str | Path) -> bool:
     return isinstance(value, str) and value.startswith(_PG_SCHEMES)
 
 
+def read_url_file(path: Path) -> str:
+    """The database URL in ``path``: its first non-empty line, stripped (the
+    collector's ``ledger_url_file`` and the CLI's ``--ledger-url-file``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc})") from exc
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    raise ConfigError(f"{path}: no ledger URL in the file")
+
+
 @dataclass(frozen=True)
 class HaConfig:
     """``[ha]``: this collector's candidacy for the lead on a shared PostgreSQL."""
@@ -245,11 +258,9 @@ class CollectorConfig:
                 raise ConfigError(f"the ledger {self.ledger} is a SQLite file, not a database URL")
             return self.ledger
         try:
-            url = self.ledger_url_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"ledger_url_file {self.ledger_url_file}: cannot read it ({exc})"
-            ) from exc
+            url = read_url_file(self.ledger_url_file)
+        except ConfigError as exc:
+            raise ConfigError(f"ledger_url_file {exc}") from exc
         if not is_database_url(url):
             raise ConfigError(
                 f"ledger_url_file {self.ledger_url_file}: expected one postgresql:// URL"

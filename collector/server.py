@@ -108,6 +108,8 @@ class Collector:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _pool: ThreadPoolExecutor | None = None
     _metrics_server: object | None = None
+    # Rules, leases, re-sent RESUMEs, effectiveness, the tree's refresh: run each
+    # tick while this collector leads and its ledger can write (``_tick_loop``).
     tick_hooks: list[Callable[[float], None]] = field(default_factory=list)
     # Called when a stream binds to a node (its first valid report).
     bind_hooks: list[Callable[[Session], None]] = field(default_factory=list)
@@ -229,6 +231,8 @@ class Collector:
                 except Exception:
                     log.exception("following the log failed")
             for hook in self.tick_hooks:
+                if not (self.leading and self.ledger.writable):
+                    continue  # checked before each: a hook's failed write stops the rest
                 try:
                     hook(now)
                 except Exception:
@@ -438,7 +442,6 @@ async def _build(
             follower=follower,
             tick_hooks=collector.tick_hooks,
             bind_hooks=bind_hooks,
-            leading=lambda: collector.leading,
         ),
         server,
     )
@@ -472,8 +475,7 @@ async def _build(
         def follow_tree(_now: float) -> None:
             """The leader's checkpoints cover the tree as committed at the last tick
             (a standby's checkpointer refreshes the tree itself)."""
-            if collector.leading:
-                view.refresh()
+            view.refresh()
 
         collector.tick_hooks.insert(0, follow_tree)
         collector._tree_store = tree_store

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import click
 
-from computewatch.cliledger import read_url_file
+from collector.config import read_url_file
 from computewatch.clitools import translate_errors
 
 _URL_ENV = "COMPUTEWATCH_LEDGER_URL"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
+from collector.config import read_url_file
 from protos.errors import ConfigError
 
 if TYPE_CHECKING:  # imported when used: the CLI starts without the database drivers
@@ -25,18 +26,6 @@ else:
     _ParamType = click.ParamType
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def read_url_file(path: Path) -> str:
-    """The database URL in ``path``: its first non-empty line, stripped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the ledger URL ({exc})") from exc
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    raise ConfigError(f"{path}: no ledger URL in the file")
 
 
 def has_password(url: str) -> bool:

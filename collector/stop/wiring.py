@@ -11,9 +11,10 @@ effectiveness) and the bind hook (in-force directives to nodes that connect
 later), and registers the metrics.
 
 One code path for one collector and for several on PostgreSQL: only the
-leader (``parts.leading()``; a SQLite collector always leads) runs the tick
-hooks, and whenever the ledger becomes writable again (on PostgreSQL: this
-collector gained the lead and re-read the store) the follower first replays
+leader (``Collector.leading``; a SQLite collector always leads) runs the tick
+hooks (the collector's tick loop gates them), and whenever the ledger becomes
+writable again (on PostgreSQL: this collector gained the lead and re-read the
+store) the follower first replays
 what the other leader committed, then the RESUMEs whose quorum was reached
 are issued. A standby's ledger refuses every append, so its Control refuses
 halts and approvals with ``ledger_unavailable``.
@@ -76,8 +77,6 @@ class StopParts:
     follower: LogFollower
     tick_hooks: list[Callable[[float], None]]
     bind_hooks: list[Callable[[Session], None]]
-    # True while this collector leads (always, on SQLite).
-    leading: Callable[[], bool] = lambda: True
 
 
 @dataclass
@@ -195,17 +194,9 @@ async def install_stop_protocol(
             if state is not None and state.enforcement.active_directive_ids:
                 book.reconcile(node_id, state.enforcement.active_directive_ids, now)
 
-    def leader_only(hook: Callable[[float], None]) -> Callable[[float], None]:
-        def tick(now: float) -> None:
-            if parts.leading() and ledger.writable:
-                hook(now)
-
-        tick.__name__ = getattr(hook, "__name__", "") or type(hook).__name__  # for profiles
-        return tick
-
-    # Rules, leases, re-sent RESUMEs and effectiveness: the leader's alone.
-    hooks: list[Callable[[float], None]] = [decisions, leases, reconcile, tracker.tick]
-    parts.tick_hooks.extend(leader_only(hook) for hook in hooks)
+    # Rules, leases, re-sent RESUMEs and effectiveness: the leader's alone (the
+    # collector's tick loop runs its hooks only while it leads and can write).
+    parts.tick_hooks.extend([decisions, leases, reconcile, tracker.tick])
 
     def possibly_crossed() -> list[tuple[str, str]]:
         return [(rule.id, key) for rule, key in engine.possibly_crossed()]
