@@ -47,16 +47,19 @@ def is_database_url(value: str | Path) -> bool:
 
 
 def read_url_file(path: Path) -> str:
-    """The database URL in ``path``: its first non-empty line, stripped (the
-    collector's ``ledger_url_file`` and the CLI's ``--ledger-url-file``)."""
+    """The database URL in ``path``: its one non-empty line, stripped (the
+    collector's ``ledger_url_file`` and the CLI's ``--ledger-url-file``); a
+    second line is refused, not ignored (it would be a URL we did not use)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it ({exc})") from exc
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    raise ConfigError(f"{path}: no ledger URL in the file")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"{path}: no ledger URL in the file")
+    if len(lines) > 1:
+        raise ConfigError(f"{path}: expected one ledger URL, found {len(lines)} lines")
+    return lines[0]
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,12 @@ def test_the_url_file_wins_and_is_read_at_start(tmp_path: Path) -> None:
     secret.write_text("/not/a/url\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="expected one postgresql:// URL"):
         config.database_url()
+    secret.write_text(f"{URL}\npostgresql://other@db/x\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="expected one ledger URL, found 2 lines"):
+        config.database_url()
+    secret.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="no ledger URL in the file"):
+        config.database_url()
     secret.unlink()
     with pytest.raises(ConfigError, match="cannot read it"):
         config.database_url()
