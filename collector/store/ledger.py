@@ -438,6 +438,10 @@ class Ledger:
                 break
             await asyncio.sleep(0.005)
         self._writer.shutdown(wait=True)
+        self._close_storage()
+
+    def _close_storage(self) -> None:
+        """Close what ``_open`` opened; the writer thread has ended."""
         self._conn.close()
         with self._read_lock:  # a reader in another thread finishes first
             self._read.close()
