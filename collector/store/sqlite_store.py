@@ -28,7 +28,7 @@ from collector.store.ledger_store import (
     stored_sequence_on,
 )
 from collector.store.sqlite_faults import rollback_after
-from collector.store.tree import load_frontier, tree_rows
+from collector.store.tree import batch_rows, load_frontier
 
 
 class SqliteStore:
@@ -83,14 +83,7 @@ class SqliteStore:
         self, first: int, entries: Sequence[Entry], now_ns: int, *, term: int | None = None
     ) -> None:
         del term  # one writer per file: nothing to fence
-        rows = []
-        heads: dict[str, tuple[str, int, bytes, int]] = {}
-        for i, e in enumerate(entries):
-            idx = first + i
-            rows.append((idx, e.data, e.payload_type, e.node_id, e.keyid, e.sequence, now_ns))
-            if e.keyid is not None and e.sequence is not None and e.digest is not None:
-                heads[e.keyid] = (e.node_id or "", e.sequence, e.digest, idx)
-        nodes, frontier = tree_rows(self._frontier, first, [e.data for e in entries])
+        rows, heads, nodes, frontier = batch_rows(self._frontier, first, entries, now_ns)
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -104,7 +97,7 @@ class SqliteStore:
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(keyid) DO UPDATE SET"
                 " last_sequence = excluded.last_sequence, last_digest = excluded.last_digest,"
                 " last_index = excluded.last_index",
-                [(k, *v) for k, v in heads.items()],
+                heads,
             )
             conn.executemany("INSERT INTO merkle_node(pos, hash) VALUES (?, ?)", nodes)
             conn.execute("COMMIT")
