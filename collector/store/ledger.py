@@ -34,9 +34,17 @@ from collector.store.ledger_store import (
     ChainHead,
     Entry,
     LedgerEntry,
+    chain_heads_on,
     connect,
+    entries_on,
+    evidence_count_on,
+    evidence_seen_on,
     init_db,
     iter_entries,
+    record_evidence_on,
+    report_bytes_on,
+    report_index_on,
+    stored_sequence_on,
 )
 from collector.store.sqlite_faults import (
     WRITE_ERROR_REASONS,
@@ -164,43 +172,26 @@ class Ledger:
     def stored_sequence(self, keyid: str) -> int:
         """The last committed sequence of ``keyid``'s chain (0 if none)."""
         with self._read_lock:
-            row = self._read.execute(
-                "SELECT last_sequence FROM chain WHERE keyid = ?", (keyid,)
-            ).fetchone()
-        return 0 if row is None else int(row[0])
+            return stored_sequence_on(self._read, keyid)
 
     def chain_heads(self) -> dict[str, ChainHead]:
         """keyid -> last accepted link, as committed."""
         with self._read_lock:
-            rows = self._read.execute(
-                "SELECT keyid, node_id, last_sequence, last_digest, last_index FROM chain"
-            ).fetchall()
-        return {r[0]: ChainHead(r[1], r[2], bytes(r[3]), r[4]) for r in rows}
+            return chain_heads_on(self._read)
 
     def report_bytes(self, keyid: str, sequence: int) -> bytes | None:
         """The accepted envelope bytes for (key, sequence), if any."""
         with self._read_lock:
-            row = self._read.execute(
-                "SELECT data FROM log WHERE keyid = ? AND sequence = ?", (keyid, sequence)
-            ).fetchone()
-        return None if row is None else bytes(row[0])
+            return report_bytes_on(self._read, keyid, sequence)
 
     def report_index(self, keyid: str, sequence: int) -> int:
         """Log index of an accepted report (-1 if not committed)."""
         with self._read_lock:
-            row = self._read.execute(
-                "SELECT idx FROM log WHERE keyid = ? AND sequence = ?", (keyid, sequence)
-            ).fetchone()
-        return -1 if row is None else int(row[0])
+            return report_index_on(self._read, keyid, sequence)
 
     def entries(self, start: int, end: int) -> list[LedgerEntry]:
         with self._read_lock:
-            rows = self._read.execute(
-                "SELECT idx, data, payload_type, node_id, sequence, received_unix_nanos"
-                " FROM log WHERE idx >= ? AND idx < ? ORDER BY idx",
-                (start, end),
-            ).fetchall()
-        return [LedgerEntry(r[0], bytes(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+            return entries_on(self._read, start, end)
 
     def add_commit_listener(self, callback: Callable[[int], None]) -> None:
         """``callback(new_size)`` on the event loop after each commit; keep it O(1)."""
@@ -247,48 +238,26 @@ class Ledger:
         now: int,
     ) -> bool:
         with self._side_lock:
-            self._side.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._side.execute(
-                    "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?",
-                    (keyid, kind),
-                ).fetchone()
-                kept = (0 if row is None else int(row[0])) < keep
-                if kept:
-                    self._side.execute(
-                        "INSERT INTO evidence(kind, node_id, sequence, accepted_data,"
-                        " offending_data, detected_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
-                        (kind, node_id, sequence, accepted, offending, now),
-                    )
-                self._side.execute(
-                    "INSERT INTO evidence_counts(keyid, kind, count, last_unix_nanos)"
-                    " VALUES (?, ?, 1, ?) ON CONFLICT(keyid, kind)"
-                    " DO UPDATE SET count = count + 1, last_unix_nanos = excluded.last_unix_nanos",
-                    (keyid, kind, now),
-                )
-                self._side.execute("COMMIT")
-            except BaseException as exc:
-                rollback_after(self._side, exc)
-                raise
-        return kept
+            return record_evidence_on(
+                self._side,
+                kind,
+                node_id,
+                sequence,
+                accepted,
+                offending,
+                keyid=keyid,
+                keep=keep,
+                now_ns=now,
+            )
 
     def evidence_seen(self, keyid: str, kind: str) -> int:
         """Conflicts of ``kind`` signed by ``keyid``, kept or only counted."""
         with self._read_lock:
-            row = self._read.execute(
-                "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?", (keyid, kind)
-            ).fetchone()
-        return 0 if row is None else int(row[0])
+            return evidence_seen_on(self._read, keyid, kind)
 
     def evidence_count(self, kind: str | None = None) -> int:
         with self._read_lock:
-            if kind is None:
-                row = self._read.execute("SELECT COUNT(*) FROM evidence").fetchone()
-            else:
-                row = self._read.execute(
-                    "SELECT COUNT(*) FROM evidence WHERE kind = ?", (kind,)
-                ).fetchone()
-        return int(row[0])
+            return evidence_count_on(self._read, kind)
 
     def append(self, entry: Entry) -> asyncio.Future[int]:
         """Queue ``entry``; the future gives its log index once committed. While
@@ -469,6 +438,10 @@ class Ledger:
                 break
             await asyncio.sleep(0.005)
         self._writer.shutdown(wait=True)
+        self._close_storage()
+
+    def _close_storage(self) -> None:
+        """Close what ``_open`` opened; the writer thread has ended."""
         self._conn.close()
         with self._read_lock:  # a reader in another thread finishes first
             self._read.close()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector.store.sqlite_faults import write_error_reason
+from collector.store.sqlite_faults import rollback_after, write_error_reason
 from protos.errors import LedgerUnavailableError
 
 SCHEMA = """
@@ -115,6 +115,101 @@ class ChainHead:
     last_sequence: int
     last_digest: bytes
     last_index: int
+
+
+# -- reads and the evidence write, shared by ``Ledger`` and ``SqliteStore`` ----------
+# Callers hold whatever lock guards ``conn``.
+
+
+def stored_sequence_on(conn: sqlite3.Connection, keyid: str) -> int:
+    """The last committed sequence of ``keyid``'s chain (0 if none)."""
+    row = conn.execute("SELECT last_sequence FROM chain WHERE keyid = ?", (keyid,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def chain_heads_on(conn: sqlite3.Connection) -> dict[str, ChainHead]:
+    """keyid -> last accepted link, as committed."""
+    rows = conn.execute(
+        "SELECT keyid, node_id, last_sequence, last_digest, last_index FROM chain"
+    ).fetchall()
+    return {r[0]: ChainHead(r[1], r[2], bytes(r[3]), r[4]) for r in rows}
+
+
+def report_bytes_on(conn: sqlite3.Connection, keyid: str, sequence: int) -> bytes | None:
+    """The accepted envelope bytes for (key, sequence), if any."""
+    row = conn.execute(
+        "SELECT data FROM log WHERE keyid = ? AND sequence = ?", (keyid, sequence)
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def report_index_on(conn: sqlite3.Connection, keyid: str, sequence: int) -> int:
+    """Log index of an accepted report (-1 if not committed)."""
+    row = conn.execute(
+        "SELECT idx FROM log WHERE keyid = ? AND sequence = ?", (keyid, sequence)
+    ).fetchone()
+    return -1 if row is None else int(row[0])
+
+
+def entries_on(conn: sqlite3.Connection, start: int, end: int) -> list[LedgerEntry]:
+    rows = conn.execute(
+        "SELECT idx, data, payload_type, node_id, sequence, received_unix_nanos"
+        " FROM log WHERE idx >= ? AND idx < ? ORDER BY idx",
+        (start, end),
+    ).fetchall()
+    return [LedgerEntry(r[0], bytes(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+
+def evidence_seen_on(conn: sqlite3.Connection, keyid: str, kind: str) -> int:
+    """Conflicts of ``kind`` signed by ``keyid``, kept or only counted."""
+    row = conn.execute(
+        "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?", (keyid, kind)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def evidence_count_on(conn: sqlite3.Connection, kind: str | None) -> int:
+    if kind is None:
+        row = conn.execute("SELECT COUNT(*) FROM evidence").fetchone()
+    else:
+        row = conn.execute("SELECT COUNT(*) FROM evidence WHERE kind = ?", (kind,)).fetchone()
+    return int(row[0])
+
+
+def record_evidence_on(  # noqa: PLR0917 (the ledger and the store both pass these positionally)
+    conn: sqlite3.Connection,
+    kind: str,
+    node_id: str | None,
+    sequence: int | None,
+    accepted: bytes | None,
+    offending: bytes,
+    *,
+    keyid: str,
+    keep: int,
+    now_ns: int,
+) -> bool:
+    """Count one conflict and keep its bytes while ``keyid`` has fewer than ``keep``
+    of ``kind``, in one transaction on ``conn``. True when the bytes were kept."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        kept = evidence_seen_on(conn, keyid, kind) < keep
+        if kept:
+            conn.execute(
+                "INSERT INTO evidence(kind, node_id, sequence, accepted_data,"
+                " offending_data, detected_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
+                (kind, node_id, sequence, accepted, offending, now_ns),
+            )
+        conn.execute(
+            "INSERT INTO evidence_counts(keyid, kind, count, last_unix_nanos)"
+            " VALUES (?, ?, 1, ?) ON CONFLICT(keyid, kind)"
+            " DO UPDATE SET count = count + 1, last_unix_nanos = excluded.last_unix_nanos",
+            (keyid, kind, now_ns),
+        )
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        rollback_after(conn, exc)
+        raise
+    return kept
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:

@@ -18,7 +18,6 @@ frontier swapped in by ``committed()``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sqlite3
 import threading
@@ -104,30 +103,11 @@ class MerkleLog:
         Must run inside the caller's open transaction; the new state becomes
         visible only at ``committed()``. Several calls may share one transaction.
         """
-        frontier = self._pending if self._pending is not None else self._committed.copy()
-        if first_index != frontier.size:
-            raise LogError(
-                f"append at index {first_index}, but the tree has {frontier.size} leaves"
-            )
-        pos = node_count(frontier.size)
-        rows: list[tuple[int, bytes]] = []
-        hashes = list(frontier.hashes)
-        n = frontier.size
-        sha = hashlib.sha256
-        for data in datas:
-            h = sha(b"\x00" + data).digest()
-            rows.append((pos, h))
-            pos += 1
-            bits = n
-            while bits & 1:
-                h = sha(b"\x01" + hashes.pop() + h).digest()
-                rows.append((pos, h))
-                pos += 1
-                bits >>= 1
-            hashes.append(h)
-            n += 1
+        from collector.store.tree import tree_rows  # tree.py imports this module
+
+        frontier = self._pending if self._pending is not None else self._committed
+        rows, self._pending = tree_rows(frontier, first_index, datas)
         conn.executemany("INSERT INTO merkle_node(pos, hash) VALUES (?, ?)", rows)
-        self._pending = merkle.Frontier(n, hashes)
 
     def committed(self) -> None:
         """The transaction holding the pending leaves committed."""
@@ -204,11 +184,17 @@ class MerkleLog:
         if not 0 <= index < size:
             raise LogError(f"index {index} is not below the tree size {size}")
 
-    @classmethod
-    def _load(cls, conn: sqlite3.Connection) -> merkle.Frontier:
+    @staticmethod
+    def _load(conn: sqlite3.Connection) -> merkle.Frontier:
+        from collector.store.tree import load_frontier  # tree.py imports this module
+
         count = conn.execute("SELECT COALESCE(MAX(pos) + 1, 0) FROM merkle_node").fetchone()[0]
-        size = size_for_node_count(int(count))
-        return merkle.Frontier.load(size, cls._subtree_from(conn))
+
+        def node(pos: int) -> bytes | None:
+            row = conn.execute("SELECT hash FROM merkle_node WHERE pos = ?", (pos,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return load_frontier(int(count), node)
 
     @staticmethod
     def _subtree_from(conn: sqlite3.Connection) -> merkle.SubtreeAccessor:

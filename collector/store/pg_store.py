@@ -23,7 +23,7 @@ import psycopg
 from collector.store.ledger_store import ChainHead, Entry, LedgerEntry
 from collector.store.migrations import PG_STEPS, VERSION_TABLE, check_version
 from collector.store.sql import redact
-from collector.store.tree import load_frontier, tree_rows
+from collector.store.tree import batch_rows, load_frontier
 from protos.errors import FencedError, LedgerUnavailableError
 
 log = logging.getLogger(__name__)
@@ -135,14 +135,7 @@ class PgStore:
     def append_batch(
         self, first: int, entries: Sequence[Entry], now_ns: int, *, term: int | None = None
     ) -> None:
-        rows = []
-        heads: dict[str, tuple[str, int, bytes, int]] = {}
-        for i, e in enumerate(entries):
-            idx = first + i
-            rows.append((idx, e.data, e.payload_type, e.node_id, e.keyid, e.sequence, now_ns))
-            if e.keyid is not None and e.sequence is not None and e.digest is not None:
-                heads[e.keyid] = (e.node_id or "", e.sequence, e.digest, idx)
-        nodes, frontier = tree_rows(self._frontier, first, [e.data for e in entries])
+        rows, heads, nodes, frontier = batch_rows(self._frontier, first, entries, now_ns)
         conn = self._writer()
         with conn.transaction(), conn.cursor() as cur:
             if term is not None:
@@ -165,7 +158,7 @@ class PgStore:
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT(keyid) DO UPDATE SET"
                 " last_sequence = excluded.last_sequence, last_digest = excluded.last_digest,"
                 " last_index = excluded.last_index",
-                [(k, *v) for k, v in heads.items()],
+                heads,
             )
             cur.executemany("INSERT INTO merkle_node(pos, hash) VALUES (%s, %s)", nodes)
         self._frontier = frontier

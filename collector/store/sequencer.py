@@ -14,7 +14,6 @@ are written by the store in the same transaction (``collector.store.tree``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -163,15 +162,6 @@ class StoreLedger(Ledger):
     async def page_count(self) -> int:
         raise LogError("page counts are SQLite's; this ledger is on " + self._store.backend)
 
-    async def close(self) -> None:
-        """Wait for queued writes, then close the store."""
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
-        for _ in range(1000):
-            if not self._pending and not self._flushing:
-                break
-            await asyncio.sleep(0.005)
-        self._writer.shutdown(wait=True)
+    def _close_storage(self) -> None:
+        """Close the store (``Ledger.close`` waits for queued writes first)."""
         self._store.close()

@@ -69,6 +69,8 @@ def sqlite_path(location: Location) -> Path:
         if not path.startswith("/"):
             raise StoreConfigError(f"sqlite URL {location!r} must be sqlite:///absolute/path")
         return Path(path)
+    if not location.strip():
+        raise StoreConfigError("the ledger location is empty: give a path or a URL")
     if "://" in location:
         raise StoreConfigError(
             f"ledger URL {redact(location)!r}: the scheme names no backend"

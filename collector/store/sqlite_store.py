@@ -12,9 +12,23 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from collector.store.ledger_store import ChainHead, Entry, LedgerEntry, connect, init_db
+from collector.store.ledger_store import (
+    ChainHead,
+    Entry,
+    LedgerEntry,
+    chain_heads_on,
+    connect,
+    entries_on,
+    evidence_count_on,
+    evidence_seen_on,
+    init_db,
+    record_evidence_on,
+    report_bytes_on,
+    report_index_on,
+    stored_sequence_on,
+)
 from collector.store.sqlite_faults import rollback_after
-from collector.store.tree import load_frontier, tree_rows
+from collector.store.tree import batch_rows, load_frontier
 
 
 class SqliteStore:
@@ -69,14 +83,7 @@ class SqliteStore:
         self, first: int, entries: Sequence[Entry], now_ns: int, *, term: int | None = None
     ) -> None:
         del term  # one writer per file: nothing to fence
-        rows = []
-        heads: dict[str, tuple[str, int, bytes, int]] = {}
-        for i, e in enumerate(entries):
-            idx = first + i
-            rows.append((idx, e.data, e.payload_type, e.node_id, e.keyid, e.sequence, now_ns))
-            if e.keyid is not None and e.sequence is not None and e.digest is not None:
-                heads[e.keyid] = (e.node_id or "", e.sequence, e.digest, idx)
-        nodes, frontier = tree_rows(self._frontier, first, [e.data for e in entries])
+        rows, heads, nodes, frontier = batch_rows(self._frontier, first, entries, now_ns)
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -90,7 +97,7 @@ class SqliteStore:
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(keyid) DO UPDATE SET"
                 " last_sequence = excluded.last_sequence, last_digest = excluded.last_digest,"
                 " last_index = excluded.last_index",
-                [(k, *v) for k, v in heads.items()],
+                heads,
             )
             conn.executemany("INSERT INTO merkle_node(pos, hash) VALUES (?, ?)", nodes)
             conn.execute("COMMIT")
@@ -101,40 +108,23 @@ class SqliteStore:
 
     def stored_sequence(self, keyid: str) -> int:
         with self._lock:
-            row = self._read.execute(
-                "SELECT last_sequence FROM chain WHERE keyid = ?", (keyid,)
-            ).fetchone()
-        return 0 if row is None else int(row[0])
+            return stored_sequence_on(self._read, keyid)
 
     def chain_heads(self) -> dict[str, ChainHead]:
         with self._lock:
-            rows = self._read.execute(
-                "SELECT keyid, node_id, last_sequence, last_digest, last_index FROM chain"
-            ).fetchall()
-        return {r[0]: ChainHead(r[1], r[2], bytes(r[3]), r[4]) for r in rows}
+            return chain_heads_on(self._read)
 
     def report_index(self, keyid: str, sequence: int) -> int:
         with self._lock:
-            row = self._read.execute(
-                "SELECT idx FROM log WHERE keyid = ? AND sequence = ?", (keyid, sequence)
-            ).fetchone()
-        return -1 if row is None else int(row[0])
+            return report_index_on(self._read, keyid, sequence)
 
     def report_bytes(self, keyid: str, sequence: int) -> bytes | None:
         with self._lock:
-            row = self._read.execute(
-                "SELECT data FROM log WHERE keyid = ? AND sequence = ?", (keyid, sequence)
-            ).fetchone()
-        return None if row is None else bytes(row[0])
+            return report_bytes_on(self._read, keyid, sequence)
 
     def entries(self, start: int, end: int) -> list[LedgerEntry]:
         with self._lock:
-            rows = self._read.execute(
-                "SELECT idx, data, payload_type, node_id, sequence, received_unix_nanos"
-                " FROM log WHERE idx >= ? AND idx < ? ORDER BY idx",
-                (start, end),
-            ).fetchall()
-        return [LedgerEntry(r[0], bytes(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+            return entries_on(self._read, start, end)
 
     def record_evidence(
         self,
@@ -148,47 +138,25 @@ class SqliteStore:
         keep: int,
         now_ns: int,
     ) -> bool:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute(
-                "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?", (keyid, kind)
-            ).fetchone()
-            kept = (0 if row is None else int(row[0])) < keep
-            if kept:
-                conn.execute(
-                    "INSERT INTO evidence(kind, node_id, sequence, accepted_data,"
-                    " offending_data, detected_unix_nanos) VALUES (?, ?, ?, ?, ?, ?)",
-                    (kind, node_id, sequence, accepted, offending, now_ns),
-                )
-            conn.execute(
-                "INSERT INTO evidence_counts(keyid, kind, count, last_unix_nanos)"
-                " VALUES (?, ?, 1, ?) ON CONFLICT(keyid, kind)"
-                " DO UPDATE SET count = count + 1, last_unix_nanos = excluded.last_unix_nanos",
-                (keyid, kind, now_ns),
-            )
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            rollback_after(conn, exc)
-            raise
-        return kept
+        return record_evidence_on(
+            self._conn,
+            kind,
+            node_id,
+            sequence,
+            accepted,
+            offending,
+            keyid=keyid,
+            keep=keep,
+            now_ns=now_ns,
+        )
 
     def evidence_seen(self, keyid: str, kind: str) -> int:
         with self._lock:
-            row = self._read.execute(
-                "SELECT count FROM evidence_counts WHERE keyid = ? AND kind = ?", (keyid, kind)
-            ).fetchone()
-        return 0 if row is None else int(row[0])
+            return evidence_seen_on(self._read, keyid, kind)
 
     def evidence_count(self, kind: str | None = None) -> int:
         with self._lock:
-            if kind is None:
-                row = self._read.execute("SELECT COUNT(*) FROM evidence").fetchone()
-            else:
-                row = self._read.execute(
-                    "SELECT COUNT(*) FROM evidence WHERE kind = ?", (kind,)
-                ).fetchone()
-        return int(row[0])
+            return evidence_count_on(self._read, kind)
 
     def close(self) -> None:
         self._conn.close()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from collector.store.ledger_store import Entry
 from collector.store.merkle_log import node_count, size_for_node_count
 from protos import merkle
 from protos.errors import LogError
@@ -40,6 +42,27 @@ def tree_rows(
         hashes.append(h)
         n += 1
     return rows, merkle.Frontier(n, hashes)
+
+
+def batch_rows(
+    frontier: merkle.Frontier, first: int, entries: Sequence[Entry], now_ns: int
+) -> tuple[
+    list[tuple[Any, ...]],
+    list[tuple[str, str, int, bytes, int]],
+    list[tuple[int, bytes]],
+    merkle.Frontier,
+]:
+    """(log rows, chain-head rows, merkle_node rows, the frontier after them) for
+    ``entries`` appended at ``first``; a key's head is its last entry in the batch."""
+    rows: list[tuple[Any, ...]] = []
+    heads: dict[str, tuple[str, int, bytes, int]] = {}
+    for i, e in enumerate(entries):
+        idx = first + i
+        rows.append((idx, e.data, e.payload_type, e.node_id, e.keyid, e.sequence, now_ns))
+        if e.keyid is not None and e.sequence is not None and e.digest is not None:
+            heads[e.keyid] = (e.node_id or "", e.sequence, e.digest, idx)
+    nodes, after = tree_rows(frontier, first, [e.data for e in entries])
+    return rows, [(k, *v) for k, v in heads.items()], nodes, after
 
 
 def load_frontier(node_rows: int, node: Callable[[int], bytes | None]) -> merkle.Frontier:

@@ -161,6 +161,8 @@ def test_locations_and_their_messages(tmp_path: Path) -> None:
         open_db("mysql://u:secret@h/db")
     with pytest.raises(StoreConfigError, match="absolute"):
         open_db("sqlite://relative.db")
+    with pytest.raises(StoreConfigError, match="empty"):
+        open_db("")
     assert redact("postgresql://cw:secret@db:5432/x") == "postgresql://cw@db:5432/x"
     assert describe(f"sqlite://{tmp_path}/l.db") == f"{tmp_path}/l.db"
     other = tmp_path / "other.db"
